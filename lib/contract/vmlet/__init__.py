@@ -1,0 +1,1 @@
+"""Generated from proto/ by hack/genproto.sh; do not edit."""

@@ -1,0 +1,1 @@
+"""The OpenStack provider: pods become Nova servers through openstacksdk."""

@@ -1,0 +1,1 @@
+"""The vSphere provider: pods become VMs on ESXi hosts through pyvmomi."""
