@@ -1,1 +1,1 @@
-"""Starts the real peers vmlet runs against, on loopback: a Kubernetes control plane, vcsim, providers."""
+"""Starts the real peers vmlet runs against, on loopback: control plane, vcsim, providers."""

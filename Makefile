@@ -1,0 +1,32 @@
+# vmlet: `make demo` shows a VM come up on a local control plane; `make test` runs every test.
+SHELL := bash
+CACHE ?= $(HOME)/.cache/vmlet
+PYVER := $(shell python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+VENV ?= $(CACHE)/venv-py$(PYVER)
+BIN := $(VENV)/bin
+IAAS ?= memory
+export VMLET_CACHE := $(CACHE)
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: setup up down demo test lint proto bench
+
+setup:
+	@bash hack/setup.sh >/dev/null
+
+up: setup
+	@$(BIN)/vmlet-localenv up --iaas $(IAAS)
+
+down:
+	@if [ -x $(BIN)/vmlet-localenv ]; then $(BIN)/vmlet-localenv down; fi
+
+demo: setup
+	@$(BIN)/python -m vmlet_localenv.demo --iaas $(IAAS)
+
+test: setup
+	@bash hack/test.sh
+
+lint: setup
+	@PATH=$(BIN):$$PATH bash hack/lint.sh
+
+proto: setup
+	@PATH=$(BIN):$$PATH bash hack/genproto.sh
