@@ -10,9 +10,12 @@ check=false
 if $check; then out=$(mktemp -d); trap 'rm -rf "$out"' EXIT; fi
 rm -rf "$out/vmlet/provider/v1"
 mkdir -p "$out/vmlet/provider/v1"
-"$PY" -m grpc_tools.protoc -I proto \
-  --python_out="$out" --grpc_python_out="$out" --mypy_out="$out" --mypy_grpc_out="$out" >/dev/null \
-  proto/vmlet/provider/v1/*.proto
+if ! msg=$("$PY" -m grpc_tools.protoc -I proto \
+  --python_out="$out" --grpc_python_out="$out" --mypy_out="$out" --mypy_grpc_out="$out" \
+  proto/vmlet/provider/v1/*.proto 2>&1); then
+  echo "$msg" >&2
+  exit 1
+fi
 for d in "$out/vmlet" "$out/vmlet/provider" "$out/vmlet/provider/v1"; do
   echo '"""Generated from proto/ by hack/genproto.sh; do not edit."""' > "$d/__init__.py"
 done

@@ -1,1 +1,1 @@
-"""The kubelet facade: virtual Nodes on the Kubernetes API, their pods turned into VMs by providers."""
+"""The kubelet facade: virtual Nodes on the Kubernetes API, their pods made VMs by providers."""
