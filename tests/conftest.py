@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+
 from vmlet_localenv.controlplane import ControlPlane
 from vmlet_localenv.vcsim import VcSim
 

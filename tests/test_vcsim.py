@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from pyVmomi import vim
+
 from vmlet_localenv.vcsim import TEMPLATE_FOLDER, VcSim, _wait_task
 
 

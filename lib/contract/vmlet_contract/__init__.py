@@ -1,1 +1,71 @@
-"""The vmlet provider contract: generated gRPC code and the scaffold every provider serves on."""
+"""The vmlet provider contract: generated gRPC code and the scaffold every provider serves on.
+
+The generated messages and stubs live in `vmlet.provider.v1`; this package holds what providers
+share around them: the error taxonomy of the boundary (`errors`), the server with health,
+reflection, TLS, metrics and error mapping (`server`), the flags and logging of a provider's
+command line (`cli`, `logs`), and builders of pod statuses (`podstatus`).
+"""
+
+from . import podstatus
+from .cli import (
+    DEFAULT_LISTEN,
+    add_server_arguments,
+    configure_logging_from_args,
+    serve_from_args,
+    tls_from_args,
+)
+from .errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ProviderError,
+    ResourceExhausted,
+    Unavailable,
+    error_from_rpc,
+    is_retryable,
+    reason_for,
+)
+from .interceptor import BoundaryInterceptor
+from .logs import configure_logging, redact
+from .metrics import RpcMetrics
+from .server import (
+    DEFAULT_SERVER_OPTIONS,
+    ProviderServer,
+    ProviderServicers,
+    ShutdownHook,
+    serve,
+    write_port_file,
+)
+from .tls import TlsConfig, channel_credentials
+
+__all__ = [
+    "DEFAULT_LISTEN",
+    "DEFAULT_SERVER_OPTIONS",
+    "AlreadyExists",
+    "BoundaryInterceptor",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "NotFound",
+    "ProviderError",
+    "ProviderServer",
+    "ProviderServicers",
+    "ResourceExhausted",
+    "RpcMetrics",
+    "ShutdownHook",
+    "TlsConfig",
+    "Unavailable",
+    "add_server_arguments",
+    "channel_credentials",
+    "configure_logging",
+    "configure_logging_from_args",
+    "error_from_rpc",
+    "is_retryable",
+    "podstatus",
+    "reason_for",
+    "redact",
+    "serve",
+    "serve_from_args",
+    "tls_from_args",
+    "write_port_file",
+]

@@ -127,6 +127,9 @@ class ControlPlane:
             "--enable-admission-plugins=NodeRestriction",
             "--allow-privileged=true",
             "--profiling=false",
+            # ConfigMaps bypass the watch cache, so a test can provoke a real 410 Gone by
+            # compacting etcd (compact_etcd) and watching from an old resourceVersion.
+            "--watch-cache-sizes=configmaps#0",
             "--max-requests-inflight=1000", "--max-mutating-requests-inflight=500",
             "--v=1",
         ])
@@ -174,6 +177,25 @@ class ControlPlane:
                             check=False).returncode == 0
 
     # -- clients -----------------------------------------------------------------------------
+
+    def compact_etcd(self) -> int:
+        """Compact etcd up to its current revision; return that revision."""
+        def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+            req = urllib.request.Request(self.etcd_url + path, data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return dict(json.loads(resp.read()))
+
+        revision = int(post("/v3/kv/range", {"key": "Lw=="})["header"]["revision"])
+        post("/v3/kv/compaction", {"revision": revision, "physical": True})
+        return revision
+
+    def user_kubeconfig(self, user: str, groups: tuple[str, ...] = ()) -> Path:
+        """A kubeconfig for ``user`` (a client cert of the run's CA), with no rights of its own."""
+        pair = self.pki.authority.issue(f"user-{user}", common_name=user, organizations=groups,
+                                        client=True)
+        return write_kubeconfig(self.dir / f"{user}.kubeconfig", server=self.server,
+                                ca=self.pki.ca.cert, client=pair, user=user)
 
     def ssl_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=str(self.pki.ca.cert))

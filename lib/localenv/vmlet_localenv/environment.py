@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmlet_localenv.controlplane import ControlPlane
+from vmlet_localenv.services import FacadeProcess, ProviderProcess, facade_kubeconfig
 from vmlet_localenv.tools import K8S_VERSION
 from vmlet_localenv.vcsim import VcSim
 
@@ -28,6 +29,8 @@ class Environment:
     iaas: str = "memory"
     control_plane: ControlPlane | None = None
     vcsim: VcSim | None = None
+    providers: list[ProviderProcess] = field(default_factory=list)
+    facade: FacadeProcess | None = None
     env: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> Environment:
@@ -45,13 +48,30 @@ class Environment:
             # vcsim is cheap and every vSphere test and demo wants it, so it always runs.
             self.vcsim = VcSim(state_dir=run / "vcsim").start()
             self.env.update(self.vcsim.env())
+            self._start_vmlet(run)
         except BaseException:
             self.stop()
             raise
         self._write_env()
         return self
 
+    def _start_vmlet(self, run: Path) -> None:
+        assert self.control_plane is not None
+        if self.iaas != "memory":
+            # The vSphere and OpenStack providers join here once they exist.
+            return
+        provider = ProviderProcess("memory", run / "providers", args=["--nodes", "2"]).start()
+        self.providers.append(provider)
+        self.env["VMLET_PROVIDER_MEMORY"] = provider.address
+        self.facade = FacadeProcess({"memory": provider.address},
+                                    facade_kubeconfig(self.control_plane), run / "facade").start()
+        self.env["VMLET_FACADE_METRICS"] = f"http://127.0.0.1:{self.facade.metrics_port}/metrics"
+
     def stop(self) -> None:
+        if self.facade is not None:
+            self.facade.stop()
+        for provider in self.providers:
+            provider.stop()
         if self.vcsim is not None:
             self.vcsim.stop()
         if self.control_plane is not None:

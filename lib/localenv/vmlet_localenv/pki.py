@@ -119,6 +119,7 @@ class ClusterPki:
     controller_manager: CertPair
     service_account_key: Path
     service_account_pub: Path
+    authority: CertificateAuthority
 
     @classmethod
     def create(cls, directory: Path, service_ip: str = "10.0.0.1") -> ClusterPki:
@@ -149,4 +150,5 @@ class ClusterPki:
             ),
             service_account_key=directory / "sa.key",
             service_account_pub=directory / "sa.pub",
+            authority=ca,
         )

@@ -44,7 +44,7 @@ class GetContainerLogsRequest(_message.Message):
     follow: _builtins.bool
     """Keep the stream open and send new lines as they come."""
     tail_lines: _builtins.int
-    """Only the last this many lines; negative means all."""
+    """Only the last this many lines; unset means all (as kubectl's default)."""
     previous: _builtins.bool
     """Whether the previous instance's log is wanted (a VM has one instance: empty)."""
     @_builtins.property
@@ -58,15 +58,17 @@ class GetContainerLogsRequest(_message.Message):
         pod_name: _builtins.str = ...,
         container_name: _builtins.str = ...,
         follow: _builtins.bool = ...,
-        tail_lines: _builtins.int = ...,
+        tail_lines: _builtins.int | None = ...,
         since_time: _timestamp_pb2.Timestamp | None = ...,
         previous: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["since_time", b"since_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_tail_lines", b"_tail_lines", "since_time", b"since_time", "tail_lines", b"tail_lines"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_name", b"container_name", "follow", b"follow", "namespace", b"namespace", "pod_name", b"pod_name", "previous", b"previous", "since_time", b"since_time", "tail_lines", b"tail_lines"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tail_lines", b"_tail_lines", "container_name", b"container_name", "follow", b"follow", "namespace", b"namespace", "pod_name", b"pod_name", "previous", b"previous", "since_time", b"since_time", "tail_lines", b"tail_lines"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__tail_lines: _TypeAlias = _typing.Literal["tail_lines"]  # noqa: Y015
+    _WhichOneofArgType__tail_lines: _TypeAlias = _typing.Literal["_tail_lines", b"_tail_lines"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tail_lines) -> _WhichOneofReturnType__tail_lines | None: ...
 
 Global___GetContainerLogsRequest: _TypeAlias = GetContainerLogsRequest  # noqa: Y015
 

@@ -30,6 +30,7 @@ class Snapshot(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     IDENTITY_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The provider's identifier of the snapshot."""
     name: _builtins.str
@@ -38,6 +39,8 @@ class Snapshot(_message.Message):
     """What the IaaS made, e.g. vsphere-snapshot, glance-image."""
     identity: _builtins.str
     """The VM's identity."""
+    description: _builtins.str
+    """The description given at creation."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was made."""
@@ -50,10 +53,11 @@ class Snapshot(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         kind: _builtins.str = ...,
         identity: _builtins.str = ...,
+        description: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "id", b"id", "identity", b"identity", "kind", b"kind", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "id", b"id", "identity", b"identity", "kind", b"kind", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

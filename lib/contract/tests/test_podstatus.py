@@ -1,0 +1,82 @@
+"""The PodStatus builders: phases, conditions and container states as a kubelet reports them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from vmlet.provider.v1 import pod_pb2
+from vmlet_contract import podstatus
+
+POD = pod_pb2.Pod(
+    ref=pod_pb2.PodRef(namespace="ns", name="vm-1", uid="u1"),
+    node_name="host-a",
+    containers=[pod_pb2.Container(name="vm", image="ubuntu-24.04")],
+)
+T0 = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def _conditions(status: pod_pb2.PodStatus) -> dict[str, tuple[int, str]]:
+    return {c.type: (c.status, c.reason) for c in status.conditions}
+
+
+def test_pending() -> None:
+    status = podstatus.pending(POD, reason="PoweringOn", message="booting", provider_id="vm-42")
+    assert status.phase == pod_pb2.POD_PHASE_PENDING
+    assert status.pod_ip == "" and not status.HasField("start_time")
+    assert status.actual_node_name == "host-a" and status.provider_id == "vm-42"
+    assert _conditions(status) == {
+        "PodScheduled": (pod_pb2.CONDITION_STATUS_TRUE, ""),
+        "Initialized": (pod_pb2.CONDITION_STATUS_TRUE, ""),
+        "ContainersReady": (pod_pb2.CONDITION_STATUS_FALSE, "ContainersNotReady"),
+        "Ready": (pod_pb2.CONDITION_STATUS_FALSE, "ContainersNotReady"),
+    }
+    (cs,) = status.container_statuses
+    assert cs.name == "vm" and cs.image == "ubuntu-24.04" and not cs.ready
+    assert cs.WhichOneof("state") == "waiting"
+    assert (cs.waiting.reason, cs.waiting.message) == ("PoweringOn", "booting")
+
+
+def test_running() -> None:
+    status = podstatus.running(
+        POD,
+        ips=["10.0.0.5", "fd00::5"],
+        started_at=T0,
+        container_id="memory://x",
+        host_ip="1.2.3.4",
+    )
+    assert status.phase == pod_pb2.POD_PHASE_RUNNING
+    assert status.pod_ip == "10.0.0.5" and list(status.pod_ips) == ["10.0.0.5", "fd00::5"]
+    assert status.host_ip == "1.2.3.4"
+    assert status.start_time.ToDatetime(tzinfo=UTC) == T0
+    assert all(s == pod_pb2.CONDITION_STATUS_TRUE for s, _ in _conditions(status).values())
+    (cs,) = status.container_statuses
+    assert cs.ready and cs.container_id == "memory://x"
+    assert cs.running.started_at.ToDatetime(tzinfo=UTC) == T0
+
+
+def test_failed() -> None:
+    status = podstatus.failed(POD, reason="VMVanished", message="the VM is gone", started_at=T0)
+    assert status.phase == pod_pb2.POD_PHASE_FAILED
+    assert (status.reason, status.message) == ("VMVanished", "the VM is gone")
+    assert _conditions(status)["Ready"] == (pod_pb2.CONDITION_STATUS_FALSE, "PodFailed")
+    (cs,) = status.container_statuses
+    assert cs.terminated.exit_code == 1 and cs.terminated.reason == "VMVanished"
+    assert cs.terminated.HasField("finished_at")
+
+
+def test_succeeded() -> None:
+    status = podstatus.succeeded(POD, finished_at=T0)
+    assert status.phase == pod_pb2.POD_PHASE_SUCCEEDED
+    assert _conditions(status)["Ready"] == (pod_pb2.CONDITION_STATUS_FALSE, "PodCompleted")
+    assert status.container_statuses[0].terminated.exit_code == 0
+
+
+def test_conditions_with_a_transition_time() -> None:
+    conditions = podstatus.pod_conditions(ready=True, at=T0)
+    assert all(c.last_transition_time.ToDatetime(tzinfo=UTC) == T0 for c in conditions)
+    assert not podstatus.pod_conditions(ready=True)[0].HasField("last_transition_time")
+
+
+def test_timestamp_takes_naive_times_as_utc() -> None:
+    naive = datetime(2025, 1, 2, 3, 4, 5)
+    assert podstatus.timestamp(naive).ToDatetime(tzinfo=UTC) == T0

@@ -1,0 +1,277 @@
+"""Builders of the PodStatus messages every provider sends, with the usual pod conditions.
+
+A provider knows whether its VM is being made, running, failed or stopped; these functions turn
+that into a `PodStatus` with the phase, the four pod conditions (PodScheduled, Initialized,
+ContainersReady, Ready) and one container status per container of the pod, the way a kubelet
+would report them. Conditions carry no transition time unless one is given: the facade keeps the
+previous time for a condition whose status did not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from vmlet.provider.v1 import pod_pb2
+
+__all__ = [
+    "failed",
+    "pending",
+    "pod_conditions",
+    "running",
+    "succeeded",
+    "timestamp",
+]
+
+_TRUE = pod_pb2.CONDITION_STATUS_TRUE
+_FALSE = pod_pb2.CONDITION_STATUS_FALSE
+
+
+def timestamp(when: datetime | None = None) -> Timestamp:
+    """A protobuf Timestamp of `when` (now when None); naive datetimes are taken as UTC."""
+    when = datetime.now(UTC) if when is None else when
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    ts = Timestamp()
+    ts.FromDatetime(when)
+    return ts
+
+
+def pod_conditions(
+    *,
+    ready: bool,
+    reason: str = "",
+    message: str = "",
+    at: datetime | None = None,
+) -> list[pod_pb2.Condition]:
+    """The four pod conditions of a scheduled pod with no init containers: PodScheduled and
+    Initialized true, ContainersReady and Ready as `ready`, with `reason`/`message` on the two
+    readiness conditions when they are false."""
+
+    def condition(kind: str, holds: bool, why: str = "", text: str = "") -> pod_pb2.Condition:
+        out = pod_pb2.Condition(
+            type=kind, status=_TRUE if holds else _FALSE, reason=why, message=text
+        )
+        if at is not None:
+            out.last_transition_time.CopyFrom(timestamp(at))
+        return out
+
+    why, text = ("", "") if ready else (reason or "ContainersNotReady", message)
+    return [
+        condition("PodScheduled", True),
+        condition("Initialized", True),
+        condition("ContainersReady", ready, why, text),
+        condition("Ready", ready, why, text),
+    ]
+
+
+def _status(
+    pod: pod_pb2.Pod,
+    phase: pod_pb2.PodPhase.ValueType,
+    *,
+    conditions: list[pod_pb2.Condition],
+    reason: str,
+    message: str,
+    provider_id: str,
+    node_name: str,
+    host_ip: str,
+    ips: Sequence[str],
+    started_at: datetime | None,
+) -> pod_pb2.PodStatus:
+    status = pod_pb2.PodStatus(
+        phase=phase,
+        conditions=conditions,
+        reason=reason,
+        message=message,
+        pod_ip=ips[0] if ips else "",
+        pod_ips=list(ips),
+        host_ip=host_ip,
+        provider_id=provider_id,
+        actual_node_name=node_name or pod.node_name,
+    )
+    if started_at is not None:
+        status.start_time.CopyFrom(timestamp(started_at))
+    return status
+
+
+def _container(
+    container: pod_pb2.Container, *, container_id: str, ready: bool, restart_count: int
+) -> pod_pb2.ContainerStatus:
+    return pod_pb2.ContainerStatus(
+        name=container.name,
+        image=container.image,
+        image_id=container.image,
+        container_id=container_id,
+        ready=ready,
+        restart_count=restart_count,
+    )
+
+
+def pending(
+    pod: pod_pb2.Pod,
+    *,
+    reason: str = "ContainerCreating",
+    message: str = "",
+    provider_id: str = "",
+    container_id: str = "",
+    node_name: str = "",
+    host_ip: str = "",
+) -> pod_pb2.PodStatus:
+    """A pod whose VM is being made or powered on: phase Pending, containers waiting with
+    `reason` (e.g. ContainerCreating, PoweringOn)."""
+    # The pod-level reason stays empty for Pending; the waiting container carries it.
+    status = _status(
+        pod,
+        pod_pb2.POD_PHASE_PENDING,
+        conditions=pod_conditions(ready=False),
+        reason="",
+        message="",
+        provider_id=provider_id,
+        node_name=node_name,
+        host_ip=host_ip,
+        ips=(),
+        started_at=None,
+    )
+    for c in pod.containers:
+        cs = _container(c, container_id=container_id, ready=False, restart_count=0)
+        cs.waiting.reason = reason
+        cs.waiting.message = message
+        status.container_statuses.append(cs)
+    return status
+
+
+def running(
+    pod: pod_pb2.Pod,
+    *,
+    ips: Sequence[str],
+    started_at: datetime,
+    provider_id: str = "",
+    container_id: str = "",
+    node_name: str = "",
+    host_ip: str = "",
+    restart_count: int = 0,
+) -> pod_pb2.PodStatus:
+    """A pod whose VM is powered on: phase Running, ready, `ips` (primary first; may be empty
+    until the guest reports one) and the time it started."""
+    status = _status(
+        pod,
+        pod_pb2.POD_PHASE_RUNNING,
+        conditions=pod_conditions(ready=True),
+        reason="",
+        message="",
+        provider_id=provider_id,
+        node_name=node_name,
+        host_ip=host_ip,
+        ips=ips,
+        started_at=started_at,
+    )
+    for c in pod.containers:
+        cs = _container(c, container_id=container_id, ready=True, restart_count=restart_count)
+        cs.running.started_at.CopyFrom(timestamp(started_at))
+        status.container_statuses.append(cs)
+    return status
+
+
+def _terminated(
+    pod: pod_pb2.Pod,
+    phase: pod_pb2.PodPhase.ValueType,
+    *,
+    exit_code: int,
+    reason: str,
+    message: str,
+    started_at: datetime | None,
+    finished_at: datetime | None,
+    provider_id: str,
+    container_id: str,
+    node_name: str,
+    host_ip: str,
+    ips: Sequence[str],
+) -> pod_pb2.PodStatus:
+    conditions = pod_conditions(
+        ready=False, reason="PodCompleted" if exit_code == 0 else "PodFailed", message=message
+    )
+    status = _status(
+        pod,
+        phase,
+        conditions=conditions,
+        reason=reason,
+        message=message,
+        provider_id=provider_id,
+        node_name=node_name,
+        host_ip=host_ip,
+        ips=ips,
+        started_at=started_at,
+    )
+    for c in pod.containers:
+        cs = _container(c, container_id=container_id, ready=False, restart_count=0)
+        cs.terminated.exit_code = exit_code
+        cs.terminated.reason = reason
+        cs.terminated.message = message
+        if started_at is not None:
+            cs.terminated.started_at.CopyFrom(timestamp(started_at))
+        cs.terminated.finished_at.CopyFrom(timestamp(finished_at))
+        status.container_statuses.append(cs)
+    return status
+
+
+def failed(
+    pod: pod_pb2.Pod,
+    *,
+    reason: str,
+    message: str,
+    exit_code: int = 1,
+    started_at: datetime | None = None,
+    finished_at: datetime | None = None,
+    provider_id: str = "",
+    container_id: str = "",
+    node_name: str = "",
+    host_ip: str = "",
+    ips: Sequence[str] = (),
+) -> pod_pb2.PodStatus:
+    """A pod whose VM failed or vanished: phase Failed with a CamelCase `reason` (e.g.
+    VMVanished, ProviderCreateFailed) and a message a user can act on."""
+    return _terminated(
+        pod,
+        pod_pb2.POD_PHASE_FAILED,
+        exit_code=exit_code or 1,
+        reason=reason,
+        message=message,
+        started_at=started_at,
+        finished_at=finished_at,
+        provider_id=provider_id,
+        container_id=container_id,
+        node_name=node_name,
+        host_ip=host_ip,
+        ips=ips,
+    )
+
+
+def succeeded(
+    pod: pod_pb2.Pod,
+    *,
+    reason: str = "Completed",
+    message: str = "",
+    started_at: datetime | None = None,
+    finished_at: datetime | None = None,
+    provider_id: str = "",
+    container_id: str = "",
+    node_name: str = "",
+    host_ip: str = "",
+) -> pod_pb2.PodStatus:
+    """A pod whose VM finished its work (an operation pod): phase Succeeded, exit code 0."""
+    return _terminated(
+        pod,
+        pod_pb2.POD_PHASE_SUCCEEDED,
+        exit_code=0,
+        reason=reason,
+        message=message,
+        started_at=started_at,
+        finished_at=finished_at,
+        provider_id=provider_id,
+        container_id=container_id,
+        node_name=node_name,
+        host_ip=host_ip,
+        ips=(),
+    )

@@ -1,0 +1,115 @@
+"""vmlet's own processes, started the way a user would: providers and the facade, each on a free
+loopback port, with the facade holding only the rights k8s/base/facade-rbac.yaml grants.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from vmlet_localenv.controlplane import ControlPlane
+from vmlet_localenv.processes import Process, free_port, wait_for
+
+__all__ = ["REPO", "FacadeProcess", "ProviderProcess", "facade_kubeconfig"]
+
+REPO = Path(__file__).resolve().parents[3]
+FACADE_USER = "vmlet-facade"
+_MODULES = {"memory": "vmlet_memory", "vsphere": "vmlet_vmware", "openstack": "vmlet_openstack"}
+
+
+def facade_kubeconfig(cp: ControlPlane) -> Path:
+    """Grant the facade's ClusterRole to a user of its own and return that user's kubeconfig."""
+    docs = [d for d in yaml.safe_load_all((REPO / "k8s/base/facade-rbac.yaml").read_text()) if d]
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": f"{FACADE_USER}-user"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": "vmlet-facade"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                      "name": FACADE_USER}],
+    }
+    cp.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                      "items": [*docs, binding]}))
+    return cp.user_kubeconfig(FACADE_USER)
+
+
+class ProviderProcess:
+    """A provider (memory, vsphere or openstack) as its own process."""
+
+    def __init__(self, kind: str, state_dir: Path, *, args: list[str] | None = None,
+                 env: dict[str, str] | None = None, name: str | None = None) -> None:
+        self.kind = kind
+        self.name = name or kind
+        self.dir = state_dir
+        self.port_file = state_dir / f"{self.name}.port"
+        self._args = list(args or [])
+        self._env = {**os.environ, **(env or {})}
+        self.port = 0
+        self.process: Process | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0, port: int | None = None) -> ProviderProcess:
+        self.port_file.unlink(missing_ok=True)
+        self.port = port or self.port or free_port()
+        self.process = Process(f"provider-{self.name}", [
+            sys.executable, "-m", _MODULES[self.kind], "--listen", self.address,
+            "--port-file", str(self.port_file), *self._args,
+        ], log_dir=self.dir / "logs", env=self._env).start()
+        wait_for(self.port_file.exists, timeout=timeout, what=f"{self.name} provider",
+                 alive=self.process.check_alive)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+
+
+class FacadeProcess:
+    """The kubelet facade as its own process."""
+
+    def __init__(self, providers: dict[str, str], kubeconfig: Path, state_dir: Path, *,
+                 args: list[str] | None = None) -> None:
+        self.providers = providers
+        self.kubeconfig = kubeconfig
+        self.dir = state_dir
+        self._args = list(args or [])
+        self.metrics_port = 0
+        self.process: Process | None = None
+
+    def start(self) -> FacadeProcess:
+        self.metrics_port = free_port()
+        self.process = Process("facade", [
+            sys.executable, "-m", "vmlet_facade", f"--kubeconfig={self.kubeconfig}",
+            *[f"--provider={n}={a}" for n, a in self.providers.items()],
+            f"--metrics-addr=127.0.0.1:{self.metrics_port}", *self._args,
+        ], log_dir=self.dir / "logs").start()
+        wait_for(self._metrics_up, timeout=30, what="facade", alive=self.process.check_alive)
+        return self
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                    timeout=5) as resp:
+            return str(resp.read().decode())
+
+    def _metrics_up(self) -> bool:
+        return "vmlet_facade" in self.metrics()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()

@@ -1,0 +1,106 @@
+"""`vmlet-facade`: the kubelet facade, configured by flags and env as virtual-kubelet's CLI."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from vmlet_facade.app import FacadeConfig, run
+from vmlet_facade.grpcprovider import ProviderTls
+from vmlet_facade.nodes import NodeSettings, Taint
+
+__all__ = ["main"]
+
+
+def _providers(values: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for value in values:
+        for item in filter(None, (v.strip() for v in value.split(","))):
+            name, sep, address = item.partition("=")
+            if not sep or not name or not address:
+                raise argparse.ArgumentTypeError(
+                    f"--provider takes NAME=HOST:PORT, not {item!r}")
+            out[name] = address
+    return out
+
+
+def _taint(value: str) -> Taint:
+    key, _, rest = value.partition("=")
+    val, _, effect = rest.partition(":")
+    if not key or effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
+        raise argparse.ArgumentTypeError(f"--taint takes KEY=VALUE:EFFECT, not {value!r}")
+    return Taint(key, val, effect)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="vmlet-facade", description=__doc__)
+    p.add_argument("--provider", action="append", default=[],
+                   help="NAME=HOST:PORT of a provider (repeat or comma-separate); "
+                        "env VMLET_PROVIDERS")
+    p.add_argument("--kubeconfig", default=env("KUBECONFIG"),
+                   help="kubeconfig file; in-cluster config when unset inside a pod")
+    p.add_argument("--taint", type=_taint, default=None,
+                   help="the taint on every node, KEY=VALUE:EFFECT "
+                        "(default virtual-kubelet.io/provider=<provider>:NoSchedule)")
+    p.add_argument("--disable-taint", action="store_true",
+                   default=env("VMLET_DISABLE_TAINT") == "1",
+                   help="register nodes without the provider taint")
+    p.add_argument("--kubelet-port", type=int, default=int(env("VMLET_KUBELET_PORT", "10250")),
+                   help="the port advertised in the nodes' daemonEndpoints")
+    p.add_argument("--lease-seconds", type=float, default=10.0,
+                   help="how often node Leases are renewed")
+    p.add_argument("--node-status-seconds", type=float, default=60.0,
+                   help="how often node status is written when nothing changed")
+    p.add_argument("--ping-seconds", type=float, default=5.0,
+                   help="how often providers are pinged")
+    p.add_argument("--metrics-addr", default=env("VMLET_METRICS_ADDR"),
+                   help="HOST:PORT to serve Prometheus metrics on")
+    p.add_argument("--provider-ca", type=Path, default=env("VMLET_PROVIDER_CA"),
+                   help="CA of the providers' serving certs (TLS towards providers)")
+    p.add_argument("--provider-cert", type=Path, default=env("VMLET_PROVIDER_CERT"))
+    p.add_argument("--provider-key", type=Path, default=env("VMLET_PROVIDER_KEY"))
+    p.add_argument("--pod-sync-workers", type=int, default=64)
+    p.add_argument("--log-level", default=env("VMLET_LOG_LEVEL", "info"))
+    args = p.parse_args(argv)
+    args.providers = _providers(args.provider or [env("VMLET_PROVIDERS", "")])
+    if not args.providers:
+        p.error("at least one --provider NAME=HOST:PORT is needed")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format='{"time":"%(asctime)s","level":"%(levelname)s",'
+                               '"logger":"%(name)s","msg":"%(message)s"}')
+    config = FacadeConfig(
+        providers=args.providers, kubeconfig=args.kubeconfig,
+        node_settings=NodeSettings(kubelet_port=args.kubelet_port, taint=args.taint,
+                                   no_taint=args.disable_taint,
+                                   status_interval=args.node_status_seconds,
+                                   ping_interval=args.ping_seconds),
+        lease_interval=args.lease_seconds, metrics_address=args.metrics_addr,
+        provider_tls=ProviderTls(args.provider_ca, args.provider_cert, args.provider_key)
+        if args.provider_ca else None,
+        pod_workers=args.pod_sync_workers,
+    )
+
+    async def amain() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run(config, stop)
+
+    asyncio.run(amain())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

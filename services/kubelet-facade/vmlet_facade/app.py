@@ -1,0 +1,90 @@
+"""Wiring: providers, node controllers, the pod controller and metrics, in one process.
+
+Kept apart from the controllers (as virtual-kubelet's nodeutil): controllers know a provider only
+through `provider.Provider`; this module picks the implementation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from dataclasses import dataclass, field
+
+from prometheus_client import start_http_server
+
+from vmlet_facade.events import EventRecorder
+from vmlet_facade.grpcprovider import GrpcProvider, ProviderTls
+from vmlet_facade.kube import KubeClient, KubeConfig
+from vmlet_facade.leasing import LeaseKeeper
+from vmlet_facade.nodes import NodeController, NodeSettings
+from vmlet_facade.pods import PodController, Route
+from vmlet_facade.provider import Provider
+from vmlet_facade.references import Resolver
+
+__all__ = ["FacadeConfig", "run"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FacadeConfig:
+    """Everything the facade is told on its command line."""
+
+    providers: dict[str, str]  # provider name -> gRPC address
+    kubeconfig: str | None = None
+    node_settings: NodeSettings = field(default_factory=NodeSettings)
+    lease_interval: float = 10.0
+    metrics_address: str | None = None
+    provider_tls: ProviderTls | None = None
+    pod_workers: int = 64
+    status_workers: int = 32
+
+
+async def _node_loop(nc: NodeController, pods: PodController) -> None:
+    """Register ``nc``'s nodes and keep the pod controller routing to them."""
+    runner = asyncio.create_task(nc.run())
+    await nc.registered.wait()
+    await pods.adopt(nc.provider)
+    while not runner.done():
+        for name in list(nc.nodes):
+            pods.add_node(name, Route(nc.provider, functools.partial(nc.address, name)))
+        await asyncio.wait({runner}, timeout=5)
+    await runner
+
+
+async def run(config: FacadeConfig, stop: asyncio.Event) -> None:
+    """Run the facade until ``stop`` is set."""
+    if config.metrics_address:
+        host, _, port = config.metrics_address.rpartition(":")
+        start_http_server(int(port), addr=host or "127.0.0.1")
+    client = KubeClient(KubeConfig.load(config.kubeconfig))
+    events = EventRecorder(client)
+    providers: list[Provider] = [GrpcProvider(name, address, tls=config.provider_tls)
+                                 for name, address in config.providers.items()]
+    controllers = [NodeController(p, client, config.node_settings, events) for p in providers]
+    pods = PodController(client, Resolver(client), events, concurrency=config.pod_workers,
+                         status_concurrency=config.status_workers)
+
+    def leased() -> dict[str, str]:
+        return {name: uid for nc in controllers for name, uid in nc.uids.items()}
+
+    tasks = [asyncio.create_task(_node_loop(nc, pods), name=f"nodes:{nc.provider.name}")
+             for nc in controllers]
+    tasks.append(asyncio.create_task(
+        LeaseKeeper(client, leased, interval=config.lease_interval).run(), name="leases"))
+    log.info("facade running for providers %s", ", ".join(config.providers))
+    stopper: asyncio.Task[object] = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await pods.stop()
+    for p in providers:
+        if isinstance(p, GrpcProvider):
+            await p.close()
+    await client.close()
+    for finished in done:
+        error = None if finished is stopper or finished.cancelled() else finished.exception()
+        if error is not None:
+            raise error

@@ -1,0 +1,48 @@
+"""Events, as `kubectl describe` shows them, for pods and nodes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from typing import Any
+
+from vmlet_facade.kube import ApiError, KubeClient
+
+__all__ = ["EventRecorder"]
+
+log = logging.getLogger(__name__)
+
+
+class EventRecorder:
+    """Posts core/v1 Events from component ``vmlet``; a failed post is logged, never raised."""
+
+    def __init__(self, client: KubeClient, component: str = "vmlet", host: str = "") -> None:
+        self._client = client
+        self._component = component
+        self._host = host
+
+    async def emit(self, obj: dict[str, Any], reason: str, message: str, *,
+                   warning: bool = False, host: str | None = None) -> None:
+        meta = obj["metadata"]
+        namespace = meta.get("namespace") or "default"
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}",
+                         "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion", "v1"), "kind": obj.get("kind", "Pod"),
+                "name": meta["name"], "namespace": meta.get("namespace", ""),
+                "uid": meta.get("uid", ""), "resourceVersion": meta.get("resourceVersion", ""),
+            },
+            "reason": reason, "message": message[:1024],
+            "type": "Warning" if warning else "Normal",
+            "source": {"component": self._component, "host": host or self._host},
+            "reportingComponent": self._component, "reportingInstance": host or self._host,
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        try:
+            await self._client.create(f"/api/v1/namespaces/{namespace}/events", event)
+        except ApiError as err:
+            log.warning("event %s on %s/%s not recorded: %s", reason, namespace, meta["name"], err)

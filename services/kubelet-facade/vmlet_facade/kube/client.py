@@ -1,0 +1,138 @@
+"""The apiserver over HTTPS with aiohttp: requests, errors, and raw watch streams."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp
+
+from vmlet_facade.kube.config import KubeConfig
+
+__all__ = ["PATCH_JSON", "PATCH_MERGE", "PATCH_STRATEGIC", "ApiError", "KubeClient"]
+
+PATCH_MERGE = "application/merge-patch+json"
+PATCH_STRATEGIC = "application/strategic-merge-patch+json"
+PATCH_JSON = "application/json-patch+json"
+
+Obj = dict[str, Any]
+
+
+class ApiError(Exception):
+    """A non-2xx answer from the apiserver, with its Status reason and message."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409
+
+    @property
+    def gone(self) -> bool:
+        return self.status == 410
+
+
+class KubeClient:
+    """A thin asyncio client: paths in, JSON dicts out."""
+
+    def __init__(self, config: KubeConfig, *, max_connections: int = 64) -> None:
+        self.config = config
+        self._ssl = config.ssl_context()
+        self._max = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=self._max),
+                json_serialize=json.dumps,
+            )
+        return self._session
+
+    def _headers(self, content_type: str | None = None) -> dict[str, str]:
+        headers = {"Accept": "application/json", "User-Agent": "vmlet-facade/0.1"}
+        token = self.config.bearer_token()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        if content_type:
+            headers["Content-Type"] = content_type
+        return headers
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def request(
+        self, method: str, path: str, *, params: Mapping[str, str] | None = None,
+        body: Any = None, content_type: str = "application/json", request_timeout: float = 30.0,
+    ) -> Obj:
+        """Send one request; return the decoded answer or raise ApiError."""
+        data = None if body is None else json.dumps(body)
+        async with self._client().request(
+            method, self.config.server + path, params=params, data=data,
+            headers=self._headers(content_type if data is not None else None),
+            timeout=aiohttp.ClientTimeout(total=request_timeout),
+        ) as resp:
+            raw = await resp.read()
+            if resp.status >= 300:
+                raise _api_error(resp.status, raw)
+            return json.loads(raw) if raw else {}
+
+    async def get(self, path: str, **params: str) -> Obj:
+        return await self.request("GET", path, params=params or None)
+
+    async def create(self, path: str, body: Obj) -> Obj:
+        return await self.request("POST", path, body=body)
+
+    async def replace(self, path: str, body: Obj) -> Obj:
+        return await self.request("PUT", path, body=body)
+
+    async def patch(self, path: str, body: Any, patch_type: str = PATCH_MERGE) -> Obj:
+        return await self.request("PATCH", path, body=body, content_type=patch_type)
+
+    async def delete(self, path: str, body: Obj | None = None) -> Obj:
+        return await self.request("DELETE", path, body=body)
+
+    async def stream_watch(
+        self, path: str, params: Mapping[str, str], timeout_seconds: int = 300,
+    ) -> AsyncIterator[Obj]:
+        """Yield the raw watch events of one watch request until the server ends it."""
+        query = {**params, "watch": "true", "allowWatchBookmarks": "true",
+                 "timeoutSeconds": str(timeout_seconds)}
+        async with self._client().get(
+            self.config.server + path, params=query, headers=self._headers(),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10,
+                                          sock_read=timeout_seconds + 30),
+        ) as resp:
+            if resp.status >= 300:
+                raise _api_error(resp.status, await resp.read())
+            buffer = b""
+            async for chunk in resp.content.iter_any():
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.strip():
+                        yield json.loads(line)
+
+
+def _api_error(status: int, raw: bytes) -> ApiError:
+    try:
+        doc = json.loads(raw)
+        return ApiError(status, str(doc.get("reason", "")), str(doc.get("message", raw[:200])))
+    except (ValueError, AttributeError):
+        return ApiError(status, "", raw[:200].decode(errors="replace"))
+
+
+async def sleep_backoff(attempt: int, base: float = 0.5, cap: float = 30.0) -> None:
+    """Sleep for an exponential backoff step."""
+    await asyncio.sleep(min(cap, base * (2 ** min(attempt, 10))))

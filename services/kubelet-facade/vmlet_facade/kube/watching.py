@@ -1,0 +1,87 @@
+"""List-then-watch that never loses an event: resumes from the last resourceVersion and relists
+after 410 Gone, reporting objects that vanished while it was not watching.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from vmlet_facade.kube.client import ApiError, KubeClient, sleep_backoff
+
+__all__ = ["WatchEvent", "list_and_watch"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """ADDED, MODIFIED or DELETED with the object; RELISTED once a (re)list is complete."""
+
+    type: str
+    object: dict[str, Any]
+
+
+async def list_and_watch(
+    client: KubeClient, path: str, params: Mapping[str, str] | None = None,
+    *, timeout_seconds: int = 300, resource_version: str = "",
+) -> AsyncIterator[WatchEvent]:
+    """Yield every change of the collection at ``path`` forever.
+
+    A (re)list yields ADDED for each object, DELETED for each object seen before that is gone,
+    then RELISTED. The watch resumes from the last resourceVersion (bookmarks keep it fresh)
+    and relists only after 410 Gone. ``resource_version`` starts with a watch from there
+    instead of a list.
+    """
+    params = dict(params or {})
+    known: dict[str, dict[str, Any]] = {}
+    rv = resource_version
+    attempt = 0
+    while True:
+        try:
+            if not rv:
+                listing = await client.get(path, **params)
+                rv = listing["metadata"]["resourceVersion"]
+                current = {o["metadata"]["uid"]: o for o in listing.get("items", [])}
+                for uid, obj in list(known.items()):
+                    if uid not in current:
+                        yield WatchEvent("DELETED", obj)
+                known = current
+                for obj in current.values():
+                    yield WatchEvent("ADDED", obj)
+                yield WatchEvent("RELISTED", {"metadata": {"resourceVersion": rv}})
+            async for raw in client.stream_watch(path, {**params, "resourceVersion": rv},
+                                                 timeout_seconds):
+                kind, obj = raw["type"], raw["object"]
+                if kind == "ERROR":
+                    if obj.get("code") == 410:
+                        log.info("watch expired (410 Gone), relisting", extra={"path": path})
+                        rv = ""
+                        break
+                    raise ApiError(int(obj.get("code", 500)), str(obj.get("reason", "")),
+                                   str(obj.get("message", "")))
+                rv = obj["metadata"]["resourceVersion"]
+                if kind == "BOOKMARK":
+                    continue
+                uid = obj["metadata"]["uid"]
+                if kind == "DELETED":
+                    known.pop(uid, None)
+                else:
+                    known[uid] = obj
+                yield WatchEvent(kind, obj)
+            attempt = 0
+        except ApiError as err:
+            if err.gone:
+                rv = ""
+                continue
+            log.warning("watch failed: %s", err, extra={"path": path})
+            await sleep_backoff(attempt)
+            attempt += 1
+        except (TimeoutError, aiohttp.ClientError, ConnectionError) as err:
+            log.warning("watch connection lost: %s", err, extra={"path": path})
+            await sleep_backoff(attempt)
+            attempt += 1

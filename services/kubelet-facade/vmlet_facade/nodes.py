@@ -1,0 +1,283 @@
+"""Virtual Nodes: one per node a provider lists, kept current from the provider.
+
+The node's status (capacity, allocatable, addresses, conditions, schedulability) comes from the
+provider: from ListNodes at start, from the NotifyNodeStatus stream as it changes, and as a
+heartbeat every ``status_interval``. When the provider stops answering Ping, every node it backs
+turns Ready=Unknown with reason ProviderUnreachable; nothing is deleted, and the nodes recover by
+themselves when the provider answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmlet.provider.v1 import node_pb2
+from vmlet.provider.v1 import pod_pb2 as pb
+from vmlet_contract import ProviderError
+from vmlet_facade.events import EventRecorder
+from vmlet_facade.kube import ApiError, KubeClient
+from vmlet_facade.provider import Provider
+
+__all__ = ["TAINT_KEY", "NodeController", "NodeSettings", "Taint"]
+
+log = logging.getLogger(__name__)
+
+TAINT_KEY = "virtual-kubelet.io/provider"
+_COND = {pb.CONDITION_STATUS_TRUE: "True", pb.CONDITION_STATUS_FALSE: "False",
+         pb.CONDITION_STATUS_UNKNOWN: "Unknown"}
+_PRESSURE = ("MemoryPressure", "DiskPressure", "PIDPressure")
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Taint:
+    key: str
+    value: str
+    effect: str
+
+    def as_k8s(self) -> Obj:
+        return {"key": self.key, "value": self.value, "effect": self.effect}
+
+
+@dataclass
+class NodeSettings:
+    """How the facade presents nodes."""
+
+    kubelet_port: int = 10250
+    kubelet_version: str = "v1.34.4-vmlet"
+    taint: Taint | None = None  # None: the default virtual-kubelet.io/provider taint
+    no_taint: bool = False
+    status_interval: float = 60.0
+    ping_interval: float = 5.0
+    extra_labels: dict[str, str] = field(default_factory=dict)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class NodeController:
+    """Registers and maintains the Nodes of one provider."""
+
+    def __init__(self, provider: Provider, client: KubeClient, settings: NodeSettings,
+                 events: EventRecorder) -> None:
+        self.provider = provider
+        self._client = client
+        self._settings = settings
+        self._events = events
+        self.nodes: dict[str, node_pb2.Node] = {}
+        self.uids: dict[str, str] = {}
+        self.healthy = False
+        self._unhealthy_reason = ""
+        self._transitions: dict[tuple[str, str], tuple[str, str]] = {}
+        self.registered = asyncio.Event()
+
+    # -- what the Node looks like ------------------------------------------------------------
+
+    def taints(self, node: node_pb2.Node) -> list[Obj]:
+        s = self._settings
+        own: list[Obj] = []
+        if not s.no_taint:
+            taint = s.taint or Taint(TAINT_KEY, self.provider.name, "NoSchedule")
+            own.append(taint.as_k8s())
+        own += [{"key": t.key, "value": t.value, "effect": t.effect} for t in node.taints]
+        return own
+
+    def _conditions(self, node: node_pb2.Node) -> list[Obj]:
+        now = _now()
+        given = {c.type: c for c in node.conditions}
+        out = []
+        for ctype in ("Ready", *_PRESSURE, *[t for t in given if t not in ("Ready", *_PRESSURE)]):
+            c = given.get(ctype)
+            if ctype == "Ready" and not self.healthy:
+                status, reason = "Unknown", "ProviderUnreachable"
+                message = f"provider {self.provider.name} is not answering: " \
+                          f"{self._unhealthy_reason}"
+            elif c is not None:
+                status, reason, message = _COND.get(c.status, "Unknown"), c.reason, c.message
+            elif ctype == "Ready":
+                status, reason, message = "True", "KubeletReady", "provider reports the node"
+            else:
+                status, reason = "False", f"KubeletHasNo{ctype}"
+                message = f"{self.provider.name} hosts do not report {ctype}"
+            key = (node.name, ctype)
+            prev_status, since = self._transitions.get(key, ("", now))
+            if prev_status != status:
+                since = now
+            self._transitions[key] = (status, since)
+            out.append({"type": ctype, "status": status, "reason": reason or ctype,
+                        "message": message, "lastHeartbeatTime": now,
+                        "lastTransitionTime": since})
+        return out
+
+    def _status(self, node: node_pb2.Node) -> Obj:
+        info = node.info
+        return {"status": {
+            "capacity": dict(node.capacity),
+            "allocatable": dict(node.allocatable or node.capacity),
+            "addresses": [{"type": a.type, "address": a.address} for a in node.addresses],
+            "conditions": self._conditions(node),
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self._settings.kubelet_port}},
+            "nodeInfo": {
+                "machineID": info.system_uuid, "systemUUID": info.system_uuid, "bootID": "",
+                "kernelVersion": info.kernel_version, "osImage": info.os_image,
+                "containerRuntimeVersion": f"vmlet://{self.provider.name}",
+                "kubeletVersion": self._settings.kubelet_version, "kubeProxyVersion": "",
+                "operatingSystem": info.operating_system or "linux",
+                "architecture": info.architecture or "amd64",
+            },
+        }}
+
+    def _metadata(self, node: node_pb2.Node) -> Obj:
+        labels = {
+            "type": "virtual-kubelet", "kubernetes.io/role": "agent",
+            "kubernetes.io/hostname": node.name, "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": node.info.architecture or "amd64",
+            "vmlet.io/provider": self.provider.name,
+            **self._settings.extra_labels, **dict(node.labels),
+        }
+        return {"name": node.name, "labels": labels,
+                "annotations": {"vmlet.io/provider-address": getattr(
+                    self.provider, "address", "")}}
+
+    def address(self, node_name: str) -> str:
+        node = self.nodes.get(node_name)
+        if node is None:
+            return ""
+        for kind in ("InternalIP", "ExternalIP"):
+            for a in node.addresses:
+                if a.type == kind:
+                    return str(a.address)
+        return ""
+
+    # -- keeping it current ------------------------------------------------------------------
+
+    async def register(self, node: node_pb2.Node) -> None:
+        """Create the Node or bring an existing one up to date, then write its status."""
+        path = f"/api/v1/nodes/{node.name}"
+        meta = self._metadata(node)
+        try:
+            current = await self._client.get(path)
+        except ApiError as err:
+            if not err.not_found:
+                raise
+            body = {"apiVersion": "v1", "kind": "Node", "metadata": meta,
+                    "spec": {"taints": self.taints(node), "unschedulable": node.unschedulable,
+                             **({"providerID": node.provider_id} if node.provider_id else {})}}
+            current = await self._client.create("/api/v1/nodes", body)
+            await self._events.emit(current, "RegisteredNode",
+                                    f"Node {node.name} registered by vmlet "
+                                    f"(provider {self.provider.name})")
+        else:
+            ours = {t["key"] for t in self.taints(node)} | {TAINT_KEY}
+            others = [t for t in current.get("spec", {}).get("taints") or []
+                      if t["key"] not in ours]
+            await self._client.patch(path, {
+                "metadata": {"labels": meta["labels"], "annotations": meta["annotations"]},
+                "spec": {"taints": others + self.taints(node),
+                         "unschedulable": node.unschedulable},
+            })
+        self.uids[node.name] = current["metadata"]["uid"]
+        self.nodes[node.name] = node
+        await self.write_status(node.name)
+
+    async def write_status(self, name: str) -> None:
+        node = self.nodes[name]
+        await self._client.patch(f"/api/v1/nodes/{name}/status", self._status(node))
+
+    async def _set_health(self, healthy: bool, reason: str = "") -> None:
+        if healthy == self.healthy and reason == self._unhealthy_reason:
+            return
+        was = self.healthy
+        self.healthy, self._unhealthy_reason = healthy, reason
+        if not healthy:
+            log.warning("provider %s unreachable: %s", self.provider.name, reason)
+        for name in list(self.nodes):
+            try:
+                await self.write_status(name)
+                if was != healthy:
+                    await self._events.emit(
+                        {"apiVersion": "v1", "kind": "Node",
+                         "metadata": {"name": name, "uid": self.uids.get(name, name)}},
+                        "NodeReady" if healthy else "NodeNotReady",
+                        f"provider {self.provider.name} "
+                        f"{'answers again' if healthy else 'is not answering: ' + reason}",
+                        warning=not healthy)
+            except ApiError as err:
+                log.warning("status of node %s not written: %s", name, err)
+
+    async def run(self) -> None:
+        """Register the nodes, then follow the provider until cancelled."""
+        attempt = 0
+        while True:
+            try:
+                listed = await self.provider.list_nodes()
+                self.healthy = True
+                for node in listed:
+                    await self.register(node)
+                break
+            except (ProviderError, ApiError) as err:
+                log.warning("nodes of provider %s not registered yet: %s",
+                            self.provider.name, err)
+                await asyncio.sleep(min(30.0, 0.5 * 2 ** attempt))
+                attempt += 1
+        self.registered.set()
+        await asyncio.gather(self._follow(), self._ping(), self._heartbeat())
+
+    async def _follow(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                async for msg in self.provider.watch_nodes():
+                    attempt = 0
+                    node = msg.node
+                    if msg.removed:
+                        cond = node_pb2.Node(name=node.name)
+                        cond.CopyFrom(self.nodes.get(node.name, node))
+                        del cond.conditions[:]
+                        cond.conditions.add(type="Ready", status=pb.CONDITION_STATUS_FALSE,
+                                            reason="HostRemoved",
+                                            message="the host is gone from the IaaS")
+                        node = cond
+                    if node.name in self.nodes:
+                        prev = self.nodes[node.name]
+                        self.nodes[node.name] = node
+                        if (prev.unschedulable != node.unschedulable
+                                or list(prev.taints) != list(node.taints)):
+                            await self.register(node)
+                        else:
+                            await self.write_status(node.name)
+                    else:
+                        await self.register(node)
+            except (ProviderError, ApiError) as err:
+                log.info("node stream of %s ended: %s", self.provider.name, err)
+            await asyncio.sleep(min(10.0, 0.5 * 2 ** attempt))
+            attempt += 1
+
+    async def _ping(self) -> None:
+        while True:
+            try:
+                await self.provider.ping()
+                if not self.healthy:
+                    # Back: refresh what may have changed while it was away.
+                    self.nodes.update({n.name: n for n in await self.provider.list_nodes()})
+                await self._set_health(True)
+            except ProviderError as err:
+                await self._set_health(False, err.message)
+            except ApiError as err:
+                log.warning("node status not written: %s", err)
+            await asyncio.sleep(self._settings.ping_interval)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.status_interval)
+            for name in list(self.nodes):
+                try:
+                    await self.write_status(name)
+                except ApiError as err:
+                    log.warning("status of node %s not written: %s", name, err)

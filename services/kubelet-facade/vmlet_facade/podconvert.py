@@ -1,0 +1,222 @@
+"""Pods across the boundary: a Kubernetes pod (JSON) to the contract's Pod, and the contract's
+PodStatus back to a pod status the apiserver accepts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from vmlet.provider.v1 import pod_pb2 as pb
+from vmlet_facade.quantity import cpu_millis, memory_bytes
+from vmlet_facade.references import Resolved
+
+__all__ = [
+    "IDENTITY_ANNOTATION",
+    "KEEP_ANNOTATION",
+    "identity_of",
+    "spec_fingerprint",
+    "status_to_k8s",
+    "to_provider_pod",
+]
+
+IDENTITY_ANNOTATION = "vmlet.io/identity"
+KEEP_ANNOTATION = "vmlet.io/keep-on-delete"
+VM_OWNER_KINDS = {("vmlet.io", "VirtualMachine")}
+
+Obj = dict[str, Any]
+
+_PHASES = {
+    pb.POD_PHASE_PENDING: "Pending", pb.POD_PHASE_RUNNING: "Running",
+    pb.POD_PHASE_SUCCEEDED: "Succeeded", pb.POD_PHASE_FAILED: "Failed",
+    pb.POD_PHASE_UNKNOWN: "Unknown",
+}
+_COND = {pb.CONDITION_STATUS_TRUE: "True", pb.CONDITION_STATUS_FALSE: "False",
+         pb.CONDITION_STATUS_UNKNOWN: "Unknown"}
+
+
+def identity_of(pod: Obj) -> str:
+    """The VM identity: the owning VirtualMachine's UID (annotation), else the pod's UID."""
+    meta = pod["metadata"]
+    return str(meta.get("annotations", {}).get(IDENTITY_ANNOTATION) or meta["uid"])
+
+
+def _keep_on_delete(pod: Obj) -> bool:
+    meta = pod["metadata"]
+    if meta.get("annotations", {}).get(KEEP_ANNOTATION) == "true":
+        return True
+    return any((ref.get("apiVersion", "").split("/")[0], ref.get("kind")) in VM_OWNER_KINDS
+               for ref in meta.get("ownerReferences", []))
+
+
+def _resources(container: Obj) -> pb.Resources:
+    res = container.get("resources") or {}
+    req, lim = res.get("requests") or {}, res.get("limits") or {}
+    return pb.Resources(
+        cpu_request_millis=cpu_millis(req["cpu"]) if "cpu" in req else 0,
+        cpu_limit_millis=cpu_millis(lim["cpu"]) if "cpu" in lim else 0,
+        memory_request_bytes=memory_bytes(req["memory"]) if "memory" in req else 0,
+        memory_limit_bytes=memory_bytes(lim["memory"]) if "memory" in lim else 0,
+    )
+
+
+def _timestamp(text: str | None) -> Timestamp | None:
+    if not text:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(dt.datetime.fromisoformat(text.replace("Z", "+00:00")))
+    return ts
+
+
+def to_provider_pod(pod: Obj, resolved: Resolved, *, with_json: bool = True) -> pb.Pod:
+    """The contract's Pod for ``pod`` with its references resolved."""
+    meta, spec = pod["metadata"], pod.get("spec", {})
+    containers = [
+        pb.Container(
+            name=c["name"], image=c.get("image", ""), command=c.get("command") or [],
+            args=c.get("args") or [],
+            env=[pb.EnvVar(name=k, value=v) for k, v in resolved.env.get(c["name"], [])],
+            resources=_resources(c),
+            ports=[pb.ContainerPort(name=p.get("name", ""), container_port=p["containerPort"],
+                                    protocol=p.get("protocol", "TCP"))
+                   for p in c.get("ports") or []],
+            volume_mounts=[pb.VolumeMount(name=m["name"], mount_path=m["mountPath"],
+                                          read_only=bool(m.get("readOnly", False)))
+                           for m in c.get("volumeMounts") or []],
+        )
+        for c in spec.get("containers", [])
+    ]
+    volumes = []
+    for v in spec.get("volumes") or []:
+        if v["name"] in resolved.files:
+            volumes.append(pb.Volume(name=v["name"],
+                                     files=pb.FilesSource(files=resolved.files[v["name"]])))
+        elif "persistentVolumeClaim" in v:
+            claim = v["persistentVolumeClaim"]
+            volumes.append(pb.Volume(name=v["name"], disk=pb.DiskSource(
+                claim_name=claim["claimName"], read_only=bool(claim.get("readOnly", False)))))
+        else:
+            limit = (v.get("emptyDir") or {}).get("sizeLimit")
+            volumes.append(pb.Volume(name=v["name"], scratch=pb.ScratchSource(
+                size_limit_bytes=memory_bytes(limit) if limit else 0)))
+    out = pb.Pod(
+        ref=pb.PodRef(namespace=meta["namespace"], name=meta["name"], uid=meta["uid"]),
+        labels=meta.get("labels") or {}, annotations=meta.get("annotations") or {},
+        node_name=spec.get("nodeName", ""), identity=identity_of(pod),
+        keep_on_delete=_keep_on_delete(pod), containers=containers, volumes=volumes,
+        user_data=resolved.user_data,
+        pod_json=json.dumps(pod, separators=(",", ":")).encode() if with_json else b"",
+    )
+    created = _timestamp(meta.get("creationTimestamp"))
+    if created is not None:
+        out.creation_time.CopyFrom(created)
+    return out
+
+
+def spec_fingerprint(pod: Obj) -> str:
+    """What, when it changes, a provider must hear of through UpdatePod."""
+    spec = pod.get("spec", {})
+    meta = pod["metadata"]
+    relevant = {
+        "containers": [{k: c.get(k) for k in ("image", "resources", "env", "ports")}
+                       for c in spec.get("containers", [])],
+        "volumes": spec.get("volumes"),
+        "annotations": {k: v for k, v in (meta.get("annotations") or {}).items()
+                        if k.startswith("vmlet.io/")},
+    }
+    return json.dumps(relevant, sort_keys=True, separators=(",", ":"))
+
+
+def _ts(ts: Timestamp) -> str:
+    return ts.ToDatetime(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def status_to_k8s(status: pb.PodStatus, pod: Obj, host_ip: str) -> Obj:
+    """A pod status for the apiserver: the provider's view, completed as a kubelet would.
+
+    Conditions the provider leaves out are derived from the phase and container readiness, and a
+    condition keeps its lastTransitionTime while its status does not change.
+    """
+    old = pod.get("status") or {}
+    old_conds = {c["type"]: c for c in old.get("conditions") or []}
+    phase = _PHASES.get(status.phase, "Pending")
+    containers = []
+    spec_images = {c["name"]: c.get("image", "") for c in pod.get("spec", {}).get("containers", [])}
+    for cs in status.container_statuses:
+        state: Obj
+        which = cs.WhichOneof("state")
+        if which == "running":
+            state = {"running": {"startedAt": _ts(cs.running.started_at)
+                                 if cs.running.HasField("started_at") else _now()}}
+        elif which == "terminated":
+            t = cs.terminated
+            state = {"terminated": {"exitCode": t.exit_code, "reason": t.reason or "Completed",
+                                    **({"message": t.message} if t.message else {}),
+                                    **({"startedAt": _ts(t.started_at)}
+                                       if t.HasField("started_at") else {}),
+                                    "finishedAt": _ts(t.finished_at)
+                                    if t.HasField("finished_at") else _now()}}
+        else:
+            w = cs.waiting
+            state = {"waiting": {"reason": w.reason or "ContainerCreating",
+                                 **({"message": w.message} if w.message else {})}}
+        containers.append({
+            "name": cs.name, "image": cs.image or spec_images.get(cs.name, ""),
+            "imageID": cs.image_id, "containerID": cs.container_id, "ready": cs.ready,
+            "restartCount": cs.restart_count, "started": which == "running", "state": state,
+        })
+    if not containers:
+        for name, image in spec_images.items():
+            running = phase == "Running"
+            containers.append({
+                "name": name, "image": image, "imageID": "", "ready": running,
+                "restartCount": 0, "started": running,
+                "state": {"running": {"startedAt": _now()}} if running
+                else {"waiting": {"reason": status.reason or "ContainerCreating"}},
+            })
+    all_ready = bool(containers) and all(c["ready"] for c in containers) and phase == "Running"
+    derived = {
+        "PodScheduled": "True",
+        "Initialized": "True",
+        "ContainersReady": "True" if all_ready else "False",
+        "Ready": "True" if all_ready else "False",
+    }
+    given = {c.type: c for c in status.conditions}
+    conditions = []
+    for ctype in ["PodScheduled", "Initialized", "ContainersReady", "Ready",
+                  *[t for t in given if t not in derived]]:
+        c = given.get(ctype)
+        value = _COND.get(c.status, "Unknown") if c else derived[ctype]
+        prev = old_conds.get(ctype)
+        if c is not None and c.HasField("last_transition_time"):
+            changed = _ts(c.last_transition_time)
+        elif prev and prev.get("status") == value and prev.get("lastTransitionTime"):
+            changed = prev["lastTransitionTime"]
+        else:
+            changed = _now()
+        cond: Obj = {"type": ctype, "status": value, "lastTransitionTime": changed,
+                     "lastProbeTime": None}
+        if c is not None and c.reason:
+            cond["reason"] = c.reason
+        if c is not None and c.message:
+            cond["message"] = c.message
+        conditions.append(cond)
+    ips = list(status.pod_ips) or ([status.pod_ip] if status.pod_ip else [])
+    host = status.host_ip or host_ip
+    out: Obj = {
+        "phase": phase, "conditions": conditions, "containerStatuses": containers,
+        "hostIP": host, "hostIPs": [{"ip": host}] if host else [],
+        "podIP": ips[0] if ips else None, "podIPs": [{"ip": ip} for ip in ips] or None,
+        "reason": status.reason or None, "message": status.message or None,
+        "startTime": _ts(status.start_time) if status.HasField("start_time")
+        else old.get("startTime") or _now(),
+    }
+    # None becomes null in the merge patch, which clears what an earlier status set.
+    return out

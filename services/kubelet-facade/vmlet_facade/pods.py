@@ -1,0 +1,323 @@
+"""Pods bound to vmlet nodes, carried to their provider and back.
+
+One list-then-watch per node (field selector spec.nodeName) feeds a cache; every change of a pod
+is handled by the one worker of its UID (queueing.SerialWorkers): create, update or delete at the
+provider, with references resolved first. Status comes back from the provider's NotifyPods stream
+and is written through the status subresource, coalesced per pod. At start the provider's pods
+are adopted (no second CreatePod), and pods Kubernetes no longer has are removed from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from vmlet.provider.v1 import pod_pb2 as pb
+from vmlet_contract import ProviderError, is_retryable
+from vmlet_facade import metrics
+from vmlet_facade.events import EventRecorder
+from vmlet_facade.kube import ApiError, KubeClient, list_and_watch
+from vmlet_facade.podconvert import spec_fingerprint, status_to_k8s, to_provider_pod
+from vmlet_facade.provider import Provider
+from vmlet_facade.queueing import SerialWorkers
+from vmlet_facade.references import MissingReference, Resolved, Resolver
+
+__all__ = ["PodController", "Route"]
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Route:
+    """Which provider backs a node, and the node's address (the pods' hostIP)."""
+
+    provider: Provider
+    host_ip: Callable[[], str]
+
+
+def _key(pod: Obj) -> tuple[str, str]:
+    return pod["metadata"]["namespace"], pod["metadata"]["name"]
+
+
+def _backoff(attempt: int) -> float:
+    return float(min(300.0, 1.0 * 2 ** min(attempt, 9)))
+
+
+def _waiting(reason: str, message: str) -> pb.PodStatus:
+    status = pb.PodStatus(phase=pb.POD_PHASE_PENDING, reason="", message="")
+    status.container_statuses.add(waiting=pb.ContainerStateWaiting(reason=reason,
+                                                                    message=message))
+    return status
+
+
+class PodController:
+    """Carries pods on vmlet nodes to providers and their status back."""
+
+    def __init__(self, client: KubeClient, resolver: Resolver, events: EventRecorder, *,
+                 concurrency: int = 64, status_concurrency: int = 32) -> None:
+        self._client = client
+        self._resolver = resolver
+        self._events = events
+        self.routes: dict[str, Route] = {}
+        self.pods: dict[str, Obj] = {}
+        self._gone: dict[str, Obj] = {}
+        self._by_name: dict[tuple[str, str], str] = {}
+        self.created: dict[str, str | None] = {}  # uid -> spec fingerprint sent to the provider
+        self._adopted: dict[str, pb.Pod] = {}  # uid -> pod the provider had at start
+        self._latest: dict[str, pb.PodStatus] = {}
+        self._written: dict[str, bytes] = {}
+        self._attempts: dict[str, int] = {}
+        self._sync = SerialWorkers(self._handle, concurrency=concurrency, name="podsync")
+        self._status = SerialWorkers(self._write_status, concurrency=status_concurrency,
+                                     name="podstatus")
+        self._tasks: list[asyncio.Task[None]] = []
+        self._providers: set[str] = set()
+
+    # -- wiring ------------------------------------------------------------------------------
+
+    async def adopt(self, provider: Provider) -> None:
+        """Learn the pods ``provider`` already runs, so none is created twice."""
+        attempt = 0
+        while True:
+            try:
+                existing = await provider.get_pods()
+                break
+            except ProviderError as err:
+                log.warning("pods of %s not listed yet: %s", provider.name, err)
+                await asyncio.sleep(_backoff(attempt))
+                attempt += 1
+        for item in existing:
+            uid = item.pod.ref.uid
+            if uid:
+                self.created.setdefault(uid, None)
+                self._adopted[uid] = item.pod
+                self._latest[uid] = item.status
+        log.info("adopted %d pods of provider %s", len(existing), provider.name)
+
+    def add_node(self, node: str, route: Route) -> None:
+        """Start following the pods bound to ``node``."""
+        if node in self.routes:
+            self.routes[node] = route
+            return
+        self.routes[node] = route
+        self._tasks.append(asyncio.get_running_loop().create_task(
+            self._watch_node(node), name=f"watch-pods:{node}"))
+        if route.provider.name not in self._providers:
+            self._providers.add(route.provider.name)
+            self._tasks.append(asyncio.get_running_loop().create_task(
+                self._follow_provider(route.provider), name=f"notify:{route.provider.name}"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._sync.stop()
+        await self._status.stop()
+
+    # -- Kubernetes side ---------------------------------------------------------------------
+
+    async def _watch_node(self, node: str) -> None:
+        first = True
+        async for event in list_and_watch(self._client, "/api/v1/pods",
+                                          {"fieldSelector": f"spec.nodeName={node}"}):
+            if event.type == "RELISTED":
+                if first:
+                    first = False
+                    await self._remove_orphans(node)
+                continue
+            pod = event.object
+            uid = pod["metadata"]["uid"]
+            if event.type == "DELETED":
+                self._gone[uid] = pod
+                self.pods.pop(uid, None)
+                if self._by_name.get(_key(pod)) == uid:
+                    self._by_name.pop(_key(pod), None)
+            else:
+                self.pods[uid] = pod
+                self._by_name[_key(pod)] = uid
+            self._sync.submit(uid)
+
+    async def _remove_orphans(self, node: str) -> None:
+        """Delete from the provider what it runs on ``node`` that Kubernetes no longer has."""
+        route = self.routes[node]
+        for uid, pod in list(self._adopted.items()):
+            if pod.node_name != node or uid in self.pods:
+                continue
+            self._adopted.pop(uid, None)
+            log.info("removing orphan %s/%s from provider", pod.ref.namespace, pod.ref.name)
+            try:
+                await route.provider.delete_pod(pod)
+                self.created.pop(uid, None)
+                self._latest.pop(uid, None)
+            except ProviderError as err:
+                log.warning("orphan %s/%s not removed: %s", pod.ref.namespace, pod.ref.name, err)
+
+    async def _handle(self, uid: str) -> None:
+        pod = self.pods.get(uid)
+        if pod is None:
+            await self._forget(uid)
+            return
+        route = self.routes.get(pod["spec"].get("nodeName", ""))
+        if route is None:
+            return
+        try:
+            if pod["metadata"].get("deletionTimestamp"):
+                await self._delete(uid, pod, route)
+            elif uid not in self.created:
+                if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+                    return
+                await self._create(uid, pod, route)
+            elif self.created[uid] is None:
+                self.created[uid] = spec_fingerprint(pod)
+            elif self.created[uid] != spec_fingerprint(pod):
+                await self._update(uid, pod, route)
+            self._attempts.pop(uid, None)
+            self._sync.cancel_retry(uid)
+        except MissingReference as err:
+            await self._events.emit(pod, err.reason, err.message, warning=True)
+            self._set_status(uid, _waiting("CreateContainerConfigError", err.message))
+            self._retry(uid)
+        except ProviderError as err:
+            self._retry(uid, permanent=not is_retryable(err.code))
+        except ApiError as err:
+            if not err.not_found:
+                log.warning("pod %s: %s", uid, err)
+                self._retry(uid)
+        except (ValueError, KeyError, TypeError) as err:
+            # A pod the facade cannot read (a quantity or reference it does not understand):
+            # say so on the pod instead of failing silently, and look again later.
+            log.exception("pod %s/%s cannot be handled", *_key(pod))
+            message = f"vmlet cannot handle this pod: {type(err).__name__}: {err}"
+            await self._events.emit(pod, "ProviderCreateFailed", message, warning=True)
+            self._set_status(uid, _waiting("InvalidPodSpec", message))
+            self._retry(uid, permanent=True)
+
+    def _retry(self, uid: str, permanent: bool = False) -> None:
+        attempt = self._attempts.get(uid, 0) + (3 if permanent else 0)
+        self._attempts[uid] = attempt + 1
+        self._sync.submit_after(uid, _backoff(attempt))
+
+    async def _create(self, uid: str, pod: Obj, route: Route) -> None:
+        pod = self._with_host_ip(pod, route)
+        resolved = await self._resolver.resolve(pod)
+        for reason, message in resolved.warnings:
+            await self._events.emit(pod, reason, message, warning=True)
+        request = to_provider_pod(pod, resolved)
+        try:
+            with metrics.provider_call("CreatePod"):
+                status = await route.provider.create_pod(request)
+        except ProviderError as err:
+            await self._events.emit(pod, "ProviderCreateFailed", err.message, warning=True)
+            self._set_status(uid, _waiting(err.reason, err.message))
+            raise
+        self.created[uid] = spec_fingerprint(pod)
+        self._latest.setdefault(uid, status)
+        if uid not in self._written:
+            self._set_status(uid, self._latest[uid])
+
+    async def _update(self, uid: str, pod: Obj, route: Route) -> None:
+        pod = self._with_host_ip(pod, route)
+        resolved = await self._resolver.resolve(pod)
+        try:
+            with metrics.provider_call("UpdatePod"):
+                status = await route.provider.update_pod(to_provider_pod(pod, resolved))
+        except ProviderError as err:
+            await self._events.emit(pod, "ProviderUpdateFailed", err.message, warning=True)
+            raise
+        self.created[uid] = spec_fingerprint(pod)
+        self._set_status(uid, status)
+
+    async def _delete(self, uid: str, pod: Obj, route: Route) -> None:
+        if uid in self.created:
+            try:
+                with metrics.provider_call("DeletePod"):
+                    await route.provider.delete_pod(to_provider_pod(pod, Resolved(),
+                                                                    with_json=False))
+            except ProviderError as err:
+                await self._events.emit(pod, "ProviderDeleteFailed", err.message, warning=True)
+                raise
+            self.created.pop(uid, None)
+        ns, name = _key(pod)
+        try:
+            await self._client.delete(f"/api/v1/namespaces/{ns}/pods/{name}", {
+                "apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
+                "preconditions": {"uid": uid}})
+        except ApiError as err:
+            if not (err.not_found or err.conflict):
+                raise
+
+    async def _forget(self, uid: str) -> None:
+        """The pod is gone from Kubernetes (force-deleted or deletion finished)."""
+        pod = self._gone.pop(uid, None)
+        if uid in self.created and pod is not None:
+            route = self.routes.get(pod["spec"].get("nodeName", ""))
+            if route is not None:
+                try:
+                    with metrics.provider_call("DeletePod"):
+                        await route.provider.delete_pod(to_provider_pod(pod, Resolved(),
+                                                                        with_json=False))
+                except ProviderError as err:
+                    if is_retryable(err.code):
+                        self._gone[uid] = pod
+                        self._retry(uid)
+                        return
+                    log.warning("pod %s not deleted at the provider: %s", uid, err)
+        for table in (self.created, self._latest, self._written, self._attempts, self._adopted):
+            table.pop(uid, None)
+
+    @staticmethod
+    def _with_host_ip(pod: Obj, route: Route) -> Obj:
+        host = route.host_ip()
+        if not host or pod.get("status", {}).get("hostIP"):
+            return pod
+        return {**pod, "status": {**pod.get("status", {}), "hostIP": host}}
+
+    # -- provider side -----------------------------------------------------------------------
+
+    async def _follow_provider(self, provider: Provider) -> None:
+        attempt = 0
+        while True:
+            try:
+                async for msg in provider.watch_pods():
+                    attempt = 0
+                    uid = self._by_name.get((msg.ref.namespace, msg.ref.name))
+                    if uid is None or (msg.ref.uid and msg.ref.uid != uid):
+                        continue
+                    self._set_status(uid, msg.status)
+            except ProviderError as err:
+                log.info("pod stream of %s ended: %s", provider.name, err)
+            await asyncio.sleep(min(10.0, 0.2 * 2 ** attempt))
+            attempt += 1
+
+    def _set_status(self, uid: str, status: pb.PodStatus) -> None:
+        self._latest[uid] = status
+        self._status.submit(uid)
+
+    async def _write_status(self, uid: str) -> None:
+        status, pod = self._latest.get(uid), self.pods.get(uid)
+        if status is None or pod is None or pod["metadata"].get("deletionTimestamp"):
+            return
+        raw = status.SerializeToString(deterministic=True)
+        if self._written.get(uid) == raw:
+            return
+        route = self.routes.get(pod["spec"].get("nodeName", ""))
+        body = {"status": status_to_k8s(status, pod, route.host_ip() if route else "")}
+        ns, name = _key(pod)
+        try:
+            with metrics.status_write():
+                updated = await self._client.patch(
+                    f"/api/v1/namespaces/{ns}/pods/{name}/status", body)
+        except ApiError as err:
+            if err.not_found:
+                return
+            log.warning("status of %s/%s not written: %s", ns, name, err)
+            self._status.submit_after(uid, 1.0)
+            return
+        self._written[uid] = raw
+        if updated.get("metadata", {}).get("uid") == uid:
+            self.pods[uid] = updated

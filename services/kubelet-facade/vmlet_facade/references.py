@@ -1,0 +1,254 @@
+"""Resolving what a pod refers to elsewhere in Kubernetes, before a provider sees it.
+
+Env from ConfigMaps, Secrets and the downward API (fieldRef, resourceFieldRef, status.podIP and
+status.hostIP), envFrom, Secret/ConfigMap/downwardAPI/projected volumes, and cloud-init user data
+from the Secret named by the ``vmlet.io/user-data-secret`` annotation. A missing optional source is
+an Event; a missing mandatory one stops the pod before it reaches the provider, with
+virtual-kubelet's reasons.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmlet_facade.kube import ApiError, KubeClient
+from vmlet_facade.quantity import cpu_millis, memory_bytes
+
+__all__ = ["USER_DATA_ANNOTATION", "MissingReference", "Resolved", "Resolver"]
+
+USER_DATA_ANNOTATION = "vmlet.io/user-data-secret"
+USER_DATA_KEY = "userdata"
+
+Obj = dict[str, Any]
+
+
+class MissingReference(Exception):
+    """A mandatory Secret, ConfigMap or key is missing; ``reason`` is the Event reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass
+class Resolved:
+    """A pod's references, resolved."""
+
+    env: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # container -> pairs
+    files: dict[str, dict[str, bytes]] = field(default_factory=dict)  # volume -> path -> data
+    user_data: str = ""
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (reason, message)
+
+
+class Resolver:
+    """Fetches the ConfigMaps and Secrets one pod needs, once each."""
+
+    def __init__(self, client: KubeClient) -> None:
+        self._client = client
+
+    async def resolve(self, pod: Obj) -> Resolved:
+        ns = pod["metadata"]["namespace"]
+        cache: dict[tuple[str, str], Obj | None] = {}
+        out = Resolved()
+
+        async def source(kind: str, name: str) -> Obj | None:
+            key = (kind, name)
+            if key not in cache:
+                plural = "secrets" if kind == "Secret" else "configmaps"
+                try:
+                    cache[key] = await self._client.get(f"/api/v1/namespaces/{ns}/{plural}/{name}")
+                except ApiError as err:
+                    if not err.not_found:
+                        raise
+                    cache[key] = None
+            return cache[key]
+
+        async def value(kind: str, name: str, key: str, optional: bool) -> str | None:
+            obj = await source(kind, name)
+            what = "Secret" if kind == "Secret" else "ConfigMap"
+            if obj is None:
+                reason = f"{'Optional' if optional else 'Mandatory'}{what}NotFound"
+                msg = f'{what.lower()} "{name}" not found'
+                if optional:
+                    out.warnings.append((reason, msg))
+                    return None
+                raise MissingReference(reason, msg)
+            data = _data(obj)
+            if key not in data:
+                reason = f"{'Optional' if optional else 'Mandatory'}{what}KeyNotFound"
+                msg = f'key "{key}" not found in {what.lower()} "{name}"'
+                if optional:
+                    out.warnings.append((reason, msg))
+                    return None
+                raise MissingReference(reason, msg)
+            return data[key].decode(errors="replace")
+
+        spec = pod.get("spec", {})
+        for container in spec.get("containers", []):
+            pairs: list[tuple[str, str]] = []
+            for env_from in container.get("envFrom") or []:
+                prefix = env_from.get("prefix", "")
+                for kind, ref_key in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
+                    ref = env_from.get(ref_key)
+                    if not ref:
+                        continue
+                    obj = await source(kind, ref["name"])
+                    optional = bool(ref.get("optional", False))
+                    if obj is None:
+                        reason = f"{'Optional' if optional else 'Mandatory'}{kind}NotFound"
+                        msg = f'{kind.lower()} "{ref["name"]}" not found'
+                        if not optional:
+                            raise MissingReference(reason, msg)
+                        out.warnings.append((reason, msg))
+                        continue
+                    for k, v in sorted(_data(obj).items()):
+                        pairs.append((prefix + k, v.decode(errors="replace")))
+            for env in container.get("env") or []:
+                resolved = await self._env_value(pod, container, env, value)
+                if resolved is not None:
+                    pairs.append((env["name"], _expand(resolved, pairs)))
+            out.env[container["name"]] = pairs
+
+        for volume in spec.get("volumes") or []:
+            files = await self._volume_files(pod, volume, source)
+            if files is not None:
+                out.files[volume["name"]] = files
+
+        secret_name = pod["metadata"].get("annotations", {}).get(USER_DATA_ANNOTATION)
+        if secret_name:
+            user_data = await value("Secret", secret_name, USER_DATA_KEY, optional=False)
+            out.user_data = user_data or ""
+        return out
+
+    async def _env_value(self, pod: Obj, container: Obj, env: Obj, value: Any) -> str | None:
+        if "value" in env:
+            return str(env["value"])
+        src = env.get("valueFrom")
+        if not src:
+            return ""
+        result: str | None
+        if "configMapKeyRef" in src:
+            ref = src["configMapKeyRef"]
+            result = await value("ConfigMap", ref["name"], ref["key"], bool(ref.get("optional")))
+            return result
+        if "secretKeyRef" in src:
+            ref = src["secretKeyRef"]
+            result = await value("Secret", ref["name"], ref["key"], bool(ref.get("optional")))
+            return result
+        if "fieldRef" in src:
+            return field_value(pod, src["fieldRef"]["fieldPath"])
+        if "resourceFieldRef" in src:
+            return resource_value(pod, container, src["resourceFieldRef"])
+        return ""
+
+    async def _volume_files(self, pod: Obj, volume: Obj, source: Any) -> dict[str, bytes] | None:
+        if "secret" in volume or "configMap" in volume:
+            kind, ref = (("Secret", volume["secret"]) if "secret" in volume
+                         else ("ConfigMap", volume["configMap"]))
+            name = ref.get("secretName") or ref.get("name", "")
+            obj = await source(kind, name)
+            optional = bool(ref.get("optional", False))
+            if obj is None:
+                if optional:
+                    return {}
+                raise MissingReference(f"Mandatory{kind}NotFound",
+                                       f'{kind.lower()} "{name}" not found')
+            return _project(_data(obj), ref.get("items"))
+        if "downwardAPI" in volume:
+            return {str(item["path"]): field_value(pod, item["fieldRef"]["fieldPath"]).encode()
+                    for item in volume["downwardAPI"].get("items", []) if "fieldRef" in item}
+        if "projected" in volume:
+            files: dict[str, bytes] = {}
+            for src in volume["projected"].get("sources", []):
+                for key in ("secret", "configMap", "downwardAPI"):
+                    if key in src:
+                        sub = {key: {**src[key], **({"secretName": src[key].get("name")}
+                                                    if key == "secret" else {})}}
+                        files.update(await self._volume_files(pod, sub, source) or {})
+            return files
+        return None
+
+
+def _data(obj: Obj) -> dict[str, bytes]:
+    """The data of a Secret (base64) or ConfigMap (text and binaryData) as bytes."""
+    if obj.get("kind") == "Secret" or "type" in obj:
+        return {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()} | {
+            k: v.encode() for k, v in (obj.get("stringData") or {}).items()}
+    out = {k: v.encode() for k, v in (obj.get("data") or {}).items()}
+    out.update({k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()})
+    return out
+
+
+def _project(data: dict[str, bytes], items: list[Obj] | None) -> dict[str, bytes]:
+    if not items:
+        return data
+    return {str(item.get("path") or item["key"]): data[item["key"]] for item in items
+            if item["key"] in data}
+
+
+def _expand(text: str, pairs: list[tuple[str, str]]) -> str:
+    """Expand $(VAR) references to earlier variables, as the kubelet does."""
+    if "$(" not in text:
+        return text
+    known = dict(pairs)
+    out, i = [], 0
+    while i < len(text):
+        if text.startswith("$$", i):
+            out.append("$")
+            i += 2
+        elif text.startswith("$(", i) and (end := text.find(")", i)) != -1:
+            name = text[i + 2:end]
+            out.append(known.get(name, text[i:end + 1]))
+            i = end + 1
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def field_value(pod: Obj, path: str) -> str:
+    """The downward API value of ``path`` for ``pod``."""
+    meta, spec, status = pod["metadata"], pod.get("spec", {}), pod.get("status", {})
+    simple = {
+        "metadata.name": meta.get("name", ""),
+        "metadata.namespace": meta.get("namespace", ""),
+        "metadata.uid": meta.get("uid", ""),
+        "spec.nodeName": spec.get("nodeName", ""),
+        "spec.serviceAccountName": spec.get("serviceAccountName", ""),
+        "status.podIP": status.get("podIP", ""),
+        "status.hostIP": status.get("hostIP", ""),
+        "status.podIPs": ",".join(p["ip"] for p in status.get("podIPs", [])),
+        "status.hostIPs": ",".join(p["ip"] for p in status.get("hostIPs", [])),
+    }
+    if path in simple:
+        return str(simple[path])
+    for prefix, source in (("metadata.labels", "labels"), ("metadata.annotations", "annotations")):
+        if path == prefix:
+            return "\n".join(f'{k}="{v}"' for k, v in sorted(meta.get(source, {}).items()))
+        if path.startswith(prefix + "['") and path.endswith("']"):
+            return str(meta.get(source, {}).get(path[len(prefix) + 2:-2], ""))
+    raise MissingReference("UnsupportedFieldPath", f'unsupported fieldPath "{path}"')
+
+
+def resource_value(pod: Obj, container: Obj, ref: Obj) -> str:
+    """The value of a resourceFieldRef, in units of its divisor (rounded up, as the kubelet)."""
+    target = container
+    if ref.get("containerName"):
+        target = next((c for c in pod["spec"]["containers"]
+                       if c["name"] == ref["containerName"]), container)
+    kind, _, res = ref["resource"].partition(".")
+    resources = target.get("resources", {})
+    raw = resources.get(kind, {}).get(res)
+    if raw is None and kind == "limits":
+        raw = resources.get("requests", {}).get(res)
+    divisor = ref.get("divisor") or "1"
+    if res == "cpu":
+        amount = cpu_millis(raw) if raw is not None else 0
+        unit = cpu_millis(divisor) or 1000  # the apiserver defaults the divisor to 0: one core
+        return str(max(1, math.ceil(amount / unit))) if amount else "0"
+    amount = memory_bytes(raw) if raw is not None else 0
+    return str(math.ceil(amount / (memory_bytes(divisor) or 1)))

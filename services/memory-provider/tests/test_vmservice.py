@@ -1,0 +1,80 @@
+"""VirtualMachineService: snapshots by identity and disks by handle, idempotent."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from vmlet.provider.v1 import pod_lifecycle_service_pb2 as pl
+from vmlet.provider.v1 import virtual_machine_service_pb2 as vms
+from vmlet_memory.testing import Harness, make_pod
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_snapshots(mp: Harness) -> None:
+    await mp.lifecycle.CreatePod(pl.CreatePodRequest(pod=make_pod("vm", identity="vm-1")))
+    first = (
+        await mp.vms.CreateSnapshot(vms.CreateSnapshotRequest(identity="vm-1", name="daily"))
+    ).snapshot
+    again = (
+        await mp.vms.CreateSnapshot(vms.CreateSnapshotRequest(identity="vm-1", name="daily"))
+    ).snapshot
+    assert first == again and first.identity == "vm-1" and first.kind == "memory-snapshot"
+    second = (
+        await mp.vms.CreateSnapshot(vms.CreateSnapshotRequest(identity="vm-1", name="b"))
+    ).snapshot
+    listed = (await mp.vms.ListSnapshots(vms.ListSnapshotsRequest(identity="vm-1"))).snapshots
+    assert [s.name for s in listed] == ["daily", "b"]
+
+    await mp.vms.RevertToSnapshot(
+        vms.RevertToSnapshotRequest(identity="vm-1", snapshot_id=first.id)
+    )
+    await mp.vms.DeleteSnapshot(vms.DeleteSnapshotRequest(identity="vm-1", snapshot_id=second.id))
+    await mp.vms.DeleteSnapshot(vms.DeleteSnapshotRequest(identity="vm-1", snapshot_id=second.id))
+    await mp.vms.DeleteSnapshot(vms.DeleteSnapshotRequest(identity="ghost", snapshot_id="x"))
+    listed = (await mp.vms.ListSnapshots(vms.ListSnapshotsRequest(identity="vm-1"))).snapshots
+    assert [s.name for s in listed] == ["daily"]
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await mp.vms.RevertToSnapshot(
+            vms.RevertToSnapshotRequest(identity="vm-1", snapshot_id="no")
+        )
+    assert info.value.code() is grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await mp.vms.CreateSnapshot(vms.CreateSnapshotRequest(identity="ghost", name="x"))
+    assert info.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+async def test_disks(mp: Harness) -> None:
+    disk = (await mp.vms.CreateDisk(vms.CreateDiskRequest(name="pv-1", size_bytes=1 << 30))).disk
+    same = (await mp.vms.CreateDisk(vms.CreateDiskRequest(name="pv-1", size_bytes=1 << 30))).disk
+    assert disk == same and disk.handle and disk.attached_to == ""
+
+    grown = (
+        await mp.vms.ExpandDisk(vms.ExpandDiskRequest(handle=disk.handle, size_bytes=2 << 30))
+    ).disk
+    assert grown.size_bytes == 2 << 30
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await mp.vms.ExpandDisk(vms.ExpandDiskRequest(handle=disk.handle, size_bytes=1))
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+    pod = make_pod("with-disk", disks=(disk.handle,))
+    await mp.lifecycle.CreatePod(pl.CreatePodRequest(pod=pod))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await mp.vms.DeleteDisk(vms.DeleteDiskRequest(handle=disk.handle))
+    assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    other = make_pod("wants-same-disk", disks=(disk.handle,))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await mp.lifecycle.CreatePod(pl.CreatePodRequest(pod=other))
+    assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+
+    await mp.lifecycle.DeletePod(pl.DeletePodRequest(pod=pod))
+    await mp.vms.DeleteDisk(vms.DeleteDiskRequest(handle=disk.handle))
+    await mp.vms.DeleteDisk(vms.DeleteDiskRequest(handle=disk.handle))  # unknown: fine
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await mp.vms.ExpandDisk(vms.ExpandDiskRequest(handle=disk.handle, size_bytes=5 << 30))
+    assert info.value.code() is grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await mp.vms.CreateDisk(vms.CreateDiskRequest(name="pv-2", size_bytes=0))
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT

@@ -1,0 +1,73 @@
+"""Wiring: the cloud, its servicers, and the optional state file, as one provider."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from vmlet_contract import ProviderServicers
+
+from .cloud import Cloud, CloudOptions
+from .endpoints import KubeletEndpoints
+from .lifecycle import PodLifecycle
+from .nodes import PROVIDER_KIND, NodeProvider
+from .notifier import PodNotifier
+from .statefile import StateFile, read_state
+from .vmservice import VirtualMachines
+
+__all__ = ["PROVIDER_KIND", "MemoryProvider", "build", "version"]
+
+_log = logging.getLogger(__name__)
+
+
+def version() -> str:
+    """The installed version of the memory provider."""
+    try:
+        return metadata.version("vmlet-memory-provider")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+@dataclass
+class MemoryProvider:
+    """A ready-to-serve memory provider."""
+
+    cloud: Cloud
+    servicers: ProviderServicers
+    state_file: StateFile | None = None
+
+
+def build(options: CloudOptions, *, state_file: Path | None = None) -> MemoryProvider:
+    """Makes the cloud (restored from `state_file` when it exists) and its servicers.
+
+    Call it from the event loop that will serve them.
+    """
+    cloud = Cloud(options, version=version())
+    store: StateFile | None = None
+    if state_file is not None:
+        saved = read_state(state_file)
+        if saved is not None:
+            cloud.load_state(saved)
+            _log.info(
+                "state restored",
+                extra={"path": str(state_file), "machines": len(saved.get("machines", []))},
+            )
+        store = StateFile(state_file, cloud.to_state)
+        cloud.on_change = store.mark_dirty
+        cloud.flush = store.flush
+
+    async def shutdown() -> None:
+        cloud.close()
+        await cloud.flush()
+
+    servicers = ProviderServicers(
+        lifecycle=PodLifecycle(cloud),
+        notifier=PodNotifier(cloud),
+        nodes=NodeProvider(cloud),
+        endpoints=KubeletEndpoints(cloud),
+        vms=VirtualMachines(cloud),
+        shutdown_hooks=(shutdown,),
+    )
+    return MemoryProvider(cloud=cloud, servicers=servicers, state_file=store)

@@ -1,0 +1,595 @@
+"""The in-memory IaaS: machines by identity, the pods they serve, hosts, addresses, disks.
+
+Every operation runs on the event loop without awaiting, so each one is atomic: twenty
+concurrent CreatePod calls for one identity see one machine. Look-ups are dict look-ups, so
+creating a pod costs O(1) however many run. Each change of a pod's status is published once to
+the `Fanout` that feeds NotifyPods, and `on_change` is called so the state file can follow.
+
+Per-pod knobs, for tests of the facade (annotations on the pod):
+  memory.vmlet.io/start-delay-seconds  how long this pod stays Pending (overrides the flag)
+  memory.vmlet.io/fail-create          "CODE: message" makes CreatePod fail with that gRPC code
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeAlias
+
+import grpc
+
+from vmlet.provider.v1 import pod_notifier_service_pb2, pod_pb2, virtual_machine_service_pb2
+from vmlet_contract import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ProviderError,
+    podstatus,
+)
+
+from .addresses import IpPool
+from .disks import Disk, DiskStore, disk_handles
+from .fanout import Fanout, Subscription
+from .hosts import Host, Usage, usage_of
+from .machines import LogLine, Machine, PodKey, Power, pod_key
+
+__all__ = ["Cloud", "CloudOptions", "PodUpdate"]
+
+_log = logging.getLogger(__name__)
+
+START_DELAY_ANNOTATION = "memory.vmlet.io/start-delay-seconds"
+FAIL_CREATE_ANNOTATION = "memory.vmlet.io/fail-create"
+HOST_IP = "127.0.0.1"
+STATE_VERSION = 1
+
+PodUpdate: TypeAlias = pod_notifier_service_pb2.NotifyPodsResponse
+
+
+@dataclass(frozen=True)
+class CloudOptions:
+    """The shape of the pretend IaaS."""
+
+    nodes: int = 2
+    node_prefix: str = "vmlet-memory"
+    cpu: str = "64"
+    memory: str = "256Gi"
+    pods: int = 250
+    start_delay_seconds: float = 0.0
+    ip_base: str = "10.88.0.0/16"
+    subscriber_limit: int = 65536
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _same_pod(a: pod_pb2.PodRef, b: pod_pb2.PodRef) -> bool:
+    return (a.namespace, a.name) == (b.namespace, b.name) and (
+        not a.uid or not b.uid or a.uid == b.uid
+    )
+
+
+def _injected_failure(pod: pod_pb2.Pod) -> ProviderError | None:
+    spec = pod.annotations.get(FAIL_CREATE_ANNOTATION)
+    if not spec:
+        return None
+    name, _, message = spec.partition(":")
+    try:
+        code = grpc.StatusCode[name.strip().upper()]
+    except KeyError:
+        code = grpc.StatusCode.INVALID_ARGUMENT
+    return ProviderError(
+        message.strip() or f"failure injected by {FAIL_CREATE_ANNOTATION}", code=code
+    )
+
+
+class Cloud:
+    """The whole pretend IaaS of one provider process."""
+
+    def __init__(self, options: CloudOptions, *, version: str = "0") -> None:
+        if options.nodes < 1:
+            raise InvalidArgument("the provider needs at least one node")
+        self.options = options
+        self.version = version
+        self.hosts: dict[str, Host] = {}
+        for i in range(options.nodes):
+            name = f"{options.node_prefix}-{i}"
+            self.hosts[name] = Host(name, cpu=options.cpu, memory=options.memory, pods=options.pods)
+        self.ips = IpPool(options.ip_base)
+        self.disks = DiskStore()
+        self.closing = asyncio.Event()
+        # Set by the state file: called after every change, awaited before answering.
+        self.on_change: Callable[[], None] = lambda: None
+        self.flush: Callable[[], Awaitable[None]] = _nothing
+        self._machines: dict[str, Machine] = {}
+        self._by_pod: dict[PodKey, str] = {}
+        self._fanout: Fanout[PodUpdate] = Fanout(limit=options.subscriber_limit)
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+
+    # Look-ups.
+
+    def machines(self) -> Iterator[Machine]:
+        """Every machine, with or without a pod."""
+        return iter(self._machines.values())
+
+    def machine(self, identity: str) -> Machine:
+        """The machine of `identity`; NotFound otherwise."""
+        vm = self._machines.get(identity)
+        if vm is None:
+            raise NotFound(f"no VM with identity {identity}")
+        return vm
+
+    def pod_machine(self, namespace: str, name: str) -> Machine:
+        """The machine serving pod namespace/name; NotFound otherwise."""
+        identity = self._by_pod.get((namespace, name))
+        if identity is None:
+            raise NotFound(f"pod {namespace}/{name} not found")
+        return self._machines[identity]
+
+    def running_machine(self, namespace: str, name: str) -> Machine:
+        """The machine serving pod namespace/name, which must be powered on."""
+        vm = self.pod_machine(namespace, name)
+        if vm.power is not Power.RUNNING:
+            raise FailedPrecondition(f"pod {namespace}/{name} is not running ({vm.power})")
+        return vm
+
+    def host(self, name: str) -> Host:
+        """The host named `name`; NotFound otherwise."""
+        host = self.hosts.get(name)
+        if host is None:
+            raise NotFound(f"node {name} is not served by this provider")
+        return host
+
+    def pods(self) -> list[pod_pb2.PodWithStatus]:
+        """Every pod with its status."""
+        return [
+            pod_pb2.PodWithStatus(pod=vm.pod, status=vm.status)
+            for vm in self._machines.values()
+            if vm.pod is not None
+        ]
+
+    # Notification.
+
+    def subscribe(self) -> Subscription[PodUpdate]:
+        """A subscription that first gets every pod's current status, then each change."""
+        initial = [
+            (pod_key(vm.pod.ref), PodUpdate(ref=vm.pod.ref, status=vm.status))
+            for vm in self._machines.values()
+            if vm.pod is not None and vm.status is not None
+        ]
+        return self._fanout.subscribe(initial)
+
+    def unsubscribe(self, sub: Subscription[PodUpdate]) -> None:
+        """Ends interest in changes."""
+        self._fanout.unsubscribe(sub)
+
+    def close(self) -> None:
+        """Ends every stream: the provider is shutting down."""
+        self.closing.set()
+        self._fanout.close("the provider is shutting down; reconnect")
+        for timer in self._timers.values():
+            timer.cancel()
+        for vm in self._machines.values():
+            vm.wake_followers()
+
+    # Pod lifecycle.
+
+    def create_pod(self, pod: pod_pb2.Pod) -> pod_pb2.PodStatus:
+        """Makes the pod's machine, or finds it by identity (moving or powering it on as
+        needed). Idempotent."""
+        self._validate(pod)
+        host = self.hosts.get(pod.node_name)
+        if host is None:
+            raise FailedPrecondition(f"node {pod.node_name} is not served by this provider")
+        key = pod_key(pod.ref)
+        owner = self._by_pod.get(key)
+        if owner is not None and owner != pod.identity:
+            raise AlreadyExists(
+                f"pod {key[0]}/{key[1]} already runs VM {owner}; it cannot also run {pod.identity}"
+            )
+        vm = self._machines.get(pod.identity)
+        if vm is None:
+            failure = _injected_failure(pod)
+            if failure is not None:
+                raise failure
+            vm = self._make(pod, host)
+        elif vm.pod is not None and _same_pod(vm.pod.ref, pod.ref):
+            if vm.node != host.name:
+                self._move(vm, host)
+                self._publish(vm)
+        elif vm.pod is not None:
+            self._take_over(vm, pod, host)
+        else:
+            self._revive(vm, pod, host)
+        self.on_change()
+        assert vm.status is not None
+        return vm.status
+
+    def update_pod(self, pod: pod_pb2.Pod) -> pod_pb2.PodStatus:
+        """Brings the machine in line with a changed pod: resources, annotations, node."""
+        vm = self.pod_machine(pod.ref.namespace, pod.ref.name)
+        if pod.identity and pod.identity != vm.identity:
+            raise InvalidArgument(
+                f"pod {pod.ref.namespace}/{pod.ref.name} runs VM {vm.identity}; "
+                f"its identity cannot change to {pod.identity}"
+            )
+        if not pod.identity or not pod.node_name:
+            pod = _filled_in(pod, identity=vm.identity, node_name=vm.node)
+        host = self.hosts.get(pod.node_name)
+        if host is None:
+            raise FailedPrecondition(f"node {pod.node_name} is not served by this provider")
+        handles = disk_handles(pod)
+        self.disks.check_attachable(handles, vm.identity)
+        self._reaccount(vm, host, usage_of(pod), what=f"pod {pod.ref.namespace}/{pod.ref.name}")
+        self.disks.attach(handles, vm.identity)
+        vm.pod = pod
+        vm.record("updated")
+        self._publish(vm)
+        self.on_change()
+        assert vm.status is not None
+        return vm.status
+
+    def delete_pod(self, pod: pod_pb2.Pod) -> None:
+        """Powers the pod's machine off and destroys it unless keep_on_delete. Unknown pods,
+        and pods whose machine now serves another pod, succeed without touching anything. A
+        pod that names only an identity whose machine is kept destroys it when not kept."""
+        key = pod_key(pod.ref)
+        identity = pod.identity or self._by_pod.get(key, "")
+        vm = self._machines.get(identity)
+        if vm is None:
+            return
+        if vm.pod is not None:
+            if not _same_pod(vm.pod.ref, pod.ref):
+                return
+            self._power_off(vm)
+            del self._by_pod[pod_key(vm.pod.ref)]
+            vm.pod, vm.status = None, None
+            vm.wake_followers()
+        if pod.keep_on_delete:
+            vm.record("kept: powered off with its disks")
+        else:
+            self._destroy(vm)
+        self.on_change()
+
+    # Snapshots and disks.
+
+    def create_snapshot(
+        self, identity: str, name: str, description: str
+    ) -> virtual_machine_service_pb2.Snapshot:
+        """Snapshots a machine; the same name again returns the first snapshot."""
+        vm = self.machine(identity)
+        if not name:
+            raise InvalidArgument("a snapshot needs a name")
+        for snap in vm.snapshots.values():
+            if snap.name == name:
+                return snap
+        snap = virtual_machine_service_pb2.Snapshot(
+            id=f"memory-snap-{uuid.uuid4()}",
+            name=name,
+            create_time=podstatus.timestamp(),
+            kind="memory-snapshot",
+            identity=identity,
+        )
+        vm.snapshots[snap.id] = snap
+        vm.record(f"snapshot {name} taken" + (f": {description}" if description else ""))
+        self.on_change()
+        return snap
+
+    def revert_to_snapshot(self, identity: str, snapshot_id: str) -> None:
+        """Puts a machine back to a snapshot (its power state is kept)."""
+        vm = self.machine(identity)
+        snap = vm.snapshots.get(snapshot_id)
+        if snap is None:
+            raise NotFound(f"VM {identity} has no snapshot {snapshot_id}")
+        vm.record(f"reverted to snapshot {snap.name}")
+        self.on_change()
+
+    def delete_snapshot(self, identity: str, snapshot_id: str) -> None:
+        """Removes a snapshot; unknown machines and snapshots succeed."""
+        vm = self._machines.get(identity)
+        if vm is not None and vm.snapshots.pop(snapshot_id, None) is not None:
+            vm.record(f"snapshot {snapshot_id} deleted")
+            self.on_change()
+
+    def create_disk(self, name: str, size_bytes: int, parameters: dict[str, str]) -> Disk:
+        """See `DiskStore.create`."""
+        disk = self.disks.create(name, size_bytes, parameters)
+        self.on_change()
+        return disk
+
+    def delete_disk(self, handle: str) -> None:
+        """See `DiskStore.delete`."""
+        self.disks.delete(handle)
+        self.on_change()
+
+    def expand_disk(self, handle: str, size_bytes: int) -> Disk:
+        """See `DiskStore.expand`."""
+        disk = self.disks.expand(handle, size_bytes)
+        self.on_change()
+        return disk
+
+    # Transitions.
+
+    def _validate(self, pod: pod_pb2.Pod) -> None:
+        where = f"pod {pod.ref.namespace}/{pod.ref.name}"
+        if not pod.ref.namespace or not pod.ref.name:
+            raise InvalidArgument("a pod needs a namespace and a name")
+        if not pod.identity:
+            raise InvalidArgument(f"{where} has no identity")
+        if not pod.node_name:
+            raise InvalidArgument(f"{where} is not bound to a node")
+        if len(pod.containers) != 1:
+            raise InvalidArgument(f"{where} has {len(pod.containers)} containers; a VM pod has one")
+        delay = pod.annotations.get(START_DELAY_ANNOTATION)
+        if delay is not None:
+            try:
+                float(delay)
+            except ValueError:
+                raise InvalidArgument(
+                    f"{where}: {START_DELAY_ANNOTATION} is not a number"
+                ) from None
+
+    def _make(self, pod: pod_pb2.Pod, host: Host) -> Machine:
+        handles = disk_handles(pod)
+        self.disks.check_attachable(handles, pod.identity)
+        usage = usage_of(pod)
+        host.admit(usage, what=f"pod {pod.ref.namespace}/{pod.ref.name}")
+        try:
+            ip = self.ips.allocate()
+        except ProviderError:
+            host.give_back(usage)
+            raise
+        vm = Machine(
+            identity=pod.identity,
+            uuid=str(uuid.uuid4()),
+            node=host.name,
+            ip=ip,
+            created_at=_now(),
+            pod=pod,
+            usage=usage,
+        )
+        self.disks.attach(handles, vm.identity)
+        self._machines[vm.identity] = vm
+        self._by_pod[pod_key(pod.ref)] = vm.identity
+        vm.record(f"created on {host.name} with address {ip}")
+        self._power_on(vm)
+        return vm
+
+    def _take_over(self, vm: Machine, pod: pod_pb2.Pod, host: Host) -> None:
+        """A new pod claims a machine another pod holds (a VM pod recreated elsewhere)."""
+        assert vm.pod is not None
+        old = vm.pod
+        self.disks.check_attachable(disk_handles(pod), vm.identity)
+        if vm.node != host.name:
+            self._move(vm, host)
+        del self._by_pod[pod_key(old.ref)]
+        new_key = pod_key(pod.ref)
+        if pod_key(old.ref) != new_key:
+            gone = podstatus.failed(
+                old,
+                reason="VMTakenOver",
+                message=f"VM {vm.identity} now serves pod {new_key[0]}/{new_key[1]}",
+                node_name=vm.node,
+                host_ip=HOST_IP,
+                provider_id=vm.provider_id,
+            )
+            self._fanout.publish(pod_key(old.ref), PodUpdate(ref=old.ref, status=gone))
+        self.disks.attach(disk_handles(pod), vm.identity)
+        vm.pod = pod
+        self._by_pod[new_key] = vm.identity
+        vm.record(f"now serving pod {new_key[0]}/{new_key[1]}")
+        self._publish(vm)
+
+    def _reaccount(self, vm: Machine, host: Host, usage: Usage, *, what: str) -> None:
+        """Moves a powered machine's share to `usage` on `host` (its own or another), all or
+        nothing."""
+        old_host = self.hosts.get(vm.node)
+        if vm.usage is not None and old_host is not None:
+            old_host.give_back(vm.usage)
+        try:
+            host.admit(usage, what=what)
+        except ProviderError:
+            if vm.usage is not None and old_host is not None:
+                old_host.take(vm.usage)
+            raise
+        vm.usage = usage
+        if vm.node != host.name:
+            vm.record(f"moved from {vm.node} to {host.name}")
+            vm.node = host.name
+
+    def _revive(self, vm: Machine, pod: pod_pb2.Pod, host: Host) -> None:
+        """A new pod for a kept (stopped) machine: bind it, move it if asked, power it on."""
+        handles = disk_handles(pod)
+        self.disks.check_attachable(handles, vm.identity)
+        if vm.node != host.name:
+            vm.record(f"moved from {vm.node} to {host.name}")
+            vm.node = host.name
+        usage = usage_of(pod)
+        host.admit(usage, what=f"pod {pod.ref.namespace}/{pod.ref.name}")
+        vm.usage = usage
+        self.disks.attach(handles, vm.identity)
+        vm.pod = pod
+        self._by_pod[pod_key(pod.ref)] = vm.identity
+        self._power_on(vm)
+
+    def _move(self, vm: Machine, host: Host) -> None:
+        """Relocates a machine to another host, taking its share of the new host."""
+        if vm.power is not Power.STOPPED and vm.usage is not None:
+            self._reaccount(vm, host, vm.usage, what=f"VM {vm.identity}")
+        else:
+            vm.record(f"moved from {vm.node} to {host.name}")
+            vm.node = host.name
+
+    def _power_on(self, vm: Machine) -> None:
+        assert vm.pod is not None
+        delay = float(
+            vm.pod.annotations.get(START_DELAY_ANNOTATION, self.options.start_delay_seconds)
+        )
+        vm.generation += 1
+        if delay <= 0:
+            self._running(vm)
+            return
+        vm.power = Power.POWERING_ON
+        vm.record("powering on")
+        self._publish(vm)
+        self._schedule_power_on(vm, delay)
+
+    def _schedule_power_on(self, vm: Machine, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._timers[vm.identity] = loop.call_later(
+            delay, self._finish_power_on, vm.identity, vm.generation
+        )
+
+    def _finish_power_on(self, identity: str, generation: int) -> None:
+        self._timers.pop(identity, None)
+        vm = self._machines.get(identity)
+        if vm is None or vm.generation != generation or vm.power is not Power.POWERING_ON:
+            return
+        self._running(vm)
+        self.on_change()
+
+    def _running(self, vm: Machine) -> None:
+        vm.power = Power.RUNNING
+        vm.started_at = _now()
+        vm.record("powered on", vm.started_at)
+        self._publish(vm)
+
+    def _power_off(self, vm: Machine) -> None:
+        if vm.power is Power.STOPPED:
+            return
+        timer = self._timers.pop(vm.identity, None)
+        if timer is not None:
+            timer.cancel()
+        host = self.hosts.get(vm.node)
+        if host is not None and vm.usage is not None:
+            host.give_back(vm.usage)
+        vm.usage = None
+        vm.power = Power.STOPPED
+        vm.generation += 1
+        vm.record("powered off")
+
+    def _destroy(self, vm: Machine) -> None:
+        self._power_off(vm)
+        self.ips.release(vm.ip)
+        self.disks.detach_all(vm.identity)
+        del self._machines[vm.identity]
+        vm.record("destroyed")
+
+    def _status(self, vm: Machine) -> pod_pb2.PodStatus | None:
+        if vm.pod is None:
+            return None
+        common: dict[str, Any] = {
+            "provider_id": vm.provider_id,
+            "container_id": vm.container_id,
+            "node_name": vm.node,
+            "host_ip": HOST_IP,
+        }
+        if vm.power is Power.RUNNING:
+            assert vm.started_at is not None
+            return podstatus.running(vm.pod, ips=[vm.ip], started_at=vm.started_at, **common)
+        return podstatus.pending(
+            vm.pod, reason="PoweringOn", message=f"VM is powering on on {vm.node}", **common
+        )
+
+    def _publish(self, vm: Machine) -> None:
+        vm.status = self._status(vm)
+        if vm.pod is not None and vm.status is not None:
+            self._fanout.publish(pod_key(vm.pod.ref), PodUpdate(ref=vm.pod.ref, status=vm.status))
+
+    # State on disk.
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything needed to come back after a restart, as JSON-ready data."""
+        return {
+            "version": STATE_VERSION,
+            "machines": [
+                {
+                    "identity": vm.identity,
+                    "uuid": vm.uuid,
+                    "node": vm.node,
+                    "ip": vm.ip,
+                    "created_at": vm.created_at.isoformat(),
+                    "power": vm.power.value,
+                    "started_at": vm.started_at.isoformat() if vm.started_at else None,
+                    "pod": _b64(vm.pod) if vm.pod is not None else None,
+                    "snapshots": [_b64(s) for s in vm.snapshots.values()],
+                    "log": [[line.time.isoformat(), line.text] for line in vm.log],
+                }
+                for vm in self._machines.values()
+            ],
+            "disks": [
+                {
+                    "handle": d.handle,
+                    "name": d.name,
+                    "size_bytes": d.size_bytes,
+                    "parameters": d.parameters,
+                    "attached_to": d.attached_to,
+                }
+                for d in self.disks
+            ],
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restores what `to_state` saved (into an empty cloud, on the event loop)."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"state version {state.get('version')!r} is not {STATE_VERSION}")
+        for d in state.get("disks", []):
+            self.disks.add(Disk(**d))
+        for m in state.get("machines", []):
+            vm = Machine(
+                identity=m["identity"],
+                uuid=m["uuid"],
+                node=m["node"],
+                ip=m["ip"],
+                created_at=datetime.fromisoformat(m["created_at"]),
+                power=Power(m["power"]),
+                started_at=datetime.fromisoformat(m["started_at"]) if m["started_at"] else None,
+            )
+            if m["pod"] is not None:
+                vm.pod = pod_pb2.Pod.FromString(base64.b64decode(m["pod"]))
+                self._by_pod[pod_key(vm.pod.ref)] = vm.identity
+            for raw in m["snapshots"]:
+                snap = virtual_machine_service_pb2.Snapshot.FromString(base64.b64decode(raw))
+                vm.snapshots[snap.id] = snap
+            for when, text in m["log"]:
+                vm.log_seq += 1
+                vm.log.append(LogLine(vm.log_seq, datetime.fromisoformat(when), text))
+            self.ips.claim(vm.ip)
+            if vm.pod is None:
+                vm.power = Power.STOPPED
+            else:
+                vm.usage = usage_of(vm.pod)
+                host = self.hosts.get(vm.node)
+                if host is not None:
+                    host.take(vm.usage)
+                else:
+                    _log.warning(
+                        "VM on a node this provider no longer serves",
+                        extra={"identity": vm.identity, "node": vm.node},
+                    )
+            self._machines[vm.identity] = vm
+            if vm.power is Power.POWERING_ON:
+                self._schedule_power_on(vm, self.options.start_delay_seconds)
+            vm.status = self._status(vm)
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _b64(message: Any) -> str:
+    return base64.b64encode(message.SerializeToString(deterministic=True)).decode("ascii")
+
+
+def _filled_in(pod: pod_pb2.Pod, *, identity: str, node_name: str) -> pod_pb2.Pod:
+    copy = pod_pb2.Pod()
+    copy.CopyFrom(pod)
+    copy.identity = copy.identity or identity
+    copy.node_name = copy.node_name or node_name
+    return copy

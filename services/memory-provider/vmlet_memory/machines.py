@@ -1,0 +1,101 @@
+"""The record of one pretend VM: its identity, pod, host, address, power state, log and snapshots.
+
+A machine outlives its pod when the pod was deleted with keep_on_delete: it is then Stopped, has
+no pod, keeps its address, disks and snapshots, and powers on again for the next pod of the same
+identity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from vmlet.provider.v1 import pod_pb2, virtual_machine_service_pb2
+
+from .hosts import Usage
+
+__all__ = ["LogLine", "Machine", "PodKey", "Power", "pod_key"]
+
+PodKey = tuple[str, str]
+
+_LOG_LINES_KEPT = 1000
+
+
+def pod_key(ref: pod_pb2.PodRef) -> PodKey:
+    """The (namespace, name) a pod is looked up by."""
+    return (ref.namespace, ref.name)
+
+
+class Power(enum.StrEnum):
+    """The power state of a machine."""
+
+    POWERING_ON = "PoweringOn"
+    RUNNING = "Running"
+    STOPPED = "Stopped"
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line of a machine's event log; `seq` grows by one per line."""
+
+    seq: int
+    time: datetime
+    text: str
+
+
+@dataclass
+class Machine:
+    """One pretend VM."""
+
+    identity: str
+    uuid: str
+    node: str
+    ip: str
+    created_at: datetime
+    pod: pod_pb2.Pod | None = None
+    power: Power = Power.STOPPED
+    started_at: datetime | None = None
+    usage: Usage | None = None
+    status: pod_pb2.PodStatus | None = None
+    snapshots: dict[str, virtual_machine_service_pb2.Snapshot] = field(default_factory=dict)
+    log: deque[LogLine] = field(default_factory=lambda: deque(maxlen=_LOG_LINES_KEPT))
+    log_seq: int = 0
+    # Bumped on every power transition so a stale power-on timer knows to do nothing.
+    generation: int = 0
+    _log_changed: asyncio.Event | None = None
+
+    @property
+    def key(self) -> PodKey | None:
+        """The (namespace, name) of the pod the machine serves, None when it has none."""
+        return pod_key(self.pod.ref) if self.pod is not None else None
+
+    @property
+    def provider_id(self) -> str:
+        """The machine's identifier, as an IaaS would report it."""
+        return self.uuid
+
+    @property
+    def container_id(self) -> str:
+        """The container ID of the pod's one container."""
+        return f"memory://{self.uuid}"
+
+    def record(self, text: str, when: datetime | None = None) -> None:
+        """Appends a line to the event log and wakes followers."""
+        self.log_seq += 1
+        self.log.append(LogLine(self.log_seq, when or datetime.now(UTC), text))
+        self.wake_followers()
+
+    def wake_followers(self) -> None:
+        """Wakes every follower of the log (a new line, or the pod went away)."""
+        if self._log_changed is not None:
+            self._log_changed.set()
+            self._log_changed = None
+
+    def log_changed(self) -> asyncio.Event:
+        """An event set at the next line (or when followers must look again)."""
+        if self._log_changed is None:
+            self._log_changed = asyncio.Event()
+        return self._log_changed

@@ -1,0 +1,67 @@
+"""VirtualMachineService over the in-memory cloud: snapshots per machine, disks by handle."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vmlet.provider.v1 import virtual_machine_service_pb2 as pb
+from vmlet.provider.v1 import virtual_machine_service_pb2_grpc as pb_grpc
+
+from .cloud import Cloud
+
+__all__ = ["VirtualMachines"]
+
+
+class VirtualMachines(pb_grpc.VirtualMachineServiceServicer):
+    """Snapshots and disks, answered once persisted."""
+
+    def __init__(self, cloud: Cloud) -> None:
+        self._cloud = cloud
+
+    async def CreateSnapshot(
+        self, request: pb.CreateSnapshotRequest, context: Any
+    ) -> pb.CreateSnapshotResponse:
+        snap = self._cloud.create_snapshot(request.identity, request.name, request.description)
+        await self._cloud.flush()
+        return pb.CreateSnapshotResponse(snapshot=snap)
+
+    async def RevertToSnapshot(
+        self, request: pb.RevertToSnapshotRequest, context: Any
+    ) -> pb.RevertToSnapshotResponse:
+        self._cloud.revert_to_snapshot(request.identity, request.snapshot_id)
+        await self._cloud.flush()
+        return pb.RevertToSnapshotResponse()
+
+    async def DeleteSnapshot(
+        self, request: pb.DeleteSnapshotRequest, context: Any
+    ) -> pb.DeleteSnapshotResponse:
+        self._cloud.delete_snapshot(request.identity, request.snapshot_id)
+        await self._cloud.flush()
+        return pb.DeleteSnapshotResponse()
+
+    async def ListSnapshots(
+        self, request: pb.ListSnapshotsRequest, context: Any
+    ) -> pb.ListSnapshotsResponse:
+        vm = self._cloud.machine(request.identity)
+        return pb.ListSnapshotsResponse(snapshots=list(vm.snapshots.values()))
+
+    async def CreateDisk(
+        self, request: pb.CreateDiskRequest, context: Any
+    ) -> pb.CreateDiskResponse:
+        disk = self._cloud.create_disk(request.name, request.size_bytes, dict(request.parameters))
+        await self._cloud.flush()
+        return pb.CreateDiskResponse(disk=disk.as_message())
+
+    async def DeleteDisk(
+        self, request: pb.DeleteDiskRequest, context: Any
+    ) -> pb.DeleteDiskResponse:
+        self._cloud.delete_disk(request.handle)
+        await self._cloud.flush()
+        return pb.DeleteDiskResponse()
+
+    async def ExpandDisk(
+        self, request: pb.ExpandDiskRequest, context: Any
+    ) -> pb.ExpandDiskResponse:
+        disk = self._cloud.expand_disk(request.handle, request.size_bytes)
+        await self._cloud.flush()
+        return pb.ExpandDiskResponse(disk=disk.as_message())
