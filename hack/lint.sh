@@ -5,3 +5,4 @@ cd "$(dirname "$0")/.."
 bash hack/genproto.sh --check
 ruff check .
 mypy lib/localenv/vmlet_localenv lib/contract/vmlet_contract services/*/vmlet_*
+lint-imports --no-cache

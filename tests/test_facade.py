@@ -182,6 +182,24 @@ def test_mandatory_missing_reference_holds_the_pod(stack: Stack, control_plane: 
                what="pod Running once the reference exists")
 
 
+@pytest.mark.parametrize(("code", "reason"), [("INVALID_ARGUMENT", "InvalidSpec"),
+                                              ("RESOURCE_EXHAUSTED", "InsufficientResources")])
+def test_provider_errors_become_reasons_and_events(stack: Stack, control_plane: ControlPlane,
+                                                   ns: str, code: str, reason: str) -> None:
+    manifest = stack.vm_pod("bad", "mem-a")
+    manifest["metadata"]["annotations"] = {
+        "memory.vmlet.io/fail-create": f"{code}: no template named nope"}
+    apply(control_plane, ns, manifest)
+    waiting = eventually(
+        lambda: pod(stack, ns, "bad")["status"].get("containerStatuses", [{}])[0]
+        .get("state", {}).get("waiting"), what="container waiting")
+    assert waiting == {"reason": reason, "message": "no template named nope"}
+    failed = eventually(lambda: [e for e in events(stack, ns, "bad")
+                                 if e["reason"] == "ProviderCreateFailed"], what="Event")
+    assert failed[0]["type"] == "Warning" and failed[0]["message"] == "no template named nope"
+    assert "Traceback" not in json.dumps(pod(stack, ns, "bad")["status"])
+
+
 def test_lease_is_renewed(stack: Stack, control_plane: ControlPlane) -> None:
     path = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/mem-a-0"
     first = json.loads(control_plane.kubectl("get", "--raw", path).stdout)

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from vmlet.provider.v1 import pod_pb2 as pb
+from vmlet_facade.podconvert import (
+    identity_of,
+    spec_fingerprint,
+    status_to_k8s,
+    to_provider_pod,
+)
+from vmlet_facade.references import Resolved
+
+
+def _pod(**meta: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "vm", "namespace": "ns", "uid": "u-1",
+                     "creationTimestamp": "2026-11-26T05:00:00Z", **meta},
+        "spec": {"nodeName": "n1", "containers": [{
+            "name": "vm", "image": "debian-12",
+            "resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
+                          "limits": {"cpu": "2"}}}],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "c1"}},
+                        {"name": "cfg", "configMap": {"name": "cm"}},
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]},
+        "status": {},
+    }
+
+
+def test_identity_defaults_to_pod_uid_and_follows_annotation() -> None:
+    assert identity_of(_pod()) == "u-1"
+    assert identity_of(_pod(annotations={"vmlet.io/identity": "vm-uid"})) == "vm-uid"
+
+
+def test_to_provider_pod_carries_resources_volumes_and_keep() -> None:
+    resolved = Resolved(env={"vm": [("A", "1")]}, files={"cfg": {"k": b"v"}}, user_data="#cc")
+    owned = _pod(ownerReferences=[{"apiVersion": "vmlet.io/v1alpha1", "kind": "VirtualMachine",
+                                   "name": "x", "uid": "vm-uid"}])
+    p = to_provider_pod(owned, resolved)
+    assert p.ref.uid == "u-1" and p.node_name == "n1" and p.keep_on_delete
+    r = p.containers[0].resources
+    assert (r.cpu_request_millis, r.cpu_limit_millis, r.memory_request_bytes) == (500, 2000, 2**30)
+    assert p.containers[0].env[0].name == "A" and p.user_data == "#cc"
+    kinds = {v.name: v.WhichOneof("source") for v in p.volumes}
+    assert kinds == {"data": "disk", "cfg": "files", "tmp": "scratch"}
+    assert not to_provider_pod(_pod(), Resolved()).keep_on_delete
+
+
+def test_fingerprint_changes_with_resources_only() -> None:
+    a, b = _pod(), _pod()
+    b["metadata"]["labels"] = {"x": "y"}
+    assert spec_fingerprint(a) == spec_fingerprint(b)
+    b["spec"]["containers"][0]["resources"]["limits"]["cpu"] = "4"
+    assert spec_fingerprint(a) != spec_fingerprint(b)
+
+
+def test_status_running_is_ready_with_ip() -> None:
+    status = pb.PodStatus(phase=pb.POD_PHASE_RUNNING, pod_ip="10.0.0.5")
+    started = pb.ContainerStatus(name="vm", ready=True)
+    started.running.started_at.FromDatetime(dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    status.container_statuses.append(started)
+    out = status_to_k8s(status, _pod(), "192.0.2.1")
+    assert out["phase"] == "Running" and out["podIP"] == "10.0.0.5"
+    assert out["hostIP"] == "192.0.2.1"
+    conds = {c["type"]: c["status"] for c in out["conditions"]}
+    assert conds == {"PodScheduled": "True", "Initialized": "True", "ContainersReady": "True",
+                     "Ready": "True"}
+    assert out["containerStatuses"][0]["state"]["running"]["startedAt"] == "2026-01-01T00:00:00Z"
+
+
+def test_status_keeps_transition_time_while_unchanged() -> None:
+    pod = _pod()
+    pod["status"]["conditions"] = [{"type": "Ready", "status": "False",
+                                    "lastTransitionTime": "2020-01-01T00:00:00Z"}]
+    out = status_to_k8s(pb.PodStatus(phase=pb.POD_PHASE_PENDING), pod, "")
+    ready = next(c for c in out["conditions"] if c["type"] == "Ready")
+    assert ready["lastTransitionTime"] == "2020-01-01T00:00:00Z"
+    assert out["podIP"] is None  # a merge patch null clears an earlier IP

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import asyncio
+
+from vmlet_facade.queueing import SerialWorkers
+
+
+async def test_one_key_never_runs_concurrently_and_bursts_coalesce() -> None:
+    running: set[str] = set()
+    calls: list[str] = []
+
+    async def handler(key: str) -> None:
+        assert key not in running
+        running.add(key)
+        calls.append(key)
+        await asyncio.sleep(0.01)
+        running.discard(key)
+
+    workers = SerialWorkers(handler, concurrency=4)
+    for _ in range(10):
+        workers.submit("a")
+    workers.submit("b")
+    await asyncio.sleep(0.1)
+    assert calls.count("a") == 2 and calls.count("b") == 1
+    await workers.stop()
+
+
+async def test_retry_after_delay_and_failures_do_not_kill_the_worker() -> None:
+    seen: list[int] = []
+
+    async def handler(key: str) -> None:
+        seen.append(len(seen))
+        if len(seen) == 1:
+            raise RuntimeError("boom")
+
+    workers = SerialWorkers(handler)
+    workers.submit("k")
+    await asyncio.sleep(0.02)
+    workers.submit_after("k", 0.05)
+    await asyncio.sleep(0.1)
+    assert seen == [0, 1] and workers.busy == 0
