@@ -12,7 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmlet_localenv.controlplane import ControlPlane
-from vmlet_localenv.services import FacadeProcess, ProviderProcess, facade_kubeconfig
+from vmlet_localenv.services import (
+    FacadeProcess,
+    ProviderProcess,
+    apply_crds,
+    facade_kubeconfig,
+)
 from vmlet_localenv.tools import K8S_VERSION
 from vmlet_localenv.vcsim import VcSim
 
@@ -60,6 +65,7 @@ class Environment:
         if self.iaas != "memory":
             # The vSphere and OpenStack providers join here once they exist.
             return
+        apply_crds(self.control_plane)
         provider = ProviderProcess("memory", run / "providers", args=["--nodes", "2"]).start()
         self.providers.append(provider)
         self.env["VMLET_PROVIDER_MEMORY"] = provider.address

@@ -15,11 +15,18 @@ import yaml
 from vmlet_localenv.controlplane import ControlPlane
 from vmlet_localenv.processes import Process, free_port, wait_for
 
-__all__ = ["REPO", "FacadeProcess", "ProviderProcess", "facade_kubeconfig"]
+__all__ = ["REPO", "FacadeProcess", "ProviderProcess", "apply_crds", "facade_kubeconfig"]
 
 REPO = Path(__file__).resolve().parents[3]
 FACADE_USER = "vmlet-facade"
 _MODULES = {"memory": "vmlet_memory", "vsphere": "vmlet_vmware", "openstack": "vmlet_openstack"}
+
+
+def apply_crds(cp: ControlPlane) -> None:
+    """Install vmlet's CustomResourceDefinitions and wait until they are served."""
+    cp.kubectl("apply", "-f", str(REPO / "k8s/base/crds"))
+    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f",
+               str(REPO / "k8s/base/crds"))
 
 
 def facade_kubeconfig(cp: ControlPlane) -> Path:

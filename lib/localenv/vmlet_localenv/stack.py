@@ -13,7 +13,12 @@ import grpc
 
 from vmlet_localenv.controlplane import ControlPlane
 from vmlet_localenv.processes import free_port
-from vmlet_localenv.services import FacadeProcess, ProviderProcess, facade_kubeconfig
+from vmlet_localenv.services import (
+    FacadeProcess,
+    ProviderProcess,
+    apply_crds,
+    facade_kubeconfig,
+)
 
 __all__ = ["Stack", "eventually"]
 
@@ -56,6 +61,7 @@ class Stack:
         self.facade: FacadeProcess | None = None
 
     def start(self) -> Stack:
+        apply_crds(self.cp)
         for provider in self.providers.values():
             provider.start()
         self.start_facade()

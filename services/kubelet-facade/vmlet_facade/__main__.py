@@ -66,6 +66,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--provider-cert", type=Path, default=env("VMLET_PROVIDER_CERT"))
     p.add_argument("--provider-key", type=Path, default=env("VMLET_PROVIDER_KEY"))
     p.add_argument("--pod-sync-workers", type=int, default=64)
+    p.add_argument("--disable-cluster-controllers", action="store_true",
+                   help="do not run the VirtualMachine controllers (another facade does)")
+    p.add_argument("--leader-election-namespace",
+                   default=env("VMLET_LEADER_ELECTION_NAMESPACE", "kube-system"),
+                   help="where the cluster controllers' leader Lease lives")
     p.add_argument("--log-level", default=env("VMLET_LOG_LEVEL", "info"))
     args = p.parse_args(argv)
     args.providers = _providers(args.provider or [env("VMLET_PROVIDERS", "")])
@@ -89,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         provider_tls=ProviderTls(args.provider_ca, args.provider_cert, args.provider_key)
         if args.provider_ca else None,
         pod_workers=args.pod_sync_workers,
+        cluster_controllers=not args.disable_cluster_controllers,
+        leader_election_namespace=args.leader_election_namespace,
     )
 
     async def amain() -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import start_http_server
 
+from vmlet_facade.cluster import run_cluster_controllers
 from vmlet_facade.events import EventRecorder
 from vmlet_facade.grpcprovider import GrpcProvider, ProviderTls
 from vmlet_facade.kube import KubeClient, KubeConfig
@@ -39,6 +40,8 @@ class FacadeConfig:
     provider_tls: ProviderTls | None = None
     pod_workers: int = 64
     status_workers: int = 32
+    cluster_controllers: bool = True
+    leader_election_namespace: str = "kube-system"
 
 
 async def _node_loop(nc: NodeController, pods: PodController) -> None:
@@ -73,6 +76,10 @@ async def run(config: FacadeConfig, stop: asyncio.Event) -> None:
              for nc in controllers]
     tasks.append(asyncio.create_task(
         LeaseKeeper(client, leased, interval=config.lease_interval).run(), name="leases"))
+    if config.cluster_controllers:
+        tasks.append(asyncio.create_task(run_cluster_controllers(
+            client, {p.name: p for p in providers}, events, config.leader_election_namespace),
+            name="cluster-controllers"))
     log.info("facade running for providers %s", ", ".join(config.providers))
     stopper: asyncio.Task[object] = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 
@@ -16,11 +17,15 @@ from vmlet.provider.v1 import (
     pod_lifecycle_service_pb2_grpc,
     pod_notifier_service_pb2,
     pod_notifier_service_pb2_grpc,
+    virtual_machine_service_pb2_grpc,
 )
 from vmlet.provider.v1 import pod_pb2 as pb
+from vmlet.provider.v1 import virtual_machine_service_pb2 as vm_pb
 from vmlet_contract import error_from_rpc
 
 __all__ = ["GrpcProvider", "ProviderTls"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,22 @@ class ProviderTls:
         )
 
 
+async def _unary(call: Awaitable[Any]) -> Any:
+    """Await one call; a failed one raises the ProviderError of its status code."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as err:
+        raise error_from_rpc(err) from None
+
+
+async def _stream(call: AsyncIterator[T]) -> AsyncIterator[T]:
+    try:
+        async for msg in call:
+            yield msg
+    except grpc.aio.AioRpcError as err:
+        raise error_from_rpc(err) from None
+
+
 class GrpcProvider:
     """A provider reached at ``address``; every call raises ProviderError on failure."""
 
@@ -54,73 +75,74 @@ class GrpcProvider:
         self._nodes = node_provider_service_pb2_grpc.NodeProviderServiceStub(self._channel)
         self._pods = pod_lifecycle_service_pb2_grpc.PodLifecycleServiceStub(self._channel)
         self._notifier = pod_notifier_service_pb2_grpc.PodNotifierServiceStub(self._channel)
+        self._vms = virtual_machine_service_pb2_grpc.VirtualMachineServiceStub(self._channel)
 
     async def close(self) -> None:
         await self._channel.close()
 
+    # -- nodes -------------------------------------------------------------------------------
+
     async def ping(self) -> None:
-        try:
-            await self._nodes.Ping(node_provider_service_pb2.PingRequest(), timeout=5)
-        except grpc.aio.AioRpcError as err:
-            raise error_from_rpc(err) from None
+        await _unary(self._nodes.Ping(node_provider_service_pb2.PingRequest(), timeout=5))
 
     async def list_nodes(self) -> list[node_pb2.Node]:
-        try:
-            resp = await self._nodes.ListNodes(node_provider_service_pb2.ListNodesRequest(),
-                                               timeout=30)
-        except grpc.aio.AioRpcError as err:
-            raise error_from_rpc(err) from None
+        resp = await _unary(self._nodes.ListNodes(
+            node_provider_service_pb2.ListNodesRequest(), timeout=30))
         return list(resp.nodes)
 
-    async def watch_nodes(
-        self,
-    ) -> AsyncIterator[node_provider_service_pb2.NotifyNodeStatusResponse]:
-        try:
-            async for msg in self._nodes.NotifyNodeStatus(
-                node_provider_service_pb2.NotifyNodeStatusRequest()
-            ):
-                yield msg
-        except grpc.aio.AioRpcError as err:
-            raise error_from_rpc(err) from None
+    def watch_nodes(self) -> AsyncIterator[node_provider_service_pb2.NotifyNodeStatusResponse]:
+        return _stream(self._nodes.NotifyNodeStatus(
+            node_provider_service_pb2.NotifyNodeStatusRequest()))
+
+    # -- pods --------------------------------------------------------------------------------
 
     async def create_pod(self, pod: pb.Pod) -> pb.PodStatus:
-        try:
-            resp = await self._pods.CreatePod(
-                pod_lifecycle_service_pb2.CreatePodRequest(pod=pod), timeout=self._timeout)
-        except grpc.aio.AioRpcError as err:
-            raise error_from_rpc(err) from None
+        resp = await _unary(self._pods.CreatePod(
+            pod_lifecycle_service_pb2.CreatePodRequest(pod=pod), timeout=self._timeout))
         status: pb.PodStatus = resp.status
         return status
 
     async def update_pod(self, pod: pb.Pod) -> pb.PodStatus:
-        try:
-            resp = await self._pods.UpdatePod(
-                pod_lifecycle_service_pb2.UpdatePodRequest(pod=pod), timeout=self._timeout)
-        except grpc.aio.AioRpcError as err:
-            raise error_from_rpc(err) from None
+        resp = await _unary(self._pods.UpdatePod(
+            pod_lifecycle_service_pb2.UpdatePodRequest(pod=pod), timeout=self._timeout))
         status: pb.PodStatus = resp.status
         return status
 
     async def delete_pod(self, pod: pb.Pod) -> None:
-        try:
-            await self._pods.DeletePod(pod_lifecycle_service_pb2.DeletePodRequest(pod=pod),
-                                       timeout=self._timeout)
-        except grpc.aio.AioRpcError as err:
-            raise error_from_rpc(err) from None
+        await _unary(self._pods.DeletePod(
+            pod_lifecycle_service_pb2.DeletePodRequest(pod=pod), timeout=self._timeout))
 
     async def get_pods(self) -> list[pb.PodWithStatus]:
-        try:
-            resp = await self._pods.GetPods(pod_lifecycle_service_pb2.GetPodsRequest(),
-                                            timeout=60)
-        except grpc.aio.AioRpcError as err:
-            raise error_from_rpc(err) from None
+        resp = await _unary(self._pods.GetPods(pod_lifecycle_service_pb2.GetPodsRequest(),
+                                               timeout=60))
         return list(resp.pods)
 
-    async def watch_pods(self) -> AsyncIterator[pod_notifier_service_pb2.NotifyPodsResponse]:
-        try:
-            async for msg in self._notifier.NotifyPods(
-                pod_notifier_service_pb2.NotifyPodsRequest()
-            ):
-                yield msg
-        except grpc.aio.AioRpcError as err:
-            raise error_from_rpc(err) from None
+    def watch_pods(self) -> AsyncIterator[pod_notifier_service_pb2.NotifyPodsResponse]:
+        return _stream(self._notifier.NotifyPods(pod_notifier_service_pb2.NotifyPodsRequest()))
+
+    # -- VMs ---------------------------------------------------------------------------------
+
+    async def get_vm(self, identity: str) -> vm_pb.VirtualMachine:
+        resp = await _unary(self._vms.GetVirtualMachine(
+            vm_pb.GetVirtualMachineRequest(identity=identity), timeout=30))
+        vm: vm_pb.VirtualMachine = resp.virtual_machine
+        return vm
+
+    async def delete_vm(self, identity: str) -> None:
+        await _unary(self._vms.DeleteVirtualMachine(
+            vm_pb.DeleteVirtualMachineRequest(identity=identity), timeout=self._timeout))
+
+    async def create_snapshot(self, identity: str, name: str,
+                              description: str) -> vm_pb.Snapshot:
+        resp = await _unary(self._vms.CreateSnapshot(vm_pb.CreateSnapshotRequest(
+            identity=identity, name=name, description=description), timeout=self._timeout))
+        snapshot: vm_pb.Snapshot = resp.snapshot
+        return snapshot
+
+    async def revert_to_snapshot(self, identity: str, snapshot_id: str) -> None:
+        await _unary(self._vms.RevertToSnapshot(vm_pb.RevertToSnapshotRequest(
+            identity=identity, snapshot_id=snapshot_id), timeout=self._timeout))
+
+    async def delete_snapshot(self, identity: str, snapshot_id: str) -> None:
+        await _unary(self._vms.DeleteSnapshot(vm_pb.DeleteSnapshotRequest(
+            identity=identity, snapshot_id=snapshot_id), timeout=self._timeout))

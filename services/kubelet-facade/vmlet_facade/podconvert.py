@@ -148,7 +148,8 @@ def status_to_k8s(status: pb.PodStatus, pod: Obj, host_ip: str) -> Obj:
     old_conds = {c["type"]: c for c in old.get("conditions") or []}
     phase = _PHASES.get(status.phase, "Pending")
     containers = []
-    spec_images = {c["name"]: c.get("image", "") for c in pod.get("spec", {}).get("containers", [])}
+    spec_containers = {c["name"]: c for c in pod.get("spec", {}).get("containers", [])}
+    spec_images = {name: c.get("image", "") for name, c in spec_containers.items()}
     for cs in status.container_statuses:
         state: Obj
         which = cs.WhichOneof("state")
@@ -171,6 +172,9 @@ def status_to_k8s(status: pb.PodStatus, pod: Obj, host_ip: str) -> Obj:
             "name": cs.name, "image": cs.image or spec_images.get(cs.name, ""),
             "imageID": cs.image_id, "containerID": cs.container_id, "ready": cs.ready,
             "restartCount": cs.restart_count, "started": which == "running", "state": state,
+            # What the VM was given: reported as a resize-capable kubelet does, which is what
+            # lets the apiserver accept in-place resizes (pods/resize) of VM pods.
+            "resources": spec_containers.get(cs.name, {}).get("resources") or {},
         })
     if not containers:
         for name, image in spec_images.items():
@@ -178,6 +182,7 @@ def status_to_k8s(status: pb.PodStatus, pod: Obj, host_ip: str) -> Obj:
             containers.append({
                 "name": name, "image": image, "imageID": "", "ready": running,
                 "restartCount": 0, "started": running,
+                "resources": spec_containers[name].get("resources") or {},
                 "state": {"running": {"startedAt": _now()}} if running
                 else {"waiting": {"reason": status.reason or "ContainerCreating"}},
             })

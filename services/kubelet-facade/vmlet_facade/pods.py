@@ -20,6 +20,7 @@ from vmlet_contract import ProviderError, is_retryable
 from vmlet_facade import metrics
 from vmlet_facade.events import EventRecorder
 from vmlet_facade.kube import ApiError, KubeClient, list_and_watch
+from vmlet_facade.operationpods import operation_of, run_operation
 from vmlet_facade.podconvert import spec_fingerprint, status_to_k8s, to_provider_pod
 from vmlet_facade.provider import Provider
 from vmlet_facade.queueing import SerialWorkers
@@ -30,6 +31,7 @@ __all__ = ["PodController", "Route"]
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
+OPERATION = "operation"  # marks an operation pod in PodController.created: no VM to delete
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,8 @@ class PodController:
                 if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
                     return
                 await self._create(uid, pod, route)
+            elif self.created[uid] == OPERATION:
+                pass
             elif self.created[uid] is None:
                 self.created[uid] = spec_fingerprint(pod)
             elif self.created[uid] != spec_fingerprint(pod):
@@ -203,6 +207,11 @@ class PodController:
         self._sync.submit_after(uid, _backoff(attempt))
 
     async def _create(self, uid: str, pod: Obj, route: Route) -> None:
+        if operation_of(pod):
+            status = await run_operation(pod, route.provider)
+            self.created[uid] = OPERATION
+            self._set_status(uid, status)
+            return
         pod = self._with_host_ip(pod, route)
         resolved = await self._resolver.resolve(pod)
         for reason, message in resolved.warnings:
@@ -230,9 +239,12 @@ class PodController:
             await self._events.emit(pod, "ProviderUpdateFailed", err.message, warning=True)
             raise
         self.created[uid] = spec_fingerprint(pod)
+        self._written.pop(uid, None)  # the spec changed: so does the status written from it
         self._set_status(uid, status)
 
     async def _delete(self, uid: str, pod: Obj, route: Route) -> None:
+        if self.created.get(uid) == OPERATION:
+            self.created.pop(uid, None)
         if uid in self.created:
             try:
                 with metrics.provider_call("DeletePod"):
@@ -254,7 +266,7 @@ class PodController:
     async def _forget(self, uid: str) -> None:
         """The pod is gone from Kubernetes (force-deleted or deletion finished)."""
         pod = self._gone.pop(uid, None)
-        if uid in self.created and pod is not None:
+        if uid in self.created and self.created[uid] != OPERATION and pod is not None:
             route = self.routes.get(pod["spec"].get("nodeName", ""))
             if route is not None:
                 try:

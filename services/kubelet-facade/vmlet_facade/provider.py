@@ -9,7 +9,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from vmlet.provider.v1 import node_pb2, node_provider_service_pb2, pod_notifier_service_pb2
+from vmlet.provider.v1 import (
+    node_pb2,
+    node_provider_service_pb2,
+    pod_notifier_service_pb2,
+    virtual_machine_service_pb2,
+)
 from vmlet.provider.v1 import pod_pb2 as pb
 
 __all__ = ["Provider"]
@@ -35,3 +40,14 @@ class Provider(Protocol):
     async def get_pods(self) -> list[pb.PodWithStatus]: ...
 
     def watch_pods(self) -> AsyncIterator[pod_notifier_service_pb2.NotifyPodsResponse]: ...
+
+    async def get_vm(self, identity: str) -> virtual_machine_service_pb2.VirtualMachine: ...
+
+    async def delete_vm(self, identity: str) -> None: ...
+
+    async def create_snapshot(self, identity: str, name: str,
+                              description: str) -> virtual_machine_service_pb2.Snapshot: ...
+
+    async def revert_to_snapshot(self, identity: str, snapshot_id: str) -> None: ...
+
+    async def delete_snapshot(self, identity: str, snapshot_id: str) -> None: ...

@@ -20,6 +20,7 @@ from vmlet_facade.quantity import cpu_millis, memory_bytes
 __all__ = ["USER_DATA_ANNOTATION", "MissingReference", "Resolved", "Resolver"]
 
 USER_DATA_ANNOTATION = "vmlet.io/user-data-secret"
+USER_DATA_KEY_ANNOTATION = "vmlet.io/user-data-key"
 USER_DATA_KEY = "userdata"
 
 Obj = dict[str, Any]
@@ -118,9 +119,11 @@ class Resolver:
             if files is not None:
                 out.files[volume["name"]] = files
 
-        secret_name = pod["metadata"].get("annotations", {}).get(USER_DATA_ANNOTATION)
+        annotations = pod["metadata"].get("annotations", {})
+        secret_name = annotations.get(USER_DATA_ANNOTATION)
         if secret_name:
-            user_data = await value("Secret", secret_name, USER_DATA_KEY, optional=False)
+            key = annotations.get(USER_DATA_KEY_ANNOTATION, USER_DATA_KEY)
+            user_data = await value("Secret", secret_name, key, optional=False)
             out.user_data = user_data or ""
         return out
 

@@ -257,6 +257,30 @@ class Cloud:
             self._destroy(vm)
         self.on_change()
 
+    def describe(self, identity: str) -> virtual_machine_service_pb2.VirtualMachine:
+        """What the cloud holds for `identity`; NotFound otherwise."""
+        vm = self.machine(identity)
+        usage = usage_of(vm.pod) if vm.pod is not None else Usage(pods=0)
+        power = (virtual_machine_service_pb2.POWER_STATE_OFF if vm.power is Power.STOPPED
+                 else virtual_machine_service_pb2.POWER_STATE_ON)
+        return virtual_machine_service_pb2.VirtualMachine(
+            identity=vm.identity, provider_id=vm.provider_id, name=vm.uuid, power_state=power,
+            node_name=vm.node, cpus=-(-usage.cpu_millis // 1000),
+            memory_bytes=usage.memory_bytes,
+            ip_addresses=[vm.ip] if vm.power is Power.RUNNING else [])
+
+    def destroy(self, identity: str) -> None:
+        """Destroys the machine of `identity` whatever its state; unknown ones succeed."""
+        vm = self._machines.get(identity)
+        if vm is None:
+            return
+        if vm.pod is not None:
+            self._by_pod.pop(pod_key(vm.pod.ref), None)
+            vm.pod, vm.status = None, None
+            vm.wake_followers()
+        self._destroy(vm)
+        self.on_change()
+
     # Snapshots and disks.
 
     def create_snapshot(

@@ -18,6 +18,18 @@ class VirtualMachines(pb_grpc.VirtualMachineServiceServicer):
     def __init__(self, cloud: Cloud) -> None:
         self._cloud = cloud
 
+    async def GetVirtualMachine(
+        self, request: pb.GetVirtualMachineRequest, context: Any
+    ) -> pb.GetVirtualMachineResponse:
+        return pb.GetVirtualMachineResponse(virtual_machine=self._cloud.describe(request.identity))
+
+    async def DeleteVirtualMachine(
+        self, request: pb.DeleteVirtualMachineRequest, context: Any
+    ) -> pb.DeleteVirtualMachineResponse:
+        self._cloud.destroy(request.identity)
+        await self._cloud.flush()
+        return pb.DeleteVirtualMachineResponse()
+
     async def CreateSnapshot(
         self, request: pb.CreateSnapshotRequest, context: Any
     ) -> pb.CreateSnapshotResponse:

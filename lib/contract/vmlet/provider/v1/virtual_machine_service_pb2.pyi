@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,6 +19,171 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _PowerState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PowerStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PowerState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    POWER_STATE_UNSPECIFIED: _PowerState.ValueType  # 0
+    """Not set."""
+    POWER_STATE_ON: _PowerState.ValueType  # 1
+    """Powered on."""
+    POWER_STATE_OFF: _PowerState.ValueType  # 2
+    """Powered off (stopped, disks kept)."""
+    POWER_STATE_SUSPENDED: _PowerState.ValueType  # 3
+    """Suspended."""
+
+class PowerState(_PowerState, metaclass=_PowerStateEnumTypeWrapper):
+    """PowerState is a VM's power state."""
+
+POWER_STATE_UNSPECIFIED: PowerState.ValueType  # 0
+"""Not set."""
+POWER_STATE_ON: PowerState.ValueType  # 1
+"""Powered on."""
+POWER_STATE_OFF: PowerState.ValueType  # 2
+"""Powered off (stopped, disks kept)."""
+POWER_STATE_SUSPENDED: PowerState.ValueType  # 3
+"""Suspended."""
+Global___PowerState: _TypeAlias = PowerState  # noqa: Y015
+
+@_typing.final
+class VirtualMachine(_message.Message):
+    """VirtualMachine is what the IaaS holds for one identity."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    PROVIDER_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    POWER_STATE_FIELD_NUMBER: _builtins.int
+    NODE_NAME_FIELD_NUMBER: _builtins.int
+    CPUS_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    IP_ADDRESSES_FIELD_NUMBER: _builtins.int
+    identity: _builtins.str
+    """The VM's identity."""
+    provider_id: _builtins.str
+    """The IaaS's identifier of the VM."""
+    name: _builtins.str
+    """The VM's name in the IaaS."""
+    power_state: Global___PowerState.ValueType
+    """Its power state."""
+    node_name: _builtins.str
+    """The node (host) it is on, as a node name the provider serves."""
+    cpus: _builtins.int
+    """Its virtual CPUs."""
+    memory_bytes: _builtins.int
+    """Its memory in bytes."""
+    @_builtins.property
+    def ip_addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Its IP addresses, as the guest reports them."""
+
+    def __init__(
+        self,
+        *,
+        identity: _builtins.str = ...,
+        provider_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        power_state: Global___PowerState.ValueType = ...,
+        node_name: _builtins.str = ...,
+        cpus: _builtins.int = ...,
+        memory_bytes: _builtins.int = ...,
+        ip_addresses: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "identity", b"identity", "ip_addresses", b"ip_addresses", "memory_bytes", b"memory_bytes", "name", b"name", "node_name", b"node_name", "power_state", b"power_state", "provider_id", b"provider_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VirtualMachine: _TypeAlias = VirtualMachine  # noqa: Y015
+
+@_typing.final
+class GetVirtualMachineRequest(_message.Message):
+    """GetVirtualMachineRequest names the VM."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    identity: _builtins.str
+    """The VM's identity."""
+    def __init__(
+        self,
+        *,
+        identity: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetVirtualMachineRequest: _TypeAlias = GetVirtualMachineRequest  # noqa: Y015
+
+@_typing.final
+class GetVirtualMachineResponse(_message.Message):
+    """GetVirtualMachineResponse carries the VM; NOT_FOUND when there is none."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VIRTUAL_MACHINE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def virtual_machine(self) -> Global___VirtualMachine:
+        """The VM."""
+
+    def __init__(
+        self,
+        *,
+        virtual_machine: Global___VirtualMachine | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["virtual_machine", b"virtual_machine"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["virtual_machine", b"virtual_machine"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetVirtualMachineResponse: _TypeAlias = GetVirtualMachineResponse  # noqa: Y015
+
+@_typing.final
+class DeleteVirtualMachineRequest(_message.Message):
+    """DeleteVirtualMachineRequest names the VM."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    identity: _builtins.str
+    """The VM's identity."""
+    def __init__(
+        self,
+        *,
+        identity: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteVirtualMachineRequest: _TypeAlias = DeleteVirtualMachineRequest  # noqa: Y015
+
+@_typing.final
+class DeleteVirtualMachineResponse(_message.Message):
+    """DeleteVirtualMachineResponse is empty: success means the VM is gone."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteVirtualMachineResponse: _TypeAlias = DeleteVirtualMachineResponse  # noqa: Y015
 
 @_typing.final
 class Snapshot(_message.Message):

@@ -38,6 +38,16 @@ class VirtualMachineServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.GetVirtualMachine = channel.unary_unary(
+                '/vmlet.provider.v1.VirtualMachineService/GetVirtualMachine',
+                request_serializer=vmlet_dot_provider_dot_v1_dot_virtual__machine__service__pb2.GetVirtualMachineRequest.SerializeToString,
+                response_deserializer=vmlet_dot_provider_dot_v1_dot_virtual__machine__service__pb2.GetVirtualMachineResponse.FromString,
+                _registered_method=True)
+        self.DeleteVirtualMachine = channel.unary_unary(
+                '/vmlet.provider.v1.VirtualMachineService/DeleteVirtualMachine',
+                request_serializer=vmlet_dot_provider_dot_v1_dot_virtual__machine__service__pb2.DeleteVirtualMachineRequest.SerializeToString,
+                response_deserializer=vmlet_dot_provider_dot_v1_dot_virtual__machine__service__pb2.DeleteVirtualMachineResponse.FromString,
+                _registered_method=True)
         self.CreateSnapshot = channel.unary_unary(
                 '/vmlet.provider.v1.VirtualMachineService/CreateSnapshot',
                 request_serializer=vmlet_dot_provider_dot_v1_dot_virtual__machine__service__pb2.CreateSnapshotRequest.SerializeToString,
@@ -81,6 +91,21 @@ class VirtualMachineServiceServicer:
     identity, the key written into the IaaS at creation. Moving a VM is not here: a pod for an
     existing identity on another node moves it (see CreatePod).
     """
+
+    def GetVirtualMachine(self, request, context):
+        """GetVirtualMachine reports a VM by identity, also when no pod runs it (a stopped VM).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteVirtualMachine(self, request, context):
+        """DeleteVirtualMachine destroys a VM and its own disks by identity, whatever its power state;
+        the facade calls it when a VirtualMachine resource is deleted. Deleting an unknown VM succeeds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def CreateSnapshot(self, request, context):
         """CreateSnapshot captures the VM: a vSphere snapshot, or a Glance image on OpenStack.
@@ -135,6 +160,16 @@ class VirtualMachineServiceServicer:
 
 def add_VirtualMachineServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'GetVirtualMachine': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVirtualMachine,
+                    request_deserializer=vmlet_dot_provider_dot_v1_dot_virtual__machine__service__pb2.GetVirtualMachineRequest.FromString,
+                    response_serializer=vmlet_dot_provider_dot_v1_dot_virtual__machine__service__pb2.GetVirtualMachineResponse.SerializeToString,
+            ),
+            'DeleteVirtualMachine': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteVirtualMachine,
+                    request_deserializer=vmlet_dot_provider_dot_v1_dot_virtual__machine__service__pb2.DeleteVirtualMachineRequest.FromString,
+                    response_serializer=vmlet_dot_provider_dot_v1_dot_virtual__machine__service__pb2.DeleteVirtualMachineResponse.SerializeToString,
+            ),
             'CreateSnapshot': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSnapshot,
                     request_deserializer=vmlet_dot_provider_dot_v1_dot_virtual__machine__service__pb2.CreateSnapshotRequest.FromString,
@@ -184,6 +219,60 @@ class VirtualMachineService:
     identity, the key written into the IaaS at creation. Moving a VM is not here: a pod for an
     existing identity on another node moves it (see CreatePod).
     """
+
+    @staticmethod
+    def GetVirtualMachine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmlet.provider.v1.VirtualMachineService/GetVirtualMachine',
+            vmlet_dot_provider_dot_v1_dot_virtual__machine__service__pb2.GetVirtualMachineRequest.SerializeToString,
+            vmlet_dot_provider_dot_v1_dot_virtual__machine__service__pb2.GetVirtualMachineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteVirtualMachine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmlet.provider.v1.VirtualMachineService/DeleteVirtualMachine',
+            vmlet_dot_provider_dot_v1_dot_virtual__machine__service__pb2.DeleteVirtualMachineRequest.SerializeToString,
+            vmlet_dot_provider_dot_v1_dot_virtual__machine__service__pb2.DeleteVirtualMachineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def CreateSnapshot(request,

@@ -37,6 +37,12 @@ class VirtualMachineServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> VirtualMachineServiceAsyncStub: ...
+    GetVirtualMachine: _grpc.UnaryUnaryMultiCallable[_virtual_machine_service_pb2.GetVirtualMachineRequest, _virtual_machine_service_pb2.GetVirtualMachineResponse]
+    """GetVirtualMachine reports a VM by identity, also when no pod runs it (a stopped VM)."""
+    DeleteVirtualMachine: _grpc.UnaryUnaryMultiCallable[_virtual_machine_service_pb2.DeleteVirtualMachineRequest, _virtual_machine_service_pb2.DeleteVirtualMachineResponse]
+    """DeleteVirtualMachine destroys a VM and its own disks by identity, whatever its power state;
+    the facade calls it when a VirtualMachine resource is deleted. Deleting an unknown VM succeeds.
+    """
     CreateSnapshot: _grpc.UnaryUnaryMultiCallable[_virtual_machine_service_pb2.CreateSnapshotRequest, _virtual_machine_service_pb2.CreateSnapshotResponse]
     """CreateSnapshot captures the VM: a vSphere snapshot, or a Glance image on OpenStack."""
     RevertToSnapshot: _grpc.UnaryUnaryMultiCallable[_virtual_machine_service_pb2.RevertToSnapshotRequest, _virtual_machine_service_pb2.RevertToSnapshotResponse]
@@ -63,6 +69,12 @@ class VirtualMachineServiceAsyncStub(VirtualMachineServiceStub):
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
+    GetVirtualMachine: _aio.UnaryUnaryMultiCallable[_virtual_machine_service_pb2.GetVirtualMachineRequest, _virtual_machine_service_pb2.GetVirtualMachineResponse]  # type: ignore[assignment]
+    """GetVirtualMachine reports a VM by identity, also when no pod runs it (a stopped VM)."""
+    DeleteVirtualMachine: _aio.UnaryUnaryMultiCallable[_virtual_machine_service_pb2.DeleteVirtualMachineRequest, _virtual_machine_service_pb2.DeleteVirtualMachineResponse]  # type: ignore[assignment]
+    """DeleteVirtualMachine destroys a VM and its own disks by identity, whatever its power state;
+    the facade calls it when a VirtualMachine resource is deleted. Deleting an unknown VM succeeds.
+    """
     CreateSnapshot: _aio.UnaryUnaryMultiCallable[_virtual_machine_service_pb2.CreateSnapshotRequest, _virtual_machine_service_pb2.CreateSnapshotResponse]  # type: ignore[assignment]
     """CreateSnapshot captures the VM: a vSphere snapshot, or a Glance image on OpenStack."""
     RevertToSnapshot: _aio.UnaryUnaryMultiCallable[_virtual_machine_service_pb2.RevertToSnapshotRequest, _virtual_machine_service_pb2.RevertToSnapshotResponse]  # type: ignore[assignment]
@@ -86,6 +98,24 @@ class VirtualMachineServiceServicer(metaclass=_abc_1.ABCMeta):
     identity, the key written into the IaaS at creation. Moving a VM is not here: a pod for an
     existing identity on another node moves it (see CreatePod).
     """
+
+    @_abc_1.abstractmethod
+    def GetVirtualMachine(
+        self,
+        request: _virtual_machine_service_pb2.GetVirtualMachineRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_virtual_machine_service_pb2.GetVirtualMachineResponse, _abc.Awaitable[_virtual_machine_service_pb2.GetVirtualMachineResponse]]:
+        """GetVirtualMachine reports a VM by identity, also when no pod runs it (a stopped VM)."""
+
+    @_abc_1.abstractmethod
+    def DeleteVirtualMachine(
+        self,
+        request: _virtual_machine_service_pb2.DeleteVirtualMachineRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_virtual_machine_service_pb2.DeleteVirtualMachineResponse, _abc.Awaitable[_virtual_machine_service_pb2.DeleteVirtualMachineResponse]]:
+        """DeleteVirtualMachine destroys a VM and its own disks by identity, whatever its power state;
+        the facade calls it when a VirtualMachine resource is deleted. Deleting an unknown VM succeeds.
+        """
 
     @_abc_1.abstractmethod
     def CreateSnapshot(

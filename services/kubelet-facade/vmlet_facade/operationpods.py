@@ -1,0 +1,66 @@
+"""Operation pods: pods on a vmlet node that ask for an operation on an existing VM instead of a
+VM of their own (annotation vmlet.io/operation). The facade carries them out through the
+provider's explicit RPCs and ends the pod Succeeded or Failed, as a container would, with the
+result as the termination message.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from vmlet.provider.v1 import pod_pb2 as pb
+from vmlet_contract import ProviderError, is_retryable
+from vmlet_facade.provider import Provider
+from vmlet_facade.vmapi import (
+    OPERATION_ANNOTATION,
+    SNAPSHOT_NAME_ANNOTATION,
+    TARGET_IDENTITY_ANNOTATION,
+)
+
+__all__ = ["operation_of", "run_operation"]
+
+Obj = dict[str, Any]
+
+
+def operation_of(pod: Obj) -> str | None:
+    """The operation ``pod`` asks for, or None for a VM pod."""
+    value = (pod["metadata"].get("annotations") or {}).get(OPERATION_ANNOTATION)
+    return str(value) if value else None
+
+
+def _ended(container: str, exit_code: int, reason: str, message: str) -> pb.PodStatus:
+    now = Timestamp()
+    now.FromDatetime(dt.datetime.now(dt.UTC))
+    status = pb.PodStatus(
+        phase=pb.POD_PHASE_SUCCEEDED if exit_code == 0 else pb.POD_PHASE_FAILED,
+        reason="" if exit_code == 0 else reason, message="" if exit_code == 0 else message)
+    status.start_time.CopyFrom(now)
+    cs = status.container_statuses.add(name=container, ready=False)
+    cs.terminated.exit_code = exit_code
+    cs.terminated.reason = reason
+    cs.terminated.message = message
+    cs.terminated.started_at.CopyFrom(now)
+    cs.terminated.finished_at.CopyFrom(now)
+    return status
+
+
+async def run_operation(pod: Obj, provider: Provider) -> pb.PodStatus:
+    """Carry out ``pod``'s operation; a retryable provider error propagates (try again)."""
+    annotations = pod["metadata"].get("annotations") or {}
+    container = pod["spec"]["containers"][0]["name"]
+    operation = operation_of(pod)
+    identity = annotations.get(TARGET_IDENTITY_ANNOTATION, "")
+    if operation != "backup" or not identity:
+        return _ended(container, 2, "UnknownOperation",
+                      f"vmlet cannot carry out operation {operation!r} on {identity!r}")
+    name = annotations.get(SNAPSHOT_NAME_ANNOTATION) or pod["metadata"]["name"]
+    try:
+        snapshot = await provider.create_snapshot(identity, name, f"vmlet backup {name}")
+    except ProviderError as err:
+        if is_retryable(err.code):
+            raise
+        return _ended(container, 1, err.reason, err.message)
+    return _ended(container, 0, "Completed", snapshot.id)

@@ -1,0 +1,326 @@
+"""Backup, restore and migration of VirtualMachines, as their own resources.
+
+A VirtualMachineBackup becomes a Job whose pod has affinity to the VM's pod, so the real scheduler
+puts it on the VM's node; the facade serving that node carries the Job's pod out as the
+provider's CreateSnapshot and ends it Succeeded with the snapshot's ID as its termination
+message. The Backup's status mirrors the Job's. A VirtualMachineRestore reverts the VM to a
+Backup's snapshot. A VirtualMachineMigration marks the VM so its controller replaces the VM pod by
+one the scheduler binds to the target (or any other) node; the provider moves the VM there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from vmlet_contract import ProviderError, is_retryable
+from vmlet_facade.events import EventRecorder
+from vmlet_facade.kube import ApiError, KubeClient
+from vmlet_facade.kube.informer import Informer, key_of
+from vmlet_facade.provider import Provider
+from vmlet_facade.queueing import SerialWorkers
+from vmlet_facade.virtualmachines import VirtualMachineController
+from vmlet_facade.vmapi import (
+    MIGRATION_ANNOTATION,
+    MIGRATION_SOURCE_ANNOTATION,
+    MIGRATION_TARGET_ANNOTATION,
+    OPERATION_ANNOTATION,
+    SNAPSHOT_NAME_ANNOTATION,
+    TARGET_IDENTITY_ANNOTATION,
+    VM_UID_LABEL,
+    now,
+    owner_ref,
+    path,
+    provider_tolerations,
+    set_condition,
+)
+
+__all__ = ["OperationsController"]
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+BACKUP_LABEL = "vmlet.io/backup"
+
+
+def backup_job(backup: Obj, vm: Obj) -> Obj:
+    """The Job that takes ``backup`` of ``vm`` on the VM's node."""
+    meta = backup["metadata"]
+    uid = vm["metadata"]["uid"]
+    provider = vm["spec"]["provider"]
+    labels = {BACKUP_LABEL: meta["name"]}
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": f"{meta['name']}-backup", "namespace": meta["namespace"],
+                     "labels": labels, "ownerReferences": [owner_ref(backup,
+                                                                     "VirtualMachineBackup")]},
+        "spec": {
+            "backoffLimit": 3, "ttlSecondsAfterFinished": 86400,
+            "template": {
+                "metadata": {"labels": labels, "annotations": {
+                    OPERATION_ANNOTATION: "backup", TARGET_IDENTITY_ANNOTATION: uid,
+                    SNAPSHOT_NAME_ANNOTATION: f"{meta['namespace']}-{meta['name']}"}},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "containers": [{"name": "backup", "image": "vmlet.io/operation:backup"}],
+                    "nodeSelector": {"vmlet.io/provider": provider},
+                    "tolerations": provider_tolerations(provider),
+                    "affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                        {"labelSelector": {"matchLabels": {VM_UID_LABEL: uid}},
+                         "topologyKey": "kubernetes.io/hostname"}]}},
+                },
+            },
+        },
+    }
+
+
+class OperationsController:
+    """Backups, restores and migrations, next to the VirtualMachine controller."""
+
+    def __init__(self, client: KubeClient, providers: Callable[[str], Provider | None],
+                 events: EventRecorder, vms: VirtualMachineController) -> None:
+        self._client = client
+        self._providers = providers
+        self._events = events
+        self._vms = vms
+        self.backups = Informer(client, path("virtualmachinebackups"),
+                                on_change=lambda o, n: self._submit("backup", o, n))
+        self.restores = Informer(client, path("virtualmachinerestores"),
+                                 on_change=lambda o, n: self._submit("restore", o, n))
+        self.migrations = Informer(client, path("virtualmachinemigrations"),
+                                   on_change=lambda o, n: self._submit("migration", o, n))
+        self.jobs = Informer(client, "/apis/batch/v1/jobs", {"labelSelector": BACKUP_LABEL},
+                             on_change=self._job_changed)
+        self.job_pods = Informer(client, "/api/v1/pods", {"labelSelector": BACKUP_LABEL},
+                                 on_change=self._job_changed)
+        self._workers = SerialWorkers(self._reconcile, concurrency=8, name="vmops")
+        self._attempts: dict[str, int] = {}
+
+    async def run(self) -> None:
+        await asyncio.gather(self.backups.run(), self.restores.run(), self.migrations.run(),
+                             self.jobs.run(), self.job_pods.run(), self._follow_vms())
+
+    async def stop(self) -> None:
+        await self._workers.stop()
+
+    async def _follow_vms(self) -> None:
+        # Migrations finish when the VM's new pod runs: look again whenever VMs change.
+        while True:
+            await asyncio.sleep(1.0)
+            for mig in self.migrations.values():
+                if (mig.get("status") or {}).get("state") in (None, "Pending", "Running"):
+                    self._workers.submit(f"migration:{key_of(mig)}")
+
+    def _submit(self, kind: str, old: Obj | None, new: Obj | None) -> None:
+        obj = new or old
+        if obj is not None:
+            self._workers.submit(f"{kind}:{key_of(obj)}")
+
+    def _job_changed(self, old: Obj | None, new: Obj | None) -> None:
+        obj = new or old
+        if obj is None:
+            return
+        name = obj["metadata"].get("labels", {}).get(BACKUP_LABEL)
+        if name:
+            self._workers.submit(f"backup:{obj['metadata']['namespace']}/{name}")
+
+    async def _reconcile(self, key: str) -> None:
+        kind, _, ref = key.partition(":")
+        try:
+            if kind == "backup":
+                await self._backup(ref)
+            elif kind == "restore":
+                await self._restore(ref)
+            elif kind == "migration":
+                await self._migration(ref)
+            self._attempts.pop(key, None)
+        except (ApiError, ProviderError) as err:
+            attempt = self._attempts.get(key, 0)
+            self._attempts[key] = attempt + 1
+            log.warning("%s: %s (retry %d)", key, err, attempt)
+            self._workers.submit_after(key, min(60.0, 2.0 ** attempt))
+
+    async def _status(self, plural: str, obj: Obj, status: Obj, reason: str,
+                      message: str) -> None:
+        old = obj.get("status") or {}
+        generation = int(obj["metadata"].get("generation", 1))
+        state = status.get("state", old.get("state"))
+        conditions = set_condition(
+            old.get("conditions") or [], "Complete",
+            "True" if state == "Succeeded" else "False", reason, message, generation)
+        if state == "Failed":
+            conditions = set_condition(conditions, "Failed", "True", reason, message, generation)
+        new = {**old, **status, "conditions": conditions, "observedGeneration": generation}
+        if new == old:
+            return
+        meta = obj["metadata"]
+        await self._client.patch(path(plural, meta["namespace"], meta["name"], "status"),
+                                 {"status": new})
+        if old.get("state") != state:
+            await self._events.emit(obj, reason, message, warning=state == "Failed")
+
+    # -- backups -----------------------------------------------------------------------------
+
+    async def _backup(self, ref: str) -> None:
+        backup = self.backups.get(ref)
+        if backup is None or (backup.get("status") or {}).get("state") in ("Succeeded",
+                                                                           "Failed"):
+            return
+        ns = backup["metadata"]["namespace"]
+        vm = self._vms.vms.get(f"{ns}/{backup['spec']['vmName']}")
+        if vm is None:
+            await self._status("virtualmachinebackups", backup, {"state": "Failed"},
+                               "VMNotFound", f"no VirtualMachine {backup['spec']['vmName']}")
+            return
+        job_name = f"{backup['metadata']['name']}-backup"
+        job = self.jobs.get(f"{ns}/{job_name}")
+        if job is None:
+            try:
+                job = await self._client.create(f"/apis/batch/v1/namespaces/{ns}/jobs",
+                                                backup_job(backup, vm))
+            except ApiError as err:
+                if not err.conflict:
+                    raise
+                return
+            await self._status("virtualmachinebackups", backup, {
+                "state": "Pending", "jobName": job_name, "identity": vm["metadata"]["uid"],
+                "snapshotName": f"{ns}-{backup['metadata']['name']}"},
+                "JobCreated", f"job {job_name} takes the backup on the VM's node")
+            await self._events.emit(vm, "BackingUp", f"backup {backup['metadata']['name']} "
+                                     f"started (job {job_name})")
+            return
+        js = job.get("status") or {}
+        conds = {c["type"]: c for c in js.get("conditions") or [] if c.get("status") == "True"}
+        status: Obj = {"jobName": job_name}
+        if js.get("startTime"):
+            status["startTime"] = js["startTime"]
+        if "Complete" in conds:
+            snapshot = self._snapshot_of(ns, backup["metadata"]["name"])
+            if not snapshot:
+                return  # the pod that says which snapshot is not in the cache yet
+            status.update(state="Succeeded", snapshotID=snapshot,
+                          completionTime=js.get("completionTime") or now())
+            await self._status("virtualmachinebackups", backup, status, "BackupSucceeded",
+                               f"snapshot {snapshot} taken")
+            await self._events.emit(vm, "BackedUp",
+                                    f"backup {backup['metadata']['name']}: snapshot {snapshot}")
+        elif "Failed" in conds:
+            status.update(state="Failed", completionTime=now())
+            await self._status("virtualmachinebackups", backup, status,
+                               conds["Failed"].get("reason", "JobFailed"),
+                               conds["Failed"].get("message", "the backup job failed"))
+        elif js.get("active"):
+            status["state"] = "Running"
+            await self._status("virtualmachinebackups", backup, status, "JobRunning",
+                               f"job {job_name} is running")
+
+    def _snapshot_of(self, ns: str, backup: str) -> str:
+        for pod in self.job_pods.values():
+            meta = pod["metadata"]
+            if meta["namespace"] != ns or meta.get("labels", {}).get(BACKUP_LABEL) != backup:
+                continue
+            for cs in pod.get("status", {}).get("containerStatuses") or []:
+                term = cs.get("state", {}).get("terminated") or {}
+                if term.get("exitCode") == 0 and term.get("message"):
+                    return str(term["message"]).strip()
+        return ""
+
+    # -- restores ----------------------------------------------------------------------------
+
+    async def _restore(self, ref: str) -> None:
+        restore = self.restores.get(ref)
+        if restore is None or (restore.get("status") or {}).get("state") in ("Succeeded",
+                                                                             "Failed"):
+            return
+        ns = restore["metadata"]["namespace"]
+        backup = self.backups.get(f"{ns}/{restore['spec']['backupName']}")
+        bstatus = (backup or {}).get("status") or {}
+        if backup is None or bstatus.get("state") == "Failed":
+            await self._status("virtualmachinerestores", restore, {"state": "Failed"},
+                               "BackupNotUsable",
+                               f"backup {restore['spec']['backupName']} is missing or failed")
+            return
+        if bstatus.get("state") != "Succeeded":
+            await self._status("virtualmachinerestores", restore, {"state": "Pending"},
+                               "WaitingForBackup", "the backup has not completed yet")
+            return
+        vm = self._vms.vms.get(f"{ns}/{backup['spec']['vmName']}")
+        provider = self._providers(vm["spec"]["provider"]) if vm else None
+        if vm is None or provider is None:
+            await self._status("virtualmachinerestores", restore, {"state": "Failed"},
+                               "VMNotFound", "the backup's VirtualMachine or provider is gone")
+            return
+        await self._status("virtualmachinerestores", restore, {
+            "state": "Running", "startTime": now(), "vmName": vm["metadata"]["name"]},
+            "Restoring", f"reverting the VM to snapshot {bstatus['snapshotID']}")
+        try:
+            await provider.revert_to_snapshot(bstatus["identity"], bstatus["snapshotID"])
+        except ProviderError as err:
+            if is_retryable(err.code):
+                raise
+            await self._status("virtualmachinerestores", restore, {
+                "state": "Failed", "completionTime": now()}, err.reason, err.message)
+            return
+        await self._status("virtualmachinerestores", restore, {
+            "state": "Succeeded", "completionTime": now()}, "Restored",
+            f"the VM is back to snapshot {bstatus['snapshotID']}")
+        await self._events.emit(vm, "Restored",
+                                f"restored from backup {backup['metadata']['name']}")
+
+    # -- migrations --------------------------------------------------------------------------
+
+    async def _migration(self, ref: str) -> None:
+        mig = self.migrations.get(ref)
+        if mig is None:
+            return
+        status = mig.get("status") or {}
+        if status.get("state") in ("Succeeded", "Failed"):
+            return
+        ns = mig["metadata"]["namespace"]
+        vm = self._vms.vms.get(f"{ns}/{mig['spec']['vmName']}")
+        if vm is None:
+            await self._status("virtualmachinemigrations", mig, {"state": "Failed"},
+                               "VMNotFound", f"no VirtualMachine {mig['spec']['vmName']}")
+            return
+        annotations = vm["metadata"].get("annotations") or {}
+        vm_path = path("virtualmachines", ns, vm["metadata"]["name"])
+        name = mig["metadata"]["name"]
+        if not status.get("state") or status.get("state") == "Pending":
+            source = (vm.get("status") or {}).get("nodeName")
+            if (vm.get("status") or {}).get("state") != "Running" or not source:
+                await self._status("virtualmachinemigrations", mig, {"state": "Pending"},
+                                   "WaitingForVM", "the VM must be Running to migrate")
+                return
+            if annotations.get(MIGRATION_ANNOTATION) not in (None, name):
+                await self._status("virtualmachinemigrations", mig, {"state": "Pending"},
+                                   "AnotherMigration", "another migration of the VM runs")
+                return
+            target = mig["spec"].get("targetNode", "")
+            if target == source:
+                await self._status("virtualmachinemigrations", mig, {
+                    "state": "Failed", "sourceNode": source, "targetNode": target},
+                    "SameNode", f"the VM already runs on {source}")
+                return
+            await self._client.patch(vm_path, {"metadata": {"annotations": {
+                MIGRATION_ANNOTATION: name, MIGRATION_SOURCE_ANNOTATION: source,
+                MIGRATION_TARGET_ANNOTATION: target}}})
+            await self._status("virtualmachinemigrations", mig, {
+                "state": "Running", "sourceNode": source, "targetNode": target,
+                "startTime": now()}, "Migrating",
+                f"moving the VM from {source} to {target or 'another node'}")
+            return
+        vstatus = vm.get("status") or {}
+        node = vstatus.get("nodeName")
+        if vstatus.get("state") == "Running" and node and node != status.get("sourceNode"):
+            await self._client.patch(vm_path, {"metadata": {"annotations": {
+                MIGRATION_ANNOTATION: None, MIGRATION_SOURCE_ANNOTATION: None,
+                MIGRATION_TARGET_ANNOTATION: None}}})
+            await self._status("virtualmachinemigrations", mig, {
+                "state": "Succeeded", "targetNode": node, "completionTime": now()},
+                "Migrated", f"the VM moved from {status.get('sourceNode')} to {node}")
+            await self._events.emit(vm, "Migrated",
+                                    f"moved from {status.get('sourceNode')} to {node}")

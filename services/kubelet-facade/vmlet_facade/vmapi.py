@@ -1,0 +1,154 @@
+"""The VirtualMachine API (vmlet.io/v1alpha1): names, the VM pod a VirtualMachine asks for, and
+condition helpers the cluster controllers share.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from vmlet_facade.podconvert import IDENTITY_ANNOTATION, KEEP_ANNOTATION
+from vmlet_facade.references import USER_DATA_ANNOTATION, USER_DATA_KEY_ANNOTATION
+
+__all__ = [
+    "API_VERSION",
+    "FINALIZER",
+    "GROUP",
+    "MIGRATION_ANNOTATION",
+    "MIGRATION_SOURCE_ANNOTATION",
+    "MIGRATION_TARGET_ANNOTATION",
+    "OPERATION_ANNOTATION",
+    "SNAPSHOT_NAME_ANNOTATION",
+    "TARGET_IDENTITY_ANNOTATION",
+    "VERSION",
+    "VM_LABEL",
+    "VM_UID_LABEL",
+    "now",
+    "path",
+    "set_condition",
+    "vm_pod",
+]
+
+GROUP = "vmlet.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+FINALIZER = "vmlet.io/destroy-vm"
+VM_LABEL = "vmlet.io/vm"
+VM_UID_LABEL = "vmlet.io/vm-uid"
+MIGRATION_ANNOTATION = "vmlet.io/migration"
+MIGRATION_SOURCE_ANNOTATION = "vmlet.io/migration-source"
+MIGRATION_TARGET_ANNOTATION = "vmlet.io/migration-target"
+SSH_SECRET_ANNOTATION = "vmlet.io/ssh-secret"
+OPERATION_ANNOTATION = "vmlet.io/operation"
+TARGET_IDENTITY_ANNOTATION = "vmlet.io/target-identity"
+SNAPSHOT_NAME_ANNOTATION = "vmlet.io/snapshot-name"
+PROVIDER_TAINT = "virtual-kubelet.io/provider"
+
+Obj = dict[str, Any]
+
+
+def path(plural: str, namespace: str | None = None, name: str | None = None,
+         sub: str | None = None) -> str:
+    """The API path of a vmlet.io resource (all namespaces when ``namespace`` is None)."""
+    p = f"/apis/{GROUP}/{VERSION}"
+    if namespace:
+        p += f"/namespaces/{namespace}"
+    p += f"/{plural}"
+    if name:
+        p += f"/{name}"
+    if sub:
+        p += f"/{sub}"
+    return p
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(conditions: list[Obj], ctype: str, status: str, reason: str, message: str,
+                  generation: int) -> list[Obj]:
+    """``conditions`` with ``ctype`` set; lastTransitionTime moves only when status changes."""
+    out = [c for c in conditions if c.get("type") != ctype]
+    prev = next((c for c in conditions if c.get("type") == ctype), None)
+    since = prev["lastTransitionTime"] if prev and prev.get("status") == status else now()
+    out.append({"type": ctype, "status": status, "reason": reason, "message": message,
+                "lastTransitionTime": since, "observedGeneration": generation})
+    return sorted(out, key=lambda c: str(c["type"]))
+
+
+def owner_ref(obj: Obj, kind: str) -> Obj:
+    return {"apiVersion": API_VERSION, "kind": kind, "name": obj["metadata"]["name"],
+            "uid": obj["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+
+
+def provider_tolerations(provider: str) -> list[Obj]:
+    """The provider's taint, and the node-problem taints forever: a VM is not evicted from an
+    unreachable host; its VirtualMachine shows Unknown instead."""
+    return [
+        {"key": PROVIDER_TAINT, "operator": "Equal", "value": provider, "effect": "NoSchedule"},
+        {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute"},
+        {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"},
+    ]
+
+
+def vm_pod(vm: Obj) -> Obj:
+    """The pod that runs ``vm``: owned by it, carrying its UID as the VM's identity."""
+    meta, spec = vm["metadata"], vm["spec"]
+    name, uid = meta["name"], meta["uid"]
+    annotations = {IDENTITY_ANNOTATION: uid, KEEP_ANNOTATION: "true"}
+    user_data = spec.get("userData")
+    if user_data:
+        annotations[USER_DATA_ANNOTATION] = user_data["secretName"]
+        annotations[USER_DATA_KEY_ANNOTATION] = user_data.get("key", "userdata")
+    ssh = (spec.get("access") or {}).get("sshSecretName")
+    if ssh:
+        annotations[SSH_SECRET_ANNOTATION] = ssh
+    placement = spec.get("placement") or {}
+    selector = {"vmlet.io/provider": spec["provider"], **(placement.get("nodeSelector") or {})}
+    if placement.get("nodeName"):
+        selector["kubernetes.io/hostname"] = placement["nodeName"]
+    affinity: Obj = dict(placement.get("affinity") or {})
+    va = meta.get("annotations") or {}
+    if va.get(MIGRATION_ANNOTATION):
+        target, source = va.get(MIGRATION_TARGET_ANNOTATION), va.get(MIGRATION_SOURCE_ANNOTATION)
+        if target:
+            selector["kubernetes.io/hostname"] = target
+        elif source:
+            affinity["nodeAffinity"] = {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [{
+                    "key": "kubernetes.io/hostname", "operator": "NotIn", "values": [source]}]}]}}
+    size = {"cpu": str(spec["cpu"]), "memory": str(spec["memory"])}
+    pod: Obj = {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "generateName": f"{name}-", "namespace": meta["namespace"],
+            "labels": {VM_LABEL: name, VM_UID_LABEL: uid},
+            "annotations": annotations,
+            "ownerReferences": [owner_ref(vm, "VirtualMachine")],
+        },
+        "spec": {
+            "containers": [{
+                "name": "vm", "image": spec["image"],
+                "resources": {"requests": size, "limits": size},
+                "resizePolicy": [{"resourceName": "cpu", "restartPolicy": "NotRequired"},
+                                 {"resourceName": "memory", "restartPolicy": "NotRequired"}],
+            }],
+            "nodeSelector": selector,
+            "tolerations": provider_tolerations(spec["provider"]),
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "terminationGracePeriodSeconds": 60,
+            "volumes": [{"name": d["name"], "persistentVolumeClaim": {
+                "claimName": d["claimName"], "readOnly": bool(d.get("readOnly", False))}}
+                for d in spec.get("disks") or []],
+        },
+    }
+    last = (vm.get("status") or {}).get("nodeName")
+    if last and "nodeAffinity" not in affinity:
+        # A stopped VM starts again where it was when the scheduler lets it: no move needed.
+        affinity["nodeAffinity"] = {"preferredDuringSchedulingIgnoredDuringExecution": [{
+            "weight": 100, "preference": {"matchExpressions": [{
+                "key": "kubernetes.io/hostname", "operator": "In", "values": [last]}]}}]}
+    if affinity:
+        pod["spec"]["affinity"] = affinity
+    return pod
