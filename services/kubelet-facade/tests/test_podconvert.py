@@ -77,3 +77,29 @@ def test_status_keeps_transition_time_while_unchanged() -> None:
     ready = next(c for c in out["conditions"] if c["type"] == "Ready")
     assert ready["lastTransitionTime"] == "2020-01-01T00:00:00Z"
     assert out["podIP"] is None  # a merge patch null clears an earlier IP
+
+
+def test_networks_cross_the_boundary_in_order() -> None:
+    pod = _pod(annotations={"vmlet.io/networks": "frontend, backend"})
+    assert [n.name for n in to_provider_pod(pod, Resolved()).networks] == ["frontend", "backend"]
+    assert not to_provider_pod(_pod(), Resolved()).networks
+
+
+def test_vm_pod_carries_networks_disks_labels_and_identity() -> None:
+    from vmlet_facade.vmapi import vm_pod
+
+    vm = {"metadata": {"name": "web", "namespace": "ns", "uid": "vm-uid", "labels": {"app": "x"}},
+          "spec": {"provider": "vsphere", "image": "debian-12", "cpu": 2, "memory": "4Gi",
+                   "networks": [{"name": "pg-a"}, {"name": "pg-b"}],
+                   "disks": [{"name": "data", "claimName": "c1"}]},
+          "status": {"nodeName": "host-1"}}
+    pod = vm_pod(vm)
+    meta, spec = pod["metadata"], pod["spec"]
+    assert meta["annotations"]["vmlet.io/networks"] == "pg-a,pg-b"
+    assert meta["annotations"]["vmlet.io/identity"] == "vm-uid"
+    assert meta["labels"]["app"] == "x" and meta["labels"]["vmlet.io/vm-uid"] == "vm-uid"
+    assert spec["volumes"] == [{"name": "data", "persistentVolumeClaim": {
+        "claimName": "c1", "readOnly": False}}]
+    assert spec["containers"][0]["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}
+    preferred = spec["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert preferred[0]["preference"]["matchExpressions"][0]["values"] == ["host-1"]

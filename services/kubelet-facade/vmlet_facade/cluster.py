@@ -10,10 +10,12 @@ import socket
 from collections.abc import Mapping
 
 from vmlet_facade.events import EventRecorder
+from vmlet_facade.exposure import ExposureController
 from vmlet_facade.kube import KubeClient
 from vmlet_facade.leader import LeaderElector
 from vmlet_facade.operations import OperationsController
 from vmlet_facade.provider import Provider
+from vmlet_facade.provisioning import Provisioner
 from vmlet_facade.virtualmachines import VirtualMachineController
 
 __all__ = ["run_cluster_controllers"]
@@ -28,11 +30,13 @@ async def run_cluster_controllers(client: KubeClient, providers: Mapping[str, Pr
     async def lead() -> None:
         vms = VirtualMachineController(client, providers.get, events)
         ops = OperationsController(client, providers.get, events, vms)
+        exposure = ExposureController(client, vms)
+        disks = Provisioner(client, providers.get, events)
         try:
-            await asyncio.gather(vms.run(), ops.run())
+            await asyncio.gather(vms.run(), ops.run(), disks.run())
         finally:
-            await vms.stop()
-            await ops.stop()
+            for controller in (vms, ops, exposure, disks):
+                await controller.stop()
 
     identity = f"{socket.gethostname()}-{os.getpid()}"
     await LeaderElector(client, namespace, LEASE_NAME, identity).run(lead)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 
+from vmlet.provider.v1 import kubelet_endpoint_service_pb2 as kep
 from vmlet.provider.v1 import (
+    kubelet_endpoint_service_pb2_grpc,
     node_pb2,
     node_provider_service_pb2,
     node_provider_service_pb2_grpc,
@@ -60,25 +62,51 @@ async def _stream(call: AsyncIterator[T]) -> AsyncIterator[T]:
         raise error_from_rpc(err) from None
 
 
+async def _cancelling(call: Any) -> AsyncGenerator[Any, None]:
+    """Relay a streaming call; closing the iterator early cancels the call."""
+    try:
+        async for msg in call:
+            yield msg
+    except grpc.aio.AioRpcError as err:
+        raise error_from_rpc(err) from None
+    finally:
+        call.cancel()
+
+
 class GrpcProvider:
     """A provider reached at ``address``; every call raises ProviderError on failure."""
 
     def __init__(self, name: str, address: str, *, tls: ProviderTls | None = None,
                  call_timeout: float = 120.0) -> None:
         self.name = name
+        self._tls = tls
+        self._timeout = call_timeout
+        self._open(address)
+
+    def _open(self, address: str) -> None:
         self.address = address
+        tls = self._tls
         options = [("grpc.keepalive_time_ms", 20000), ("grpc.keepalive_timeout_ms", 10000),
                    ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
         self._channel = (grpc.aio.secure_channel(address, tls.credentials(), options=options)
                          if tls else grpc.aio.insecure_channel(address, options=options))
-        self._timeout = call_timeout
         self._nodes = node_provider_service_pb2_grpc.NodeProviderServiceStub(self._channel)
         self._pods = pod_lifecycle_service_pb2_grpc.PodLifecycleServiceStub(self._channel)
         self._notifier = pod_notifier_service_pb2_grpc.PodNotifierServiceStub(self._channel)
         self._vms = virtual_machine_service_pb2_grpc.VirtualMachineServiceStub(self._channel)
+        self._endpoints = kubelet_endpoint_service_pb2_grpc.KubeletEndpointServiceStub(
+            self._channel)
 
     async def close(self) -> None:
         await self._channel.close()
+
+    async def repoint(self, address: str, grace: float = 5.0) -> None:
+        """Call the provider at ``address`` from now on (providerfile: swapping a provider).
+        Calls in flight on the old address get ``grace`` seconds; its streams then end, and the
+        controllers following them reconnect, to the new address."""
+        old = self._channel
+        self._open(address)
+        await old.close(grace)
 
     # -- nodes -------------------------------------------------------------------------------
 
@@ -146,3 +174,47 @@ class GrpcProvider:
     async def delete_snapshot(self, identity: str, snapshot_id: str) -> None:
         await _unary(self._vms.DeleteSnapshot(vm_pb.DeleteSnapshotRequest(
             identity=identity, snapshot_id=snapshot_id), timeout=self._timeout))
+
+    async def create_disk(self, name: str, size_bytes: int,
+                          parameters: dict[str, str]) -> vm_pb.Disk:
+        resp = await _unary(self._vms.CreateDisk(vm_pb.CreateDiskRequest(
+            name=name, size_bytes=size_bytes, parameters=parameters), timeout=self._timeout))
+        disk: vm_pb.Disk = resp.disk
+        return disk
+
+    async def delete_disk(self, handle: str) -> None:
+        await _unary(self._vms.DeleteDisk(vm_pb.DeleteDiskRequest(handle=handle),
+                                          timeout=self._timeout))
+
+    async def expand_disk(self, handle: str, size_bytes: int) -> vm_pb.Disk:
+        resp = await _unary(self._vms.ExpandDisk(vm_pb.ExpandDiskRequest(
+            handle=handle, size_bytes=size_bytes), timeout=self._timeout))
+        disk: vm_pb.Disk = resp.disk
+        return disk
+
+    # -- kubelet endpoints -------------------------------------------------------------------
+
+    def container_logs(
+        self, request: kep.GetContainerLogsRequest,
+    ) -> AsyncGenerator[kep.GetContainerLogsResponse, None]:
+        return _cancelling(self._endpoints.GetContainerLogs(request))
+
+    def exec(
+        self, requests: AsyncIterator[kep.ExecRequest],
+    ) -> AsyncGenerator[kep.ExecResponse, None]:
+        return _cancelling(self._endpoints.Exec(requests))
+
+    def attach(
+        self, requests: AsyncIterator[kep.AttachRequest],
+    ) -> AsyncGenerator[kep.AttachResponse, None]:
+        return _cancelling(self._endpoints.Attach(requests))
+
+    def port_forward(
+        self, requests: AsyncIterator[kep.PortForwardRequest],
+    ) -> AsyncGenerator[kep.PortForwardResponse, None]:
+        return _cancelling(self._endpoints.PortForward(requests))
+
+    async def stats_summary(self, node: str) -> kep.GetStatsSummaryResponse:
+        resp: kep.GetStatsSummaryResponse = await _unary(self._endpoints.GetStatsSummary(
+            kep.GetStatsSummaryRequest(node_name=node), timeout=30))
+        return resp

@@ -24,6 +24,7 @@ __all__ = [
 ]
 
 IDENTITY_ANNOTATION = "vmlet.io/identity"
+NETWORKS_ANNOTATION = "vmlet.io/networks"
 KEEP_ANNOTATION = "vmlet.io/keep-on-delete"
 VM_OWNER_KINDS = {("vmlet.io", "VirtualMachine")}
 
@@ -97,7 +98,8 @@ def to_provider_pod(pod: Obj, resolved: Resolved, *, with_json: bool = True) -> 
         elif "persistentVolumeClaim" in v:
             claim = v["persistentVolumeClaim"]
             volumes.append(pb.Volume(name=v["name"], disk=pb.DiskSource(
-                claim_name=claim["claimName"], read_only=bool(claim.get("readOnly", False)))))
+                claim_name=claim["claimName"], volume_handle=resolved.disks.get(v["name"], ""),
+                read_only=bool(claim.get("readOnly", False)))))
         else:
             limit = (v.get("emptyDir") or {}).get("sizeLimit")
             volumes.append(pb.Volume(name=v["name"], scratch=pb.ScratchSource(
@@ -108,6 +110,8 @@ def to_provider_pod(pod: Obj, resolved: Resolved, *, with_json: bool = True) -> 
         node_name=spec.get("nodeName", ""), identity=identity_of(pod),
         keep_on_delete=_keep_on_delete(pod), containers=containers, volumes=volumes,
         user_data=resolved.user_data,
+        networks=[pb.NetworkAttachment(name=n.strip()) for n in (meta.get("annotations") or {})
+                  .get(NETWORKS_ANNOTATION, "").split(",") if n.strip()],
         pod_json=json.dumps(pod, separators=(",", ":")).encode() if with_json else b"",
     )
     created = _timestamp(meta.get("creationTimestamp"))

@@ -6,9 +6,10 @@ a fake that counts calls. Failed calls raise `vmlet_contract.ProviderError` (wit
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Protocol
 
+from vmlet.provider.v1 import kubelet_endpoint_service_pb2 as kep
 from vmlet.provider.v1 import (
     node_pb2,
     node_provider_service_pb2,
@@ -51,3 +52,32 @@ class Provider(Protocol):
     async def revert_to_snapshot(self, identity: str, snapshot_id: str) -> None: ...
 
     async def delete_snapshot(self, identity: str, snapshot_id: str) -> None: ...
+
+    async def create_disk(self, name: str, size_bytes: int,
+                          parameters: dict[str, str]) -> virtual_machine_service_pb2.Disk: ...
+
+    async def delete_disk(self, handle: str) -> None: ...
+
+    async def expand_disk(self, handle: str,
+                          size_bytes: int) -> virtual_machine_service_pb2.Disk: ...
+
+    # -- kubelet endpoint streams (the kubelet API, vmlet_facade.kubeletapi) -----------------
+    # Streams end when the caller closes them (aclose): the provider's call is cancelled.
+
+    def container_logs(
+        self, request: kep.GetContainerLogsRequest,
+    ) -> AsyncGenerator[kep.GetContainerLogsResponse, None]: ...
+
+    def exec(
+        self, requests: AsyncIterator[kep.ExecRequest],
+    ) -> AsyncGenerator[kep.ExecResponse, None]: ...
+
+    def attach(
+        self, requests: AsyncIterator[kep.AttachRequest],
+    ) -> AsyncGenerator[kep.AttachResponse, None]: ...
+
+    def port_forward(
+        self, requests: AsyncIterator[kep.PortForwardRequest],
+    ) -> AsyncGenerator[kep.PortForwardResponse, None]: ...
+
+    async def stats_summary(self, node: str) -> kep.GetStatsSummaryResponse: ...

@@ -41,6 +41,7 @@ class Resolved:
 
     env: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # container -> pairs
     files: dict[str, dict[str, bytes]] = field(default_factory=dict)  # volume -> path -> data
+    disks: dict[str, str] = field(default_factory=dict)  # volume -> the disk's volume handle
     user_data: str = ""
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (reason, message)
 
@@ -115,6 +116,10 @@ class Resolver:
             out.env[container["name"]] = pairs
 
         for volume in spec.get("volumes") or []:
+            if "persistentVolumeClaim" in volume:
+                claim = volume["persistentVolumeClaim"]["claimName"]
+                out.disks[volume["name"]] = await self._disk_handle(ns, claim)
+                continue
             files = await self._volume_files(pod, volume, source)
             if files is not None:
                 out.files[volume["name"]] = files
@@ -126,6 +131,25 @@ class Resolver:
             user_data = await value("Secret", secret_name, key, optional=False)
             out.user_data = user_data or ""
         return out
+
+    async def _disk_handle(self, ns: str, claim: str) -> str:
+        """The volume handle of the disk bound to claim ``claim``."""
+        try:
+            pvc = await self._client.get(f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim}")
+        except ApiError as err:
+            if not err.not_found:
+                raise
+            raise MissingReference("FailedMount",
+                                   f'persistentvolumeclaim "{claim}" not found') from None
+        volume = pvc.get("spec", {}).get("volumeName")
+        if not volume:
+            raise MissingReference("FailedMount", f'persistentvolumeclaim "{claim}" is not bound')
+        pv = await self._client.get(f"/api/v1/persistentvolumes/{volume}")
+        handle = (pv.get("spec", {}).get("csi") or {}).get("volumeHandle")
+        if not handle:
+            raise MissingReference("FailedMount", f"volume {volume} of claim {claim!r} is not a "
+                                   "vmlet disk (no CSI volume handle)")
+        return str(handle)
 
     async def _env_value(self, pod: Obj, container: Obj, env: Obj, value: Any) -> str | None:
         if "value" in env:

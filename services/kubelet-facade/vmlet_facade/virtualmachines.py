@@ -79,6 +79,7 @@ class VirtualMachineController:
         self._workers = SerialWorkers(self._reconcile, concurrency=16, name="vm")
         self._expect: dict[str, float] = {}  # VM UID -> until when a created pod is expected
         self._attempts: dict[str, int] = {}
+        self.listeners: list[Callable[[Obj], None]] = []  # told of every VM after a reconcile
 
     async def run(self) -> None:
         await asyncio.gather(self.vms.run(), self.pods.run())
@@ -109,6 +110,8 @@ class VirtualMachineController:
         vm = self.vms.get(key)
         if vm is None:
             return
+        for listener in self.listeners:
+            listener(vm)
         try:
             if vm["metadata"].get("deletionTimestamp"):
                 await self._finalize(vm)
@@ -133,6 +136,11 @@ class VirtualMachineController:
             await self._delete_pod(extra)
         live = live[:desired]
         if desired == 1 and not live and not self.pods_of(vm):
+            holder = self._disk_holder(vm)
+            if holder:
+                await self._write_status(vm, blocked=holder)
+                self._workers.submit_after(key_of(vm), 5.0)  # look again: the holder may go
+                return
             if self._expect.get(uid, 0) < time.monotonic():
                 created = await self._client.create(f"/api/v1/namespaces/{ns}/pods", vm_pod(vm))
                 self._expect[uid] = time.monotonic() + _EXPECT_SECONDS
@@ -148,6 +156,23 @@ class VirtualMachineController:
             elif _size_differs(vm, pod):
                 await self._resize(vm, pod)
         await self._write_status(vm)
+
+    def _disk_holder(self, vm: Obj) -> str:
+        """Why ``vm`` cannot start: a claim of its disks held by another running VM, or ""."""
+        claims = {d["claimName"] for d in vm["spec"].get("disks") or []}
+        if not claims:
+            return ""
+        ns, uid = vm["metadata"]["namespace"], vm["metadata"]["uid"]
+        for pod in self.pods.values():
+            meta = pod["metadata"]
+            if meta["namespace"] != ns or meta.get("labels", {}).get(VM_UID_LABEL) == uid:
+                continue
+            used = {v["persistentVolumeClaim"]["claimName"]
+                    for v in pod["spec"].get("volumes") or [] if "persistentVolumeClaim" in v}
+            if used & claims:
+                return (f"claim {sorted(used & claims)[0]} is in use by VirtualMachine "
+                        f"{meta['labels'].get('vmlet.io/vm')}")
+        return ""
 
     async def _resize(self, vm: Obj, pod: Obj) -> None:
         size = {"cpu": str(vm["spec"]["cpu"]), "memory": str(vm["spec"]["memory"])}
@@ -204,8 +229,11 @@ class VirtualMachineController:
 
     # -- status ------------------------------------------------------------------------------
 
-    def _observe(self, vm: Obj, deleting: bool) -> tuple[str, str, str, Obj | None]:
+    def _observe(self, vm: Obj, deleting: bool,
+                 blocked: str = "") -> tuple[str, str, str, Obj | None]:
         """(state, reason, message, pod) as seen now."""
+        if blocked:
+            return "Failed", "DiskInUse", blocked, None
         pods = self.pods_of(vm)
         live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
         migrating = bool((vm["metadata"].get("annotations") or {}).get(MIGRATION_ANNOTATION))
@@ -241,8 +269,8 @@ class VirtualMachineController:
         return ("Migrating" if migrating else "Starting"), "Starting", \
             f"the VM is starting on {node}", pod
 
-    async def _write_status(self, vm: Obj, deleting: bool = False) -> None:
-        state, reason, message, pod = self._observe(vm, deleting)
+    async def _write_status(self, vm: Obj, deleting: bool = False, blocked: str = "") -> None:
+        state, reason, message, pod = self._observe(vm, deleting, blocked)
         old = vm.get("status") or {}
         generation = int(vm["metadata"].get("generation", 1))
         conditions = set_condition(old.get("conditions") or [], "Ready",
@@ -267,9 +295,14 @@ class VirtualMachineController:
             for cs in pstatus.get("containerStatuses") or []:
                 if cs.get("containerID"):
                     status["providerID"] = cs["containerID"]
+            if state == "Running":
+                status["disks"] = [
+                    {"name": v["name"], "claimName": v["persistentVolumeClaim"]["claimName"]}
+                    for v in pod["spec"].get("volumes") or [] if "persistentVolumeClaim" in v]
         else:
             status.update({k: old[k] for k in ("nodeName", "providerID") if k in old})
             status["addresses"] = []
+        status.setdefault("disks", [])
         if {k: v for k, v in old.items() if k != "conditions"} == {
                 k: v for k, v in status.items() if k != "conditions"} and \
                 _same_conditions(old.get("conditions") or [], conditions):

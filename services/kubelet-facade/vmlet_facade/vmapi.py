@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from vmlet_facade.podconvert import IDENTITY_ANNOTATION, KEEP_ANNOTATION
+from vmlet_facade.podconvert import IDENTITY_ANNOTATION, KEEP_ANNOTATION, NETWORKS_ANNOTATION
 from vmlet_facade.references import USER_DATA_ANNOTATION, USER_DATA_KEY_ANNOTATION
 
 __all__ = [
@@ -100,6 +100,9 @@ def vm_pod(vm: Obj) -> Obj:
     if user_data:
         annotations[USER_DATA_ANNOTATION] = user_data["secretName"]
         annotations[USER_DATA_KEY_ANNOTATION] = user_data.get("key", "userdata")
+    networks = [n["name"] for n in spec.get("networks") or []]
+    if networks:
+        annotations[NETWORKS_ANNOTATION] = ",".join(networks)
     ssh = (spec.get("access") or {}).get("sshSecretName")
     if ssh:
         annotations[SSH_SECRET_ANNOTATION] = ssh
@@ -122,7 +125,8 @@ def vm_pod(vm: Obj) -> Obj:
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {
             "generateName": f"{name}-", "namespace": meta["namespace"],
-            "labels": {VM_LABEL: name, VM_UID_LABEL: uid},
+            # The VM's labels carry over, so ordinary selector Services find VM pods.
+            "labels": {**(meta.get("labels") or {}), VM_LABEL: name, VM_UID_LABEL: uid},
             "annotations": annotations,
             "ownerReferences": [owner_ref(vm, "VirtualMachine")],
         },

@@ -267,7 +267,8 @@ class Cloud:
             identity=vm.identity, provider_id=vm.provider_id, name=vm.uuid, power_state=power,
             node_name=vm.node, cpus=-(-usage.cpu_millis // 1000),
             memory_bytes=usage.memory_bytes,
-            ip_addresses=[vm.ip] if vm.power is Power.RUNNING else [])
+            ip_addresses=[vm.ip] if vm.power is Power.RUNNING else [],
+            disk_handles=sorted(d.handle for d in self.disks if d.attached_to == identity))
 
     def destroy(self, identity: str) -> None:
         """Destroys the machine of `identity` whatever its state; unknown ones succeed."""

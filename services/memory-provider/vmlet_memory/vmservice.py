@@ -71,6 +71,9 @@ class VirtualMachines(pb_grpc.VirtualMachineServiceServicer):
         await self._cloud.flush()
         return pb.DeleteDiskResponse()
 
+    async def GetDisk(self, request: pb.GetDiskRequest, context: Any) -> pb.GetDiskResponse:
+        return pb.GetDiskResponse(disk=self._cloud.disks.get(request.handle).as_message())
+
     async def ExpandDisk(
         self, request: pb.ExpandDiskRequest, context: Any
     ) -> pb.ExpandDiskResponse:

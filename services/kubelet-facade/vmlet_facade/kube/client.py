@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -16,8 +17,21 @@ __all__ = ["PATCH_JSON", "PATCH_MERGE", "PATCH_STRATEGIC", "ApiError", "KubeClie
 PATCH_MERGE = "application/merge-patch+json"
 PATCH_STRATEGIC = "application/strategic-merge-patch+json"
 PATCH_JSON = "application/json-patch+json"
+PATCH_APPLY = "application/apply-patch+yaml"
 
 Obj = dict[str, Any]
+
+# A JSON line per request sent (method, path, watch, status) goes to this file when it is set:
+# the record of what the facade asks of the apiserver, held against its RBAC (tests/test_deploy.py).
+REQUEST_LOG_ENV = "VMLET_KUBE_REQUEST_LOG"
+
+
+def _log_request(method: str, path: str, watch: bool, status: int) -> None:
+    target = os.environ.get(REQUEST_LOG_ENV)
+    if target:
+        with open(target, "a") as out:
+            out.write(json.dumps({"method": method, "path": path, "watch": watch,
+                                  "status": status}) + "\n")
 
 
 class ApiError(Exception):
@@ -83,6 +97,7 @@ class KubeClient:
             headers=self._headers(content_type if data is not None else None),
             timeout=aiohttp.ClientTimeout(total=request_timeout),
         ) as resp:
+            _log_request(method, path, False, resp.status)
             raw = await resp.read()
             if resp.status >= 300:
                 raise _api_error(resp.status, raw)
@@ -100,6 +115,11 @@ class KubeClient:
     async def patch(self, path: str, body: Any, patch_type: str = PATCH_MERGE) -> Obj:
         return await self.request("PATCH", path, body=body, content_type=patch_type)
 
+    async def apply(self, path: str, body: Obj, field_manager: str = "vmlet") -> Obj:
+        """Server-side apply of ``body`` at ``path`` as ``field_manager`` (conflicts forced)."""
+        return await self.request("PATCH", path, body=body, content_type=PATCH_APPLY,
+                                  params={"fieldManager": field_manager, "force": "true"})
+
     async def delete(self, path: str, body: Obj | None = None) -> Obj:
         return await self.request("DELETE", path, body=body)
 
@@ -114,6 +134,7 @@ class KubeClient:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10,
                                           sock_read=timeout_seconds + 30),
         ) as resp:
+            _log_request("GET", path, True, resp.status)
             if resp.status >= 300:
                 raise _api_error(resp.status, await resp.read())
             buffer = b""

@@ -175,6 +175,7 @@ class Pod(_message.Message):
     META_DATA_FIELD_NUMBER: _builtins.int
     POD_JSON_FIELD_NUMBER: _builtins.int
     CREATION_TIME_FIELD_NUMBER: _builtins.int
+    NETWORKS_FIELD_NUMBER: _builtins.int
     node_name: _builtins.str
     """The node the pod is bound to: one of the names the provider returned from ListNodes."""
     identity: _builtins.str
@@ -219,6 +220,12 @@ class Pod(_message.Message):
     def creation_time(self) -> _timestamp_pb2.Timestamp:
         """When the pod was created in Kubernetes."""
 
+    @_builtins.property
+    def networks(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkAttachment]:
+        """The networks the VM joins, in order: the first is its primary network. Empty means the
+        provider's default network. vSphere maps a name to a port group, OpenStack to a network.
+        """
+
     def __init__(
         self,
         *,
@@ -234,14 +241,37 @@ class Pod(_message.Message):
         meta_data: _builtins.str = ...,
         pod_json: _builtins.bytes = ...,
         creation_time: _timestamp_pb2.Timestamp | None = ...,
+        networks: _abc.Iterable[Global___NetworkAttachment] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["creation_time", b"creation_time", "ref", b"ref"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "containers", b"containers", "creation_time", b"creation_time", "identity", b"identity", "keep_on_delete", b"keep_on_delete", "labels", b"labels", "meta_data", b"meta_data", "node_name", b"node_name", "pod_json", b"pod_json", "ref", b"ref", "user_data", b"user_data", "volumes", b"volumes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "containers", b"containers", "creation_time", b"creation_time", "identity", b"identity", "keep_on_delete", b"keep_on_delete", "labels", b"labels", "meta_data", b"meta_data", "networks", b"networks", "node_name", b"node_name", "pod_json", b"pod_json", "ref", b"ref", "user_data", b"user_data", "volumes", b"volumes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Pod: _TypeAlias = Pod  # noqa: Y015
+
+@_typing.final
+class NetworkAttachment(_message.Message):
+    """NetworkAttachment is one network a VM joins."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The network's name in the IaaS (a vSphere port group, a Neutron network)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkAttachment: _TypeAlias = NetworkAttachment  # noqa: Y015
 
 @_typing.final
 class Container(_message.Message):

@@ -62,6 +62,7 @@ class VirtualMachine(_message.Message):
     CPUS_FIELD_NUMBER: _builtins.int
     MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     IP_ADDRESSES_FIELD_NUMBER: _builtins.int
+    DISK_HANDLES_FIELD_NUMBER: _builtins.int
     identity: _builtins.str
     """The VM's identity."""
     provider_id: _builtins.str
@@ -80,6 +81,10 @@ class VirtualMachine(_message.Message):
     def ip_addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Its IP addresses, as the guest reports them."""
 
+    @_builtins.property
+    def disk_handles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The handles of the disks attached to it (PersistentVolume disks, not its boot disk)."""
+
     def __init__(
         self,
         *,
@@ -91,10 +96,11 @@ class VirtualMachine(_message.Message):
         cpus: _builtins.int = ...,
         memory_bytes: _builtins.int = ...,
         ip_addresses: _abc.Iterable[_builtins.str] | None = ...,
+        disk_handles: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "identity", b"identity", "ip_addresses", b"ip_addresses", "memory_bytes", b"memory_bytes", "name", b"name", "node_name", b"node_name", "power_state", b"power_state", "provider_id", b"provider_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "disk_handles", b"disk_handles", "identity", b"identity", "ip_addresses", b"ip_addresses", "memory_bytes", b"memory_bytes", "name", b"name", "node_name", b"node_name", "power_state", b"power_state", "provider_id", b"provider_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -613,3 +619,49 @@ class ExpandDiskResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExpandDiskResponse: _TypeAlias = ExpandDiskResponse  # noqa: Y015
+
+@_typing.final
+class GetDiskRequest(_message.Message):
+    """GetDiskRequest names the disk."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HANDLE_FIELD_NUMBER: _builtins.int
+    handle: _builtins.str
+    """The disk's handle."""
+    def __init__(
+        self,
+        *,
+        handle: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handle", b"handle"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDiskRequest: _TypeAlias = GetDiskRequest  # noqa: Y015
+
+@_typing.final
+class GetDiskResponse(_message.Message):
+    """GetDiskResponse carries the disk."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def disk(self) -> Global___Disk:
+        """The disk."""
+
+    def __init__(
+        self,
+        *,
+        disk: Global___Disk | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["disk", b"disk"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disk", b"disk"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDiskResponse: _TypeAlias = GetDiskResponse  # noqa: Y015

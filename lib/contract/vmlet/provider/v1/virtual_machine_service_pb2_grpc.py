@@ -83,6 +83,11 @@ class VirtualMachineServiceStub:
                 request_serializer=vmlet_dot_provider_dot_v1_dot_virtual__machine__service__pb2.ExpandDiskRequest.SerializeToString,
                 response_deserializer=vmlet_dot_provider_dot_v1_dot_virtual__machine__service__pb2.ExpandDiskResponse.FromString,
                 _registered_method=True)
+        self.GetDisk = channel.unary_unary(
+                '/vmlet.provider.v1.VirtualMachineService/GetDisk',
+                request_serializer=vmlet_dot_provider_dot_v1_dot_virtual__machine__service__pb2.GetDiskRequest.SerializeToString,
+                response_deserializer=vmlet_dot_provider_dot_v1_dot_virtual__machine__service__pb2.GetDiskResponse.FromString,
+                _registered_method=True)
 
 
 class VirtualMachineServiceServicer:
@@ -157,6 +162,13 @@ class VirtualMachineServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDisk(self, request, context):
+        """GetDisk reports a disk and the VM it is attached to; NOT_FOUND when there is none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VirtualMachineServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -204,6 +216,11 @@ def add_VirtualMachineServiceServicer_to_server(servicer, server):
                     servicer.ExpandDisk,
                     request_deserializer=vmlet_dot_provider_dot_v1_dot_virtual__machine__service__pb2.ExpandDiskRequest.FromString,
                     response_serializer=vmlet_dot_provider_dot_v1_dot_virtual__machine__service__pb2.ExpandDiskResponse.SerializeToString,
+            ),
+            'GetDisk': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDisk,
+                    request_deserializer=vmlet_dot_provider_dot_v1_dot_virtual__machine__service__pb2.GetDiskRequest.FromString,
+                    response_serializer=vmlet_dot_provider_dot_v1_dot_virtual__machine__service__pb2.GetDiskResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -453,6 +470,33 @@ class VirtualMachineService:
             '/vmlet.provider.v1.VirtualMachineService/ExpandDisk',
             vmlet_dot_provider_dot_v1_dot_virtual__machine__service__pb2.ExpandDiskRequest.SerializeToString,
             vmlet_dot_provider_dot_v1_dot_virtual__machine__service__pb2.ExpandDiskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDisk(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmlet.provider.v1.VirtualMachineService/GetDisk',
+            vmlet_dot_provider_dot_v1_dot_virtual__machine__service__pb2.GetDiskRequest.SerializeToString,
+            vmlet_dot_provider_dot_v1_dot_virtual__machine__service__pb2.GetDiskResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,6 +59,8 @@ class VirtualMachineServiceStub:
     """
     ExpandDisk: _grpc.UnaryUnaryMultiCallable[_virtual_machine_service_pb2.ExpandDiskRequest, _virtual_machine_service_pb2.ExpandDiskResponse]
     """ExpandDisk grows a disk."""
+    GetDisk: _grpc.UnaryUnaryMultiCallable[_virtual_machine_service_pb2.GetDiskRequest, _virtual_machine_service_pb2.GetDiskResponse]
+    """GetDisk reports a disk and the VM it is attached to; NOT_FOUND when there is none."""
 
 @_typing.type_check_only
 class VirtualMachineServiceAsyncStub(VirtualMachineServiceStub):
@@ -91,6 +93,8 @@ class VirtualMachineServiceAsyncStub(VirtualMachineServiceStub):
     """
     ExpandDisk: _aio.UnaryUnaryMultiCallable[_virtual_machine_service_pb2.ExpandDiskRequest, _virtual_machine_service_pb2.ExpandDiskResponse]  # type: ignore[assignment]
     """ExpandDisk grows a disk."""
+    GetDisk: _aio.UnaryUnaryMultiCallable[_virtual_machine_service_pb2.GetDiskRequest, _virtual_machine_service_pb2.GetDiskResponse]  # type: ignore[assignment]
+    """GetDisk reports a disk and the VM it is attached to; NOT_FOUND when there is none."""
 
 class VirtualMachineServiceServicer(metaclass=_abc_1.ABCMeta):
     """VirtualMachineService holds the VM operations a pod cannot express: snapshots (the backup and
@@ -174,5 +178,13 @@ class VirtualMachineServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_virtual_machine_service_pb2.ExpandDiskResponse, _abc.Awaitable[_virtual_machine_service_pb2.ExpandDiskResponse]]:
         """ExpandDisk grows a disk."""
+
+    @_abc_1.abstractmethod
+    def GetDisk(
+        self,
+        request: _virtual_machine_service_pb2.GetDiskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_virtual_machine_service_pb2.GetDiskResponse, _abc.Awaitable[_virtual_machine_service_pb2.GetDiskResponse]]:
+        """GetDisk reports a disk and the VM it is attached to; NOT_FOUND when there is none."""
 
 def add_VirtualMachineServiceServicer_to_server(servicer: VirtualMachineServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,98 @@
+"""VirtualMachines behind Services: a VM that asks to be exposed (spec.expose.ports) gets a
+selector-less Service and an EndpointSlice with its IPs, ready when the VM is Ready, emptied when
+it stops. (Ordinary selector Services over VM pods work without this: VM pods carry podIPs.)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from vmlet_facade.kube import ApiError, KubeClient
+from vmlet_facade.kube.informer import key_of
+from vmlet_facade.queueing import SerialWorkers
+from vmlet_facade.virtualmachines import VirtualMachineController
+from vmlet_facade.vmapi import VM_LABEL, owner_ref
+
+__all__ = ["ExposureController"]
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+MANAGED_BY = "vmlet.io"
+
+
+def _slice_name(vm: Obj) -> str:
+    return f"{vm['metadata']['name']}-vmlet"
+
+
+class ExposureController:
+    """Keeps the Service and EndpointSlice of each exposed VirtualMachine."""
+
+    def __init__(self, client: KubeClient, vms: VirtualMachineController) -> None:
+        self._client = client
+        self._vms = vms
+        self._workers = SerialWorkers(self._sync, concurrency=8, name="exposure")
+        self._exposed: set[str] = set()
+        vms.listeners.append(lambda vm: self._workers.submit(key_of(vm)))
+
+    async def stop(self) -> None:
+        await self._workers.stop()
+
+    async def _sync(self, key: str) -> None:
+        vm = self._vms.vms.get(key)
+        ports = ((vm or {}).get("spec", {}).get("expose") or {}).get("ports") or []
+        if vm is None or not ports or vm["metadata"].get("deletionTimestamp"):
+            if key in self._exposed and vm is not None:
+                await self._remove(vm)
+            self._exposed.discard(key)
+            return
+        try:
+            await self._apply(vm, ports)
+            self._exposed.add(key)
+        except ApiError as err:
+            log.warning("exposing %s: %s", key, err)
+            self._workers.submit_after(key, 5.0)
+
+    async def _apply(self, vm: Obj, ports: list[Obj]) -> None:
+        meta = vm["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        owner = [owner_ref(vm, "VirtualMachine")]
+        svc_ports = [{"name": p.get("name") or f"p{p['port']}", "port": p["port"],
+                      "targetPort": p.get("targetPort", p["port"]),
+                      "protocol": p.get("protocol", "TCP")} for p in ports]
+        await self._client.apply(f"/api/v1/namespaces/{ns}/services/{name}", {
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": ns, "labels": {VM_LABEL: name},
+                         "ownerReferences": owner},
+            "spec": {"ports": svc_ports},
+        })
+        status = vm.get("status") or {}
+        ready = status.get("state") == "Running"
+        endpoints = [{"addresses": [ip], "conditions": {"ready": ready, "serving": ready,
+                                                        "terminating": False},
+                      **({"nodeName": status["nodeName"]} if status.get("nodeName") else {})}
+                     for ip in status.get("addresses") or [] if ":" not in ip]
+        slice_name = _slice_name(vm)
+        await self._client.apply(
+            f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices/{slice_name}", {
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": slice_name, "namespace": ns, "ownerReferences": owner,
+                             "labels": {"kubernetes.io/service-name": name,
+                                        "endpointslice.kubernetes.io/managed-by": MANAGED_BY,
+                                        VM_LABEL: name}},
+                "addressType": "IPv4",
+                "endpoints": endpoints,
+                "ports": [{"name": p["name"], "port": p["targetPort"],
+                           "protocol": p["protocol"]} for p in svc_ports],
+            })
+
+    async def _remove(self, vm: Obj) -> None:
+        ns, name = vm["metadata"]["namespace"], vm["metadata"]["name"]
+        for path in (f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices/"
+                     f"{_slice_name(vm)}", f"/api/v1/namespaces/{ns}/services/{name}"):
+            try:
+                await self._client.delete(path)
+            except ApiError as err:
+                if not err.not_found:
+                    raise
