@@ -12,9 +12,9 @@ from typing import Any
 
 import grpc
 import pytest
+
 from vmlet.provider.v1 import virtual_machine_service_pb2 as vm_pb
 from vmlet.provider.v1 import virtual_machine_service_pb2_grpc as vm_grpc
-
 from vmlet_localenv.controlplane import ControlPlane
 from vmlet_localenv.stack import Stack, eventually
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,12 +20,14 @@ from pathlib import Path
 
 __all__ = ["Process", "free_port", "wait_for"]
 
-_PR_SET_PDEATHSIG = 1
+# setpriv (util-linux) sets the parent-death signal and execs: no preexec_fn, so subprocess
+# need not fork() a process that may hold gRPC channels (whose fork handlers can abort a child).
+_SETPRIV = shutil.which("setpriv")
 
 
 def _die_with_parent() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -72,9 +75,11 @@ class Process:
     def start(self) -> Process:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
+        argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *self.argv] if _SETPRIV else self.argv
         self._popen = subprocess.Popen(
-            self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=self._env, cwd=self._cwd, start_new_session=True, preexec_fn=_die_with_parent,
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=self._env, cwd=self._cwd, start_new_session=True,
+            preexec_fn=None if _SETPRIV else _die_with_parent,
         )
         log.close()
         return self

@@ -11,6 +11,7 @@ one the scheduler binds to the target (or any other) node; the provider moves th
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -43,6 +44,13 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 BACKUP_LABEL = "vmlet.io/backup"
+
+
+def _age_seconds(stamp: str | None) -> float:
+    if not stamp:
+        return 0.0
+    when = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return (dt.datetime.now(dt.UTC) - when).total_seconds()
 
 
 def backup_job(backup: Obj, vm: Obj) -> Obj:
@@ -88,7 +96,7 @@ class OperationsController:
         self._events = events
         self._vms = vms
         self.backups = Informer(client, path("virtualmachinebackups"),
-                                on_change=lambda o, n: self._submit("backup", o, n))
+                                on_change=self._backup_changed)
         self.restores = Informer(client, path("virtualmachinerestores"),
                                  on_change=lambda o, n: self._submit("restore", o, n))
         self.migrations = Informer(client, path("virtualmachinemigrations"),
@@ -99,10 +107,13 @@ class OperationsController:
                                  on_change=self._job_changed)
         self._workers = SerialWorkers(self._reconcile, concurrency=8, name="vmops")
         self._attempts: dict[str, int] = {}
+        self.nodes = Informer(client, "/api/v1/nodes")
+        self.migration_timeout = 600.0
 
     async def run(self) -> None:
         await asyncio.gather(self.backups.run(), self.restores.run(), self.migrations.run(),
-                             self.jobs.run(), self.job_pods.run(), self._follow_vms())
+                             self.jobs.run(), self.job_pods.run(), self.nodes.run(),
+                             self._follow_vms())
 
     async def stop(self) -> None:
         await self._workers.stop()
@@ -120,6 +131,16 @@ class OperationsController:
         if obj is not None:
             self._workers.submit(f"{kind}:{key_of(obj)}")
 
+    def _backup_changed(self, old: Obj | None, new: Obj | None) -> None:
+        self._submit("backup", old, new)
+        backup = new or old
+        if backup is None:
+            return
+        for restore in self.restores.values():  # restores waiting for this backup
+            if (restore["metadata"]["namespace"] == backup["metadata"]["namespace"]
+                    and restore["spec"].get("backupName") == backup["metadata"]["name"]):
+                self._workers.submit(f"restore:{key_of(restore)}")
+
     def _job_changed(self, old: Obj | None, new: Obj | None) -> None:
         obj = new or old
         if obj is None:
@@ -127,6 +148,13 @@ class OperationsController:
         name = obj["metadata"].get("labels", {}).get(BACKUP_LABEL)
         if name:
             self._workers.submit(f"backup:{obj['metadata']['namespace']}/{name}")
+
+    def _schedulable(self, name: str) -> bool:
+        node = self.nodes.get(name)
+        if node is None or node.get("spec", {}).get("unschedulable"):
+            return False
+        return any(c.get("type") == "Ready" and c.get("status") == "True"
+                   for c in node.get("status", {}).get("conditions", []))
 
     async def _reconcile(self, key: str) -> None:
         kind, _, ref = key.partition(":")
@@ -255,7 +283,8 @@ class OperationsController:
                                "VMNotFound", "the backup's VirtualMachine or provider is gone")
             return
         await self._status("virtualmachinerestores", restore, {
-            "state": "Running", "startTime": now(), "vmName": vm["metadata"]["name"]},
+            "state": "Running", "startTime": now(), "vmName": vm["metadata"]["name"],
+            "snapshotID": bstatus["snapshotID"]},
             "Restoring", f"reverting the VM to snapshot {bstatus['snapshotID']}")
         try:
             await provider.revert_to_snapshot(bstatus["identity"], bstatus["snapshotID"])
@@ -300,6 +329,12 @@ class OperationsController:
                                    "AnotherMigration", "another migration of the VM runs")
                 return
             target = mig["spec"].get("targetNode", "")
+            if target and not self._schedulable(target):
+                await self._status("virtualmachinemigrations", mig, {
+                    "state": "Failed", "sourceNode": source, "targetNode": target},
+                    "TargetNotReady", f"node {target} does not exist or is not Ready and "
+                    "schedulable: the VM stays where it is")
+                return
             if target == source:
                 await self._status("virtualmachinemigrations", mig, {
                     "state": "Failed", "sourceNode": source, "targetNode": target},
@@ -315,6 +350,16 @@ class OperationsController:
             return
         vstatus = vm.get("status") or {}
         node = vstatus.get("nodeName")
+        if _age_seconds(status.get("startTime")) > self.migration_timeout:
+            # The VM could not land elsewhere: let it be scheduled as usual again.
+            await self._client.patch(vm_path, {"metadata": {"annotations": {
+                MIGRATION_ANNOTATION: None, MIGRATION_SOURCE_ANNOTATION: None,
+                MIGRATION_TARGET_ANNOTATION: None}}})
+            await self._status("virtualmachinemigrations", mig, {
+                "state": "Failed", "completionTime": now()}, "MigrationTimedOut",
+                f"the VM did not run elsewhere within {self.migration_timeout:.0f}s; it is "
+                "scheduled as usual again")
+            return
         if vstatus.get("state") == "Running" and node and node != status.get("sourceNode"):
             await self._client.patch(vm_path, {"metadata": {"annotations": {
                 MIGRATION_ANNOTATION: None, MIGRATION_SOURCE_ANNOTATION: None,

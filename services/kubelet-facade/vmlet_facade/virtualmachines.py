@@ -285,7 +285,10 @@ class VirtualMachineController:
             "state": state, "replicas": 1 if pod is not None and state != "Stopping" else 0,
             "identity": vm["metadata"]["uid"], "observedGeneration": generation,
             "conditions": conditions,
-            "cpu": vm["spec"]["cpu"], "memory": vm["spec"]["memory"],
+            # The size in effect: what the VM pod was given (as the facade reports it, after a
+            # resize has reached the provider), else the last size seen.
+            "cpu": old.get("cpu", vm["spec"]["cpu"]),
+            "memory": old.get("memory", vm["spec"]["memory"]),
         }
         if pod is not None:
             pstatus = pod.get("status", {})
@@ -295,6 +298,10 @@ class VirtualMachineController:
             for cs in pstatus.get("containerStatuses") or []:
                 if cs.get("containerID"):
                     status["providerID"] = cs["containerID"]
+                limits = (cs.get("resources") or {}).get("limits") or {}
+                if "cpu" in limits and "memory" in limits:
+                    status["cpu"] = _as_spec(limits["cpu"])
+                    status["memory"] = _as_spec(limits["memory"])
             if state == "Running":
                 status["disks"] = [
                     {"name": v["name"], "claimName": v["persistentVolumeClaim"]["claimName"]}
@@ -302,6 +309,8 @@ class VirtualMachineController:
         else:
             status.update({k: old[k] for k in ("nodeName", "providerID") if k in old})
             status["addresses"] = []
+            # No pod: the next start gives the VM the size the spec asks for.
+            status["cpu"], status["memory"] = vm["spec"]["cpu"], vm["spec"]["memory"]
         status.setdefault("disks", [])
         if {k: v for k, v in old.items() if k != "conditions"} == {
                 k: v for k, v in status.items() if k != "conditions"} and \
@@ -315,6 +324,11 @@ class VirtualMachineController:
             await self._events.emit(
                 {**vm, "apiVersion": "vmlet.io/v1alpha1", "kind": "VirtualMachine"}, state,
                 message, warning=state in ("Failed", "Unknown"))
+
+
+def _as_spec(value: Any) -> Any:
+    """A quantity as the VM spec writes it: whole numbers as integers."""
+    return int(value) if isinstance(value, str) and value.isdigit() else value
 
 
 def _same_conditions(a: list[Obj], b: list[Obj]) -> bool:

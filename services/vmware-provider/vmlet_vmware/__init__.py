@@ -1,1 +1,30 @@
-"""The vSphere provider: pods become VMs on ESXi hosts through pyvmomi."""
+"""The vSphere provider: pods become VMs on ESXi hosts through pyvmomi.
+
+Modules, from the bottom up:
+  config       settings from flags, environment and a TOML file; credentials as `Secret`
+  faults       vSphere faults and connection errors -> the boundary's errors (one table)
+  session      the vCenter session: thread pool, login, keep-alive, re-login, reconnect
+  inventory    datacenter, clusters, VM folder, datastore, network, templates
+  props        PropertyCollector specs and plain-Python conversion of values
+  records      the watched properties and the host/VM records built from them
+  cache        hosts and VMs as last seen, by ID, node name and identity
+  watch        the WaitForUpdatesEx loop that keeps the cache current
+  hub, locks   newest-per-key fan-out to streams; per-identity locks
+  naming       node names, VM names, label values
+  sizing       image -> template, resources -> vCPUs/MiB, quantities
+  vms          clone, power, relocate, reconfigure, destroy; waiting for tasks
+  nodes        hosts as nodes, placement of pods on hosts
+  status       a pod's status from its VM
+  podtable     the pods the provider runs, their statuses and the push of every change
+  pods         create/update/delete/destroy by identity
+  snapshots    snapshots by identity
+  events       VM events and tasks as log lines
+  stats        quick stats as the stats summary
+  servicer_*   the gRPC services over the above
+  app          the wiring; __main__ the process
+"""
+
+from .app import PROVIDER_KIND, VSphereProvider, build, version
+from .config import Settings, settings_from_args
+
+__all__ = ["PROVIDER_KIND", "Settings", "VSphereProvider", "build", "settings_from_args", "version"]

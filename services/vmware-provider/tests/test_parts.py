@@ -1,0 +1,252 @@
+"""The small parts: sizing, names, faults, the cache, statuses, fan-out and locks."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import grpc
+import pytest
+from pyVmomi import vim, vmodl
+
+from vmlet.provider.v1 import pod_pb2
+from vmlet_contract import InvalidArgument, Unavailable
+from vmlet_vmware import faults
+from vmlet_vmware.cache import Cache, Change
+from vmlet_vmware.hub import Hub
+from vmlet_vmware.locks import KeyedLocks
+from vmlet_vmware.naming import label_value, node_name, vm_name
+from vmlet_vmware.records import IDENTITY_KEY, POD_KEY, VmRecord
+from vmlet_vmware.sizing import cpu_millis, memory_bytes, template_of, vm_size
+from vmlet_vmware.status import Progress, pod_ips, pod_status
+
+MI = 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("cpu_request", "cpu_limit", "mem_request", "mem_limit", "cpus", "memory"),
+    [
+        (0, 0, 0, 0, None, None),
+        (100, 0, 0, 0, 1, None),
+        (1000, 0, 0, 0, 1, None),
+        (1001, 0, 0, 0, 2, None),
+        (500, 2500, 0, 0, 3, None),  # the limit wins
+        (0, 0, 1, 0, None, 128),  # at least 128 MiB
+        (0, 0, 1024 * MI, 0, None, 1024),
+        (0, 0, 10**9, 0, None, 956),  # 953.67 MiB -> 954 -> multiple of 4
+        (0, 0, 100 * MI, 2 * 1024 * MI, None, 2048),
+        (0, 0, 1025 * MI + 1, 0, None, 1028),
+    ],
+)
+def test_vm_size(
+    cpu_request: int, cpu_limit: int, mem_request: int, mem_limit: int,
+    cpus: int | None, memory: int | None,
+) -> None:  # fmt: skip
+    size = vm_size(
+        pod_pb2.Resources(
+            cpu_request_millis=cpu_request,
+            cpu_limit_millis=cpu_limit,
+            memory_request_bytes=mem_request,
+            memory_limit_bytes=mem_limit,
+        )
+    )
+    assert (size.cpus, size.memory_mb) == (cpus, memory)
+
+
+def test_template_of() -> None:
+    assert template_of("vsphere:template/debian-12") == "debian-12"
+    assert template_of("ubuntu-24.04") == "ubuntu-24.04"
+    for bad in ("docker.io/nginx:1", "nginx:latest", "vsphere:template/", "vsphere:image/x", ""):
+        with pytest.raises(InvalidArgument):
+            template_of(bad)
+
+
+def test_quantities() -> None:
+    assert cpu_millis("2") == 2000 and cpu_millis("500m") == 500 and cpu_millis("1.5") == 1500
+    assert memory_bytes("1Gi") == 2**30 and memory_bytes("1G") == 10**9
+    assert memory_bytes("512Mi") == 512 * MI and memory_bytes("0") == 0
+    with pytest.raises(ValueError):
+        memory_bytes("lots")
+
+
+def test_names() -> None:
+    assert node_name("vsphere", "DC0_C0_H0") == "vsphere-dc0-c0-h0"
+    assert node_name("vsphere", "ESX01.Lab.Example") == "vsphere-esx01.lab.example"
+    assert node_name("vsphere", "esx 01..x") == "vsphere-esx-01.x"
+    long = node_name("vsphere", "h" * 300)
+    assert len(long) <= 253
+    one = vm_name("default", "web-0", "uid-1")
+    assert one.startswith("default-web-0-") and len(one) == len("default-web-0-") + 8
+    assert vm_name("default", "web-0", "uid-1") == one  # deterministic
+    assert vm_name("default", "web-0", "uid-2") != one  # unique per identity
+    assert len(vm_name("n" * 63, "p" * 253, "uid")) == 80
+    assert vm_name("Ns", "A_B.c", "x").startswith("ns-a-b-c-")
+    assert label_value("DC0_C0") == "DC0_C0"
+    assert label_value("-bad name-") == "bad-name"
+
+
+def test_fault_mapping() -> None:
+    cases: list[tuple[BaseException, grpc.StatusCode]] = [
+        (vim.fault.InvalidLogin(msg="Login failure"), grpc.StatusCode.UNAVAILABLE),
+        (vim.fault.NotAuthenticated(), grpc.StatusCode.UNAVAILABLE),
+        (vim.fault.NoPermission(), grpc.StatusCode.PERMISSION_DENIED),
+        (vmodl.fault.ManagedObjectNotFound(), grpc.StatusCode.NOT_FOUND),
+        (vim.fault.InsufficientHostCapacityFault(), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (vim.fault.InvalidPowerState(), grpc.StatusCode.FAILED_PRECONDITION),
+        (vim.fault.DuplicateName(), grpc.StatusCode.ALREADY_EXISTS),
+        (vim.fault.TaskInProgress(), grpc.StatusCode.ABORTED),
+        (vmodl.fault.InvalidArgument(), grpc.StatusCode.INVALID_ARGUMENT),
+        (vmodl.fault.SystemError(), grpc.StatusCode.INTERNAL),
+        (ConnectionRefusedError(), grpc.StatusCode.UNAVAILABLE),
+        (TimeoutError(), grpc.StatusCode.UNAVAILABLE),
+        (KeyError("x"), grpc.StatusCode.INTERNAL),
+    ]
+    for exc, code in cases:
+        error = faults.to_provider_error(exc, "power on VM web")
+        assert error.code == code, exc
+        assert error.message.startswith("power on VM web: ")
+    assert "check the credentials" in faults.to_provider_error(vim.fault.InvalidLogin()).message
+    assert faults.is_not_authenticated(vim.fault.NotAuthenticated())
+    assert faults.is_connection_error(ConnectionResetError())
+    assert not faults.is_connection_error(vim.fault.InvalidLogin())
+
+
+def _vm_change(moid: str, op: str = "enter", **props: object) -> Change:
+    paths = {
+        "identity": f'config.extraConfig["{IDENTITY_KEY}"]',
+        "pod": f'config.extraConfig["{POD_KEY}"]',
+        "power": "runtime.powerState",
+        "name": "name",
+        "ip": "guest.ipAddress",
+    }
+    return Change(
+        kind="vm",
+        moid=moid,
+        op=op,  # type: ignore[arg-type]
+        props=tuple(
+            (paths[k], "assign" if v is not None else "remove", v) for k, v in props.items()
+        ),
+    )
+
+
+async def test_cache_indexes_identity_and_refresh_does_not_roll_back() -> None:
+    cache = Cache()
+    seen: list[tuple[VmRecord | None, VmRecord | None]] = []
+    cache.on_vm(lambda old, new: seen.append((old, new)))
+    start = cache.begin_resync()
+    cache.apply([_vm_change("vm-1", name="a", identity="id-1", power="poweredOff")], resync=True)
+    cache.end_resync({("vm", "vm-1")}, start)
+    assert cache.synced.is_set()
+    record = cache.vm_of("id-1")
+    assert record is not None and record.name == "a" and record.pod is None
+
+    before = cache.seq
+    cache.apply([_vm_change("vm-1", "modify", power="poweredOn")])
+    # A refresh that began before that update must not take it back.
+    cache.refresh("vm", "vm-1", {"runtime.powerState": "poweredOff", "name": "b"}, before)
+    record = cache.vm_of("id-1")
+    assert record is not None and record.powered_on and record.name == "b"
+
+    # A late enter of a refreshed object only fills in what the refresh did not see.
+    cache.refresh("vm", "vm-2", {"name": "c", f'config.extraConfig["{IDENTITY_KEY}"]': "id-2"},
+                  cache.seq)  # fmt: skip
+    cache.apply([_vm_change("vm-2", name="c", identity=None, ip="10.0.0.1")])
+    record = cache.vm_of("id-2")
+    assert record is not None and record.ip == "10.0.0.1"
+
+    cache.apply([_vm_change("vm-1", "leave")])
+    assert cache.vm_of("id-1") is None
+    assert seen[-1][1] is None
+
+    # A resync drops what it did not see.
+    start = cache.begin_resync()
+    assert not cache.synced.is_set()
+    cache.end_resync(set(), start)
+    assert cache.vm_of("id-2") is None
+
+
+def _record(**overrides: object) -> VmRecord:
+    fields: dict[str, object] = dict(
+        moid="vm-9", name="web", identity="id", pod=("ns", "web"), pod_uid="", container="vm",
+        image="debian-12", template=False, instance_uuid="uuid-9", power="poweredOn",
+        host="host-1", boot_time=datetime(2030, 1, 1, tzinfo=UTC), ip="", nic_ips=(),
+        num_cpu=1, memory_mb=512, cpu_hot_add=False, cpu_hot_remove=False,
+        memory_hot_add=False, datastores=(),
+    )  # fmt: skip
+    fields.update(overrides)
+    return VmRecord(**fields)  # type: ignore[arg-type]
+
+
+def test_pod_ips_one_per_family_and_never_invented() -> None:
+    assert pod_ips(_record()) == []
+    assert pod_ips(_record(ip="10.0.0.5", nic_ips=(("10.0.0.5", "fe80::1", "2001:db8::5"),))) == [
+        "10.0.0.5",
+        "2001:db8::5",
+    ]
+    assert pod_ips(_record(ip="", nic_ips=(("169.254.1.1", "192.168.1.9"),))) == ["192.168.1.9"]
+
+
+def test_pod_status_phases() -> None:
+    pod = pod_pb2.Pod(
+        ref=pod_pb2.PodRef(namespace="ns", name="web"),
+        containers=[pod_pb2.Container(name="vm", image="debian-12")],
+    )
+    creating = pod_status(pod, None, progress=Progress("ContainerCreating", "cloning"))
+    assert creating.phase == pod_pb2.POD_PHASE_PENDING
+    assert creating.container_statuses[0].waiting.reason == "ContainerCreating"
+
+    no_ip = pod_status(pod, _record())
+    assert no_ip.phase == pod_pb2.POD_PHASE_RUNNING and no_ip.pod_ip == ""
+    ready = {c.type: c for c in no_ip.conditions}["Ready"]
+    assert ready.status == pod_pb2.CONDITION_STATUS_FALSE and ready.reason == "WaitingForGuestIP"
+
+    with_ip = pod_status(pod, _record(ip="10.1.1.1"), note="resized")
+    assert with_ip.pod_ip == "10.1.1.1" and with_ip.message == "resized"
+    assert all(c.status == pod_pb2.CONDITION_STATUS_TRUE for c in with_ip.conditions)
+
+    started = datetime(2030, 1, 1, tzinfo=UTC)
+    cycling = pod_status(
+        pod, _record(power="poweredOff"), progress=Progress("PowerCycling", "resizing"),
+        first_started=started,
+    )  # fmt: skip
+    assert cycling.phase == pod_pb2.POD_PHASE_RUNNING
+    assert cycling.container_statuses[0].waiting.reason == "PowerCycling"
+
+    stopped = pod_status(pod, _record(power="poweredOff"), first_started=started)
+    assert stopped.container_statuses[0].terminated.reason == "PoweredOff"
+
+    vanished = pod_status(pod, None, failure=("VMVanished", "gone"), last_vm="vm-9")
+    assert vanished.phase == pod_pb2.POD_PHASE_FAILED and vanished.reason == "VMVanished"
+    assert vanished.provider_id == "vm-9"
+
+
+async def test_hub_keeps_the_newest_per_key_and_closes() -> None:
+    hub: Hub[int] = Hub(limit=2)
+    box = hub.subscribe([("a", 1)])
+    hub.publish("a", 2)
+    hub.publish("b", 3)
+    assert sorted(await box.take()) == [2, 3]
+    hub.publish("a", 4)
+    hub.publish("b", 5)
+    hub.publish("c", 6)  # a third key overflows the mailbox
+    with pytest.raises(Unavailable):
+        await box.take()
+    hub.close("bye")
+    with pytest.raises(Unavailable, match="bye"):
+        await hub.subscribe().take()
+
+
+async def test_keyed_locks_serialize_one_key_only() -> None:
+    locks = KeyedLocks()
+    order: list[str] = []
+
+    async def work(key: str, name: str, pause: float) -> None:
+        async with locks.hold(key):
+            order.append(f"{name}+")
+            await asyncio.sleep(pause)
+            order.append(f"{name}-")
+
+    await asyncio.gather(work("x", "a", 0.05), work("x", "b", 0), work("y", "c", 0))
+    assert order.index("a-") < order.index("b+")
+    assert order.index("c+") < order.index("a-")
+    assert len(locks) == 0

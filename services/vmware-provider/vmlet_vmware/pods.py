@@ -1,0 +1,433 @@
+"""Pods and their VMs: create (find, move or clone, then power on), update (resize), delete
+(power off, then keep or destroy), and destroy by identity. Their statuses live in `podtable`.
+
+Identity rules (see DESIGN.md):
+- Every call for a VM holds that identity's lock, so concurrent CreatePods of one pod queue up
+  and the second finds what the first made.
+- Before any clone the identity is looked up in the cache, which the watch keeps synced with
+  vCenter (a create waits for the sync after a (re)connect). The clone writes the identity into
+  extraConfig, so a provider restarted mid-create finds the VM; and the VM's name is derived from
+  the identity, so a clone still in flight when the provider restarted makes the second clone
+  fail with DuplicateName, and the provider adopts the first.
+- A pod whose identity has a VM on another host moves it there (RelocateVM), never a new one.
+- A VM that disappears from vCenter while its pod exists turns the pod Failed with reason
+  VMVanished; the provider never makes it again by itself.
+
+After a provider restart the pods are rebuilt from the VMs' extraConfig (vmlet.pod and friends),
+so GetPods lists them and NotifyPods reports them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+
+from pyVmomi import vim
+
+from vmlet.provider.v1 import pod_pb2
+from vmlet_contract import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ProviderError,
+    Unavailable,
+)
+
+from .cache import Cache
+from .locks import KeyedLocks
+from .naming import vm_name
+from .nodes import NodeBook, Placement
+from .podtable import PodEntry, PodTable, pod_key
+from .records import CONTAINER_KEY, IDENTITY_KEY, IMAGE_KEY, POD_KEY, POD_UID_KEY, VmRecord
+from .session import Session
+from .sizing import VmSize, template_of, vm_size
+from .vms import ClonePlan, Machines, TaskFailed
+
+__all__ = ["Pods"]
+
+_log = logging.getLogger(__name__)
+
+SYNC_TIMEOUT_SECONDS = 30.0
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+class Pods:
+    """The pod operations of the provider; see the module docstring."""
+
+    def __init__(self, session: Session, cache: Cache, machines: Machines, nodes: NodeBook) -> None:
+        self._session = session
+        self._cache = cache
+        self._machines = machines
+        self._book = nodes
+        self._locks = KeyedLocks()
+        self.table = PodTable(cache, nodes)
+        self._table = self.table
+
+    # Helpers.
+
+    async def _synced(self) -> None:
+        if self._cache.synced.is_set():
+            return
+        if self._session.connection is None:
+            raise self._session.unavailable()
+        try:
+            await asyncio.wait_for(self._cache.synced.wait(), timeout=SYNC_TIMEOUT_SECONDS)
+        except TimeoutError:
+            raise Unavailable("the provider's view of vCenter is not synced yet; retry") from None
+
+    @staticmethod
+    def _validate(pod: pod_pb2.Pod) -> pod_pb2.Container:
+        where = f"pod {pod.ref.namespace}/{pod.ref.name}"
+        if not pod.ref.namespace or not pod.ref.name:
+            raise InvalidArgument("a pod needs a namespace and a name")
+        if not pod.identity:
+            raise InvalidArgument(f"{where} has no identity")
+        if not pod.node_name:
+            raise InvalidArgument(f"{where} is not bound to a node")
+        if len(pod.containers) != 1:
+            raise InvalidArgument(f"{where} has {len(pod.containers)} containers; a VM pod has one")
+        return pod.containers[0]
+
+    @staticmethod
+    def _labels(pod: pod_pb2.Pod) -> dict[str, str]:
+        container = pod.containers[0] if pod.containers else pod_pb2.Container()
+        return {
+            POD_KEY: f"{pod.ref.namespace}/{pod.ref.name}",
+            POD_UID_KEY: pod.ref.uid,
+            CONTAINER_KEY: container.name,
+            IMAGE_KEY: container.image,
+        }
+
+    @classmethod
+    def _extra_config(cls, pod: pod_pb2.Pod) -> dict[str, str]:
+        values = {IDENTITY_KEY: pod.identity, **cls._labels(pod)}
+        if pod.user_data:
+            values["guestinfo.userdata"] = _b64(pod.user_data)
+            values["guestinfo.userdata.encoding"] = "base64"
+        if pod.user_data or pod.meta_data:
+            meta = pod.meta_data or (
+                f"instance-id: {pod.identity}\nlocal-hostname: {pod.ref.name}\n"
+            )
+            values["guestinfo.metadata"] = _b64(meta)
+            values["guestinfo.metadata.encoding"] = "base64"
+        return {k: v for k, v in values.items() if v}
+
+    # Create.
+
+    async def create(self, pod: pod_pb2.Pod) -> pod_pb2.PodStatus:
+        """Makes (or finds, moves, powers on) the VM of `pod`; returns its status."""
+        container = self._validate(pod)
+        template = template_of(container.image)
+        size = vm_size(container.resources)
+        key = pod_key(pod.ref)
+        async with self._locks.hold(pod.identity):
+            current = self._table.get(key)
+            if (
+                current is not None
+                and current.failure is not None
+                and (
+                    current.identity == pod.identity
+                    and (not pod.ref.uid or pod.ref.uid == current.pod.ref.uid)
+                )
+            ):
+                return self._table.status_of(current)  # a vanished VM is not made again
+            if (
+                current is not None
+                and current.identity != pod.identity
+                and self._table.vm_of(current)
+            ):
+                raise AlreadyExists(
+                    f"pod {key[0]}/{key[1]} already runs the VM of identity {current.identity}"
+                )
+            await self._synced()
+            place = self._book.placement(pod.node_name)
+            vm = self._cache.vm_of(pod.identity)
+            entry = self._table.bind(pod)
+            self._table.forget_tombstone(pod.identity)
+            try:
+                if vm is None:
+                    vm = await self._make(entry, template, size, place)
+                else:
+                    vm = await self._adopt(entry, vm, size, place)
+                if not vm.powered_on:
+                    self._table.progress(
+                        entry, "PoweringOn", f"powering on VM {vm.name} on {place.node}"
+                    )
+                    await self._machines.power_on(vm)
+            except ProviderError:
+                if not entry.vm and self._cache.vm_of(pod.identity) is None:
+                    self._table.drop(entry)
+                raise
+            finally:
+                self._table.progress(entry, None)
+            _log.info("pod running", extra={"pod": "/".join(key), "vm": entry.vm})
+            return self._table.status_of(entry)
+
+    async def _make(
+        self, entry: PodEntry, template: str, size: VmSize, place: Placement
+    ) -> VmRecord:
+        pod = entry.pod
+        name = vm_name(pod.ref.namespace, pod.ref.name, pod.identity)
+        template_id = await self._machines.template(template)
+        if template_id is None:
+            folder = self._session.settings.template_folder
+            where = f"folder {folder}" if folder else "the datacenter"
+            raise FailedPrecondition(f"template {template!r} not found in {where}")
+        conn = self._session.connection
+        if conn is None:
+            raise self._session.unavailable()
+        plan = ClonePlan(
+            template=template_id,
+            name=name,
+            host=place.host.moid,
+            pool=place.pool,
+            datastore=place.datastore,
+            size=size,
+            extra_config=self._extra_config(pod),
+            network=conn.inventory.network,
+        )
+        self._table.progress(
+            entry,
+            "ContainerCreating",
+            f"cloning template {template} to VM {name} on {place.node} ({size.describe()})",
+        )
+        try:
+            moid = await self._machines.clone(plan)
+        except (TaskFailed, AlreadyExists) as exc:
+            duplicate = isinstance(exc, AlreadyExists) or isinstance(
+                exc.fault, vim.fault.DuplicateName
+            )
+            if not duplicate:
+                assert isinstance(exc, TaskFailed)
+                if isinstance(exc.error, NotFound):
+                    self._machines.forget_template(template)
+                raise exc.error from None
+            moid = await self._adopt_named(entry, plan)
+        entry.vm = moid
+        vm = self._cache.vms.get(moid) or await self._machines.refresh(moid)
+        if vm is None:
+            raise Unavailable(f"VM {name} was made but vanished at once; retry")
+        _log.info("vm cloned", extra={"pod": "/".join(entry.key), "vm": moid, "vm_name": name})
+        return vm
+
+    async def _adopt_named(self, entry: PodEntry, plan: ClonePlan) -> str:
+        """The clone hit a VM of the same name. That is an earlier clone of this identity (from
+        before a restart) when it carries the identity, or carries none yet (the name holds a
+        hash of the identity, and the identity may not have been written when the provider
+        stopped): it is adopted and completed. Any other VM is AlreadyExists."""
+        name = plan.name
+        found = await self._machines.named(name)
+        if found is None:
+            raise Unavailable(f"VM name {name} is taken by a VM that is not readable yet; retry")
+        moid, identity = found
+        if identity not in ("", entry.identity):
+            raise AlreadyExists(
+                f"a VM named {name} already exists in the VM folder and belongs to identity "
+                f"{identity}, not {entry.identity}"
+            )
+        _log.info("adopting vm from an earlier clone", extra={"vm": moid, "vm_name": name})
+        await self._machines.complete(moid, plan)
+        return moid
+
+    async def _adopt(
+        self, entry: PodEntry, vm: VmRecord, size: VmSize, place: Placement
+    ) -> VmRecord:
+        """The identity already has `vm`: move it to the pod's host, label it for the pod, and
+        size it as the pod asks."""
+        entry.vm = vm.moid
+        self._table.track_boot(entry, vm)
+        if vm.host != place.host.moid:
+            source = self._book.node_name_of(vm.host) or vm.host
+            self._table.progress(
+                entry, "Relocating", f"moving VM {vm.name} from {source} to {place.node}"
+            )
+            datastore = place.datastore_for(vm.datastores)
+            await self._machines.relocate(vm, place.host.moid, place.pool, datastore)
+            vm = self._cache.vms.get(vm.moid) or vm
+            _log.info("vm relocated", extra={"vm": vm.moid, "from": source, "to": place.node})
+        wanted = self._labels(entry.pod)
+        current = {
+            POD_KEY: "/".join(vm.pod) if vm.pod else "",
+            POD_UID_KEY: vm.pod_uid,
+            CONTAINER_KEY: vm.container,
+            IMAGE_KEY: vm.image,
+        }
+        changes = {k: v for k, v in wanted.items() if current.get(k, "") != v}
+        if changes:
+            await self._machines.set_extra_config(vm, changes)
+            vm = self._cache.vms.get(vm.moid) or vm
+        note = await self._resize(entry, vm, size)
+        if note:
+            entry.note = note
+        return self._cache.vms.get(vm.moid) or vm
+
+    # Update.
+
+    async def _resize(self, entry: PodEntry, vm: VmRecord, size: VmSize) -> str:
+        """Brings the VM to `size`: hot when the VM allows it, else with a power cycle.
+        Returns what was done, for the status message ("" when nothing)."""
+        # Read the VM afresh: whether it allows hot add is decided on what it says now.
+        vm = await self._machines.refresh(vm.moid) or vm
+        cpus = size.cpus if size.cpus is not None and size.cpus != vm.num_cpu else None
+        memory = (
+            size.memory_mb if size.memory_mb is not None and size.memory_mb != vm.memory_mb
+            else None
+        )  # fmt: skip
+        if cpus is None and memory is None:
+            return ""
+        target = VmSize(cpus or vm.num_cpu, memory or vm.memory_mb).describe()
+        if not vm.powered_on:
+            await self._machines.resize(vm, cpus, memory)
+            return f"resized to {target}"
+        blockers = []
+        if cpus is not None and cpus > vm.num_cpu and not vm.cpu_hot_add:
+            blockers.append("CPU hot add is off")
+        if cpus is not None and cpus < vm.num_cpu and not vm.cpu_hot_remove:
+            blockers.append("CPU hot remove is off")
+        if memory is not None and memory > vm.memory_mb and not vm.memory_hot_add:
+            blockers.append("memory hot add is off")
+        if memory is not None and memory < vm.memory_mb:
+            blockers.append("memory cannot shrink while running")
+        if not blockers:
+            await self._machines.resize(vm, cpus, memory)
+            return f"resized to {target} while running (hot add)"
+        why = ", ".join(blockers)
+        self._table.progress(
+            entry,
+            "PowerCycling",
+            f"powering VM {vm.name} off to resize it to {target} ({why}); it powers on again",
+        )
+        await self._machines.power_off(vm)
+        vm = self._cache.vms.get(vm.moid) or vm
+        await self._machines.resize(vm, cpus, memory)
+        vm = self._cache.vms.get(vm.moid) or vm
+        await self._machines.power_on(vm)
+        return f"resized to {target} with a power cycle ({why})"
+
+    async def update(self, pod: pod_pb2.Pod) -> pod_pb2.PodStatus:
+        """Brings the VM in line with a changed pod (CPU and memory)."""
+        key = pod_key(pod.ref)
+        entry = self._table.entry(*key)
+        if pod.identity and pod.identity != entry.identity:
+            raise InvalidArgument(
+                f"pod {key[0]}/{key[1]} runs the VM of identity {entry.identity}; its identity "
+                f"cannot change to {pod.identity}"
+            )
+        container = pod.containers[0] if len(pod.containers) == 1 else None
+        if container is None:
+            raise InvalidArgument(f"pod {key[0]}/{key[1]} must have exactly one container")
+        size = vm_size(container.resources)
+        async with self._locks.hold(entry.identity):
+            entry = self._table.entry(*key)
+            merged = pod_pb2.Pod()
+            merged.CopyFrom(pod)
+            merged.identity = entry.identity
+            merged.node_name = pod.node_name or entry.pod.node_name
+            entry.pod = merged
+            if entry.failure is not None:
+                self._table.publish(entry)
+                return self._table.status_of(entry)
+            await self._synced()
+            vm = self._cache.vm_of(entry.identity)
+            if vm is None:
+                raise FailedPrecondition(f"pod {key[0]}/{key[1]} has no VM to update")
+            try:
+                note = await self._resize(entry, vm, size)
+            finally:
+                self._table.progress(entry, None)
+            if note:
+                entry.note = note
+                _log.info("vm resized", extra={"pod": "/".join(key), "vm": vm.moid, "how": note})
+            self._table.publish(entry)
+            return self._table.status_of(entry)
+
+    # Delete.
+
+    async def delete(self, pod: pod_pb2.Pod) -> None:
+        """Powers the pod's VM off and destroys it, or keeps it when `keep_on_delete`. A pod the
+        provider does not know, and a VM that now serves another pod, are left alone."""
+        key = pod_key(pod.ref)
+        known = self._table.get(key)
+        identity = pod.identity or (known.identity if known is not None else "")
+        if not identity:
+            return
+        async with self._locks.hold(identity):
+            entry = self._table.get(key)
+            if entry is not None and entry.identity != identity:
+                entry = None
+            await self._synced()
+            vm = self._cache.vm_of(identity)
+            if vm is not None and vm.pod is not None and vm.pod != key:
+                if entry is not None:
+                    self._table.drop(entry)
+                return
+            if vm is None:
+                if entry is not None:
+                    self._table.drop(entry)
+                return
+            if entry is not None:
+                what = "powering off (kept)" if pod.keep_on_delete else "destroying"
+                self._table.progress(entry, "Deleting", f"{what} VM {vm.name}")
+            try:
+                if pod.keep_on_delete:
+                    await self._machines.power_off(vm)
+                    vm = self._cache.vms.get(vm.moid) or vm
+                    if vm.pod is not None or vm.pod_uid:
+                        await self._machines.set_extra_config(vm, {POD_KEY: "", POD_UID_KEY: ""})
+                else:
+                    await self._machines.destroy(vm)
+            except ProviderError:
+                if entry is not None:
+                    self._table.progress(entry, None)
+                raise
+            if entry is not None:
+                self._table.drop(entry)
+            self._table.tombstone(identity)
+            _log.info(
+                "pod deleted",
+                extra={"pod": "/".join(key), "vm": vm.moid, "kept": pod.keep_on_delete},
+            )
+
+    # VirtualMachine operations.
+
+    async def describe(self, identity: str) -> VmRecord:
+        """The VM of `identity`, with or without a pod; NotFound when there is none."""
+        if not identity:
+            raise InvalidArgument("an identity is needed")
+        await self._synced()
+        vm = self._cache.vm_of(identity)
+        if vm is None:
+            raise NotFound(f"no VM with identity {identity}")
+        return vm
+
+    async def destroy(self, identity: str) -> None:
+        """Destroys the VM of `identity` whatever its power state (its VirtualMachine resource
+        is gone); a pod still bound to it is forgotten. An unknown identity succeeds."""
+        if not identity:
+            raise InvalidArgument("an identity is needed")
+        async with self._locks.hold(identity):
+            await self._synced()
+            entry = self._table.entry_of(identity)
+            vm = self._cache.vm_of(identity)
+            if vm is not None:
+                if entry is not None:
+                    self._table.progress(entry, "Deleting", f"destroying VM {vm.name}")
+                try:
+                    await self._machines.destroy(vm)
+                except ProviderError:
+                    if entry is not None:
+                        self._table.progress(entry, None)
+                    raise
+            if entry is not None:
+                self._table.drop(entry)
+            self._table.tombstone(identity)
+            _log.info("vm destroyed", extra={"identity": identity, "vm": vm.moid if vm else ""})
+
+    def close(self, reason: str) -> None:
+        """Ends every NotifyPods stream."""
+        self._table.close(reason)

@@ -1,0 +1,107 @@
+"""VirtualMachineService over vSphere: VMs and their snapshots by identity. Disks (first-class
+disks through VStorageObjectManager) are not done yet and answer UNIMPLEMENTED."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from vmlet.provider.v1 import virtual_machine_service_pb2 as pb
+from vmlet.provider.v1 import virtual_machine_service_pb2_grpc as pb_grpc
+from vmlet_contract import ProviderError
+
+from .nodes import NodeBook
+from .pods import Pods
+from .sizing import MIB
+from .snapshots import Snapshots
+from .status import guest_ips
+
+__all__ = ["VirtualMachines"]
+
+
+def _no_disks() -> ProviderError:
+    return ProviderError(
+        "the vSphere provider does not manage disks yet (first-class disks are planned)",
+        code=grpc.StatusCode.UNIMPLEMENTED,
+    )
+
+
+_POWER = {
+    "poweredOn": pb.POWER_STATE_ON,
+    "poweredOff": pb.POWER_STATE_OFF,
+    "suspended": pb.POWER_STATE_SUSPENDED,
+}
+
+
+class VirtualMachines(pb_grpc.VirtualMachineServiceServicer):
+    """VMs and their snapshots, named by identity."""
+
+    def __init__(self, pods: Pods, book: NodeBook, snapshots: Snapshots) -> None:
+        self._pods = pods
+        self._book = book
+        self._snapshots = snapshots
+
+    async def GetVirtualMachine(
+        self, request: pb.GetVirtualMachineRequest, context: Any
+    ) -> pb.GetVirtualMachineResponse:
+        vm = await self._pods.describe(request.identity)
+        return pb.GetVirtualMachineResponse(
+            virtual_machine=pb.VirtualMachine(
+                identity=vm.identity,
+                provider_id=vm.moid,
+                name=vm.name,
+                power_state=_POWER.get(vm.power, pb.POWER_STATE_UNSPECIFIED),
+                node_name=self._book.node_name_of(vm.host),
+                cpus=vm.num_cpu,
+                memory_bytes=vm.memory_mb * MIB,
+                ip_addresses=guest_ips(vm) if vm.powered_on else [],
+            )
+        )
+
+    async def DeleteVirtualMachine(
+        self, request: pb.DeleteVirtualMachineRequest, context: Any
+    ) -> pb.DeleteVirtualMachineResponse:
+        await self._pods.destroy(request.identity)
+        return pb.DeleteVirtualMachineResponse()
+
+    async def CreateSnapshot(
+        self, request: pb.CreateSnapshotRequest, context: Any
+    ) -> pb.CreateSnapshotResponse:
+        snap = await self._snapshots.create(request.identity, request.name, request.description)
+        return pb.CreateSnapshotResponse(snapshot=snap)
+
+    async def RevertToSnapshot(
+        self, request: pb.RevertToSnapshotRequest, context: Any
+    ) -> pb.RevertToSnapshotResponse:
+        await self._snapshots.revert(request.identity, request.snapshot_id)
+        return pb.RevertToSnapshotResponse()
+
+    async def DeleteSnapshot(
+        self, request: pb.DeleteSnapshotRequest, context: Any
+    ) -> pb.DeleteSnapshotResponse:
+        await self._snapshots.delete(request.identity, request.snapshot_id)
+        return pb.DeleteSnapshotResponse()
+
+    async def ListSnapshots(
+        self, request: pb.ListSnapshotsRequest, context: Any
+    ) -> pb.ListSnapshotsResponse:
+        return pb.ListSnapshotsResponse(snapshots=await self._snapshots.list_for(request.identity))
+
+    async def CreateDisk(
+        self, request: pb.CreateDiskRequest, context: Any
+    ) -> pb.CreateDiskResponse:
+        raise _no_disks()
+
+    async def DeleteDisk(
+        self, request: pb.DeleteDiskRequest, context: Any
+    ) -> pb.DeleteDiskResponse:
+        raise _no_disks()
+
+    async def ExpandDisk(
+        self, request: pb.ExpandDiskRequest, context: Any
+    ) -> pb.ExpandDiskResponse:
+        raise _no_disks()
+
+    async def GetDisk(self, request: pb.GetDiskRequest, context: Any) -> pb.GetDiskResponse:
+        raise _no_disks()

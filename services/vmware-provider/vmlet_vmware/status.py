@@ -1,0 +1,210 @@
+"""A pod's status, derived from its VM's runtime and guest properties and from what the provider
+is doing to the VM right now.
+
+- A failure (the VM vanished from vCenter): phase Failed with its reason, e.g. VMVanished.
+- No VM yet: Pending, the container waiting with the step under way (ContainerCreating).
+- VM powered on: Running since the VM's boot time; pod IPs from guest.ipAddress and guest.net,
+  empty until the guest (VMware Tools) reports one. Ready only once there is an IP: a VM that
+  has no address yet cannot serve anything.
+- VM off while the provider powers it on or cycles it: Pending before the pod first ran, else
+  Running with the container waiting (PoweringOn, PowerCycling) and not ready.
+- VM off or suspended with nothing under way (someone stopped it in vCenter): Running with the
+  container terminated (PoweredOff, Suspended) and not ready, or Pending if it never ran. The
+  provider does not power it on again behind the user's back.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from vmlet.provider.v1 import pod_pb2
+from vmlet_contract import podstatus
+
+from .records import VmRecord
+
+__all__ = ["Progress", "guest_ips", "pod_ips", "pod_status"]
+
+_FALSE = pod_pb2.CONDITION_STATUS_FALSE
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A step the provider is taking on a pod's VM, shown while it lasts."""
+
+    reason: str  # CamelCase: ContainerCreating, Relocating, PoweringOn, PowerCycling, Deleting
+    message: str
+
+
+def _usable(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast:
+        return None
+    return ip
+
+
+def guest_ips(vm: VmRecord) -> list[str]:
+    """Every usable address the guest reports, primary first, without repeats."""
+    out: list[str] = []
+    for text in (vm.ip, *(ip for nic in vm.nic_ips for ip in nic)):
+        ip = _usable(text) if text else None
+        if ip is not None and str(ip) not in out:
+            out.append(str(ip))
+    return out
+
+
+def pod_ips(vm: VmRecord) -> list[str]:
+    """The VM's pod IPs: the guest's primary address first, then the first address of the other
+    IP family (Kubernetes allows one per family). Empty until the guest reports an address."""
+    candidates = [vm.ip, *(ip for nic in vm.nic_ips for ip in nic)]
+    usable = [(text, ip) for text in candidates if text and (ip := _usable(text)) is not None]
+    if not usable:
+        return []
+    primary = usable[0][1]
+    out = [str(primary)]
+    for _, ip in usable[1:]:
+        if ip.version != primary.version:
+            out.append(str(ip))
+            break
+    return out
+
+
+def _not_ready(status: pod_pb2.PodStatus, reason: str, message: str) -> None:
+    for condition in status.conditions:
+        if condition.type in ("Ready", "ContainersReady"):
+            condition.status = _FALSE
+            condition.reason = reason
+            condition.message = message
+    for container in status.container_statuses:
+        container.ready = False
+
+
+def _running(
+    pod: pod_pb2.Pod,
+    vm: VmRecord,
+    *,
+    first_started: datetime | None,
+    restarts: int,
+    message: str,
+    common: dict[str, str],
+) -> pod_pb2.PodStatus:
+    started = vm.boot_time or first_started or datetime.now(UTC)
+    ips = pod_ips(vm)
+    status = podstatus.running(pod, ips=ips, started_at=started, restart_count=restarts, **common)
+    status.start_time.CopyFrom(podstatus.timestamp(first_started or started))
+    status.message = message
+    if not ips:
+        _not_ready(
+            status,
+            "WaitingForGuestIP",
+            f"VM {vm.name} runs; its guest has not reported an IP address yet (VMware Tools)",
+        )
+    return status
+
+
+def _waiting_after_start(
+    pod: pod_pb2.Pod, *, reason: str, message: str, first_started: datetime, common: dict[str, str]
+) -> pod_pb2.PodStatus:
+    status = podstatus.pending(pod, reason=reason, message=message, **common)
+    status.phase = pod_pb2.POD_PHASE_RUNNING
+    status.start_time.CopyFrom(podstatus.timestamp(first_started))
+    status.message = message
+    return status
+
+
+def _stopped(
+    pod: pod_pb2.Pod,
+    vm: VmRecord,
+    *,
+    first_started: datetime,
+    finished: datetime | None,
+    restarts: int,
+    common: dict[str, str],
+) -> pod_pb2.PodStatus:
+    reason = "Suspended" if vm.power == "suspended" else "PoweredOff"
+    message = f"VM {vm.name} is {vm.power} in vCenter; power it on there (or recreate the pod)"
+    status = podstatus.running(
+        pod, ips=[], started_at=first_started, restart_count=restarts, **common
+    )
+    _not_ready(status, reason, message)
+    status.message = message
+    for container in status.container_statuses:
+        started = container.running.started_at
+        container.ClearField("running")
+        container.terminated.exit_code = 0
+        container.terminated.reason = reason
+        container.terminated.message = message
+        container.terminated.started_at.CopyFrom(started)
+        container.terminated.finished_at.CopyFrom(podstatus.timestamp(finished))
+    return status
+
+
+def pod_status(
+    pod: pod_pb2.Pod,
+    vm: VmRecord | None,
+    *,
+    progress: Progress | None = None,
+    failure: tuple[str, str] | None = None,
+    note: str = "",
+    first_started: datetime | None = None,
+    finished: datetime | None = None,
+    restarts: int = 0,
+    node_name: str = "",
+    host_ip: str = "",
+    last_vm: str = "",
+) -> pod_pb2.PodStatus:
+    """The status of `pod`, whose VM is `vm` (None: not made yet, or gone). `finished` is when
+    the VM was seen stopping or vanishing (now when None)."""
+    common = {
+        "provider_id": vm.moid if vm is not None else last_vm,
+        "container_id": f"vsphere://{vm.instance_uuid or vm.moid}" if vm is not None else "",
+        "node_name": node_name,
+        "host_ip": host_ip,
+    }
+    if failure is not None:
+        reason, message = failure
+        return podstatus.failed(
+            pod,
+            reason=reason,
+            message=message,
+            started_at=first_started,
+            finished_at=finished,
+            provider_id=common["provider_id"],
+            container_id=common["container_id"],
+            node_name=node_name,
+            host_ip=host_ip,
+        )
+    if vm is None:
+        if progress is not None:
+            return podstatus.pending(
+                pod, reason=progress.reason, message=progress.message, **common
+            )
+        return podstatus.pending(pod, reason="ContainerCreating", **common)
+    if vm.powered_on:
+        message = progress.message if progress is not None else note
+        return _running(
+            pod, vm, first_started=first_started, restarts=restarts, message=message,
+            common=common,
+        )  # fmt: skip
+    if progress is not None:
+        if first_started is not None:
+            return _waiting_after_start(
+                pod,
+                reason=progress.reason,
+                message=progress.message,
+                first_started=first_started,
+                common=common,
+            )
+        return podstatus.pending(pod, reason=progress.reason, message=progress.message, **common)
+    if first_started is not None:
+        return _stopped(
+            pod, vm, first_started=first_started, finished=finished, restarts=restarts,
+            common=common,
+        )  # fmt: skip
+    return podstatus.pending(
+        pod, reason="PoweredOff", message=f"VM {vm.name} is {vm.power}", **common
+    )

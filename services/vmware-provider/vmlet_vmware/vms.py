@@ -1,0 +1,362 @@
+"""VM operations on vCenter: clone, power, relocate, reconfigure, destroy, and waiting for tasks.
+
+Each operation starts a vSphere task in a worker thread and waits for it from the loop (reading
+the task's state with a growing pause, 50 ms up to 1 s), so a long task holds no thread. After a
+change the VM's properties are read back into the cache (read-after-write), so the next look-up
+by identity already sees it.
+
+Power operations are idempotent: powering on a running VM or off a stopped one is not an error.
+Destroying a VM that is already gone is not an error either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from pyVmomi import vim
+from pyVmomi.VmomiSupport import ManagedObject
+
+from vmlet_contract import NotFound, ProviderError, Unavailable
+
+from . import faults
+from .cache import Cache, Kind
+from .inventory import NetworkRef, find_template
+from .props import extra_config_path, moid, retrieve_one
+from .records import IDENTITY_KEY, VM_PATHS, VmRecord
+from .session import Connection, Session
+from .sizing import VmSize
+
+__all__ = ["ClonePlan", "Machines", "TaskFailed"]
+
+_log = logging.getLogger(__name__)
+
+
+class TaskFailed(Exception):
+    """A vSphere task ended in error; `fault` is vCenter's fault, `error` its boundary error."""
+
+    def __init__(self, fault: Any, error: ProviderError) -> None:
+        super().__init__(error.message)
+        self.fault = fault
+        self.error = error
+
+
+@dataclass(frozen=True)
+class ClonePlan:
+    """Everything a clone needs, resolved."""
+
+    template: str
+    name: str
+    host: str
+    pool: str
+    datastore: str | None
+    size: VmSize
+    extra_config: dict[str, str] = field(default_factory=dict)
+    network: NetworkRef | None = None
+
+
+def _backing(net: NetworkRef, conn: Connection) -> Any:
+    if net.distributed:
+        port = vim.dvs.PortConnection(switchUuid=net.switch_uuid, portgroupKey=net.portgroup_key)
+        return vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo(port=port)
+    return vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(
+        deviceName=net.name, network=conn.mo(vim.Network, net.moid)
+    )
+
+
+def _nic_change(conn: Connection, template: Any, net: NetworkRef) -> Any:
+    found = retrieve_one(conn.si, template, ["config.hardware.device"]) or {}
+    for device in found.get("config.hardware.device") or ():
+        if isinstance(device, vim.vm.device.VirtualEthernetCard):
+            device.backing = _backing(net, conn)
+            return vim.vm.device.VirtualDeviceSpec(operation="edit", device=device)
+    nic = vim.vm.device.VirtualVmxnet3(
+        key=-100,
+        backing=_backing(net, conn),
+        addressType="generated",
+        connectable=vim.vm.device.VirtualDevice.ConnectInfo(
+            startConnected=True, allowGuestControl=True, connected=True
+        ),
+    )
+    return vim.vm.device.VirtualDeviceSpec(operation="add", device=nic)
+
+
+def _start_clone(conn: Connection, plan: ClonePlan) -> str:
+    template = conn.mo(vim.VirtualMachine, plan.template)
+    config = vim.vm.ConfigSpec(
+        extraConfig=[vim.option.OptionValue(key=k, value=v) for k, v in plan.extra_config.items()]
+    )
+    if plan.size.cpus is not None:
+        config.numCPUs = plan.size.cpus
+    if plan.size.memory_mb is not None:
+        config.memoryMB = plan.size.memory_mb
+    if plan.network is not None:
+        config.deviceChange = [_nic_change(conn, template, plan.network)]
+    location = vim.vm.RelocateSpec(
+        host=conn.mo(vim.HostSystem, plan.host), pool=conn.mo(vim.ResourcePool, plan.pool)
+    )
+    if plan.datastore is not None:
+        location.datastore = conn.mo(vim.Datastore, plan.datastore)
+    spec = vim.vm.CloneSpec(location=location, config=config, powerOn=False, template=False)
+    folder = conn.mo(vim.Folder, conn.inventory.vm_folder)
+    return moid(template.CloneVM_Task(folder=folder, name=plan.name, spec=spec))
+
+
+def _task_state(conn: Connection, task: str) -> tuple[str, Any, Any]:
+    info = conn.mo(vim.Task, task).info
+    result = info.result
+    if isinstance(result, ManagedObject):
+        result = moid(result)
+    return str(info.state), result, info.error
+
+
+def _vm(conn: Connection, vm: str) -> Any:
+    return conn.mo(vim.VirtualMachine, vm)
+
+
+def _power_on(conn: Connection, vm: str) -> str:
+    return moid(_vm(conn, vm).PowerOnVM_Task())
+
+
+def _power_off(conn: Connection, vm: str) -> str:
+    return moid(_vm(conn, vm).PowerOffVM_Task())
+
+
+def _destroy(conn: Connection, vm: str) -> str:
+    return moid(_vm(conn, vm).Destroy_Task())
+
+
+def _relocate(conn: Connection, vm: str, host: str, pool: str, datastore: str | None) -> str:
+    spec = vim.vm.RelocateSpec(
+        host=conn.mo(vim.HostSystem, host), pool=conn.mo(vim.ResourcePool, pool)
+    )
+    if datastore is not None:
+        spec.datastore = conn.mo(vim.Datastore, datastore)
+    return moid(_vm(conn, vm).RelocateVM_Task(spec=spec, priority="defaultPriority"))
+
+
+def _reconfigure(conn: Connection, vm: str, spec: Any) -> str:
+    return moid(_vm(conn, vm).ReconfigVM_Task(spec=spec))
+
+
+def _read(conn: Connection, vm: str) -> dict[str, Any] | None:
+    return retrieve_one(conn.si, _vm(conn, vm), VM_PATHS)
+
+
+def _find_named(conn: Connection, name: str) -> tuple[str, str] | None:
+    folder = conn.mo(vim.Folder, conn.inventory.vm_folder)
+    found = conn.content.searchIndex.FindChild(entity=folder, name=name)
+    if found is None:
+        return None
+    props = retrieve_one(conn.si, found, [extra_config_path(IDENTITY_KEY)]) or {}
+    return moid(found), str(props.get(extra_config_path(IDENTITY_KEY)) or "")
+
+
+class Machines:
+    """The VM operations of the provider; see the module docstring."""
+
+    def __init__(self, session: Session, cache: Cache) -> None:
+        self._session = session
+        self._cache = cache
+        self._templates: dict[tuple[int, str], str] = {}
+        self._rechecks: dict[str, asyncio.Task[None]] = {}
+        cache.on_recheck = self._recheck
+
+    def _recheck(self, kind: Kind, moid: str) -> None:
+        if kind != "vm" or moid in self._rechecks:
+            return
+
+        async def reread() -> None:
+            try:
+                await self.refresh(moid)
+            except ProviderError as exc:
+                _log.debug("re-reading a VM failed", extra={"vm": moid, "error": exc.message})
+            finally:
+                self._rechecks.pop(moid, None)
+
+        self._rechecks[moid] = asyncio.get_running_loop().create_task(reread())
+
+    async def _call(self, fn: Any, *args: Any, doing: str) -> Any:
+        def run(conn: Connection) -> Any:
+            return fn(conn, *args)
+
+        return await self._session.call(run, doing=doing)
+
+    # Tasks.
+
+    async def wait_task(self, task: str, doing: str) -> Any:
+        """Waits for `task`; returns its result (a managed object as its ID), raises
+        TaskFailed when it fails."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._session.settings.task_timeout_seconds
+        delay = 0.05
+        while True:
+            try:
+                state, result, fault = await self._call(_task_state, task, doing=doing)
+            except NotFound:
+                raise Unavailable(f"{doing}: vCenter lost track of task {task}; retry") from None
+            if state == "success":
+                return result
+            if state == "error":
+                raise TaskFailed(fault, faults.to_provider_error(fault, doing))
+            if loop.time() > deadline:
+                raise ProviderError(
+                    f"{doing}: task {task} is still {state} after "
+                    f"{self._session.settings.task_timeout_seconds:.0f}s",
+                    code=grpc.StatusCode.DEADLINE_EXCEEDED,
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+
+    async def _run_task(self, fn: Any, *args: Any, doing: str) -> Any:
+        task = await self._call(fn, *args, doing=doing)
+        try:
+            return await self.wait_task(task, doing)
+        except TaskFailed as failed:
+            raise failed.error from None
+
+    # Reads.
+
+    async def refresh(self, vm: str) -> VmRecord | None:
+        """Reads VM `vm` into the cache; its record, None when it is gone."""
+        start = self._cache.seq
+        props = await self._call(_read, vm, doing=f"read VM {vm}")
+        self._cache.refresh("vm", vm, props, start)
+        return self._cache.vms.get(vm)
+
+    async def template(self, name: str) -> str | None:
+        """The managed object ID of template `name`, None when there is none."""
+        session = self._session
+        conn = session.connection
+        if conn is None:
+            raise session.unavailable()
+        key = (conn.generation, name)
+        found = self._templates.get(key)
+        if found is not None:
+            return found
+        folder = session.settings.template_folder
+
+        def look(c: Connection) -> str | None:
+            return find_template(c.si, c.inventory, folder, name)
+
+        found = await session.call(look, doing=f"look up template {name}")
+        if found is not None:
+            self._templates[key] = found
+        return found
+
+    def forget_template(self, name: str) -> None:
+        """Forgets where template `name` was (it moved or was replaced)."""
+        for key in [k for k in self._templates if k[1] == name]:
+            del self._templates[key]
+
+    async def named(self, name: str) -> tuple[str, str] | None:
+        """The (moid, identity) of the VM called `name` in the VM folder, if there is one."""
+        found: tuple[str, str] | None = await self._call(
+            _find_named, name, doing=f"look up VM {name}"
+        )
+        return found
+
+    # Changes.
+
+    async def clone(self, plan: ClonePlan) -> str:
+        """Clones `plan.template`; returns the new VM's managed object ID. Raises TaskFailed
+        (for the caller to see DuplicateName) when the clone task fails."""
+        doing = f"clone VM {plan.name}"
+        task = await self._call(_start_clone, plan, doing=doing)
+        vm = str(await self.wait_task(task, doing))
+        await self.complete(vm, plan)
+        return vm
+
+    async def complete(self, vm: str, plan: ClonePlan) -> VmRecord | None:
+        """Makes sure a clone has the identity, extraConfig and size `plan` asked for, and
+        applies them when it has not. vCenter applies them during the clone; govmomi's vcsim
+        ignores the clone's config, and a clone adopted after a restart may have missed them.
+        """
+        record = await self.refresh(vm)
+        if record is None:
+            return None
+        spec = vim.vm.ConfigSpec()
+        needed = False
+        if record.identity != plan.extra_config.get(IDENTITY_KEY, ""):
+            spec.extraConfig = [
+                vim.option.OptionValue(key=k, value=v) for k, v in plan.extra_config.items()
+            ]
+            needed = True
+        if plan.size.cpus is not None and record.num_cpu != plan.size.cpus:
+            spec.numCPUs = plan.size.cpus
+            needed = True
+        if plan.size.memory_mb is not None and record.memory_mb != plan.size.memory_mb:
+            spec.memoryMB = plan.size.memory_mb
+            needed = True
+        if not needed:
+            return record
+        _log.debug("completing the clone's configuration", extra={"vm": vm})
+        await self._run_task(_reconfigure, vm, spec, doing=f"configure VM {plan.name}")
+        return await self.refresh(vm)
+
+    async def power_on(self, vm: VmRecord) -> None:
+        """Powers `vm` on unless it runs (as vCenter says now, not as last seen)."""
+        current = await self.refresh(vm.moid)
+        if current is None:
+            raise NotFound(f"VM {vm.name} no longer exists")
+        if current.powered_on:
+            return
+        try:
+            await self._run_task(_power_on, vm.moid, doing=f"power on VM {vm.name}")
+        except ProviderError as exc:
+            current = await self.refresh(vm.moid)
+            if current is None or not current.powered_on:
+                raise exc from None
+        await self.refresh(vm.moid)
+
+    async def power_off(self, vm: VmRecord) -> None:
+        """Powers `vm` off (hard) unless it is off (as vCenter says now)."""
+        current = await self.refresh(vm.moid)
+        if current is None or current.power == "poweredOff":
+            return
+        try:
+            await self._run_task(_power_off, vm.moid, doing=f"power off VM {vm.name}")
+        except NotFound:
+            return
+        except ProviderError as exc:
+            current = await self.refresh(vm.moid)
+            if current is not None and current.power != "poweredOff":
+                raise exc from None
+        await self.refresh(vm.moid)
+
+    async def destroy(self, vm: VmRecord) -> None:
+        """Destroys `vm` (powered off first); done when it is already gone."""
+        await self.power_off(vm)
+        try:
+            await self._run_task(_destroy, vm.moid, doing=f"destroy VM {vm.name}")
+        except NotFound:
+            pass
+        self._cache.forget("vm", vm.moid)
+
+    async def relocate(self, vm: VmRecord, host: str, pool: str, datastore: str | None) -> None:
+        """Moves `vm` to `host` (vMotion when it runs)."""
+        await self._run_task(
+            _relocate, vm.moid, host, pool, datastore, doing=f"relocate VM {vm.name}"
+        )
+        await self.refresh(vm.moid)
+
+    async def resize(self, vm: VmRecord, cpus: int | None, memory_mb: int | None) -> None:
+        """Sets the vCPUs and memory of `vm` (None keeps one as it is)."""
+        spec = vim.vm.ConfigSpec()
+        if cpus is not None:
+            spec.numCPUs = cpus
+        if memory_mb is not None:
+            spec.memoryMB = memory_mb
+        await self._run_task(_reconfigure, vm.moid, spec, doing=f"reconfigure VM {vm.name}")
+        await self.refresh(vm.moid)
+
+    async def set_extra_config(self, vm: VmRecord, values: dict[str, str]) -> None:
+        """Writes extraConfig keys of `vm`; an empty value removes the key."""
+        spec = vim.vm.ConfigSpec(
+            extraConfig=[vim.option.OptionValue(key=k, value=v) for k, v in values.items()]
+        )
+        await self._run_task(_reconfigure, vm.moid, spec, doing=f"reconfigure VM {vm.name}")
+        await self.refresh(vm.moid)
