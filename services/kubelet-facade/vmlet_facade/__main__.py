@@ -12,7 +12,9 @@ from pathlib import Path
 
 from vmlet_facade.app import FacadeConfig, run
 from vmlet_facade.grpcprovider import ProviderTls
+from vmlet_facade.kubeletapi import KubeletApiConfig
 from vmlet_facade.nodes import NodeSettings, Taint
+from vmlet_facade.providerfile import read_providers_file
 
 __all__ = ["main"]
 
@@ -43,6 +45,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--provider", action="append", default=[],
                    help="NAME=HOST:PORT of a provider (repeat or comma-separate); "
                         "env VMLET_PROVIDERS")
+    p.add_argument("--providers-file", type=Path, default=env("VMLET_PROVIDERS_FILE"),
+                   help="a file of NAME=HOST:PORT lines, added to --provider and re-read while "
+                        "running: a changed address repoints that provider (env "
+                        "VMLET_PROVIDERS_FILE)")
     p.add_argument("--kubeconfig", default=env("KUBECONFIG"),
                    help="kubeconfig file; in-cluster config when unset inside a pod")
     p.add_argument("--taint", type=_taint, default=None,
@@ -52,7 +58,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    default=env("VMLET_DISABLE_TAINT") == "1",
                    help="register nodes without the provider taint")
     p.add_argument("--kubelet-port", type=int, default=int(env("VMLET_KUBELET_PORT", "10250")),
-                   help="the port advertised in the nodes' daemonEndpoints")
+                   help="the port advertised in the nodes' daemonEndpoints and served by the "
+                        "kubelet API; 0 serves no kubelet API")
+    p.add_argument("--kubelet-address", default=env("VMLET_KUBELET_ADDRESS", "0.0.0.0"),
+                   help="the address the kubelet API listens on")
+    p.add_argument("--node-ip", default=env("VMLET_NODE_IP"),
+                   help="the nodes' InternalIP, where the apiserver reaches this facade's "
+                        "kubelet API (default: the address the provider reports)")
+    p.add_argument("--kubelet-cert", type=Path, default=env("VMLET_KUBELET_CERT"),
+                   help="serving certificate of the kubelet API (PEM, leaf first); without "
+                        "it one is requested with a kubelet-serving CSR")
+    p.add_argument("--kubelet-key", type=Path, default=env("VMLET_KUBELET_KEY"))
+    p.add_argument("--kubelet-cert-dir", type=Path, default=env("VMLET_KUBELET_CERT_DIR"),
+                   help="where a CSR-issued serving certificate is kept across restarts")
+    p.add_argument("--client-ca-file", type=Path, default=env("VMLET_CLIENT_CA_FILE"),
+                   help="CA of the client certificates the kubelet API accepts (the "
+                        "apiserver's kubelet client certificate); default: the cluster CA "
+                        "of the kubeconfig")
+    p.add_argument("--kubelet-netns", default=env("VMLET_KUBELET_NETNS"),
+                   help="network namespace (a name under /run/netns, or a path) to open the "
+                        "kubelet API's listener in")
     p.add_argument("--lease-seconds", type=float, default=10.0,
                    help="how often node Leases are renewed")
     p.add_argument("--node-status-seconds", type=float, default=60.0,
@@ -74,8 +99,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-level", default=env("VMLET_LOG_LEVEL", "info"))
     args = p.parse_args(argv)
     args.providers = _providers(args.provider or [env("VMLET_PROVIDERS", "")])
+    if args.providers_file:
+        try:
+            args.providers.update(read_providers_file(args.providers_file))
+        except (OSError, ValueError) as err:
+            p.error(f"--providers-file: {err}")
     if not args.providers:
         p.error("at least one --provider NAME=HOST:PORT is needed")
+    if bool(args.kubelet_cert) != bool(args.kubelet_key):
+        p.error("--kubelet-cert and --kubelet-key go together")
     return args
 
 
@@ -96,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         pod_workers=args.pod_sync_workers,
         cluster_controllers=not args.disable_cluster_controllers,
         leader_election_namespace=args.leader_election_namespace,
+        kubelet=KubeletApiConfig(
+            port=args.kubelet_port, address=args.kubelet_address, netns=args.kubelet_netns,
+            node_ip=args.node_ip, cert_file=args.kubelet_cert, key_file=args.kubelet_key,
+            client_ca_file=args.client_ca_file, cert_dir=args.kubelet_cert_dir),
+        providers_file=args.providers_file,
     )
 
     async def amain() -> None:

@@ -10,6 +10,7 @@ import asyncio
 import functools
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from prometheus_client import start_http_server
 
@@ -17,10 +18,12 @@ from vmlet_facade.cluster import run_cluster_controllers
 from vmlet_facade.events import EventRecorder
 from vmlet_facade.grpcprovider import GrpcProvider, ProviderTls
 from vmlet_facade.kube import KubeClient, KubeConfig
+from vmlet_facade.kubeletapi import KubeletApi, KubeletApiConfig, advertise
 from vmlet_facade.leasing import LeaseKeeper
 from vmlet_facade.nodes import NodeController, NodeSettings
 from vmlet_facade.pods import PodController, Route
 from vmlet_facade.provider import Provider
+from vmlet_facade.providerfile import follow_providers_file
 from vmlet_facade.references import Resolver
 
 __all__ = ["FacadeConfig", "run"]
@@ -42,6 +45,8 @@ class FacadeConfig:
     status_workers: int = 32
     cluster_controllers: bool = True
     leader_election_namespace: str = "kube-system"
+    kubelet: KubeletApiConfig | None = None  # the kubelet HTTPS API; None: not served
+    providers_file: Path | None = None  # re-read while running: a changed address repoints
 
 
 async def _node_loop(nc: NodeController, pods: PodController) -> None:
@@ -65,7 +70,9 @@ async def run(config: FacadeConfig, stop: asyncio.Event) -> None:
     events = EventRecorder(client)
     providers: list[Provider] = [GrpcProvider(name, address, tls=config.provider_tls)
                                  for name, address in config.providers.items()]
-    controllers = [NodeController(p, client, config.node_settings, events) for p in providers]
+    node_ip = config.kubelet.node_ip if config.kubelet else None
+    controllers = [NodeController(advertise(p, node_ip), client, config.node_settings, events)
+                   for p in providers]
     pods = PodController(client, Resolver(client), events, concurrency=config.pod_workers,
                          status_concurrency=config.status_workers)
 
@@ -80,6 +87,21 @@ async def run(config: FacadeConfig, stop: asyncio.Event) -> None:
         tasks.append(asyncio.create_task(run_cluster_controllers(
             client, {p.name: p for p in providers}, events, config.leader_election_namespace),
             name="cluster-controllers"))
+    if config.kubelet and config.kubelet.port:
+        tasks.append(asyncio.create_task(
+            KubeletApi(config.kubelet, client, pods, controllers).run(), name="kubelet-api"))
+    if config.providers_file:
+        async def repoint(name: str, address: str) -> None:
+            for p in providers:
+                if p.name == name and isinstance(p, GrpcProvider):
+                    await p.repoint(address)
+            for nc in controllers:  # the nodes' vmlet.io/provider-address annotation
+                if nc.provider.name == name:
+                    for node in list(nc.nodes.values()):
+                        await nc.register(node)
+
+        tasks.append(asyncio.create_task(follow_providers_file(
+            config.providers_file, dict(config.providers), repoint), name="providers-file"))
     log.info("facade running for providers %s", ", ".join(config.providers))
     stopper: asyncio.Task[object] = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)

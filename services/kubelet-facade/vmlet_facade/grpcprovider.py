@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from vmlet.provider.v1 import (
 )
 from vmlet.provider.v1 import pod_pb2 as pb
 from vmlet.provider.v1 import virtual_machine_service_pb2 as vm_pb
-from vmlet_contract import error_from_rpc
+from vmlet_contract import ProviderError, error_from_rpc
 
 __all__ = ["GrpcProvider", "ProviderTls"]
 
@@ -46,12 +47,23 @@ class ProviderTls:
         )
 
 
+def _channel_closed() -> ProviderError:
+    """A call cancelled by its channel's close (``repoint``), not by its caller: the caller sees
+    an UNAVAILABLE provider and retries, as for any lost connection."""
+    task = asyncio.current_task()
+    if task is None or task.cancelling():
+        raise asyncio.CancelledError
+    return ProviderError("the channel to the provider was closed", code=grpc.StatusCode.UNAVAILABLE)
+
+
 async def _unary(call: Awaitable[Any]) -> Any:
     """Await one call; a failed one raises the ProviderError of its status code."""
     try:
         return await call
     except grpc.aio.AioRpcError as err:
         raise error_from_rpc(err) from None
+    except asyncio.CancelledError:
+        raise _channel_closed() from None
 
 
 async def _stream(call: AsyncIterator[T]) -> AsyncIterator[T]:
@@ -60,6 +72,8 @@ async def _stream(call: AsyncIterator[T]) -> AsyncIterator[T]:
             yield msg
     except grpc.aio.AioRpcError as err:
         raise error_from_rpc(err) from None
+    except asyncio.CancelledError:
+        raise _channel_closed() from None
 
 
 async def _cancelling(call: Any) -> AsyncGenerator[Any, None]:

@@ -1,0 +1,152 @@
+"""containerLogs: a container's log from the provider's GetContainerLogs stream.
+
+The provider honours tail_lines, since_time, follow and previous; the facade adds timestamps
+and limitBytes, as the contract says. sinceSeconds becomes a since time. The first answer of
+the provider is awaited briefly before the response starts, so a pod the provider does not know
+still gets a proper HTTP error instead of an empty 200.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from vmlet.provider.v1 import kubelet_endpoint_service_pb2 as kep
+from vmlet_contract import ProviderError
+from vmlet_facade.kubeletapi import metrics
+from vmlet_facade.kubeletapi.httpserver import HttpConnection, Request, wait_first
+from vmlet_facade.provider import Provider
+
+__all__ = ["LogOptions", "http_status", "stream_logs"]
+
+FIRST_ANSWER_WAIT = 1.0
+
+_HTTP = {"NOT_FOUND": 404, "INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400,
+         "UNAVAILABLE": 503, "RESOURCE_EXHAUSTED": 503, "DEADLINE_EXCEEDED": 504,
+         "PERMISSION_DENIED": 403, "UNAUTHENTICATED": 401}
+
+
+def http_status(err: ProviderError) -> int:
+    return _HTTP.get(getattr(err.code, "name", str(err.code)), 500)
+
+
+def _bool(value: str) -> bool:
+    return value.lower() in ("1", "true")
+
+
+def _parse_time(text: str) -> dt.datetime:
+    parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True)
+class LogOptions:
+    """The kubelet's log query parameters."""
+
+    follow: bool = False
+    previous: bool = False
+    timestamps: bool = False
+    tail_lines: int | None = None
+    since_time: dt.datetime | None = None
+    limit_bytes: int | None = None
+
+    @classmethod
+    def from_request(cls, request: Request) -> LogOptions:
+        """Raises ValueError with the kubelet's kind of message on bad parameters."""
+        def number(name: str, minimum: int) -> int | None:
+            text = request.param(name)
+            if not text:
+                return None
+            value = int(text)
+            if value < minimum:
+                raise ValueError(f"{name} must be at least {minimum}")
+            return value
+
+        since_seconds = number("sinceSeconds", 1)
+        since_text = request.param("sinceTime")
+        if since_seconds is not None and since_text:
+            raise ValueError("at most one of sinceTime or sinceSeconds may be specified")
+        since = _parse_time(since_text) if since_text else None
+        if since_seconds is not None:
+            since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=since_seconds)
+        return cls(follow=_bool(request.param("follow")),
+                   previous=_bool(request.param("previous")),
+                   timestamps=_bool(request.param("timestamps")),
+                   tail_lines=number("tailLines", 0), since_time=since,
+                   limit_bytes=number("limitBytes", 1))
+
+    def request(self, namespace: str, pod: str, container: str) -> kep.GetContainerLogsRequest:
+        req = kep.GetContainerLogsRequest(namespace=namespace, pod_name=pod,
+                                          container_name=container, follow=self.follow,
+                                          previous=self.previous)
+        if self.tail_lines is not None:
+            req.tail_lines = self.tail_lines
+        if self.since_time is not None:
+            stamp = Timestamp()
+            stamp.FromDatetime(self.since_time.astimezone(dt.UTC).replace(tzinfo=None))
+            req.since_time.CopyFrom(stamp)
+        return req
+
+
+def _format(line: kep.GetContainerLogsResponse, timestamps: bool) -> bytes:
+    text = bytes(line.line)
+    if timestamps:
+        at = line.time.ToDatetime(tzinfo=dt.UTC)
+        stamp = at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{line.time.nanos:09d}Z"
+        text = stamp.encode() + b" " + text
+    return text + b"\n"
+
+
+async def stream_logs(http: HttpConnection, provider: Provider, namespace: str, pod: str,
+                      container: str, options: LogOptions) -> int:
+    """Answer a containerLogs request; returns the HTTP status sent."""
+    lines = provider.container_logs(options.request(namespace, pod, container))
+    budget = options.limit_bytes
+    metrics.SESSIONS.labels("logs").inc()
+    try:
+        async with contextlib.aclosing(lines):
+            first = asyncio.ensure_future(anext(lines, None))
+            try:
+                await asyncio.wait_for(asyncio.shield(first), FIRST_ANSWER_WAIT)
+            except TimeoutError:
+                pass
+            except ProviderError as err:
+                await http.respond(http_status(err), f"{err.message}\n".encode())
+                return http_status(err)
+            await http.start(200)
+            relay = asyncio.ensure_future(_relay(http, first, lines, options, budget))
+            gone = asyncio.ensure_future(http.wait_gone())
+            await wait_first(relay, gone)
+            if relay.done() and not relay.cancelled() and relay.exception() is None:
+                await http.end()
+            return 200
+    finally:
+        metrics.SESSIONS.labels("logs").dec()
+
+
+async def _relay(http: HttpConnection, first: asyncio.Future[kep.GetContainerLogsResponse | None],
+                 lines: AsyncIterator[kep.GetContainerLogsResponse], options: LogOptions,
+                 budget: int | None) -> None:
+    try:
+        line = await first
+    except ProviderError as err:
+        await http.send(f"error: {err.message}\n".encode())
+        return
+    while line is not None:
+        data = _format(line, options.timestamps)
+        if budget is not None:
+            data = data[:budget]
+            budget -= len(data)
+        await http.send(data)
+        if budget == 0:
+            return
+        try:
+            line = await anext(lines, None)
+        except ProviderError as err:
+            await http.send(f"error: {err.message}\n".encode())
+            return

@@ -1,0 +1,28 @@
+"""Prometheus metrics of the kubelet API: requests by endpoint and code, open sessions.
+
+``vmlet_facade_kubelet_api_sessions`` counts the exec/attach/port-forward/log sessions open
+right now: it returns to zero when clients are gone, which is how tests prove that a stream cut
+off midway leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+__all__ = ["AUTH_DECISIONS", "REQUESTS", "SESSIONS", "SESSION_ENDS", "UPGRADES"]
+
+REQUESTS = Counter("vmlet_facade_kubelet_api_requests_total",
+                   "Requests to the kubelet API, by endpoint and HTTP status",
+                   ["endpoint", "code"])
+SESSIONS = Gauge("vmlet_facade_kubelet_api_sessions",
+                 "Streaming sessions (exec, attach, portforward, logs) open now", ["kind"])
+SESSION_ENDS = Counter("vmlet_facade_kubelet_api_session_ends_total",
+                       "Streaming sessions ended, by how they ended", ["kind", "end"])
+AUTH_DECISIONS = Counter("vmlet_facade_kubelet_api_auth_total",
+                         "Authentication and authorization outcomes of the kubelet API, "
+                         "by step, result and whether the answer came from the cache",
+                         ["step", "result", "cached"])
+UPGRADES = Counter("vmlet_facade_kubelet_api_upgrades_total",
+                   "Connections switched to a streaming protocol, by endpoint, transport "
+                   "(spdy or websocket) and negotiated protocol", ["endpoint", "transport",
+                                                                  "protocol"])
