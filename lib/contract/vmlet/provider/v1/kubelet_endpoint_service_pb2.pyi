@@ -141,6 +141,7 @@ class ExecStart(_message.Message):
     STDOUT_FIELD_NUMBER: _builtins.int
     STDERR_FIELD_NUMBER: _builtins.int
     TERMINAL_SIZE_FIELD_NUMBER: _builtins.int
+    CREDENTIALS_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """The pod's namespace."""
     pod_name: _builtins.str
@@ -163,6 +164,13 @@ class ExecStart(_message.Message):
     def terminal_size(self) -> Global___TerminalSize:
         """The terminal's initial size when tty is set."""
 
+    @_builtins.property
+    def credentials(self) -> Global___GuestCredentials:
+        """How to log in to the guest, resolved by the facade from the Secret the VM names
+        (annotation vmlet.io/ssh-secret). Unset when the VM names none: a provider may then use the
+        IaaS's own guest operations, or answer FAILED_PRECONDITION saying what is missing.
+        """
+
     def __init__(
         self,
         *,
@@ -175,14 +183,55 @@ class ExecStart(_message.Message):
         stdout: _builtins.bool = ...,
         stderr: _builtins.bool = ...,
         terminal_size: Global___TerminalSize | None = ...,
+        credentials: Global___GuestCredentials | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["terminal_size", b"terminal_size"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["credentials", b"credentials", "terminal_size", b"terminal_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "container_name", b"container_name", "namespace", b"namespace", "pod_name", b"pod_name", "stderr", b"stderr", "stdin", b"stdin", "stdout", b"stdout", "terminal_size", b"terminal_size", "tty", b"tty"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "container_name", b"container_name", "credentials", b"credentials", "namespace", b"namespace", "pod_name", b"pod_name", "stderr", b"stderr", "stdin", b"stdin", "stdout", b"stdout", "terminal_size", b"terminal_size", "tty", b"tty"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExecStart: _TypeAlias = ExecStart  # noqa: Y015
+
+@_typing.final
+class GuestCredentials(_message.Message):
+    """GuestCredentials are what a provider needs to run commands in a guest over SSH. They cross the
+    boundary only inside an Exec call and are never stored or logged by a provider.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USERNAME_FIELD_NUMBER: _builtins.int
+    PRIVATE_KEY_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    KNOWN_HOSTS_FIELD_NUMBER: _builtins.int
+    username: _builtins.str
+    """The user to log in as."""
+    private_key: _builtins.bytes
+    """A private key in OpenSSH or PEM form."""
+    password: _builtins.str
+    """A password, when there is no key."""
+    port: _builtins.int
+    """The SSH port; 0 means 22."""
+    known_hosts: _builtins.bytes
+    """known_hosts lines for the guest; empty means the host key is not checked."""
+    def __init__(
+        self,
+        *,
+        username: _builtins.str = ...,
+        private_key: _builtins.bytes = ...,
+        password: _builtins.str = ...,
+        port: _builtins.int = ...,
+        known_hosts: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["known_hosts", b"known_hosts", "password", b"password", "port", b"port", "private_key", b"private_key", "username", b"username"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GuestCredentials: _TypeAlias = GuestCredentials  # noqa: Y015
 
 @_typing.final
 class StreamExit(_message.Message):
