@@ -76,7 +76,11 @@ def test_nodes_come_from_both_providers(stack: Stack) -> None:
         nodes = stack.nodes(name)
         assert sorted(n["metadata"]["name"] for n in nodes) == [f"{name}-0", f"{name}-1"]
         for node in nodes:
-            assert node["spec"]["taints"] == [
+            # The node lifecycle controller may still hold its not-ready taint from before the
+            # first status: ours is the only other one.
+            taints = [t for t in node["spec"]["taints"]
+                      if not t["key"].startswith("node.kubernetes.io/")]
+            assert taints == [
                 {"key": "virtual-kubelet.io/provider", "value": name, "effect": "NoSchedule"}]
             status = node["status"]
             assert status["capacity"]["cpu"] and status["allocatable"]["pods"]

@@ -135,8 +135,8 @@ class PodController:
             pod = event.object
             uid = pod["metadata"]["uid"]
             if event.type == "DELETED":
-                self._gone[uid] = pod
-                self.pods.pop(uid, None)
+                # A relist reports only the names of what vanished: keep the pod as last seen.
+                self._gone[uid] = self.pods.pop(uid, pod)
                 if self._by_name.get(_key(pod)) == uid:
                     self._by_name.pop(_key(pod), None)
             else:
@@ -322,14 +322,11 @@ class PodController:
         ns, name = _key(pod)
         try:
             with metrics.status_write():
-                updated = await self._client.patch(
-                    f"/api/v1/namespaces/{ns}/pods/{name}/status", body)
+                await self._client.patch(f"/api/v1/namespaces/{ns}/pods/{name}/status", body)
         except ApiError as err:
             if err.not_found:
                 return
             log.warning("status of %s/%s not written: %s", ns, name, err)
             self._status.submit_after(uid, 1.0)
             return
-        self._written[uid] = raw
-        if updated.get("metadata", {}).get("uid") == uid:
-            self.pods[uid] = updated
+        self._written[uid] = raw  # the watch brings the updated pod

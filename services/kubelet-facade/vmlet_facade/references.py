@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,10 +48,30 @@ class Resolved:
 
 
 class Resolver:
-    """Fetches the ConfigMaps and Secrets one pod needs, once each."""
+    """Fetches the ConfigMaps and Secrets pods need, each at most once per ``ttl`` seconds:
+    pods created together (and every pod's kube-root-ca.crt) cost one read, not one each."""
 
-    def __init__(self, client: KubeClient) -> None:
+    def __init__(self, client: KubeClient, ttl: float = 5.0) -> None:
         self._client = client
+        self._ttl = ttl
+        self._cache: dict[tuple[str, str, str], tuple[float, Obj | None]] = {}
+
+    async def _fetch(self, ns: str, plural: str, name: str) -> Obj | None:
+        key = (ns, plural, name)
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        try:
+            obj: Obj | None = await self._client.get(f"/api/v1/namespaces/{ns}/{plural}/{name}")
+        except ApiError as err:
+            if not err.not_found:
+                raise
+            obj = None
+        if len(self._cache) > 4096:
+            self._cache = {k: v for k, v in self._cache.items() if now - v[0] < self._ttl}
+        self._cache[key] = (now, obj)
+        return obj
 
     async def resolve(self, pod: Obj) -> Resolved:
         ns = pod["metadata"]["namespace"]
@@ -61,12 +82,7 @@ class Resolver:
             key = (kind, name)
             if key not in cache:
                 plural = "secrets" if kind == "Secret" else "configmaps"
-                try:
-                    cache[key] = await self._client.get(f"/api/v1/namespaces/{ns}/{plural}/{name}")
-                except ApiError as err:
-                    if not err.not_found:
-                        raise
-                    cache[key] = None
+                cache[key] = await self._fetch(ns, plural, name)
             return cache[key]
 
         async def value(kind: str, name: str, key: str, optional: bool) -> str | None:

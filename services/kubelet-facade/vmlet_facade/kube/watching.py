@@ -18,6 +18,18 @@ __all__ = ["WatchEvent", "list_and_watch"]
 log = logging.getLogger(__name__)
 
 
+def _slim(obj: dict[str, Any]) -> dict[str, Any]:
+    """Drop metadata.managedFields, as client-go informers do: more than half of a decoded pod."""
+    obj.get("metadata", {}).pop("managedFields", None)
+    return obj
+
+
+def _skeleton(obj: dict[str, Any]) -> dict[str, Any]:
+    meta = obj["metadata"]
+    return {"metadata": {k: meta[k] for k in ("uid", "name", "namespace", "resourceVersion")
+                         if k in meta}}
+
+
 @dataclass(frozen=True)
 class WatchEvent:
     """ADDED, MODIFIED or DELETED with the object; RELISTED once a (re)list is complete."""
@@ -32,13 +44,13 @@ async def list_and_watch(
 ) -> AsyncIterator[WatchEvent]:
     """Yield every change of the collection at ``path`` forever.
 
-    A (re)list yields ADDED for each object, DELETED for each object seen before that is gone,
-    then RELISTED. The watch resumes from the last resourceVersion (bookmarks keep it fresh)
-    and relists only after 410 Gone. ``resource_version`` starts with a watch from there
-    instead of a list.
+    A (re)list yields ADDED for each object, DELETED for each object seen before that is gone
+    (only its metadata's names: callers keep what else they need), then RELISTED. The watch
+    resumes from the last resourceVersion (bookmarks keep it fresh) and relists only after
+    410 Gone. ``resource_version`` starts with a watch from there instead of a list.
     """
     params = dict(params or {})
-    known: dict[str, dict[str, Any]] = {}
+    known: dict[str, dict[str, Any]] = {}  # uid -> skeleton of the objects seen
     rv = resource_version
     attempt = 0
     while True:
@@ -46,12 +58,13 @@ async def list_and_watch(
             if not rv:
                 listing = await client.get(path, **params)
                 rv = listing["metadata"]["resourceVersion"]
-                current = {o["metadata"]["uid"]: o for o in listing.get("items", [])}
-                for uid, obj in list(known.items()):
+                items = [_slim(o) for o in listing.get("items", [])]
+                current = {o["metadata"]["uid"] for o in items}
+                for uid, skeleton in list(known.items()):
                     if uid not in current:
-                        yield WatchEvent("DELETED", obj)
-                known = current
-                for obj in current.values():
+                        yield WatchEvent("DELETED", skeleton)
+                known = {o["metadata"]["uid"]: _skeleton(o) for o in items}
+                for obj in items:
                     yield WatchEvent("ADDED", obj)
                 yield WatchEvent("RELISTED", {"metadata": {"resourceVersion": rv}})
             async for raw in client.stream_watch(path, {**params, "resourceVersion": rv},
@@ -67,11 +80,12 @@ async def list_and_watch(
                 rv = obj["metadata"]["resourceVersion"]
                 if kind == "BOOKMARK":
                     continue
+                obj = _slim(obj)
                 uid = obj["metadata"]["uid"]
                 if kind == "DELETED":
                     known.pop(uid, None)
                 else:
-                    known[uid] = obj
+                    known[uid] = _skeleton(obj)
                 yield WatchEvent(kind, obj)
             attempt = 0
         except ApiError as err:
