@@ -7,6 +7,8 @@ VENV="${UV_PROJECT_ENVIRONMENT:?run through make}"
 export PATH="$VENV/bin:$PATH"
 echo "== static checks"
 bash hack/lint.sh || exit 1
+echo "== test dependencies"
+bash hack/install-test-deps.sh || exit 1
 echo "== tests"
 pytest "$@"
 rc=$?

@@ -777,8 +777,8 @@ def test_stats_and_unimplemented_streams(provider: Provider) -> None:
     )
     with pytest.raises(grpc.RpcError) as err:
         list(provider.endpoints.Exec(iter([start]), timeout=10))
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "not supported" in (err.value.details() or "")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no IP yet" in (err.value.details() or "")
     provider.delete(pod)
 
 

@@ -1,14 +1,23 @@
-"""KubeletEndpointService over vSphere: logs are the VM's events and tasks, stats its quick stats.
+"""KubeletEndpointService over vSphere: logs are the VM's events and tasks, stats its quick stats,
+exec and port-forward reach the guest at the IP VMware Tools reports.
 
 Logs honour since_time, tail_lines and follow; each line starts with its RFC 3339 time, like a
-console log. A followed log ends when the pod goes away or the provider shuts down. Exec, attach
-and port-forward need guest operations and a console relay, which this provider does not do yet:
-they answer UNIMPLEMENTED with a message saying so.
+console log. A followed log ends when the pod goes away or the provider shuts down.
+
+Exec runs the command over SSH, and port-forward relays TCP, to the guest's primary IP (the
+pod's first IP; loopback and link-local reports are never used, so a guest cannot point either
+at the provider's own host), with the login the facade resolved from the VM's SSH Secret; both
+are `vmlet_contract.guest`. A VM that is not powered on, or whose guest has reported no IP yet,
+is FAILED_PRECONDITION. vSphere guest operations (GuestProcessManager) are not used: they need
+the guest's OS credentials as well, VMware Tools running, and vcsim runs them only in Docker
+containers. Attach would be the serial console, which vSphere offers only as a network-backed
+serial port that vmlet does not set up: UNIMPLEMENTED, saying so.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC
 from typing import Any
@@ -17,7 +26,7 @@ import grpc
 
 from vmlet.provider.v1 import kubelet_endpoint_service_pb2 as pb
 from vmlet.provider.v1 import kubelet_endpoint_service_pb2_grpc as pb_grpc
-from vmlet_contract import InvalidArgument, ProviderError, podstatus
+from vmlet_contract import FailedPrecondition, InvalidArgument, ProviderError, guest, podstatus
 
 from .events import EventReader, LogLine
 from .nodes import NodeBook
@@ -25,15 +34,16 @@ from .pods import Pods
 from .podtable import PodEntry
 from .session import Session
 from .stats import stats_summary
+from .status import guest_ips
 
 __all__ = ["KubeletEndpoints"]
 
 
-def _unimplemented(what: str) -> ProviderError:
-    return ProviderError(
-        f"{what} is not supported by the vSphere provider yet (it needs guest operations)",
-        code=grpc.StatusCode.UNIMPLEMENTED,
-    )
+_NO_CONSOLE = (
+    "attach is the VM's serial console, which the vSphere provider does not relay (vSphere "
+    "offers one only as a network-backed serial port, which vmlet does not set up); use kubectl "
+    "exec, over SSH, instead"
+)
 
 
 def _response(line: LogLine) -> pb.GetContainerLogsResponse:
@@ -53,7 +63,7 @@ def _check_container(entry: PodEntry, name: str) -> None:
 
 
 class KubeletEndpoints(pb_grpc.KubeletEndpointServiceServicer):
-    """Logs and stats of VM pods."""
+    """Logs, stats, exec and port-forward of VM pods."""
 
     def __init__(
         self, session: Session, book: NodeBook, pods: Pods, closing: asyncio.Event
@@ -93,23 +103,54 @@ class KubeletEndpoints(pb_grpc.KubeletEndpointServiceServicer):
                     continue
                 return
 
+    def _guest_address(self, entry: PodEntry) -> str:
+        """The guest's primary IP; FAILED_PRECONDITION while there is none to use."""
+        namespace, name = entry.key
+        vm = self._pods.table.vm_of(entry)
+        if vm is None:
+            raise FailedPrecondition(f"pod {namespace}/{name} has no VM yet")
+        if not vm.powered_on:
+            raise FailedPrecondition(
+                f"the VM of pod {namespace}/{name} is {vm.power}, not powered on"
+            )
+        ips = guest_ips(vm)
+        if not ips:
+            raise FailedPrecondition(
+                f"the guest has no IP yet: VMware Tools in the VM of pod {namespace}/{name} has "
+                "not reported one"
+            )
+        return ips[0]
+
     async def Exec(
         self, request_iterator: AsyncIterator[pb.ExecRequest], context: Any
     ) -> AsyncIterator[pb.ExecResponse]:
-        raise _unimplemented("exec")
-        yield pb.ExecResponse()  # pragma: no cover - makes this an async generator
+        requests = aiter(request_iterator)
+        start = await guest.exec_start(requests)
+        entry = self._pods.table.entry(start.namespace, start.pod_name)
+        _check_container(entry, start.container_name)
+        host = self._guest_address(entry)
+        async with contextlib.aclosing(guest.exec_over_ssh(start, requests, host)) as responses:
+            async for response in responses:
+                yield response
 
     async def Attach(
         self, request_iterator: AsyncIterator[pb.AttachRequest], context: Any
     ) -> AsyncIterator[pb.AttachResponse]:
-        raise _unimplemented("attach")
+        raise ProviderError(_NO_CONSOLE, code=grpc.StatusCode.UNIMPLEMENTED)
         yield pb.AttachResponse()  # pragma: no cover - makes this an async generator
 
     async def PortForward(
         self, request_iterator: AsyncIterator[pb.PortForwardRequest], context: Any
     ) -> AsyncIterator[pb.PortForwardResponse]:
-        raise _unimplemented("port-forward")
-        yield pb.PortForwardResponse()  # pragma: no cover - makes this an async generator
+        requests = aiter(request_iterator)
+        start = await guest.port_forward_start(requests)
+        entry = self._pods.table.entry(start.namespace, start.pod_name)
+        host = self._guest_address(entry)
+        async with contextlib.aclosing(
+            guest.forward_tcp(requests, host, start.port)
+        ) as responses:
+            async for response in responses:
+                yield response
 
     async def GetStatsSummary(
         self, request: pb.GetStatsSummaryRequest, context: Any

@@ -16,13 +16,14 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from vmlet.provider.v1 import kubelet_endpoint_service_pb2 as kep
 from vmlet_contract import ProviderError
 from vmlet_facade.kubeletapi import metrics
+from vmlet_facade.kubeletapi.guestlogin import GuestLoginError
 from vmlet_facade.kubeletapi.httpserver import Request
 from vmlet_facade.kubeletapi.spdy import SpdySession, SpdyStream
 from vmlet_facade.kubeletapi.websocket import ChannelSocket
@@ -31,6 +32,7 @@ from vmlet_facade.provider import Provider
 __all__ = [
     "SPDY_PROTOCOLS",
     "WEBSOCKET_PROTOCOLS",
+    "Login",
     "SpdyTerminal",
     "StreamOptions",
     "Target",
@@ -39,6 +41,7 @@ __all__ = [
     "relay",
     "status_for_error",
     "status_for_exit",
+    "status_for_login",
 ]
 
 log = logging.getLogger(__name__)
@@ -94,6 +97,11 @@ def status_for_exit(code: int, command: list[str], message: str = "") -> Obj:
             "message": f"command terminated with non-zero exit code: {what}",
             "reason": "NonZeroExitCode",
             "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
+
+def status_for_login(message: str) -> Obj:
+    """The Status when the guest login the pod names cannot be used (the user must fix it)."""
+    return {"metadata": {}, "status": "Failure", "message": message, "reason": "BadRequest",
+            "details": {"causes": [{"message": message}]}, "code": 400}
 
 def status_for_error(message: str) -> Obj:
     """The Status a kubelet writes when the command could not be run."""
@@ -254,6 +262,8 @@ def _sizes(buffer: bytearray) -> list[kep.TerminalSize]:
     return out
 
 Kind = Literal["exec", "attach"]
+#: Resolves the guest login of an exec (`guestlogin.guest_credentials` bound to its pod).
+Login = Callable[[], Awaitable[kep.GuestCredentials | None]]
 
 async def _drain(responses: AsyncIterator[Any]) -> None:
     async for _ in responses:
@@ -266,15 +276,22 @@ async def _requests(first: Any, queue: asyncio.Queue[Any]) -> AsyncIterator[Any]
         yield item
 
 async def relay(kind: Kind, provider: Provider, target: Target, command: list[str],
-                options: StreamOptions, terminal: Terminal) -> None:
-    """Run one exec or attach session to its end."""
+                options: StreamOptions, terminal: Terminal, login: Login | None = None) -> None:
+    """Run one exec or attach session to its end. An exec carries the guest login ``login``
+    resolves; when that fails, the session ends with its message before the provider is asked."""
     request_type: Callable[..., Any] = kep.ExecRequest if kind == "exec" else kep.AttachRequest
     first: kep.ExecRequest | kep.AttachRequest
     if kind == "exec":
+        try:
+            credentials = await login() if login is not None else None
+        except GuestLoginError as err:
+            metrics.SESSION_ENDS.labels(kind, "BadRequest").inc()
+            await terminal.finish(status_for_login(str(err)))
+            return
         first = kep.ExecRequest(start=kep.ExecStart(
             namespace=target.namespace, pod_name=target.pod, container_name=target.container,
             command=command, tty=options.tty, stdin=options.stdin, stdout=options.stdout,
-            stderr=options.stderr))
+            stderr=options.stderr, credentials=credentials))
     else:
         first = kep.AttachRequest(start=kep.AttachStart(
             namespace=target.namespace, pod_name=target.pod, container_name=target.container,

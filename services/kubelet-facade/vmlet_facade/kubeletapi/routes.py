@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,7 @@ from vmlet_facade.kubeletapi import metrics, portforward, remotecommand
 from vmlet_facade.kubeletapi.auth import Authenticator, Authorizer
 from vmlet_facade.kubeletapi.auth import bearer_token as _bearer
 from vmlet_facade.kubeletapi.directory import Directory
+from vmlet_facade.kubeletapi.guestlogin import SecretReader, guest_credentials
 from vmlet_facade.kubeletapi.httpserver import HttpConnection, Request
 from vmlet_facade.kubeletapi.logs import LogOptions, http_status, stream_logs
 from vmlet_facade.kubeletapi.spdy import SpdySession
@@ -106,10 +108,12 @@ def _pod_list(items: list[Obj]) -> Obj:
 class Router:
     """Answers one request on an established connection."""
 
-    def __init__(self, directory: Directory, authn: Authenticator, authz: Authorizer) -> None:
+    def __init__(self, directory: Directory, authn: Authenticator, authz: Authorizer,
+                 secrets: SecretReader | None = None) -> None:
         self.directory = directory
         self._authn = authn
         self._authz = authz
+        self._secrets = secrets  # where an exec's guest login is read (None: nowhere)
 
     async def handle(self, http: HttpConnection, request: Request,
                      peer: PeerCertificate | None) -> None:
@@ -276,6 +280,8 @@ class Router:
         if not options.any:
             raise HttpError(400, "you must specify at least 1 of stdin, stdout, stderr")
         target = remotecommand.Target(namespace, name, container)
+        login = (functools.partial(guest_credentials, self._secrets, pod)
+                 if kind == "exec" and self._secrets is not None else None)
         if is_websocket(request):
             protocol = negotiate(request, remotecommand.WEBSOCKET_PROTOCOLS)
             if protocol is None:
@@ -290,7 +296,8 @@ class Router:
                 terminal = remotecommand.WebSocketTerminal(socket, options)
                 with contextlib.suppress(ConnectionError, OSError):
                     await terminal.opened()
-                await remotecommand.relay(kind, provider, target, command, options, terminal)
+                await remotecommand.relay(kind, provider, target, command, options, terminal,
+                                          login)
             finally:
                 serving.cancel()
                 await asyncio.gather(serving, return_exceptions=True)
@@ -306,7 +313,7 @@ class Router:
         try:
             spdy = await remotecommand.SpdyTerminal.open(session, protocol, options)
             if spdy is not None:
-                await remotecommand.relay(kind, provider, target, command, options, spdy)
+                await remotecommand.relay(kind, provider, target, command, options, spdy, login)
         finally:
             with contextlib.suppress(ConnectionError, OSError):
                 await session.close()

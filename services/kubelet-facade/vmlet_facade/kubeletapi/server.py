@@ -62,7 +62,7 @@ class KubeletApi:
             log.info("kubelet API accepts client certificates of the cluster CA %s", ca)
         verifier = ClientCertVerifier(ca) if ca else None
         self.router = Router(self.directory, Authenticator(reviews, verifier),
-                             Authorizer(reviews))
+                             Authorizer(reviews), secrets=client)
         self._client = client
         self._connections: set[asyncio.Task[None]] = set()
         self.port = 0  # the bound port, once listening
