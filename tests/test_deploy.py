@@ -612,7 +612,8 @@ def test_a_missing_right_fails_visibly(installed: ControlPlane, tmp_path: Path) 
                                      f"/api/v1/namespaces/{ns}/pods/stuck/status")
                                for r in denied(f.requests())),
                    timeout=60, what="a refused status write in the request log")
-        assert "403" in f.process.tail(200) and "pods/status" not in [
+        log = f.process.log_path.read_text(errors="replace")
+        assert "403" in log and "pods/status" not in [
             r for _, r, _ in granted({"rules": rules})]
         pod = get(cp, "pod", ns, "stuck")
         assert pod["status"].get("phase") == "Pending", "the status was never written"
