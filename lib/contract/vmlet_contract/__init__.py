@@ -26,6 +26,7 @@ from .errors import (
     is_retryable,
     reason_for,
 )
+from .hub import Hub, Mailbox
 from .interceptor import BoundaryInterceptor
 from .logs import configure_logging, redact
 from .metrics import RpcMetrics
@@ -45,7 +46,9 @@ __all__ = [
     "AlreadyExists",
     "BoundaryInterceptor",
     "FailedPrecondition",
+    "Hub",
     "InvalidArgument",
+    "Mailbox",
     "NotFound",
     "ProviderError",
     "ProviderServer",
