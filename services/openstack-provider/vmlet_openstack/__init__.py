@@ -1,1 +1,33 @@
-"""The OpenStack provider: pods become Nova servers through openstacksdk."""
+"""The OpenStack provider: pods become Nova servers on compute hosts through openstacksdk.
+
+Modules, from the bottom up:
+  config       settings from flags and environment; auth is openstacksdk's (clouds.yaml, OS_*)
+  faults       openstacksdk/keystoneauth errors -> the boundary's errors; server faults -> reasons
+  cloud        the connection, the bounded thread pool, REST calls with explicit microversions
+  naming       node names, server names, identity tags, metadata keys
+  records      servers and flavors as plain values
+  sizing       container image -> Glance image, resources -> flavor
+  catalog      flavors, images and networks, cached briefly
+  locks        per-identity locks (stream fan-out: vmlet_contract.Hub)
+  watch        one changes-since server list per interval for all servers
+  nodes        compute hosts as nodes, polled and pushed on change
+  status       a pod's status from its server
+  pods         create/update/delete by identity, the converger, status pushes
+  snapshots    Glance image snapshots, rebuild, VMs by identity
+  consolelog   console output (or instance actions) as a log
+  stats        what Nova exposes as the stats summary
+  servicers    the gRPC services over the above
+  app          the wiring; __main__ the process
+"""
+
+from .app import PROVIDER_KIND, OpenStackProvider, build, version
+from .config import Settings, settings_from_args
+
+__all__ = [
+    "PROVIDER_KIND",
+    "OpenStackProvider",
+    "Settings",
+    "build",
+    "settings_from_args",
+    "version",
+]
