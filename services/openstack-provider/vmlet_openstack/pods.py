@@ -193,6 +193,7 @@ class Pods:
         self._again: set[str] = set()
         self._tombstones: dict[str, float] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self._reading_fault: set[str] = set()  # servers whose ERROR fault is being read
         watch.on_change = self._on_change
         watch.on_gone = self._on_gone
         watch.on_synced = self._on_synced
@@ -804,9 +805,22 @@ class Pods:
             self._kick(record.identity)  # heal a resize left unconfirmed (e.g. by a restart)
         if len(self._cache.of_identity(record.identity)) > 1:
             self._spawn(self._dedupe(record.identity))
-        if record.status == "ERROR" and record.fault is None:
-            # Nova's server list leaves the fault out: read it with the server itself, once.
-            self._spawn(self._watch.refresh_one(record.id))
+        if (record.status == "ERROR" and record.fault is None
+                and record.id not in self._reading_fault):
+            # Nova's server list leaves the fault out: read it with the server itself.
+            self._reading_fault.add(record.id)
+            self._spawn(self._read_fault(record.id))
+
+    async def _read_fault(self, server_id: str) -> None:
+        """Nova records the fault just after the server turns ERROR: read until it shows."""
+        try:
+            for delay in (0.0, 1.0, 2.0, 4.0, 8.0):
+                await asyncio.sleep(delay)
+                record = await self._watch.refresh_one(server_id)
+                if record is None or record.status != "ERROR" or record.fault is not None:
+                    return
+        finally:
+            self._reading_fault.discard(server_id)
 
     def _on_gone(self, old: ServerRecord) -> None:
         key = self._by_identity.get(old.identity)
