@@ -10,6 +10,7 @@ import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from vmlet_localenv.controlplane import ControlPlane
 from vmlet_localenv.services import (
@@ -36,6 +37,7 @@ class Environment:
     vcsim: VcSim | None = None
     providers: list[ProviderProcess] = field(default_factory=list)
     facade: FacadeProcess | None = None
+    openstack: Any = None  # an OpenStackEnv when IAAS=openstack
     env: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> Environment:
@@ -62,22 +64,40 @@ class Environment:
 
     def _start_vmlet(self, run: Path) -> None:
         assert self.control_plane is not None
-        if self.iaas != "memory":
-            # The vSphere and OpenStack providers join here once they exist.
+        if self.iaas == "vsphere":
+            # The vSphere provider joins make up here (its wiring is still being finished).
             return
         apply_crds(self.control_plane)
-        provider = ProviderProcess("memory", run / "providers", args=["--nodes", "2"]).start()
+        if self.iaas == "openstack":
+            provider = self._start_openstack(run)
+        else:
+            provider = ProviderProcess("memory", run / "providers", args=["--nodes", "2"]).start()
         self.providers.append(provider)
-        self.env["VMLET_PROVIDER_MEMORY"] = provider.address
-        self.facade = FacadeProcess({"memory": provider.address},
+        self.env[f"VMLET_PROVIDER_{provider.name.upper()}"] = provider.address
+        self.facade = FacadeProcess({provider.name: provider.address},
                                     facade_kubeconfig(self.control_plane), run / "facade").start()
         self.env["VMLET_FACADE_METRICS"] = f"http://127.0.0.1:{self.facade.metrics_port}/metrics"
+
+    def _start_openstack(self, run: Path) -> ProviderProcess:
+        """Real Nova (two fake compute hosts) and the OpenStack provider in front of it."""
+        from vmlet_localenv.openstack import OpenStackEnv, installed
+
+        why = installed()
+        if why is not None:
+            raise RuntimeError(f"{why}: run hack/openstack/install.sh (make setup does)")
+        self.openstack = OpenStackEnv(run / "openstack").start()
+        clouds = {"OS_CLIENT_CONFIG_FILE": str(self.openstack.facts()["clouds_yaml"]),
+                  "OS_CLOUD": "vmlet"}
+        self.env.update(clouds)
+        return ProviderProcess("openstack", run / "providers", env=clouds).start(timeout=120)
 
     def stop(self) -> None:
         if self.facade is not None:
             self.facade.stop()
         for provider in self.providers:
             provider.stop()
+        if self.openstack is not None:
+            self.openstack.stop()
         if self.vcsim is not None:
             self.vcsim.stop()
         if self.control_plane is not None:
