@@ -10,7 +10,11 @@ bash hack/lint.sh || exit 1
 echo "== test dependencies"
 bash hack/install-test-deps.sh || exit 1
 echo "== tests"
-pytest "$@"
+# A base temp dir of this run's own: pytest prunes /tmp/pytest-of-<user> down to its 3 newest,
+# which deletes the directories of a run still in progress when others start beside it.
+basetemp=$(mktemp -d "${TMPDIR:-/tmp}/vmlet-test-XXXXXX")
+trap 'rm -rf "$basetemp"' EXIT
+pytest --basetemp "$basetemp" "$@"
 rc=$?
 if [ $rc -eq 5 ]; then
   echo "pytest collected no tests: failing the run on purpose" >&2
