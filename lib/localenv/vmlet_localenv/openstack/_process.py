@@ -12,6 +12,7 @@ import concurrent.futures
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +25,15 @@ __all__ = [
 ]
 
 _PR_SET_PDEATHSIG = 1
+
+
+# setpriv (util-linux) sets the parent-death signal and execs, so no Python runs in a forked
+# child: a test process holding gRPC channels aborts children forked with a preexec_fn.
+_SETPRIV = shutil.which("setpriv")
+
+
+def _with_pdeathsig(argv: Sequence[str]) -> list[str]:
+    return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv] if _SETPRIV else list(argv)
 
 
 def _die_with_parent() -> None:
@@ -72,9 +82,10 @@ def run_command(
         log.write(f"$ {' '.join(argv)}\n".encode())
         log.flush()
         proc = subprocess.Popen(
-            list(argv), stdout=subprocess.PIPE, stderr=log,
+            _with_pdeathsig(argv), stdout=subprocess.PIPE, stderr=log,
             stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            env=dict(env), start_new_session=True, preexec_fn=_die_with_parent,
+            env=dict(env), start_new_session=True,
+            preexec_fn=None if _SETPRIV else _die_with_parent,
         )
         try:
             data = stdin.encode() if stdin is not None else None
@@ -105,8 +116,9 @@ class Spawner:
         def spawn() -> subprocess.Popen[bytes]:
             with log_path.open("ab") as log:
                 return subprocess.Popen(
-                    list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    env=dict(env), cwd=cwd, start_new_session=True, preexec_fn=_die_with_parent,
+                    _with_pdeathsig(argv), stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, env=dict(env), cwd=cwd, start_new_session=True,
+                    preexec_fn=None if _SETPRIV else _die_with_parent,
                 )
 
         return self._pool.submit(spawn).result()
