@@ -716,9 +716,178 @@ def test_snapshots_create_revert_delete(provider: Provider, vcsim: VcSim) -> Non
     assert code_of(lambda: vms.RevertToSnapshot(missing, timeout=30)) == grpc.StatusCode.NOT_FOUND
     nobody = snap.ListSnapshotsRequest(identity="no-such-identity")
     assert code_of(lambda: vms.ListSnapshots(nobody, timeout=30)) == grpc.StatusCode.NOT_FOUND
-    disk = snap.CreateDiskRequest(name="d", size_bytes=1 << 30)
-    assert code_of(lambda: vms.CreateDisk(disk, timeout=10)) == grpc.StatusCode.UNIMPLEMENTED
     provider.delete(pod)
+
+
+# Disks (first-class disks) and networks.
+
+
+def fcd(sim: VcSim, handle: str) -> Any:
+    """The first-class disk `handle` as vCenter has it (None when no datastore has it)."""
+    with sim.connect() as si:
+        content = si.RetrieveContent()
+        manager = content.vStorageObjectManager
+        for ds in content.rootFolder.childEntity[0].datastore:
+            try:
+                obj = manager.RetrieveVStorageObject(id=vim.vslm.ID(id=handle), datastore=ds)
+            except vim.fault.NotFound:
+                continue
+            config = obj.config
+            return {
+                "name": config.name,
+                "mb": config.capacityInMB,
+                "consumers": [c.id for c in config.consumerId or ()],
+                "datastore": ds.name,
+            }
+    return None
+
+
+def bios_uuid(sim: VcSim, identity: str) -> str:
+    with sim.connect() as si:
+        (vm,) = vms_of(si, identity)
+        return str(vm.config.uuid)
+
+
+def with_disks(pod: pod_pb2.Pod, *handles: str) -> pod_pb2.Pod:
+    del pod.volumes[:]
+    for i, handle in enumerate(handles):
+        pod.volumes.add(
+            name=f"d{i}", disk=pod_pb2.DiskSource(claim_name=f"c{i}", volume_handle=handle)
+        )
+    return pod
+
+
+def test_disks_are_first_class_disks(provider: Provider, vcsim: VcSim) -> None:
+    vms, msg = provider.vms, virtual_machine_service_pb2
+    name = f"pvc-{uuid.uuid4()}"
+    made = vms.CreateDisk(msg.CreateDiskRequest(name=name, size_bytes=(1 << 30) + 1), timeout=60)
+    disk = made.disk
+    assert disk.name == name and disk.size_bytes == 1025 << 20  # rounded up to a whole MiB
+    again = vms.CreateDisk(msg.CreateDiskRequest(name=name, size_bytes=1 << 30), timeout=60)
+    assert again.disk.handle == disk.handle  # idempotent by name
+    found = fcd(vcsim, disk.handle)
+    assert found is not None and (found["name"], found["mb"]) == (name, 1025)
+    assert found["consumers"] == []
+    got = vms.GetDisk(msg.GetDiskRequest(handle=disk.handle), timeout=30).disk
+    assert (got.name, got.size_bytes, got.attached_to) == (name, 1025 << 20, "")
+
+    grow = msg.ExpandDiskRequest(handle=disk.handle, size_bytes=3 << 30)
+    grown = vms.ExpandDisk(grow, timeout=60)
+    assert grown.disk.size_bytes == 3 << 30 and fcd(vcsim, disk.handle)["mb"] == 3072
+    shrink = msg.ExpandDiskRequest(handle=disk.handle, size_bytes=1 << 30)
+    assert code_of(lambda: vms.ExpandDisk(shrink, timeout=30)) == grpc.StatusCode.INVALID_ARGUMENT
+
+    bad = msg.CreateDiskRequest(name="x", size_bytes=1 << 30, parameters={"tier": "gold"})
+    assert code_of(lambda: vms.CreateDisk(bad, timeout=30)) == grpc.StatusCode.INVALID_ARGUMENT
+    nowhere = msg.CreateDiskRequest(name="y", size_bytes=1 << 30, parameters={"datastore": "no"})
+    refused = code_of(lambda: vms.CreateDisk(nowhere, timeout=30))
+    assert refused == grpc.StatusCode.FAILED_PRECONDITION
+    placed = vms.CreateDisk(
+        msg.CreateDiskRequest(
+            name=f"pvc-{uuid.uuid4()}", size_bytes=1 << 30,
+            parameters={"datastore": "LocalDS_0", "provisioningType": "eagerZeroedThick"},
+        ),
+        timeout=60,
+    ).disk  # fmt: skip
+    assert fcd(vcsim, placed.handle)["datastore"] == "LocalDS_0"
+
+    for handle in (disk.handle, placed.handle):
+        vms.DeleteDisk(msg.DeleteDiskRequest(handle=handle), timeout=60)
+        assert fcd(vcsim, handle) is None
+    vms.DeleteDisk(msg.DeleteDiskRequest(handle=disk.handle), timeout=60)  # unknown: fine
+    missing = msg.GetDiskRequest(handle=disk.handle)
+    assert code_of(lambda: vms.GetDisk(missing, timeout=30)) == grpc.StatusCode.NOT_FOUND
+
+
+def test_pod_disks_attach_and_outlive_the_vm(provider: Provider, vcsim: VcSim) -> None:
+    vms, msg = provider.vms, virtual_machine_service_pb2
+
+    def new_disk() -> str:
+        request = msg.CreateDiskRequest(name=f"pvc-{uuid.uuid4()}", size_bytes=1 << 30)
+        return str(vms.CreateDisk(request, timeout=60).disk.handle)
+
+    def attached_to(handle: str) -> str:
+        return str(vms.GetDisk(msg.GetDiskRequest(handle=handle), timeout=30).disk.attached_to)
+
+    first, second = new_disk(), new_disk()
+    pod = with_disks(make_pod(NODES[0], keep=True), first, second)
+    assert provider.create(pod).phase == RUNNING
+    owner = bios_uuid(vcsim, pod.identity)
+    assert fcd(vcsim, first)["consumers"] == [owner]
+    assert fcd(vcsim, second)["consumers"] == [owner]
+    assert attached_to(first) == attached_to(second) == pod.identity
+    get = msg.GetVirtualMachineRequest(identity=pod.identity)
+    described = vms.GetVirtualMachine(get, timeout=30).virtual_machine
+    assert sorted(described.disk_handles) == sorted([first, second])
+
+    # A disk is attached to one VM at a time, and not deleted while attached.
+    other = with_disks(make_pod(NODES[1]), first)
+    assert code_of(lambda: provider.create(other)) == grpc.StatusCode.FAILED_PRECONDITION
+    assert count_vms(vcsim, other.identity) == 1  # made, but not powered on with the disk
+    assert the_vm(vcsim, other.identity)["power"] == "poweredOff"
+    provider.delete(other)
+    assert count_vms(vcsim, other.identity) == 0
+    held = msg.DeleteDiskRequest(handle=first)
+    assert code_of(lambda: vms.DeleteDisk(held, timeout=30)) == grpc.StatusCode.FAILED_PRECONDITION
+
+    # The pod no longer names the second disk: it is detached.
+    provider.update(with_disks(pod, first))
+    assert fcd(vcsim, second)["consumers"] == [] and attached_to(second) == ""
+    assert fcd(vcsim, first)["consumers"] == [owner]
+
+    # Kept (stopped) VMs keep their disks; a destroyed VM lets go of them first.
+    provider.delete(pod)
+    assert the_vm(vcsim, pod.identity)["power"] == "poweredOff"
+    assert attached_to(first) == pod.identity
+    vms.DeleteVirtualMachine(msg.DeleteVirtualMachineRequest(identity=pod.identity), timeout=60)
+    assert count_vms(vcsim, pod.identity) == 0
+    assert fcd(vcsim, first) is not None and fcd(vcsim, first)["consumers"] == []
+    for handle in (first, second):
+        vms.DeleteDisk(msg.DeleteDiskRequest(handle=handle), timeout=60)
+        assert fcd(vcsim, handle) is None
+
+
+def nic_networks(sim: VcSim, identity: str) -> list[str]:
+    """The networks of the VM's NICs, in device order, by name."""
+    with sim.connect() as si:
+        (vm,) = vms_of(si, identity)
+        dc = si.RetrieveContent().rootFolder.childEntity[0]
+        by_key = {
+            n.key: n.name for n in dc.network if isinstance(n, vim.dvs.DistributedVirtualPortgroup)
+        }
+        out = []
+        for device in vm.config.hardware.device:
+            if not isinstance(device, vim.vm.device.VirtualEthernetCard):
+                continue
+            backing: Any = device.backing
+            port = getattr(backing, "port", None)
+            out.append(by_key[port.portgroupKey] if port is not None else backing.deviceName)
+        return out
+
+
+def test_pod_networks_become_the_nics(provider: Provider, vcsim: VcSim) -> None:
+    plain = make_pod(NODES[0])
+    provider.create(plain)
+    assert nic_networks(vcsim, plain.identity) == ["VM Network"]  # the provider's --network
+    provider.delete(plain)
+
+    pod = make_pod(NODES[1], keep=True)
+    pod.networks.add(name="DC0_DVPG0")
+    pod.networks.add(name="VM Network")
+    provider.create(pod)
+    assert nic_networks(vcsim, pod.identity) == ["DC0_DVPG0", "VM Network"]
+
+    # The kept VM comes back for a pod with other networks: its NICs follow.
+    provider.delete(pod)
+    again = make_pod(NODES[1], identity=pod.identity)
+    again.networks.add(name="VM Network")
+    provider.create(again)
+    assert nic_networks(vcsim, pod.identity) == ["VM Network"]
+    provider.delete(again)
+
+    unknown = make_pod(NODES[2])
+    unknown.networks.add(name="no-such-portgroup")
+    assert code_of(lambda: provider.create(unknown)) == grpc.StatusCode.FAILED_PRECONDITION
 
 
 def test_logs_are_the_vms_events_and_follow(provider: Provider, vcsim: VcSim) -> None:

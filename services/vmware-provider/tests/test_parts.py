@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 import pytest
@@ -13,12 +14,15 @@ from vmlet.provider.v1 import pod_pb2
 from vmlet_contract import InvalidArgument, Unavailable
 from vmlet_vmware import faults
 from vmlet_vmware.cache import Cache, Change
+from vmlet_vmware.disks import pod_disk_handles
 from vmlet_vmware.hub import Hub
+from vmlet_vmware.inventory import NetworkRef
 from vmlet_vmware.locks import KeyedLocks
 from vmlet_vmware.naming import label_value, node_name, vm_name
 from vmlet_vmware.records import IDENTITY_KEY, POD_KEY, VmRecord
 from vmlet_vmware.sizing import cpu_millis, memory_bytes, template_of, vm_size
 from vmlet_vmware.status import Progress, pod_ips, pod_status
+from vmlet_vmware.vms import _nic_changes
 
 MI = 1024 * 1024
 
@@ -250,3 +254,92 @@ async def test_keyed_locks_serialize_one_key_only() -> None:
     assert order.index("a-") < order.index("b+")
     assert order.index("c+") < order.index("a-")
     assert len(locks) == 0
+
+
+async def test_a_contradicted_refresh_asks_for_another_read() -> None:
+    cache = Cache()
+    rechecks: list[tuple[str, str]] = []
+    cache.on_recheck = lambda kind, moid: rechecks.append((kind, moid))
+    before = cache.seq
+    # The watch's batch lands while a read is under way: which is newer is unknown.
+    cache.apply([_vm_change("vm-1", name="a", identity=None, power="poweredOff")])
+    cache.refresh("vm", "vm-1", {"runtime.powerState": "poweredOn"}, before)
+    record = cache.vms["vm-1"]
+    assert not record.powered_on  # the watch's value stays for now...
+    assert rechecks == [("vm", "vm-1")]  # ...and the VM is read once more
+    cache.refresh("vm", "vm-1", {"runtime.powerState": "poweredOn"}, cache.seq)
+    assert cache.vms["vm-1"].powered_on and rechecks == [("vm", "vm-1")]
+
+    # A late enter does not take back a value the refresh found missing... nor one it found.
+    cache.refresh("vm", "vm-2", {f'config.extraConfig["{IDENTITY_KEY}"]': None}, cache.seq)
+    cache.apply([_vm_change("vm-2", name="b", identity=None)])
+    written = cache.seq
+    cache.refresh("vm", "vm-2", {f'config.extraConfig["{IDENTITY_KEY}"]': "id-2"}, written)
+    found = cache.vm_of("id-2")
+    assert found is not None and found.name == "b"
+
+
+async def test_a_watch_change_contradicting_a_fresh_read_is_read_again_not_shown() -> None:
+    cache = Cache()
+    rechecks: list[tuple[str, str]] = []
+    cache.on_recheck = lambda kind, moid: rechecks.append((kind, moid))
+    cache.apply([_vm_change("vm-1", name="a", identity="id-1", power="poweredOn")])
+    # The provider powered the VM off and on again and read it: on.
+    cache.refresh("vm", "vm-1", {"runtime.powerState": "poweredOn"}, cache.seq)
+    # The watch's batch from the moment it was off arrives late.
+    cache.apply([_vm_change("vm-1", op="modify", power="poweredOff")])
+    assert cache.vms["vm-1"].powered_on  # the older picture is not shown...
+    assert rechecks == [("vm", "vm-1")]  # ...the VM is read once more instead
+    # A change that agrees with the read is no reason to read again.
+    cache.apply([_vm_change("vm-1", op="modify", power="poweredOn")])
+    assert rechecks == [("vm", "vm-1")]
+
+
+def test_pod_disk_handles() -> None:
+    pod = pod_pb2.Pod()
+    pod.volumes.add(name="scratch", scratch=pod_pb2.ScratchSource())
+    pod.volumes.add(name="a", disk=pod_pb2.DiskSource(claim_name="ca", volume_handle="fcd-1"))
+    pod.volumes.add(name="b", disk=pod_pb2.DiskSource(claim_name="cb", volume_handle="fcd-2"))
+    pod.volumes.add(name="c", disk=pod_pb2.DiskSource(claim_name="ca", volume_handle="fcd-1"))
+    assert pod_disk_handles(pod) == ("fcd-1", "fcd-2")
+    pod.volumes.add(name="d", disk=pod_pb2.DiskSource(claim_name="cd"))
+    with pytest.raises(InvalidArgument, match="no disk handle"):
+        pod_disk_handles(pod)
+
+
+class _Conn:
+    """Just enough of a Connection for NIC changes: managed objects without a stub."""
+
+    @staticmethod
+    def mo(cls: type, moid: str) -> object:
+        return cls(moid)
+
+
+def _nic(key: int, network: str) -> object:
+    backing = vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(
+        deviceName=network, network=vim.Network(network)
+    )
+    return vim.vm.device.VirtualVmxnet3(key=key, backing=backing)
+
+
+def test_nic_changes_put_nic_i_on_network_i() -> None:
+    net = NetworkRef(moid="network-6", name="VM Network")
+    dvpg = NetworkRef(moid="dvportgroup-12", name="DC0_DVPG0", distributed=True,
+                      switch_uuid="uuid", portgroup_key="dvportgroup-12")  # fmt: skip
+    disk = vim.vm.device.VirtualDisk(key=2000)
+    conn: Any = _Conn()
+
+    # The template's NIC is on VM Network already: nothing to do for it; a second is added.
+    changes = _nic_changes(conn, [disk, _nic(4000, "network-6")], (net, dvpg), exact=True)
+    assert [(c.operation, type(c.device).__name__) for c in changes] == [
+        ("add", "vim.vm.device.VirtualVmxnet3")
+    ]
+    assert changes[0].device.backing.port.portgroupKey == "dvportgroup-12"
+
+    # Edited in place, and with exact networks the NICs beyond them go.
+    changes = _nic_changes(conn, [_nic(4000, "network-9"), _nic(4001, "x")], (net,), exact=True)
+    assert [(c.operation, c.device.key) for c in changes] == [("edit", 4000), ("remove", 4001)]
+    assert changes[0].device.backing.deviceName == "VM Network"
+    # The provider's default network only moves the first NIC; the others stay.
+    changes = _nic_changes(conn, [_nic(4000, "network-6"), _nic(4001, "x")], (net,), exact=False)
+    assert changes == []

@@ -4,7 +4,7 @@ Modules, from the bottom up:
   config       settings from flags, environment and a TOML file; credentials as `Secret`
   faults       vSphere faults and connection errors -> the boundary's errors (one table)
   session      the vCenter session: thread pool, login, keep-alive, re-login, reconnect
-  inventory    datacenter, clusters, VM folder, datastore, network, templates
+  inventory    datacenter, clusters, VM folder, datastores, networks, templates
   props        PropertyCollector specs and plain-Python conversion of values
   records      the watched properties and the host/VM records built from them
   cache        hosts and VMs as last seen, by ID, node name and identity
@@ -12,11 +12,12 @@ Modules, from the bottom up:
   hub, locks   newest-per-key fan-out to streams; per-identity locks
   naming       node names, VM names, label values
   sizing       image -> template, resources -> vCPUs/MiB, quantities
-  vms          clone, power, relocate, reconfigure, destroy; waiting for tasks
+  vms          clone, power, relocate, reconfigure, NICs, destroy; waiting for tasks
   nodes        hosts as nodes, placement of pods on hosts
+  disks        first-class disks: create, grow, delete, attach, detach
   status       a pod's status from its VM
   podtable     the pods the provider runs, their statuses and the push of every change
-  pods         create/update/delete/destroy by identity
+  pods         create/update/delete/destroy by identity (networks and disks included)
   snapshots    snapshots by identity
   events       VM events and tasks as log lines
   stats        quick stats as the stats summary

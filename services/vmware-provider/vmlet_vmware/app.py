@@ -16,6 +16,7 @@ from vmlet_contract import ProviderServicers
 
 from .cache import Cache
 from .config import Settings
+from .disks import Disks
 from .nodes import PROVIDER_KIND, NodeBook
 from .pods import Pods
 from .servicer_endpoints import KubeletEndpoints
@@ -90,7 +91,8 @@ def build(settings: Settings) -> VSphereProvider:
     watch = Watch(session, cache, watch_pool)
     book = NodeBook(cache, session, settings)
     machines = Machines(session, cache)
-    pods = Pods(session, cache, machines, book)
+    disks = Disks(session, cache, machines, book)
+    pods = Pods(session, cache, machines, book, disks)
     closing = asyncio.Event()
     provider: VSphereProvider
 
@@ -102,7 +104,7 @@ def build(settings: Settings) -> VSphereProvider:
         notifier=PodNotifier(pods),
         nodes=NodeProvider(session, book, version()),
         endpoints=KubeletEndpoints(session, book, pods, closing),
-        vms=VirtualMachines(pods, book, Snapshots(session, cache, machines)),
+        vms=VirtualMachines(pods, book, Snapshots(session, cache, machines), disks),
         shutdown_hooks=(shutdown,),
     )
     provider = VSphereProvider(

@@ -10,9 +10,11 @@ Only the asyncio loop touches it. Changes come from three places:
   look-up sees the VM it just made without waiting for the watch. A refresh never overwrites a
   property the watch updated after the refresh began (each property remembers the sequence
   number of its last update), so it cannot roll the picture back. The other way round, a watch
-  batch collected just before a refresh may arrive just after it; a watch change that
-  contradicts a refresh of the last RECHECK_SECONDS asks (`on_recheck`) for the object to be
-  read once more, so the picture converges on what vCenter says now.
+  batch collected just before a refresh may arrive just after it (vcsim's watch lags by
+  seconds under load); a watch change that contradicts a refresh of the last RECHECK_SECONDS
+  is held back, and it and a refresh that the watch contradicted meanwhile ask (`on_recheck`)
+  for the object to be read once more, so the picture converges on what vCenter says now
+  without showing the older one in between.
 
 Listeners hear (old, new) for every record that changed; None means absent.
 """
@@ -129,10 +131,18 @@ class Cache:
             recent = not resync and now - self._refreshed.get(key, -RECHECK_SECONDS) < (
                 RECHECK_SECONDS
             )
+            if recent and change.op == "modify" and self.on_recheck is not None:
+                if any(_differs(props, path, op, value) for path, op, value in change.props):
+                    # Contradicts a read of a moment ago: the watch's batch may be older than
+                    # the read. Read once more rather than show the older picture meanwhile.
+                    recheck.append(key)
+                continue
             differs = False
             for path, op, value in change.props:
-                if merge and path in props:
-                    continue  # the refresh read it after the watch collected it
+                if merge and (path in props or value is None):
+                    # The refresh read it after the watch collected it; and an enter only
+                    # fills in values, it does not take back what the refresh found missing.
+                    continue
                 touched[path] = self._seq
                 if op in ("remove", "indirectRemove") or value is None:
                     differs = differs or path in props
@@ -147,10 +157,12 @@ class Cache:
             for kind, moid in recheck:
                 self.on_recheck(kind, moid)
 
-    def begin_resync(self) -> int:
-        """Marks the cache unsynced before a full initial update set; returns the sequence
-        number to hand to `end_resync`."""
-        self.synced.clear()
+    def begin_resync(self, *, keep_synced: bool = False) -> int:
+        """Marks the cache unsynced before a full initial update set (unless `keep_synced`: a
+        new watch round on the same connection, whose picture stays good meanwhile); returns
+        the sequence number to hand to `end_resync`."""
+        if not keep_synced:
+            self.synced.clear()
         self._seq += 1
         return self._seq
 
@@ -177,8 +189,10 @@ class Cache:
         self._seq += 1
         self._refreshed[key] = time.monotonic()
         current = self._props.setdefault(key, {})
+        contradicted = False
         for path, value in props.items():
             if touched.get(path, 0) > start:
+                contradicted = contradicted or current.get(path) != value
                 continue
             touched[path] = self._seq
             if value is None:
@@ -186,6 +200,10 @@ class Cache:
             else:
                 current[path] = value
         self._rebuild(key)
+        if contradicted and self.on_recheck is not None:
+            # The watch changed what this read saw, after the read began; but the watch's batch
+            # may have been collected before the read. Reading once more settles it.
+            self.on_recheck(kind, moid)
 
     def forget(self, kind: Kind, moid: str) -> None:
         """Drops an object the provider destroyed itself."""
@@ -250,3 +268,9 @@ class Cache:
                 listener(old, new)
             except Exception:
                 _log.exception("host listener failed")
+
+
+def _differs(props: dict[str, Any], path: str, op: str, value: Any) -> bool:
+    if op in ("remove", "indirectRemove") or value is None:
+        return path in props
+    return bool(props.get(path) != value)

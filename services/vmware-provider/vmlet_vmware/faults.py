@@ -34,6 +34,7 @@ __all__ = [
     "is_connection_error",
     "is_fault",
     "is_not_authenticated",
+    "is_timeout",
     "to_provider_error",
 ]
 
@@ -108,6 +109,11 @@ def is_not_authenticated(exc: BaseException) -> bool:
 def is_connection_error(exc: BaseException) -> bool:
     """Whether the call never got an answer from vCenter (refused, reset, timed out, TLS)."""
     return not is_fault(exc) and isinstance(exc, _CONNECTION_ERRORS)
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """Whether the call timed out waiting for vCenter's answer (vCenter may merely be slow)."""
+    return not is_fault(exc) and isinstance(exc, TimeoutError | socket.timeout)
 
 
 def fault_name(fault: Any) -> str:

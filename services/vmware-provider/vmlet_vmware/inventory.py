@@ -1,5 +1,5 @@
 """Where things are in vCenter: the datacenter, its clusters, the VM folder, the datastore and
-network for clones, and templates by name.
+network for clones, the first-class-disk manager, and templates, networks and datastores by name.
 
 `resolve` runs once per connection (a restarted vCenter may have a new inventory) and makes the
 VM folder when it is missing. Templates are looked up when a pod needs one, since templates come
@@ -17,13 +17,15 @@ from typing import Any
 from pyVmomi import vim
 
 from .config import Settings
-from .props import moid, retrieve_view
+from .props import moid, retrieve_view, service_content
 
 __all__ = [
     "ComputeRef",
     "Inventory",
     "InventoryError",
     "NetworkRef",
+    "datastores",
+    "find_networks",
     "find_template",
     "folder_at",
     "resolve",
@@ -45,7 +47,7 @@ class ComputeRef:
 
 @dataclass(frozen=True)
 class NetworkRef:
-    """The network a VM's first NIC is put on."""
+    """A network (standard port group or distributed port group) a NIC can be put on."""
 
     moid: str
     name: str
@@ -68,10 +70,11 @@ class Inventory:
     compute: Mapping[str, ComputeRef]
     datastore: str | None
     network: NetworkRef | None
+    storage_manager: str | None = None  # the VStorageObjectManager (first-class disks)
 
 
 def _datacenter(si: Any, wanted: str | None) -> Any:
-    content = si.content
+    content = service_content(si)
     view = content.viewManager.CreateContainerView(content.rootFolder, [vim.Datacenter], True)
     try:
         datacenters = list(view.view)
@@ -142,29 +145,68 @@ def _datastore(dc: Any, name: str | None) -> str | None:
     raise InventoryError(f"datastore {name!r} not found in {dc.name}; it has {names}")
 
 
+def _network_ref(net: Any) -> NetworkRef:
+    if isinstance(net, vim.dvs.DistributedVirtualPortgroup):
+        config: Any = net.config
+        return NetworkRef(
+            moid=moid(net),
+            name=str(net.name),
+            distributed=True,
+            switch_uuid=str(config.distributedVirtualSwitch.uuid),
+            portgroup_key=str(net.key),
+        )
+    return NetworkRef(moid=moid(net), name=str(net.name))
+
+
 def _network(dc: Any, name: str | None) -> NetworkRef | None:
     if name is None:
         return None
     for net in dc.network or ():
-        if net.name != name:
-            continue
-        if isinstance(net, vim.dvs.DistributedVirtualPortgroup):
-            config: Any = net.config
-            return NetworkRef(
-                moid=moid(net),
-                name=name,
-                distributed=True,
-                switch_uuid=str(config.distributedVirtualSwitch.uuid),
-                portgroup_key=str(net.key),
-            )
-        return NetworkRef(moid=moid(net), name=name)
+        if net.name == name:
+            return _network_ref(net)
     names = sorted({net.name for net in dc.network or ()})
     raise InventoryError(f"network {name!r} not found in {dc.name}; it has {names}")
 
 
+def find_networks(
+    si: Any, inventory: Inventory, names: tuple[str, ...]
+) -> tuple[dict[str, NetworkRef], list[str]]:
+    """The networks of the datacenter called `names`, and the sorted names of all of them (for
+    a message about those not found). A name two different networks carry is left out of the
+    first and marked "<name> (ambiguous)" in the second."""
+    dc = vim.Datacenter(inventory.datacenter, si._stub)
+    found: dict[str, dict[str, Any]] = {}
+    every: set[str] = set()
+    for net in dc.network or ():
+        every.add(str(net.name))
+        if net.name in names:
+            found.setdefault(str(net.name), {})[moid(net)] = net
+    refs: dict[str, NetworkRef] = {}
+    for name, nets in found.items():
+        if len(nets) == 1:
+            refs[name] = _network_ref(next(iter(nets.values())))
+        else:
+            every.discard(name)
+            every.add(f"{name} (ambiguous)")
+    return refs, sorted(every)
+
+
+def datastores(si: Any, inventory: Inventory) -> dict[str, str]:
+    """The datastores of the datacenter: managed object ID -> name."""
+    dc = vim.Datacenter(inventory.datacenter, si._stub)
+    return {moid(ds): str(ds.name) for ds in dc.datastore or ()}
+
+
+def _storage_manager(si: Any) -> str | None:
+    # ServiceInstance.content as pyVmomi fetches it may lack the manager; the
+    # RetrieveServiceContent call names it.
+    manager = getattr(service_content(si), "vStorageObjectManager", None)
+    return moid(manager) if manager is not None else None
+
+
 def resolve(si: Any, settings: Settings) -> Inventory:
     """Finds (and where needed makes) what `settings` name; InventoryError when it can't."""
-    about = si.content.about
+    about = service_content(si).about
     dc = _datacenter(si, settings.datacenter)
     folder = folder_at(dc.vmFolder, settings.vm_folder, create=True)
     return Inventory(
@@ -178,6 +220,7 @@ def resolve(si: Any, settings: Settings) -> Inventory:
         compute=_compute(si, dc, settings.clusters),
         datastore=_datastore(dc, settings.datastore),
         network=_network(dc, settings.network),
+        storage_manager=_storage_manager(si),
     )
 
 

@@ -187,6 +187,10 @@ class NodeBook:
         host = self._cache.hosts.get(host_moid)
         return host.addresses[0] if host is not None and host.addresses else ""
 
+    def served_hosts(self) -> list[HostRecord]:
+        """The hosts behind the nodes, as last seen."""
+        return [h for m in self._nodes if (h := self._cache.hosts.get(m)) is not None]
+
     def host_of(self, node: str) -> HostRecord | None:
         """The host behind node `node`."""
         moid = self._hosts_by_node.get(node)

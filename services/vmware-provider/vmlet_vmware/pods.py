@@ -13,6 +13,11 @@ Identity rules (see DESIGN.md):
 - A VM that disappears from vCenter while its pod exists turns the pod Failed with reason
   VMVanished; the provider never makes it again by itself.
 
+Networks: the pod's networks (in order) put NIC i on port group i; without any the clone keeps
+the template's NICs, the first moved to --network when that is set. Disks: the pod's disk
+volumes are attached before the VM powers on (and on update); a VM being destroyed lets go of
+them first, so they survive it (see `disks`).
+
 After a provider restart the pods are rebuilt from the VMs' extraConfig (vmlet.pod and friends),
 so GetPods lists them and NotifyPods reports them.
 """
@@ -36,6 +41,8 @@ from vmlet_contract import (
 )
 
 from .cache import Cache
+from .disks import Disks, pod_disk_handles
+from .inventory import NetworkRef
 from .locks import KeyedLocks
 from .naming import vm_name
 from .nodes import NodeBook, Placement
@@ -59,11 +66,14 @@ def _b64(text: str) -> str:
 class Pods:
     """The pod operations of the provider; see the module docstring."""
 
-    def __init__(self, session: Session, cache: Cache, machines: Machines, nodes: NodeBook) -> None:
+    def __init__(
+        self, session: Session, cache: Cache, machines: Machines, nodes: NodeBook, disks: Disks
+    ) -> None:
         self._session = session
         self._cache = cache
         self._machines = machines
         self._book = nodes
+        self._disks = disks
         self._locks = KeyedLocks()
         self.table = PodTable(cache, nodes)
         self._table = self.table
@@ -117,6 +127,26 @@ class Pods:
             values["guestinfo.metadata.encoding"] = "base64"
         return {k: v for k, v in values.items() if v}
 
+    async def _networks(
+        self, pod: pod_pb2.Pod, place: Placement | None
+    ) -> tuple[tuple[NetworkRef, ...], bool]:
+        """The networks of the pod's NICs, and whether they are exactly the pod's (rather than
+        the provider's default network, or none)."""
+        names = tuple(n.name for n in pod.networks if n.name)
+        if not names:
+            conn = self._session.connection
+            default = conn.inventory.network if conn is not None else None
+            return ((default,) if default is not None else ()), False
+        nets = await self._machines.networks(names)
+        if place is not None and place.host.networks:
+            absent = [n.name for n in nets if n.moid not in place.host.networks]
+            if absent:
+                raise FailedPrecondition(
+                    f"network(s) {absent} are not available on ESXi host {place.host.name} "
+                    f"(node {place.node})"
+                )
+        return nets, True
+
     # Create.
 
     async def create(self, pod: pod_pb2.Pod) -> pod_pb2.PodStatus:
@@ -124,6 +154,7 @@ class Pods:
         container = self._validate(pod)
         template = template_of(container.image)
         size = vm_size(container.resources)
+        disks = pod_disk_handles(pod)
         key = pod_key(pod.ref)
         async with self._locks.hold(pod.identity):
             current = self._table.get(key)
@@ -150,15 +181,24 @@ class Pods:
             entry = self._table.bind(pod)
             self._table.forget_tombstone(pod.identity)
             try:
+                fresh = vm is None
                 if vm is None:
                     vm = await self._make(entry, template, size, place)
                 else:
                     vm = await self._adopt(entry, vm, size, place)
+                if disks or vm.disks:
+                    self._table.progress(
+                        entry, "ContainerCreating", f"attaching disks {list(disks)} to VM {vm.name}"
+                    )
+                    vm = await self._disks.sync(vm, disks)
+                    fresh = False
                 if not vm.powered_on:
                     self._table.progress(
                         entry, "PoweringOn", f"powering on VM {vm.name} on {place.node}"
                     )
-                    await self._machines.power_on(vm)
+                    await self._machines.power_on(vm, fresh=fresh)
+                elif vm.identity != pod.identity:
+                    await self._machines.refresh(vm.moid)  # read what completing it wrote
             except ProviderError:
                 if not entry.vm and self._cache.vm_of(pod.identity) is None:
                     self._table.drop(entry)
@@ -178,9 +218,8 @@ class Pods:
             folder = self._session.settings.template_folder
             where = f"folder {folder}" if folder else "the datacenter"
             raise FailedPrecondition(f"template {template!r} not found in {where}")
-        conn = self._session.connection
-        if conn is None:
-            raise self._session.unavailable()
+        networks, exact = await self._networks(pod, place)
+        devices = await self._machines.template_devices(template_id) if networks else None
         plan = ClonePlan(
             template=template_id,
             name=name,
@@ -189,7 +228,9 @@ class Pods:
             datastore=place.datastore,
             size=size,
             extra_config=self._extra_config(pod),
-            network=conn.inventory.network,
+            networks=networks,
+            exact_networks=exact,
+            template_devices=devices,
         )
         self._table.progress(
             entry,
@@ -241,6 +282,10 @@ class Pods:
         size it as the pod asks."""
         entry.vm = vm.moid
         self._table.track_boot(entry, vm)
+        if not vm.powered_on:
+            self._table.progress(
+                entry, "PoweringOn", f"preparing VM {vm.name} to power on on {place.node}"
+            )
         if vm.host != place.host.moid:
             source = self._book.node_name_of(vm.host) or vm.host
             self._table.progress(
@@ -260,6 +305,9 @@ class Pods:
         changes = {k: v for k, v in wanted.items() if current.get(k, "") != v}
         if changes:
             await self._machines.set_extra_config(vm, changes)
+            vm = self._cache.vms.get(vm.moid) or vm
+        networks, exact = await self._networks(entry.pod, place)
+        if exact and await self._machines.set_networks(vm, networks):
             vm = self._cache.vms.get(vm.moid) or vm
         note = await self._resize(entry, vm, size)
         if note:
@@ -322,6 +370,7 @@ class Pods:
         if container is None:
             raise InvalidArgument(f"pod {key[0]}/{key[1]} must have exactly one container")
         size = vm_size(container.resources)
+        disks = pod_disk_handles(pod)
         async with self._locks.hold(entry.identity):
             entry = self._table.entry(*key)
             merged = pod_pb2.Pod()
@@ -338,6 +387,13 @@ class Pods:
                 raise FailedPrecondition(f"pod {key[0]}/{key[1]} has no VM to update")
             try:
                 note = await self._resize(entry, vm, size)
+                vm = self._cache.vms.get(vm.moid) or vm
+                if disks or vm.disks:
+                    await self._disks.sync(vm, disks)
+                    vm = self._cache.vms.get(vm.moid) or vm
+                networks, exact = await self._networks(merged, None)
+                if exact and await self._machines.set_networks(vm, networks):
+                    note = "; ".join(p for p in (note, "NICs moved to the pod's networks") if p)
             finally:
                 self._table.progress(entry, None)
             if note:
@@ -380,7 +436,7 @@ class Pods:
                     if vm.pod is not None or vm.pod_uid:
                         await self._machines.set_extra_config(vm, {POD_KEY: "", POD_UID_KEY: ""})
                 else:
-                    await self._machines.destroy(vm)
+                    await self._destroy(vm)
             except ProviderError:
                 if entry is not None:
                     self._table.progress(entry, None)
@@ -392,6 +448,13 @@ class Pods:
                 "pod deleted",
                 extra={"pod": "/".join(key), "vm": vm.moid, "kept": pod.keep_on_delete},
             )
+
+    async def _destroy(self, vm: VmRecord) -> None:
+        """Powers `vm` off, lets go of its PersistentVolume disks (so they outlive it, and no
+        write is in flight when they go) and destroys it."""
+        await self._machines.power_off(vm)
+        await self._disks.release(self._cache.vms.get(vm.moid) or vm)
+        await self._machines.destroy(vm)
 
     # VirtualMachine operations.
 
@@ -418,7 +481,7 @@ class Pods:
                 if entry is not None:
                     self._table.progress(entry, "Deleting", f"destroying VM {vm.name}")
                 try:
-                    await self._machines.destroy(vm)
+                    await self._destroy(vm)
                 except ProviderError:
                     if entry is not None:
                         self._table.progress(entry, None)

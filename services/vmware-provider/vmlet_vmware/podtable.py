@@ -6,6 +6,11 @@ observed of the VM over time (first start, restarts, when it stopped, a failure)
 listens to the cache: every change of a VM re-derives the status of the pod of its identity and
 publishes it to the NotifyPods streams when it differs from the last one.
 
+A Pending status (the VM being made, moved or powered on) is pushed only once it has stood for
+PENDING_PUSH_SECONDS: steps that vCenter finishes at once then cost the facade no status patch
+of their own (only the Running that follows is pushed), while a clone that takes minutes still
+shows what it is doing. Every other status is pushed at once.
+
 A VM that leaves vCenter while its pod exists (not while the provider deletes it) fails the pod
 with reason VMVanished. A VM that carries a pod the table does not know (after a restart) brings
 that pod back, unless the pod of its identity was deleted a moment ago (a tombstone guards against
@@ -14,6 +19,7 @@ a late watch update resurrecting it).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -38,6 +44,8 @@ Update: TypeAlias = pod_notifier_service_pb2.NotifyPodsResponse
 
 #: How long a deleted pod's identity is not rebuilt from a VM's (possibly stale) extraConfig.
 TOMBSTONE_SECONDS = 60.0
+#: How long a Pending status stands before it is pushed (a newer status replaces it).
+PENDING_PUSH_SECONDS = 2.0
 
 
 def pod_key(ref: pod_pb2.PodRef) -> PodKey:
@@ -61,6 +69,8 @@ class PodEntry:
     stopped_at: datetime | None = None  # when the VM was seen off (or gone) after running
     adopted: bool = False  # rebuilt from a VM's extraConfig rather than made by CreatePod
     status: pod_pb2.PodStatus | None = field(default=None, repr=False)
+    pushed: pod_pb2.PodStatus | None = field(default=None, repr=False)  # last one streamed
+    push_later: asyncio.TimerHandle | None = field(default=None, repr=False)
 
     @property
     def key(self) -> PodKey:
@@ -131,12 +141,27 @@ class PodTable:
         )
 
     def publish(self, entry: PodEntry) -> None:
+        """Derives the pod's status again and pushes it when it changed (a Pending one after
+        PENDING_PUSH_SECONDS; see the module docstring)."""
         status = self._derive(entry)
         if status == entry.status:
             return
         entry.status = status
-        if self._entries.get(entry.key) is entry:
-            self.hub.publish(entry.key, Update(ref=entry.pod.ref, status=status))
+        if status.phase != pod_pb2.POD_PHASE_PENDING:
+            self._push(entry)
+        elif entry.push_later is None:
+            loop = asyncio.get_running_loop()
+            entry.push_later = loop.call_later(PENDING_PUSH_SECONDS, self._push, entry)
+
+    def _push(self, entry: PodEntry) -> None:
+        if entry.push_later is not None:
+            entry.push_later.cancel()
+            entry.push_later = None
+        status = entry.status
+        if status is None or status == entry.pushed or self._entries.get(entry.key) is not entry:
+            return
+        entry.pushed = status
+        self.hub.publish(entry.key, Update(ref=entry.pod.ref, status=status))
 
     def progress(self, entry: PodEntry, reason: str | None, message: str = "") -> None:
         entry.progress = Progress(reason, message) if reason else None
@@ -263,6 +288,9 @@ class PodTable:
 
     def drop(self, entry: PodEntry) -> None:
         """Forgets a pod."""
+        if entry.push_later is not None:
+            entry.push_later.cancel()
+            entry.push_later = None
         if self._entries.get(entry.key) is entry:
             del self._entries[entry.key]
         if self._by_identity.get(entry.identity) == entry.key:

@@ -10,6 +10,7 @@ Runs in worker threads only (blocking calls).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
@@ -20,14 +21,29 @@ __all__ = [
     "CONVERTERS",
     "convert",
     "extra_config_path",
+    "folder_list_filter_spec",
     "moid",
     "retrieve_many",
     "retrieve_one",
     "retrieve_view",
+    "service_content",
     "view_filter_spec",
 ]
 
 _PC = vmodl.query.PropertyCollector
+
+
+_CONTENTS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def service_content(si: Any) -> Any:
+    """The ServiceContent of a connection (property collector, view manager, ...), retrieved
+    once per connection: reading `si.content` asks vCenter again every time."""
+    stub = si._stub
+    content = _CONTENTS.get(stub)
+    if content is None:
+        content = _CONTENTS[stub] = si.RetrieveContent()
+    return content
 
 
 def moid(obj: Any) -> str:
@@ -98,12 +114,38 @@ def view_filter_spec(view: Any, kind: type[Any], paths: Sequence[str]) -> Any:
     )
 
 
+def folder_list_filter_spec(list_view: Any, kind: type[Any], paths: Sequence[str]) -> Any:
+    """A filter spec over every object of `kind` in the folders a ListView holds, and in their
+    subfolders (Folder.childEntity, recursively).
+
+    Watching a folder this way, rather than through a ContainerView of it, keeps the filter's
+    root object (the ListView) unchanged when VMs come and go. govmomi's vcsim (through v0.46)
+    deadlocks when the root of a filter that a WaitForUpdatesEx is re-syncing changes at the
+    same moment, which a ContainerView does whenever a VM is made in it; a real vCenter serves
+    both forms alike.
+    """
+    children = _PC.TraversalSpec(
+        name="childEntity",
+        path="childEntity",
+        skip=False,
+        type=vim.Folder,
+        selectSet=[_PC.SelectionSpec(name="childEntity")],
+    )
+    listed = _PC.TraversalSpec(
+        name="listed", path="view", skip=False, type=vim.view.ListView, selectSet=[children]
+    )
+    return _PC.FilterSpec(
+        objectSet=[_PC.ObjectSpec(obj=list_view, skip=True, selectSet=[listed])],
+        propSet=[_PC.PropertySpec(type=kind, pathSet=list(paths), all=False)],
+    )
+
+
 def _object_props(content: Any) -> dict[str, Any]:
     return {p.name: convert(p.name, p.val) for p in content.propSet or ()}
 
 
 def _retrieve(si: Any, spec: Any) -> Iterable[Any]:
-    collector = si.content.propertyCollector
+    collector = service_content(si).propertyCollector
     result = collector.RetrievePropertiesEx(specSet=[spec], options=_PC.RetrieveOptions())
     while result is not None:
         yield from result.objects or ()
@@ -116,7 +158,7 @@ def retrieve_view(
     si: Any, container: Any, kind: type[Any], paths: Sequence[str], *, recursive: bool = True
 ) -> dict[str, dict[str, Any]]:
     """Properties of every `kind` object under `container`, keyed by managed object ID."""
-    view = si.content.viewManager.CreateContainerView(
+    view = service_content(si).viewManager.CreateContainerView(
         container=container, type=[kind], recursive=recursive
     )
     try:

@@ -12,6 +12,8 @@ The keys vmlet writes into a VM's extraConfig are also defined here:
   vmlet.pod-uid     that pod's UID
   vmlet.container   the name of the pod's container
   vmlet.image       the container's image (the template reference)
+  vmlet.disks       the handles (first-class disk IDs) of the PersistentVolume disks vmlet
+                    attached to the VM, comma-separated
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .props import extra_config_path
 
 __all__ = [
     "CONTAINER_KEY",
+    "DISKS_KEY",
     "HOST_PATHS",
     "IDENTITY_KEY",
     "IMAGE_KEY",
@@ -40,22 +43,26 @@ POD_KEY: Final = "vmlet.pod"
 POD_UID_KEY: Final = "vmlet.pod-uid"
 CONTAINER_KEY: Final = "vmlet.container"
 IMAGE_KEY: Final = "vmlet.image"
+DISKS_KEY: Final = "vmlet.disks"
 
 _IDENTITY = extra_config_path(IDENTITY_KEY)
 _POD = extra_config_path(POD_KEY)
 _POD_UID = extra_config_path(POD_UID_KEY)
 _CONTAINER = extra_config_path(CONTAINER_KEY)
 _IMAGE = extra_config_path(IMAGE_KEY)
+_DISKS = extra_config_path(DISKS_KEY)
 
 VM_PATHS: Final[tuple[str, ...]] = (
     "name",
     "config.template",
     "config.instanceUuid",
+    "config.uuid",
     _IDENTITY,
     _POD,
     _POD_UID,
     _CONTAINER,
     _IMAGE,
+    _DISKS,
     "config.hardware.numCPU",
     "config.hardware.memoryMB",
     "config.cpuHotAddEnabled",
@@ -84,6 +91,7 @@ HOST_PATHS: Final[tuple[str, ...]] = (
     "summary.config.product.fullName",
     "config.network.vnic",
     "datastore",
+    "network",
 )
 
 
@@ -126,6 +134,8 @@ class VmRecord:
     cpu_hot_remove: bool
     memory_hot_add: bool
     datastores: tuple[str, ...]
+    bios_uuid: str = ""
+    disks: tuple[str, ...] = ()  # handles of the first-class disks vmlet attached
 
     @classmethod
     def from_props(cls, moid: str, props: Mapping[str, Any]) -> VmRecord:
@@ -142,6 +152,8 @@ class VmRecord:
             image=_str(props, _IMAGE),
             template=bool(props.get("config.template")),
             instance_uuid=_str(props, "config.instanceUuid"),
+            bios_uuid=_str(props, "config.uuid"),
+            disks=tuple(sorted({d for d in _str(props, _DISKS).split(",") if d})),
             power=_str(props, "runtime.powerState") or "unknown",
             host=_str(props, "runtime.host"),
             boot_time=_time(props, "summary.runtime.bootTime"),
@@ -185,6 +197,7 @@ class HostRecord:
     product: str
     addresses: tuple[str, ...]
     datastores: tuple[str, ...]
+    networks: tuple[str, ...] = ()
 
     @classmethod
     def from_props(cls, moid: str, props: Mapping[str, Any]) -> HostRecord:
@@ -205,4 +218,5 @@ class HostRecord:
             product=_str(props, "summary.config.product.fullName"),
             addresses=tuple(props.get("config.network.vnic") or ()),
             datastores=tuple(props.get("datastore") or ()),
+            networks=tuple(props.get("network") or ()),
         )

@@ -1,16 +1,14 @@
-"""VirtualMachineService over vSphere: VMs and their snapshots by identity. Disks (first-class
-disks through VStorageObjectManager) are not done yet and answer UNIMPLEMENTED."""
+"""VirtualMachineService over vSphere: VMs and their snapshots by identity, and disks as
+first-class disks through the VStorageObjectManager (see `disks`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import grpc
-
 from vmlet.provider.v1 import virtual_machine_service_pb2 as pb
 from vmlet.provider.v1 import virtual_machine_service_pb2_grpc as pb_grpc
-from vmlet_contract import ProviderError
 
+from .disks import Disks
 from .nodes import NodeBook
 from .pods import Pods
 from .sizing import MIB
@@ -18,13 +16,6 @@ from .snapshots import Snapshots
 from .status import guest_ips
 
 __all__ = ["VirtualMachines"]
-
-
-def _no_disks() -> ProviderError:
-    return ProviderError(
-        "the vSphere provider does not manage disks yet (first-class disks are planned)",
-        code=grpc.StatusCode.UNIMPLEMENTED,
-    )
 
 
 _POWER = {
@@ -35,12 +26,13 @@ _POWER = {
 
 
 class VirtualMachines(pb_grpc.VirtualMachineServiceServicer):
-    """VMs and their snapshots, named by identity."""
+    """VMs and their snapshots, named by identity; disks by handle."""
 
-    def __init__(self, pods: Pods, book: NodeBook, snapshots: Snapshots) -> None:
+    def __init__(self, pods: Pods, book: NodeBook, snapshots: Snapshots, disks: Disks) -> None:
         self._pods = pods
         self._book = book
         self._snapshots = snapshots
+        self._disks = disks
 
     async def GetVirtualMachine(
         self, request: pb.GetVirtualMachineRequest, context: Any
@@ -56,6 +48,7 @@ class VirtualMachines(pb_grpc.VirtualMachineServiceServicer):
                 cpus=vm.num_cpu,
                 memory_bytes=vm.memory_mb * MIB,
                 ip_addresses=guest_ips(vm) if vm.powered_on else [],
+                disk_handles=list(vm.disks),
             )
         )
 
@@ -91,17 +84,21 @@ class VirtualMachines(pb_grpc.VirtualMachineServiceServicer):
     async def CreateDisk(
         self, request: pb.CreateDiskRequest, context: Any
     ) -> pb.CreateDiskResponse:
-        raise _no_disks()
+        disk = await self._disks.create(request.name, request.size_bytes, request.parameters)
+        return pb.CreateDiskResponse(disk=disk)
 
     async def DeleteDisk(
         self, request: pb.DeleteDiskRequest, context: Any
     ) -> pb.DeleteDiskResponse:
-        raise _no_disks()
+        await self._disks.delete(request.handle)
+        return pb.DeleteDiskResponse()
 
     async def ExpandDisk(
         self, request: pb.ExpandDiskRequest, context: Any
     ) -> pb.ExpandDiskResponse:
-        raise _no_disks()
+        return pb.ExpandDiskResponse(
+            disk=await self._disks.expand(request.handle, request.size_bytes)
+        )
 
     async def GetDisk(self, request: pb.GetDiskRequest, context: Any) -> pb.GetDiskResponse:
-        raise _no_disks()
+        return pb.GetDiskResponse(disk=await self._disks.get(request.handle))

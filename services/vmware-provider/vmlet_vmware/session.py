@@ -7,7 +7,10 @@ pyvmomi blocks, so every call runs in a bounded thread pool and the asyncio loop
 - NotAuthenticated (the session expired, or vCenter restarted and forgot it): log in again on the
   same connection, once for all callers that hit it at the same moment, and retry the call once.
 - A transport failure (refused, reset, timed out, TLS): the connection is dropped, the call fails
-  with UNAVAILABLE, and the supervisor (`run`) reconnects from scratch with backoff. A fresh
+  with UNAVAILABLE, and the supervisor (`run`) reconnects from scratch with backoff. A caller
+  that knows vCenter may just be slow to answer it (the watch's long poll) asks for a timeout to
+  fail its call only (`slow_ok`); a dead vCenter is still noticed by the other calls and the
+  keep-alive. A fresh
   connection resolves the inventory again and bumps `generation`, which tells the watch to start
   over.
 - While there is no connection every call fails at once with UNAVAILABLE and the reason.
@@ -35,6 +38,7 @@ from vmlet_contract import ProviderError, Unavailable
 from . import faults
 from .config import ConfigError, Secret, Settings, read_password
 from .inventory import Inventory, InventoryError, resolve
+from .props import service_content
 
 __all__ = ["Connection", "Session", "SessionState"]
 
@@ -57,7 +61,7 @@ class Connection:
     @property
     def content(self) -> Any:
         """The ServiceInstance's content (managers and root folder)."""
-        return self.si.content
+        return service_content(self.si)
 
     def mo(self, cls: Any, moid: str) -> Any:
         """The managed object `cls` with ID `moid`, bound to this connection."""
@@ -150,7 +154,12 @@ class Session:
         return await loop.run_in_executor(pool or self._pool, fn, conn)
 
     async def call(
-        self, fn: Callable[[Connection], T], *, doing: str, pool: Executor | None = None
+        self,
+        fn: Callable[[Connection], T],
+        *,
+        doing: str,
+        pool: Executor | None = None,
+        slow_ok: bool = False,
     ) -> T:
         """Runs `fn(connection)` in a worker thread; see the module docstring for failures."""
         conn = self._conn
@@ -161,16 +170,18 @@ class Session:
             return await self._run(pool, fn, conn)
         except Exception as exc:
             if not faults.is_not_authenticated(exc):
-                raise self._failed(conn, exc, doing) from None
+                raise self._failed(conn, exc, doing, slow_ok) from None
         await self._relogin(conn, epoch)
         try:
             return await self._run(pool, fn, conn)
         except Exception as exc:
-            raise self._failed(conn, exc, doing) from None
+            raise self._failed(conn, exc, doing, slow_ok) from None
 
-    def _failed(self, conn: Connection, exc: BaseException, doing: str) -> ProviderError:
+    def _failed(
+        self, conn: Connection, exc: BaseException, doing: str, slow_ok: bool = False
+    ) -> ProviderError:
         error = faults.to_provider_error(exc, doing)
-        if faults.is_connection_error(exc):
+        if faults.is_connection_error(exc) and not (slow_ok and faults.is_timeout(exc)):
             self.lost(conn, error.message)
         elif not faults.is_fault(exc) and not isinstance(exc, ProviderError):
             _log.error("unexpected error calling vCenter", exc_info=exc, extra={"doing": doing})
@@ -261,6 +272,11 @@ class Session:
             httpConnectionTimeout=settings.http_timeout_seconds,
             connectionPoolTimeout=max(settings.keepalive_seconds * 2, 60),
         )
+        # pyVmomi keeps 5 HTTP connections by default and closes the others after each call:
+        # with more threads than that, calls would keep making new TLS connections.
+        stub = getattr(si, "_stub", None)
+        if stub is not None and hasattr(stub, "poolSize"):
+            stub.poolSize = settings.workers + 2  # the workers, the watch, one to spare
         try:
             inventory = resolve(si, settings)
         except BaseException:

@@ -185,7 +185,9 @@ def pod_status(
             )
         return podstatus.pending(pod, reason="ContainerCreating", **common)
     if vm.powered_on:
-        message = progress.message if progress is not None else note
+        # Powering on is over once the VM runs, even before the provider clears the step.
+        step = progress if progress is not None and progress.reason != "PoweringOn" else None
+        message = step.message if step is not None else note
         return _running(
             pod, vm, first_started=first_started, restarts=restarts, message=message,
             common=common,

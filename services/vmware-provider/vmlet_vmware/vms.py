@@ -1,9 +1,16 @@
 """VM operations on vCenter: clone, power, relocate, reconfigure, destroy, and waiting for tasks.
 
 Each operation starts a vSphere task in a worker thread and waits for it from the loop (reading
-the task's state with a growing pause, 50 ms up to 1 s), so a long task holds no thread. After a
-change the VM's properties are read back into the cache (read-after-write), so the next look-up
-by identity already sees it.
+the task's state with a growing pause, 50 ms up to 1 s), so a long task holds no thread. The
+state is read through the PropertyCollector (info.state, info.result, info.error), not as the
+whole TaskInfo: the TaskInfo of a first-class-disk task names the VStorageObjectManager as its
+entity, which pyVmomi refuses to read. After a change the VM's properties are read back into the
+cache (read-after-write), so the next look-up by identity already sees it.
+
+NICs: a VM joins the networks of its pod in order, NIC i on network i. A clone edits the
+template's NICs and adds the missing ones (vmxnet3); when the networks come from the pod (rather
+than the provider's default --network), NICs beyond them are removed, so the VM has exactly the
+pod's networks. A VM made earlier is brought in line the same way when a pod adopts it.
 
 Power operations are idempotent: powering on a running VM or off a stopped one is not an error.
 Destroying a VM that is already gone is not an error either.
@@ -12,19 +19,20 @@ Destroying a VM that is already gone is not an error either.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from pyVmomi import vim
-from pyVmomi.VmomiSupport import ManagedObject
 
-from vmlet_contract import NotFound, ProviderError, Unavailable
+from vmlet_contract import FailedPrecondition, NotFound, ProviderError, Unavailable
 
 from . import faults
 from .cache import Cache, Kind
-from .inventory import NetworkRef, find_template
+from .inventory import NetworkRef, find_networks, find_template
 from .props import extra_config_path, moid, retrieve_one
 from .records import IDENTITY_KEY, VM_PATHS, VmRecord
 from .session import Connection, Session
@@ -55,7 +63,9 @@ class ClonePlan:
     datastore: str | None
     size: VmSize
     extra_config: dict[str, str] = field(default_factory=dict)
-    network: NetworkRef | None = None
+    networks: tuple[NetworkRef, ...] = ()
+    exact_networks: bool = False  # the pod named them: NICs beyond them go
+    template_devices: tuple[Any, ...] | None = None  # as last read; None: read them now
 
 
 def _backing(net: NetworkRef, conn: Connection) -> Any:
@@ -67,21 +77,48 @@ def _backing(net: NetworkRef, conn: Connection) -> Any:
     )
 
 
-def _nic_change(conn: Connection, template: Any, net: NetworkRef) -> Any:
-    found = retrieve_one(conn.si, template, ["config.hardware.device"]) or {}
-    for device in found.get("config.hardware.device") or ():
-        if isinstance(device, vim.vm.device.VirtualEthernetCard):
+def _on_network(device: Any, net: NetworkRef) -> bool:
+    backing = device.backing
+    if net.distributed:
+        port = getattr(backing, "port", None)
+        return bool(port is not None and str(port.portgroupKey) == net.portgroup_key)
+    network = getattr(backing, "network", None)
+    return network is not None and moid(network) == net.moid
+
+
+def _nic_changes(
+    conn: Connection, devices: Any, nets: tuple[NetworkRef, ...], *, exact: bool
+) -> list[Any]:
+    """The device changes that put NIC i on network i (adding NICs that are missing, and with
+    `exact` removing NICs beyond the networks)."""
+    nics = [d for d in devices or () if isinstance(d, vim.vm.device.VirtualEthernetCard)]
+    changes: list[Any] = []
+    for index, net in enumerate(nets):
+        if index < len(nics):
+            device = nics[index]
+            if _on_network(device, net):
+                continue
             device.backing = _backing(net, conn)
-            return vim.vm.device.VirtualDeviceSpec(operation="edit", device=device)
-    nic = vim.vm.device.VirtualVmxnet3(
-        key=-100,
-        backing=_backing(net, conn),
-        addressType="generated",
-        connectable=vim.vm.device.VirtualDevice.ConnectInfo(
-            startConnected=True, allowGuestControl=True, connected=True
-        ),
-    )
-    return vim.vm.device.VirtualDeviceSpec(operation="add", device=nic)
+            changes.append(vim.vm.device.VirtualDeviceSpec(operation="edit", device=device))
+            continue
+        nic = vim.vm.device.VirtualVmxnet3(
+            key=-100 - index,
+            backing=_backing(net, conn),
+            addressType="generated",
+            connectable=vim.vm.device.VirtualDevice.ConnectInfo(
+                startConnected=True, allowGuestControl=True, connected=True
+            ),
+        )
+        changes.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=nic))
+    if exact:
+        for device in nics[len(nets) :]:
+            changes.append(vim.vm.device.VirtualDeviceSpec(operation="remove", device=device))
+    return changes
+
+
+def _devices(conn: Connection, obj: Any) -> Any:
+    found = retrieve_one(conn.si, obj, ["config.hardware.device"]) or {}
+    return found.get("config.hardware.device") or ()
 
 
 def _start_clone(conn: Connection, plan: ClonePlan) -> str:
@@ -93,8 +130,17 @@ def _start_clone(conn: Connection, plan: ClonePlan) -> str:
         config.numCPUs = plan.size.cpus
     if plan.size.memory_mb is not None:
         config.memoryMB = plan.size.memory_mb
-    if plan.network is not None:
-        config.deviceChange = [_nic_change(conn, template, plan.network)]
+    if plan.networks:
+        devices = plan.template_devices
+        if devices is None:
+            devices = tuple(_devices(conn, template))
+        # The template's devices are shared between clones: each edits copies of its NICs.
+        nics = [
+            copy.deepcopy(d) for d in devices if isinstance(d, vim.vm.device.VirtualEthernetCard)
+        ]
+        changes = _nic_changes(conn, nics, plan.networks, exact=plan.exact_networks)
+        if changes:
+            config.deviceChange = changes
     location = vim.vm.RelocateSpec(
         host=conn.mo(vim.HostSystem, plan.host), pool=conn.mo(vim.ResourcePool, plan.pool)
     )
@@ -105,12 +151,20 @@ def _start_clone(conn: Connection, plan: ClonePlan) -> str:
     return moid(template.CloneVM_Task(folder=folder, name=plan.name, spec=spec))
 
 
-def _task_state(conn: Connection, task: str) -> tuple[str, Any, Any]:
-    info = conn.mo(vim.Task, task).info
-    result = info.result
-    if isinstance(result, ManagedObject):
-        result = moid(result)
-    return str(info.state), result, info.error
+_TASK_PATHS = ("info.state", "info.result", "info.error")
+
+
+def _task_state(
+    conn: Connection, task: str, convert: Callable[[Any], Any] | None
+) -> tuple[str, Any, Any]:
+    found = retrieve_one(conn.si, conn.mo(vim.Task, task), _TASK_PATHS)
+    if found is None:
+        raise vim.fault.NotFound(msg=f"task {task} no longer exists")
+    state = str(found.get("info.state") or "queued")
+    result = found.get("info.result")
+    if state == "success" and convert is not None:
+        result = convert(result)
+    return state, result, found.get("info.error")
 
 
 def _vm(conn: Connection, vm: str) -> Any:
@@ -162,6 +216,8 @@ class Machines:
         self._session = session
         self._cache = cache
         self._templates: dict[tuple[int, str], str] = {}
+        self._template_devices: dict[tuple[int, str], tuple[Any, ...]] = {}
+        self._networks: dict[tuple[int, str], NetworkRef] = {}
         self._rechecks: dict[str, asyncio.Task[None]] = {}
         cache.on_recheck = self._recheck
 
@@ -187,15 +243,17 @@ class Machines:
 
     # Tasks.
 
-    async def wait_task(self, task: str, doing: str) -> Any:
-        """Waits for `task`; returns its result (a managed object as its ID), raises
-        TaskFailed when it fails."""
+    async def wait_task(
+        self, task: str, doing: str, convert: Callable[[Any], Any] | None = None
+    ) -> Any:
+        """Waits for `task`; returns its result (a managed object as its ID; other results
+        through `convert`, called in the worker thread), raises TaskFailed when it fails."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._session.settings.task_timeout_seconds
         delay = 0.05
         while True:
             try:
-                state, result, fault = await self._call(_task_state, task, doing=doing)
+                state, result, fault = await self._call(_task_state, task, convert, doing=doing)
             except NotFound:
                 raise Unavailable(f"{doing}: vCenter lost track of task {task}; retry") from None
             if state == "success":
@@ -211,10 +269,14 @@ class Machines:
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 1.0)
 
-    async def _run_task(self, fn: Any, *args: Any, doing: str) -> Any:
+    async def run_task(
+        self, fn: Any, *args: Any, doing: str, convert: Callable[[Any], Any] | None = None
+    ) -> Any:
+        """Starts a task with `fn(connection, *args)` (which returns the task's ID) and waits
+        for it; a failed task raises its boundary error."""
         task = await self._call(fn, *args, doing=doing)
         try:
-            return await self.wait_task(task, doing)
+            return await self.wait_task(task, doing, convert)
         except TaskFailed as failed:
             raise failed.error from None
 
@@ -247,10 +309,54 @@ class Machines:
             self._templates[key] = found
         return found
 
+    async def networks(self, names: tuple[str, ...]) -> tuple[NetworkRef, ...]:
+        """The networks (port groups) called `names`, in order; FailedPrecondition naming the
+        ones the datacenter lacks (or has twice)."""
+        session = self._session
+        conn = session.connection
+        if conn is None:
+            raise session.unavailable()
+        generation = conn.generation
+        missing = tuple(n for n in names if (generation, n) not in self._networks)
+        if missing:
+
+            def look(c: Connection) -> tuple[dict[str, NetworkRef], list[str]]:
+                return find_networks(c.si, c.inventory, missing)
+
+            found, every = await session.call(look, doing=f"look up networks {list(missing)}")
+            for name, ref in found.items():
+                self._networks[(generation, name)] = ref
+            absent = [n for n in missing if n not in found]
+            if absent:
+                raise FailedPrecondition(
+                    f"network(s) {absent} not found (or not unique) in the datacenter; it has "
+                    f"{every}"
+                )
+        return tuple(self._networks[(generation, n)] for n in names)
+
+    async def template_devices(self, template: str) -> tuple[Any, ...]:
+        """The virtual devices of template `template` (a managed object ID), read once per
+        connection: each clone edits copies of its NICs. They are pyVmomi objects that the loop
+        only hands back to the worker threads, never looks into nor changes."""
+        conn = self._session.connection
+        if conn is None:
+            raise self._session.unavailable()
+        key = (conn.generation, template)
+        found = self._template_devices.get(key)
+        if found is None:
+
+            def read(c: Connection) -> tuple[Any, ...]:
+                return tuple(_devices(c, c.mo(vim.VirtualMachine, template)))
+
+            found = await self._session.call(read, doing=f"read template {template}")
+            self._template_devices[key] = found
+        return found
+
     def forget_template(self, name: str) -> None:
         """Forgets where template `name` was (it moved or was replaced)."""
         for key in [k for k in self._templates if k[1] == name]:
-            del self._templates[key]
+            template = self._templates.pop(key)
+            self._template_devices.pop((key[0], template), None)
 
     async def named(self, name: str) -> tuple[str, str] | None:
         """The (moid, identity) of the VM called `name` in the VM folder, if there is one."""
@@ -274,6 +380,7 @@ class Machines:
         """Makes sure a clone has the identity, extraConfig and size `plan` asked for, and
         applies them when it has not. vCenter applies them during the clone; govmomi's vcsim
         ignores the clone's config, and a clone adopted after a restart may have missed them.
+        Returns the clone as the cache now has it.
         """
         record = await self.refresh(vm)
         if record is None:
@@ -294,18 +401,30 @@ class Machines:
         if not needed:
             return record
         _log.debug("completing the clone's configuration", extra={"vm": vm})
-        await self._run_task(_reconfigure, vm, spec, doing=f"configure VM {plan.name}")
-        return await self.refresh(vm)
+        start = self._cache.seq
+        await self.run_task(_reconfigure, vm, spec, doing=f"configure VM {plan.name}")
+        # Not read back (powering the clone on reads it next): what the task wrote is noted.
+        written: dict[str, Any] = {}
+        if spec.extraConfig:
+            written.update({extra_config_path(o.key): o.value for o in spec.extraConfig})
+        if spec.numCPUs:
+            written["config.hardware.numCPU"] = spec.numCPUs
+        if spec.memoryMB:
+            written["config.hardware.memoryMB"] = spec.memoryMB
+        self._cache.refresh("vm", vm, written, start)
+        return self._cache.vms.get(vm) or record
 
-    async def power_on(self, vm: VmRecord) -> None:
-        """Powers `vm` on unless it runs (as vCenter says now, not as last seen)."""
-        current = await self.refresh(vm.moid)
-        if current is None:
-            raise NotFound(f"VM {vm.name} no longer exists")
-        if current.powered_on:
-            return
+    async def power_on(self, vm: VmRecord, *, fresh: bool = False) -> None:
+        """Powers `vm` on unless it runs (as vCenter says now, not as last seen); `fresh` says
+        the VM was just made and is off, so it is not read first."""
+        if not fresh:
+            current = await self.refresh(vm.moid)
+            if current is None:
+                raise NotFound(f"VM {vm.name} no longer exists")
+            if current.powered_on:
+                return
         try:
-            await self._run_task(_power_on, vm.moid, doing=f"power on VM {vm.name}")
+            await self.run_task(_power_on, vm.moid, doing=f"power on VM {vm.name}")
         except ProviderError as exc:
             current = await self.refresh(vm.moid)
             if current is None or not current.powered_on:
@@ -318,7 +437,7 @@ class Machines:
         if current is None or current.power == "poweredOff":
             return
         try:
-            await self._run_task(_power_off, vm.moid, doing=f"power off VM {vm.name}")
+            await self.run_task(_power_off, vm.moid, doing=f"power off VM {vm.name}")
         except NotFound:
             return
         except ProviderError as exc:
@@ -331,14 +450,14 @@ class Machines:
         """Destroys `vm` (powered off first); done when it is already gone."""
         await self.power_off(vm)
         try:
-            await self._run_task(_destroy, vm.moid, doing=f"destroy VM {vm.name}")
+            await self.run_task(_destroy, vm.moid, doing=f"destroy VM {vm.name}")
         except NotFound:
             pass
         self._cache.forget("vm", vm.moid)
 
     async def relocate(self, vm: VmRecord, host: str, pool: str, datastore: str | None) -> None:
         """Moves `vm` to `host` (vMotion when it runs)."""
-        await self._run_task(
+        await self.run_task(
             _relocate, vm.moid, host, pool, datastore, doing=f"relocate VM {vm.name}"
         )
         await self.refresh(vm.moid)
@@ -350,7 +469,7 @@ class Machines:
             spec.numCPUs = cpus
         if memory_mb is not None:
             spec.memoryMB = memory_mb
-        await self._run_task(_reconfigure, vm.moid, spec, doing=f"reconfigure VM {vm.name}")
+        await self.run_task(_reconfigure, vm.moid, spec, doing=f"reconfigure VM {vm.name}")
         await self.refresh(vm.moid)
 
     async def set_extra_config(self, vm: VmRecord, values: dict[str, str]) -> None:
@@ -358,5 +477,27 @@ class Machines:
         spec = vim.vm.ConfigSpec(
             extraConfig=[vim.option.OptionValue(key=k, value=v) for k, v in values.items()]
         )
-        await self._run_task(_reconfigure, vm.moid, spec, doing=f"reconfigure VM {vm.name}")
+        await self.run_task(_reconfigure, vm.moid, spec, doing=f"reconfigure VM {vm.name}")
         await self.refresh(vm.moid)
+
+    async def set_networks(self, vm: VmRecord, nets: tuple[NetworkRef, ...]) -> bool:
+        """Puts the NICs of `vm` on `nets` exactly (see the module docstring); whether anything
+        changed."""
+        doing = f"reconnect the NICs of VM {vm.name}"
+
+        def start(conn: Connection) -> str | None:
+            target = _vm(conn, vm.moid)
+            changes = _nic_changes(conn, _devices(conn, target), nets, exact=True)
+            if not changes:
+                return None
+            return moid(target.ReconfigVM_Task(spec=vim.vm.ConfigSpec(deviceChange=changes)))
+
+        task: str | None = await self._session.call(start, doing=doing)
+        if task is None:
+            return False
+        try:
+            await self.wait_task(task, doing)
+        except TaskFailed as failed:
+            raise failed.error from None
+        await self.refresh(vm.moid)
+        return True

@@ -1,14 +1,18 @@
 """The watch: one PropertyCollector, long-polled with WaitForUpdatesEx, keeps the cache current.
 
 Per connection the provider makes its own PropertyCollector with two filters: one over a
-ContainerView of every HostSystem in the datacenter, one over a ContainerView of every VM in the
-VM folder (so one filter covers all managed VMs, however many). The first WaitForUpdatesEx
+ContainerView of every HostSystem in the datacenter, one over every VM in the VM folder (and its
+subfolders), reached from a ListView of that folder (see `props.folder_list_filter_spec` for why
+not a ContainerView), so one filter covers all managed VMs, however many. The first WaitForUpdatesEx
 returns everything (in pages when vCenter truncates), which resyncs the cache; each later call
 returns only what changed, or nothing after `watch_wait_seconds`. Nothing is polled.
 
 The long poll occupies a thread of its own, so it never takes a worker from the calls. Any
 failure (vCenter gone, session expired and with it the collector) ends the round; the next round
-waits for a connection and starts over with a full resync. On shutdown CancelWaitForUpdates
+waits for a connection and starts over with a full resync. A long poll that times out (vcsim
+under a burst of changes can take a minute to answer one) ends only the round: the session
+stays, the cache stays synced with what the provider reads and writes itself, and the next
+round's resync catches up once the old collector is destroyed. On shutdown CancelWaitForUpdates
 wakes the thread.
 """
 
@@ -25,7 +29,7 @@ from pyVmomi import vim, vmodl
 from vmlet_contract import ProviderError
 
 from .cache import Cache, Change, Kind
-from .props import convert, moid, view_filter_spec
+from .props import convert, folder_list_filter_spec, moid, view_filter_spec
 from .records import HOST_PATHS, VM_PATHS
 from .session import Connection, Session
 
@@ -64,17 +68,20 @@ def _open(conn: Connection) -> _Handle:
     views: list[Any] = []
     kinds: dict[str, Kind] = {}
     try:
-        targets: list[tuple[Kind, Any, Any, tuple[str, ...]]] = [
-            ("host", conn.mo(vim.Folder, inv.host_root), vim.HostSystem, HOST_PATHS),
-            ("vm", conn.mo(vim.Folder, inv.vm_folder), vim.VirtualMachine, VM_PATHS),
-        ]
-        for kind, root, cls, paths in targets:
-            view = content.viewManager.CreateContainerView(
-                container=root, type=[cls], recursive=True
-            )
-            views.append(view)
-            flt = collector.CreateFilter(view_filter_spec(view, cls, paths), partialUpdates=True)
-            kinds[moid(flt)] = kind
+        hosts = content.viewManager.CreateContainerView(
+            container=conn.mo(vim.Folder, inv.host_root), type=[vim.HostSystem], recursive=True
+        )
+        views.append(hosts)
+        flt = collector.CreateFilter(
+            view_filter_spec(hosts, vim.HostSystem, HOST_PATHS), partialUpdates=True
+        )
+        kinds[moid(flt)] = "host"
+        folder = content.viewManager.CreateListView(obj=[conn.mo(vim.Folder, inv.vm_folder)])
+        views.append(folder)
+        flt = collector.CreateFilter(
+            folder_list_filter_spec(folder, vim.VirtualMachine, VM_PATHS), partialUpdates=True
+        )
+        kinds[moid(flt)] = "vm"
     except BaseException:
         _close(_Handle(collector, views, kinds))
         raise
@@ -129,6 +136,7 @@ class Watch:
         self._pool = pool  # one thread, for the long poll
         self._closing = False
         self._handle: _Handle | None = None
+        self._synced_on: Connection | None = None  # the connection of the last full resync
         self.rounds = 0
 
     async def run(self) -> None:
@@ -147,7 +155,8 @@ class Watch:
                     _log.warning("watch round ended", extra={"error": exc.message})
             except Exception:
                 _log.exception("watch round failed")
-            self._cache.invalidate()
+            if self._session.connection is not conn:
+                self._cache.invalidate()  # a new connection may be a new vCenter: resync first
             if self._closing:
                 return
             if asyncio.get_running_loop().time() - started > 30:
@@ -162,7 +171,7 @@ class Watch:
         self._handle = handle
         self.rounds += 1
         try:
-            start = self._cache.begin_resync()
+            start = self._cache.begin_resync(keep_synced=self._synced_on is conn)
             seen: set[tuple[Kind, str]] = set()
             version, syncing = "", True
             while not self._closing and session.connection is conn:
@@ -171,11 +180,13 @@ class Watch:
                 def wait(c: Connection, v: str = ver) -> _Batch | None:
                     return _wait(handle, v, max_wait)
 
-                batch = await session.call(wait, doing="watch vCenter", pool=self._pool)
+                batch = await session.call(
+                    wait, doing="watch vCenter", pool=self._pool, slow_ok=True
+                )
                 if batch is None:
                     if syncing:
                         self._cache.end_resync(seen, start)
-                        syncing = False
+                        self._synced_on, syncing = conn, False
                     continue
                 version = batch.version
                 if syncing:
@@ -183,7 +194,7 @@ class Watch:
                 self._cache.apply(batch.changes, resync=syncing)
                 if syncing and not batch.truncated:
                     self._cache.end_resync(seen, start)
-                    syncing = False
+                    self._synced_on, syncing = conn, False
                     _log.info(
                         "vcenter inventory synced",
                         extra={"hosts": len(self._cache.hosts), "vms": len(self._cache.vms)},
@@ -191,11 +202,15 @@ class Watch:
         finally:
             self._handle = None
             if session.connection is conn and not self._closing:
+                # On the watch's own thread, and awaited: a collector whose long poll vCenter
+                # is still working on goes only once that is done, and the next round waits
+                # for it rather than heaping a second collector on a busy vCenter.
                 loop = asyncio.get_running_loop()
-                loop.run_in_executor(session.pool, _close, handle)
+                await loop.run_in_executor(self._pool, _close, handle)
 
     async def close(self) -> None:
-        """Ends the watch, waking a long poll in flight."""
+        """Ends the watch, waking a long poll in flight, and destroys its collector (vCenter
+        would otherwise keep it, and keep telling it every change, after the session ends)."""
         self._closing = True
         handle = self._handle
         if handle is not None:
@@ -203,6 +218,9 @@ class Watch:
             try:
                 await asyncio.wait_for(
                     loop.run_in_executor(self._session.pool, _cancel, handle), timeout=3
+                )
+                await asyncio.wait_for(
+                    loop.run_in_executor(self._session.pool, _close, handle), timeout=3
                 )
             except (TimeoutError, Exception):
                 _log.debug("cancelling the watch did not finish")
