@@ -4,7 +4,7 @@ CACHE ?= $(HOME)/.cache/vmlet
 PYVER := $(shell python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
 VENV ?= $(CACHE)/venv-py$(PYVER)
 BIN := $(VENV)/bin
-IAAS ?= memory
+IAAS ?= vsphere
 export VMLET_CACHE := $(CACHE)
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 

@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from vmlet_localenv.environment import IAAS_CHOICES, Environment
+from vmlet_localenv.environment import DEFAULT_IAAS, IAAS_CHOICES, Environment
 
 __all__ = ["main"]
 
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["up", "down", "serve", "status"])
     parser.add_argument("--dir", type=Path, default=Path(".vmlet"))
     parser.add_argument("--iaas", choices=IAAS_CHOICES,
-                        default=os.environ.get("IAAS") or "memory")
+                        default=os.environ.get("IAAS") or DEFAULT_IAAS)
     parser.add_argument("--timeout", type=float, default=900.0)
     args = parser.parse_args(argv)
     directory = args.dir.resolve()

@@ -1,6 +1,9 @@
 """`make demo`: vmlet's main job on an embedded default, printed step by step.
 
-Starts the local environment in a temporary directory, shows what runs, and tears it all down.
+Starts the local environment in a temporary directory (by default the vSphere provider against
+vcsim), shows a pod become a VM and a VirtualMachine go through its lifecycle, and tears it all
+down. vcsim runs no guests, so no VMware Tools reports a guest IP: on vsphere the demo reports
+one itself, the way the tools would (vcsim's SET.guest.ipAddress), and says so.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from vmlet_localenv.controlplane import ControlPlane
-from vmlet_localenv.environment import IAAS_CHOICES, Environment
+from vmlet_localenv.environment import DEFAULT_IAAS, IAAS_CHOICES, Environment
+from vmlet_localenv.stack import report_guest_ip, vms_with_identity
+from vmlet_localenv.vcsim import VcSim
 
 __all__ = ["main"]
 
@@ -30,12 +35,38 @@ _POD = {
         "tolerations": [{"key": "virtual-kubelet.io/provider", "operator": "Exists",
                          "effect": "NoSchedule"}],
         "containers": [{"name": "vm", "image": "debian-12",
-                        "resources": {"requests": {"cpu": "2", "memory": "4Gi"}}}],
+                        "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}}],
     },
 }
+# vcsim's hosts have 2 cores and 4 GiB each: the sizes fit them, before and after the resize.
+_SIZE = {"cpu": 1, "memory": "1Gi"}
+_RESIZED = {"cpu": 2, "memory": "2Gi"}
 
 
-def _show_pod(cp: ControlPlane) -> None:
+def _in_vcenter(sim: VcSim, identity: str) -> str:
+    """The VM of ``identity`` as vCenter (vcsim) itself has it, in one line."""
+    with sim.connect() as si:
+        found = vms_with_identity(si, identity)
+        if not found:
+            return f"no VM carries identity {identity}"
+        vm = found[0]
+        return (f"VM {vm.name} ({vm._moId}, instanceUuid {vm.config.instanceUuid}) on host "
+                f"{vm.runtime.host.name}: {vm.runtime.powerState}, "
+                f"{vm.config.hardware.numCPU} vCPU, {vm.config.hardware.memoryMB} MiB, "
+                f"{len(found)} VM(s) with this identity")
+
+
+def _report_guest_ip(sim: VcSim, identity: str, ip: str) -> None:
+    """Plays VMware Tools: reports ``ip`` once the VM of ``identity`` is powered on."""
+    try:
+        report_guest_ip(sim, identity, ip)
+    except AssertionError as err:
+        raise SystemExit(str(err)) from None
+    step(f"the VM is powered on; vcsim runs no guest, so the demo reports guest IP {ip} the way "
+         "VMware Tools would (vcsim's SET.guest.ipAddress)")
+
+
+def _show_pod(cp: ControlPlane, sim: VcSim | None) -> None:
     nodes = cp.kubectl("get", "nodes", "-o", "wide").stdout.rstrip()
     step(f"the facade registered one virtual node per host:\n{nodes}")
     step("applying a pod that tolerates the vmlet taint, with no nodeName")
@@ -54,6 +85,11 @@ def _show_pod(cp: ControlPlane) -> None:
     step(f"events:\n{events}")
     if phase != "Running":
         raise SystemExit("the demo pod did not reach Running")
+    if sim is not None:
+        uid = cp.kubectl("get", "pod", "demo-vm", "-o", "jsonpath={.metadata.uid}").stdout
+        step(f"in vCenter (pyvmomi against vcsim): {_in_vcenter(sim, uid)}")
+    step("deleting the pod: a bare pod's VM is powered off and destroyed")
+    cp.kubectl("delete", "pod", "demo-vm", "--timeout=60s")
 
 
 def _wait_vm(cp: ControlPlane, name: str, state: str, what: str,
@@ -71,23 +107,39 @@ def _wait_vm(cp: ControlPlane, name: str, state: str, what: str,
                      f"{json.dumps(vm.get('status', {}))}")
 
 
-def _show_vm(cp: ControlPlane, provider: str) -> None:
-    step(f"creating VirtualMachine demo (provider {provider}, 2 CPU, 4Gi)")
+def _show_vm(cp: ControlPlane, provider: str, sim: VcSim | None) -> None:
+    def iaas(uid: str) -> None:
+        if sim is not None:
+            step(f"in vCenter: {_in_vcenter(sim, uid)}")
+
+    step(f"creating VirtualMachine demo (provider {provider}, {_SIZE['cpu']} CPU, "
+         f"{_SIZE['memory']})")
     cp.kubectl("apply", "-f", "-", input=json.dumps({
         "apiVersion": "vmlet.io/v1alpha1", "kind": "VirtualMachine",
         "metadata": {"name": "demo", "namespace": "default"},
-        "spec": {"provider": provider, "image": "debian-12", "cpu": 2, "memory": "4Gi"}}))
+        "spec": {"provider": provider, "image": "debian-12", **_SIZE}}))
+    uid = json.loads(cp.kubectl("get", "vm", "demo", "-o", "json").stdout)["metadata"]["uid"]
+    if sim is not None:
+        _report_guest_ip(sim, uid, "10.0.0.10")
     vm = _wait_vm(cp, "demo", "Running", "Running with an IP on a host's node",
                   lambda vm: bool(vm["status"].get("addresses")))
+    iaas(uid)
     step("stopping it (spec.replicas 0): the VM powers off and keeps its disks")
     cp.kubectl("patch", "vm", "demo", "--type=merge", "-p", '{"spec":{"replicas":0}}')
     _wait_vm(cp, "demo", "Stopped", "stopped")
+    iaas(uid)
     step("starting it again (spec.replicas 1): the same VM powers on")
     cp.kubectl("patch", "vm", "demo", "--type=merge", "-p", '{"spec":{"replicas":1}}')
-    _wait_vm(cp, "demo", "Running", "running again")
-    step("resizing it to 4 CPU, 8Gi")
-    cp.kubectl("patch", "vm", "demo", "--type=merge", "-p", '{"spec":{"cpu":4,"memory":"8Gi"}}')
-    _wait_vm(cp, "demo", "Running", "resized", lambda vm: vm["status"].get("cpu") == 4)
+    _wait_vm(cp, "demo", "Running", "running again",
+             lambda vm: bool(vm["status"].get("addresses")))
+    iaas(uid)
+    step(f"resizing it to {_RESIZED['cpu']} CPU, {_RESIZED['memory']}")
+    cp.kubectl("patch", "vm", "demo", "--type=merge", "-p",
+               json.dumps({"spec": _RESIZED}))
+    _wait_vm(cp, "demo", "Running", "resized",
+             lambda vm: vm["status"].get("cpu") == _RESIZED["cpu"]
+             and bool(vm["status"].get("addresses")))
+    iaas(uid)
     source = vm["status"]["nodeName"]
     step(f"migrating it away from {source} (a VirtualMachineMigration; the scheduler picks)")
     cp.kubectl("apply", "-f", "-", input=json.dumps({
@@ -95,6 +147,7 @@ def _show_vm(cp: ControlPlane, provider: str) -> None:
         "metadata": {"name": "demo-move", "namespace": "default"}, "spec": {"vmName": "demo"}}))
     _wait_vm(cp, "demo", "Running", "migrated",
              lambda vm: vm["status"].get("nodeName") not in (None, source))
+    iaas(uid)
     events = cp.kubectl("get", "events", "--field-selector",
                         "involvedObject.kind=VirtualMachine,involvedObject.name=demo",
                         "--sort-by=.lastTimestamp",
@@ -104,7 +157,7 @@ def _show_vm(cp: ControlPlane, provider: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vmlet-demo", description=__doc__)
-    parser.add_argument("--iaas", choices=IAAS_CHOICES, default="memory")
+    parser.add_argument("--iaas", choices=IAAS_CHOICES, default=DEFAULT_IAAS)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="vmlet-demo-") as tmp:
         step("starting a local Kubernetes control plane (etcd, apiserver, scheduler, "
@@ -122,9 +175,10 @@ def main(argv: list[str] | None = None) -> int:
                 dc = si.RetrieveContent().rootFolder.childEntity[0]
                 hosts = [h.name for h in dc.hostFolder.childEntity[0].host]
             step(f"vcsim at {env.vcsim.url}: hosts {', '.join(hosts)}")
-            if args.iaas == "memory":
-                _show_pod(cp)
-                _show_vm(cp, "memory")
+            if args.iaas in ("memory", "vsphere"):
+                sim = env.vcsim if args.iaas == "vsphere" else None
+                _show_pod(cp, sim)
+                _show_vm(cp, args.iaas, sim)
             else:
                 step(f"the {args.iaas} provider is not wired into the demo yet: the demo stops "
                      "here (control plane and vcsim were up)")

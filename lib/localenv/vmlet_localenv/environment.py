@@ -1,7 +1,8 @@
 """The whole local environment behind `make up`: control plane, simulator, providers, facade.
 
-``IAAS`` chooses what backs the virtual nodes: ``memory`` (the in-memory reference provider),
-``vsphere`` (vcsim) or ``openstack`` (real Nova). The control plane always runs.
+``IAAS`` chooses what backs the virtual nodes: ``vsphere`` (the default: the vSphere provider
+against vcsim, one virtual node per vcsim host), ``memory`` (the in-memory reference provider) or
+``openstack`` (real Nova). The control plane and vcsim always run.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from vmlet_localenv.services import (
     ProviderProcess,
     apply_crds,
     facade_kubeconfig,
+    vsphere_provider,
 )
 from vmlet_localenv.tools import K8S_VERSION
 from vmlet_localenv.vcsim import VcSim
 
-__all__ = ["IAAS_CHOICES", "Environment"]
+__all__ = ["DEFAULT_IAAS", "IAAS_CHOICES", "Environment"]
 
 IAAS_CHOICES = ("memory", "vsphere", "openstack")
+DEFAULT_IAAS = "vsphere"
 
 
 @dataclass
@@ -32,7 +35,7 @@ class Environment:
     """Starts and stops the local environment; records how to reach it in ``<dir>/env``."""
 
     directory: Path
-    iaas: str = "memory"
+    iaas: str = DEFAULT_IAAS
     control_plane: ControlPlane | None = None
     vcsim: VcSim | None = None
     providers: list[ProviderProcess] = field(default_factory=list)
@@ -64,12 +67,12 @@ class Environment:
 
     def _start_vmlet(self, run: Path) -> None:
         assert self.control_plane is not None
-        if self.iaas == "vsphere":
-            # The vSphere provider joins make up here (its wiring is still being finished).
-            return
         apply_crds(self.control_plane)
         if self.iaas == "openstack":
             provider = self._start_openstack(run)
+        elif self.iaas == "vsphere":
+            assert self.vcsim is not None
+            provider = vsphere_provider(self.vcsim, run / "providers").start()
         else:
             provider = ProviderProcess("memory", run / "providers", args=["--nodes", "2"]).start()
         self.providers.append(provider)

@@ -1,5 +1,6 @@
 """vmlet's own processes, started the way a user would: providers and the facade, each on a free
-loopback port, with the facade holding only the rights k8s/base/facade-rbac.yaml grants.
+loopback port, with the facade holding only the rights k8s/base/facade-rbac.yaml grants. The
+vSphere provider runs against a vcsim (`vsphere_provider`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,16 @@ import yaml
 
 from vmlet_localenv.controlplane import ControlPlane
 from vmlet_localenv.processes import Process, free_port, wait_for
+from vmlet_localenv.vcsim import TEMPLATE_FOLDER, VcSim
 
-__all__ = ["REPO", "FacadeProcess", "ProviderProcess", "apply_crds", "facade_kubeconfig"]
+__all__ = [
+    "REPO",
+    "FacadeProcess",
+    "ProviderProcess",
+    "apply_crds",
+    "facade_kubeconfig",
+    "vsphere_provider",
+]
 
 REPO = Path(__file__).resolve().parents[3]
 FACADE_USER = "vmlet-facade"
@@ -81,6 +90,18 @@ class ProviderProcess:
     def kill(self) -> None:
         if self.process is not None:
             self.process.kill()
+
+
+def vsphere_provider(sim: VcSim, state_dir: Path, *, name: str = "vsphere",
+                     args: list[str] | None = None) -> ProviderProcess:
+    """The vSphere provider against ``sim`` (not started): clones from the simulator's template
+    folder onto "VM Network", nodes named ``<name>-<host>``, and quick to notice a simulator
+    that went away and came back (it reconnects within seconds)."""
+    return ProviderProcess("vsphere", state_dir, name=name, env=sim.env(), args=[
+        "--template-folder", TEMPLATE_FOLDER, "--network", "VM Network", "--node-prefix", name,
+        "--keepalive-seconds", "5", "--reconnect-max-seconds", "2", "--watch-wait-seconds", "10",
+        *(args or []),
+    ])
 
 
 class FacadeProcess:

@@ -1,4 +1,9 @@
-"""A running vmlet on a control plane: providers and one facade, for tests and benchmarks."""
+"""A running vmlet on a control plane: providers and one facade, for tests and benchmarks.
+
+Providers are memory providers unless ``kinds`` says otherwise; a ``vsphere`` one runs against
+the ``vcsim`` given. `set_guest_ip` plays VMware Tools on vcsim: it reports a guest IP the way
+the tools would (vcsim's SET.guest.ipAddress extraConfig key), since vcsim runs no guests.
+"""
 
 from __future__ import annotations
 
@@ -18,9 +23,11 @@ from vmlet_localenv.services import (
     ProviderProcess,
     apply_crds,
     facade_kubeconfig,
+    vsphere_provider,
 )
+from vmlet_localenv.vcsim import VcSim
 
-__all__ = ["Stack", "eventually"]
+__all__ = ["Stack", "eventually", "report_guest_ip", "set_guest_ip", "vms_with_identity"]
 
 T = TypeVar("T")
 
@@ -43,20 +50,91 @@ def eventually(check: Callable[[], T], *, timeout: float = 60.0, interval: float
     raise AssertionError(f"{what} not reached within {timeout:.0f}s (last: {last!r})")
 
 
+def vms_with_identity(si: Any, identity: str) -> list[Any]:
+    """Every VM in vCenter whose extraConfig carries vmlet identity ``identity``."""
+    from pyVmomi import vim, vmodl
+
+    content = si.RetrieveContent()
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+    pc = vmodl.query.PropertyCollector
+    key = 'config.extraConfig["vmlet.identity"]'
+    spec = pc.FilterSpec(
+        objectSet=[pc.ObjectSpec(obj=view, skip=True, selectSet=[
+            pc.TraversalSpec(path="view", skip=False, type=vim.view.ContainerView)])],
+        propSet=[pc.PropertySpec(type=vim.VirtualMachine, pathSet=[key])])
+    try:
+        result = content.propertyCollector.RetrievePropertiesEx([spec], pc.RetrieveOptions())
+        found = []
+        while result is not None:
+            for obj in result.objects or ():
+                for prop in obj.propSet or ():
+                    if prop.val is not None and prop.val.value == identity:
+                        found.append(obj.obj)
+            if not result.token:
+                break
+            result = content.propertyCollector.ContinueRetrievePropertiesEx(token=result.token)
+        return found
+    finally:
+        view.Destroy()
+
+
+def set_guest_ip(sim: VcSim, identity: str, ip: str) -> bool:
+    """Report ``ip`` as the guest address of the VM of ``identity`` the way VMware Tools would
+    (vcsim's SET.guest.ipAddress extraConfig key); False when there is no such VM."""
+    from pyVmomi import vim
+
+    with sim.connect() as si:
+        found = vms_with_identity(si, identity)
+        if len(found) != 1:
+            return False
+        spec = vim.vm.ConfigSpec(
+            extraConfig=[vim.option.OptionValue(key="SET.guest.ipAddress", value=ip)])
+        task = found[0].ReconfigVM_Task(spec=spec)
+        deadline = time.monotonic() + 30
+        while task.info.state not in ("success", "error") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return bool(task.info.state == "success")
+
+
+def report_guest_ip(sim: VcSim, identity: str, ip: str, *, timeout: float = 120.0) -> None:
+    """Wait until the VM of ``identity`` is powered on in vCenter, then report ``ip`` as its
+    guest address (`set_guest_ip`), as VMware Tools would once the guest booted."""
+    def powered_on() -> bool:
+        with sim.connect() as si:
+            found = vms_with_identity(si, identity)
+            return len(found) == 1 and found[0].runtime.powerState == "poweredOn"
+
+    eventually(lambda: powered_on() and set_guest_ip(sim, identity, ip), timeout=timeout,
+               interval=0.3, what=f"the VM of identity {identity} powered on, with guest IP {ip}")
+
+
 class Stack:
-    """Memory providers (one per name) and a facade serving all of them."""
+    """Providers (one per name; memory ones unless ``kinds`` names another kind) and a facade
+    serving all of them. A ``vsphere`` provider runs against ``vcsim``."""
 
     def __init__(self, cp: ControlPlane, directory: Path, providers: dict[str, list[str]],
-                 facade_args: list[str] | None = None) -> None:
+                 facade_args: list[str] | None = None, *, kinds: dict[str, str] | None = None,
+                 vcsim: VcSim | None = None) -> None:
         self.cp = cp
         self.dir = directory
+        self.vcsim = vcsim
         self.metrics_ports = {name: free_port() for name in providers}
-        self.providers = {
-            name: ProviderProcess("memory", directory / name, name=name, args=[
-                "--node-prefix", name, "--state-file", str(directory / f"{name}.json"),
-                "--metrics-listen", f"127.0.0.1:{self.metrics_ports[name]}", *args])
-            for name, args in providers.items()
-        }
+        self.providers: dict[str, ProviderProcess] = {}
+        for name, args in providers.items():
+            kind = (kinds or {}).get(name, "memory")
+            metrics = ["--metrics-listen", f"127.0.0.1:{self.metrics_ports[name]}"]
+            if kind == "vsphere":
+                if vcsim is None:
+                    raise ValueError(f"provider {name} is a vsphere one: give the vcsim")
+                self.providers[name] = vsphere_provider(vcsim, directory / name, name=name,
+                                                        args=[*metrics, *args])
+            elif kind == "memory":
+                self.providers[name] = ProviderProcess(kind, directory / name, name=name, args=[
+                    "--node-prefix", name, "--state-file", str(directory / f"{name}.json"),
+                    *metrics, *args])
+            else:
+                raise ValueError(f"provider {name}: the Stack runs memory and vsphere providers, "
+                                 f"not {kind}")
         self.facade_args = facade_args or []
         self.facade: FacadeProcess | None = None
 
