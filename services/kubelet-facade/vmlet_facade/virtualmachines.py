@@ -33,6 +33,7 @@ from vmlet_facade.vmapi import (
     set_condition,
     vm_pod,
 )
+from vmlet_facade.vmstate import observe
 
 __all__ = ["VirtualMachineController"]
 
@@ -40,21 +41,6 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 _EXPECT_SECONDS = 30.0
-
-
-def _ready(pod: Obj) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in pod.get("status", {}).get("conditions", []))
-
-
-def _waiting(pod: Obj) -> Obj | None:
-    for cs in pod.get("status", {}).get("containerStatuses", []):
-        waiting = cs.get("state", {}).get("waiting")
-        if waiting:
-            return dict(waiting)
-    return None
-
-
 def _size_differs(vm: Obj, pod: Obj) -> bool:
     limits = pod["spec"]["containers"][0].get("resources", {}).get("limits", {})
     spec = vm["spec"]
@@ -232,42 +218,7 @@ class VirtualMachineController:
     def _observe(self, vm: Obj, deleting: bool,
                  blocked: str = "") -> tuple[str, str, str, Obj | None]:
         """(state, reason, message, pod) as seen now."""
-        if blocked:
-            return "Failed", "DiskInUse", blocked, None
-        pods = self.pods_of(vm)
-        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-        migrating = bool((vm["metadata"].get("annotations") or {}).get(MIGRATION_ANNOTATION))
-        desired = int(vm["spec"].get("replicas", 1))
-        if deleting:
-            return "Stopping", "Deleting", "the VM pod is being deleted", None
-        if desired == 0:
-            if pods:
-                return "Stopping", "PoweringOff", "the VM is powering off", pods[0]
-            return "Stopped", "Stopped", "the VM is powered off; its disks are kept", None
-        if not live:
-            if migrating:
-                return "Migrating", "Migrating", "the VM is leaving its host", None
-            return "Provisioning", "PodPending", "waiting for the VM pod", None
-        pod = live[0]
-        phase = pod.get("status", {}).get("phase", "Pending")
-        node = pod["spec"].get("nodeName")
-        if phase == "Failed":
-            status = pod.get("status", {})
-            return ("Failed", status.get("reason") or "VMFailed",
-                    status.get("message") or "the VM failed", pod)
-        if phase == "Unknown":
-            return "Unknown", "NodeUnreachable", "the VM's host does not answer", pod
-        if phase == "Running" and _ready(pod):
-            return "Running", "Running", f"the VM runs on {node}", pod
-        waiting = _waiting(pod)
-        if not node:
-            return (("Migrating" if migrating else "Provisioning"), "Unscheduled",
-                    "waiting for the scheduler to pick a host", pod)
-        if waiting and waiting.get("reason") not in ("ContainerCreating", "PoweringOn", None):
-            return ("Provisioning", str(waiting["reason"]),
-                    str(waiting.get("message") or waiting["reason"]), pod)
-        return ("Migrating" if migrating else "Starting"), "Starting", \
-            f"the VM is starting on {node}", pod
+        return observe(vm, self.pods_of(vm), deleting, blocked)
 
     async def _write_status(self, vm: Obj, deleting: bool = False, blocked: str = "") -> None:
         state, reason, message, pod = self._observe(vm, deleting, blocked)
