@@ -40,10 +40,9 @@ def _container(vm: Machine, name: str) -> pod_pb2.Container:
 
 
 def _log_response(line: LogLine) -> pb.GetContainerLogsResponse:
-    stamp = line.time.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return pb.GetContainerLogsResponse(
-        time=podstatus.timestamp(line.time), line=f"{stamp} {line.text}".encode()
-    )
+    # The time rides in its own field: the facade prefixes it when the client asks for
+    # timestamps, as a kubelet does.
+    return pb.GetContainerLogsResponse(time=podstatus.timestamp(line.time), line=line.text.encode())
 
 
 async def _first(requests: AsyncIterator[Any], rpc: str) -> Any:
