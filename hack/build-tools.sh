@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the real peers vmlet is tested against, from the Go module proxy, into a cache outside
-# the repo keyed by version: kube-apiserver, kube-scheduler, kube-controller-manager, etcd, vcsim.
+# the repo keyed by version: kube-apiserver, kube-scheduler, kube-controller-manager, kubectl, etcd,
+# vcsim. `kubectl-into DIR` also links kubectl into DIR (the virtualenv's bin).
 # A second run finds every binary in place and returns at once.
 set -euo pipefail
 
@@ -19,7 +20,7 @@ have() { [ -x "$BIN/$1" ]; }
 
 build_k8s() {
   local dir="$CACHE/build/kubernetes-$K8S_VERSION" minor staging godebug
-  local want=(kube-apiserver kube-scheduler kube-controller-manager)
+  local want=(kube-apiserver kube-scheduler kube-controller-manager kubectl)
   local missing=()
   for b in "${want[@]}"; do have "$b-$K8S_VERSION" || missing+=("$b"); done
   [ ${#missing[@]} -eq 0 ] && return 0
@@ -69,10 +70,18 @@ build_vcsim() {
   log "built vcsim"
 }
 
+# Links the cached kubectl into $1, so that the virtualenv's bin/ (first on PATH for make test,
+# and for `kubectl vm`) has the kubectl of the control plane's version.
+link_kubectl() {
+  build_k8s
+  ln -sfn "$BIN/kubectl-$K8S_VERSION" "$1/kubectl"
+}
+
 case "${1:-all}" in
   all) build_vcsim; build_etcd; build_k8s ;;
+  kubectl-into) link_kubectl "${2:?usage: $0 kubectl-into DIR}" ;;
   k8s) build_k8s ;;
   etcd) build_etcd ;;
   vcsim) build_vcsim ;;
-  *) echo "usage: $0 [all|k8s|etcd|vcsim]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|k8s|etcd|vcsim|kubectl-into DIR]" >&2; exit 2 ;;
 esac

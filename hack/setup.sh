@@ -19,5 +19,6 @@ log "syncing the workspace virtualenv at $VENV"
 export UV_PROJECT_ENVIRONMENT="$VENV" UV_PYTHON="$PY" UV_PYTHON_DOWNLOADS=never
 "$UV_HOME/bin/uv" sync --locked --all-packages --quiet
 bash hack/build-tools.sh all
+bash hack/build-tools.sh kubectl-into "$VENV/bin"
 bash hack/openstack/install.sh >/dev/null
 echo "$VENV"

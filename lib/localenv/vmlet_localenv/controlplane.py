@@ -212,9 +212,10 @@ class ControlPlane:
         self, *args: str, input: str | None = None, check: bool = True,
         kubeconfig: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run kubectl against this control plane, as a user would."""
+        """Run kubectl (of the control plane's version, built by hack/build-tools.sh) against
+        this control plane, as a user would."""
         return subprocess.run(
-            ["kubectl", f"--kubeconfig={kubeconfig or self.kubeconfig}", *args],
+            [str(binary("kubectl")), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args],
             input=input, capture_output=True, text=True, check=check, timeout=120,
         )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shlex
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,8 @@ class Environment:
 
     def _write_env(self) -> None:
         lines = [f"export {k}={shlex.quote(v)}" for k, v in sorted(self.env.items())]
+        # The virtualenv's bin/ first: kubectl of the control plane's version and `kubectl vm`.
+        lines.append(f'export PATH={shlex.quote(str(Path(sys.executable).parent))}:"$PATH"')
         path = self.directory / "env"
         path.write_text("\n".join(lines) + "\n")
         path.chmod(0o600)

@@ -16,6 +16,7 @@ _VERSIONS = {
     "kube-apiserver": K8S_VERSION,
     "kube-scheduler": K8S_VERSION,
     "kube-controller-manager": K8S_VERSION,
+    "kubectl": K8S_VERSION,
     "etcd": ETCD_VERSION,
     "vcsim": GOVMOMI_VERSION,
 }
