@@ -47,10 +47,9 @@ _NO_CONSOLE = (
 
 
 def _response(line: LogLine) -> pb.GetContainerLogsResponse:
-    stamp = line.time.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return pb.GetContainerLogsResponse(
-        time=podstatus.timestamp(line.time), line=f"{stamp} {line.text}".encode()
-    )
+    # The time rides in its own field: the facade prefixes it when the client asks for
+    # timestamps, as a kubelet does.
+    return pb.GetContainerLogsResponse(time=podstatus.timestamp(line.time), line=line.text.encode())
 
 
 def _check_container(entry: PodEntry, name: str) -> None:
