@@ -3,12 +3,12 @@ apiserver, the facade's kubelet API, the vSphere provider on vcsim, SSH to the g
 
 vcsim runs no guests, so the guest is Debian's OpenSSH server (`sshd -D -e -f <config>`, its
 own process with a host key and an authorized key made for the test) in a network namespace of
-its own, on a veth address from 198.18.0.0/15. vcsim reports that address as the VM's guest IP
-the way VMware Tools would (SET.guest.ipAddress). The address is not a loopback one on purpose:
-the provider never uses a loopback or link-local address a guest reports, for pod IPs or to
-reach the guest (a guest could otherwise point exec and port-forward at the provider's own
-host). As in tests/test_kubelet_api.py, the facade's kubelet listener lives in a second
-namespace, since the apiserver will not proxy to a loopback node address.
+its own (`vmlet_localenv.netns`), on a veth address from 198.18.0.0/15. vcsim reports that
+address as the VM's guest IP the way VMware Tools would (SET.guest.ipAddress). The address is
+not a loopback one on purpose: the provider never uses a loopback or link-local address a guest
+reports, for pod IPs or to reach the guest (a guest could otherwise point exec and port-forward
+at the provider's own host). As in tests/test_kubelet_api.py, the facade's kubelet listener
+lives in a second namespace, since the apiserver will not proxy to a loopback node address.
 
 A VirtualMachine names the SSH Secret in spec.access.sshSecretName; the Secret holds the
 authorized key (no username: the default, root) and the guest's host key as known_hosts, so the
@@ -18,21 +18,12 @@ installs it), vcsim and the control plane.
 
 from __future__ import annotations
 
-import fcntl
-import ipaddress
 import json
 import os
-import pty
-import random
 import re
-import select
-import shutil
 import signal
 import socket
-import ssl
-import struct
 import subprocess
-import termios
 import time
 import uuid
 from collections.abc import Iterator
@@ -43,81 +34,44 @@ from typing import Any
 import pytest
 
 from vmlet_localenv.controlplane import ControlPlane
-from vmlet_localenv.stack import Stack, eventually, report_guest_ip, set_guest_ip
+from vmlet_localenv.netns import Netns, NetnsUnavailable
+from vmlet_localenv.netns import namespaces as network_namespaces
+from vmlet_localenv.stack import (
+    KUBELET_PORT,
+    Stack,
+    eventually,
+    kubelet_api_args,
+    report_guest_ip,
+    set_guest_ip,
+)
+from vmlet_localenv.terminal import (
+    SPDY,
+    WEBSOCKET,
+    kubectl,
+    kubectl_pty,
+    read_until,
+    set_size,
+)
 from vmlet_localenv.vcsim import VcSim
 
 pytestmark = [pytest.mark.vcsim, pytest.mark.controlplane]
 
 PROVIDER = "gacc"
-KUBELET_PORT = 10250
 SSHD = Path("/usr/sbin/sshd")
 VM_API = "vmlet.io/v1alpha1"
-SPDY = {"KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "false", "KUBECTL_PORT_FORWARD_WEBSOCKETS": "false"}
-WEBSOCKET = {"KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "true", "KUBECTL_PORT_FORWARD_WEBSOCKETS": "true"}
 
 
 # -- network namespaces -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Netns:
-    """A network namespace with one veth address, reachable from this host."""
-
-    name: str
-    ip: str
-
-
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], check=check, capture_output=True, text=True, timeout=30)
-
-
-def _free_subnet() -> ipaddress.IPv4Network:
-    """A /30 of 198.18.0.0/15 that no route of this host covers, picked at random."""
-    routes = json.loads(_ip("-j", "route").stdout or "[]")
-    taken = [ipaddress.ip_network(r["dst"], strict=False) for r in routes
-             if r.get("dst") not in (None, "default")]
-    pool = ipaddress.IPv4Network("198.18.0.0/15")
-    for _ in range(1000):
-        offset = random.randrange(pool.num_addresses // 4) * 4
-        candidate = ipaddress.IPv4Network(f"{pool.network_address + offset}/30")
-        if not any(candidate.overlaps(t) for t in taken):
-            return candidate
-    raise RuntimeError("no free /30 in 198.18.0.0/15")
-
-
 @pytest.fixture(scope="module")
-def namespaces() -> Iterator[list[Netns]]:
+def namespaces() -> Iterator[tuple[Netns, ...]]:
     """Two namespaces: [0] for the facade's kubelet listener, [1] for the guest."""
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("needs root and iproute2 to make network namespaces")
-    made: list[tuple[str, str]] = []
-    out: list[Netns] = []
     try:
-        for role in ("kubelet", "guest"):
-            tag = uuid.uuid4().hex[:6]
-            netns, link = f"vmlet-ga-{role[0]}{tag}", f"vg{role[0]}{tag}"
-            gateway, address = (str(h) for h in _free_subnet().hosts())
-            made.append((netns, link))
-            _ip("netns", "add", netns)
-            _ip("link", "add", link, "type", "veth", "peer", "name", f"{link}p")
-            _ip("link", "set", f"{link}p", "netns", netns)
-            _ip("addr", "add", f"{gateway}/30", "dev", link)
-            _ip("link", "set", link, "up")
-            _ip("-n", netns, "addr", "add", f"{address}/30", "dev", f"{link}p")
-            _ip("-n", netns, "link", "set", f"{link}p", "up")
-            _ip("-n", netns, "link", "set", "lo", "up")
-            out.append(Netns(netns, address))
-    except subprocess.CalledProcessError as err:
-        for netns, link in made:
-            _ip("netns", "del", netns, check=False)
-            _ip("link", "del", link, check=False)
-        pytest.skip(f"cannot make network namespaces here: {err.stderr.strip()}")
-    try:
-        yield out
-    finally:
-        for netns, link in made:
-            _ip("netns", "del", netns, check=False)
-            _ip("link", "del", link, check=False)
+        with network_namespaces("vmlet-ga-k", "vmlet-ga-g") as made:
+            yield made
+    except NetnsUnavailable as err:
+        pytest.skip(str(err))
 
 
 # -- the guest: Debian's sshd -----------------------------------------------------------------
@@ -147,7 +101,8 @@ def _keygen(path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def sshd(namespaces: list[Netns], tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuestSshd]:
+def sshd(namespaces: tuple[Netns, ...],
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuestSshd]:
     if not SSHD.exists():
         pytest.skip("needs Debian's openssh-server (/usr/sbin/sshd): run "
                     "hack/install-test-deps.sh")
@@ -197,51 +152,21 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VcSim]:
         s.stop()
 
 
-def _approve_serving_csrs(cp: ControlPlane) -> bool:
-    """Approve the facade's pending kubelet-serving CSRs, as an operator would."""
-    approved = False
-    for csr in json.loads(cp.kubectl("get", "csr", "-o", "json").stdout)["items"]:
-        spec, status = csr["spec"], csr.get("status") or {}
-        if spec.get("signerName") == "kubernetes.io/kubelet-serving" and \
-                spec.get("username") == "vmlet-facade" and not status.get("conditions"):
-            cp.kubectl("certificate", "approve", csr["metadata"]["name"])
-            approved = True
-    return approved
-
-
-def _kubelet_reachable(cp: ControlPlane, ip: str) -> bool:
-    context = ssl.create_default_context(cafile=str(cp.pki.ca.cert))
-    with socket.create_connection((ip, KUBELET_PORT), timeout=3) as raw, \
-            context.wrap_socket(raw, server_hostname=ip):
-        return True
-
-
 @pytest.fixture(scope="module")
-def stack(control_plane: ControlPlane, sim: VcSim, namespaces: list[Netns],
+def stack(control_plane: ControlPlane, sim: VcSim, namespaces: tuple[Netns, ...],
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     kubelet = namespaces[0]
     s = Stack(control_plane, tmp_path_factory.mktemp("guest-stack"), {PROVIDER: []},
-              facade_args=[f"--kubelet-port={KUBELET_PORT}", f"--kubelet-netns={kubelet.name}",
-                           f"--kubelet-address={kubelet.ip}", f"--node-ip={kubelet.ip}",
-                           f"--client-ca-file={control_plane.pki.ca.cert}"],
+              facade_args=kubelet_api_args(control_plane, kubelet, KUBELET_PORT),
               kinds={PROVIDER: "vsphere"}, vcsim=sim)
     try:
         s.start()
         eventually(lambda: len(s.ready_nodes(PROVIDER)) == 1, what="the node Ready")
-
-        def serving() -> bool:
-            _approve_serving_csrs(control_plane)
-            return _kubelet_reachable(control_plane, kubelet.ip)
-
-        eventually(serving, timeout=90, what="kubelet API serving with an approved certificate")
+        s.wait_kubelet_api(kubelet.ip, KUBELET_PORT)
         yield s
     finally:
         s.stop()
-        for name, process in s.providers.items():
-            if process.process is not None:
-                print(f"--- provider {name}:\n{process.process.tail(40)}")
-        if s.facade is not None and s.facade.process is not None:
-            print(f"--- facade:\n{s.facade.process.tail(40)}")
+        s.print_logs()
 
 
 @pytest.fixture(scope="module")
@@ -302,28 +227,8 @@ def guest_pod(stack: Stack, control_plane: ControlPlane, sim: VcSim, sshd: Guest
     return pod
 
 
-def kubectl(cp: ControlPlane, *args: str, env: dict[str, str] | None = None,
-            input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["kubectl", f"--kubeconfig={cp.kubeconfig}", *args],
-                          input=input, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
-
-
 def open_provider_streams(stack: Stack, method: str) -> float:
-    import urllib.request
-
-    with urllib.request.urlopen(
-            f"http://127.0.0.1:{stack.metrics_ports[PROVIDER]}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if f'grpc_method="{method}"' not in line:
-            continue
-        if line.startswith("grpc_server_started_total{"):
-            total += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("grpc_server_handled_total{"):
-            total -= float(line.rsplit(" ", 1)[1])
-    return total
+    return stack.provider_open_streams(PROVIDER, method)
 
 
 # -- exec ---------------------------------------------------------------------------------------
@@ -359,56 +264,32 @@ def test_exec_runs_the_command_in_the_guest_over_ssh(
     assert "Accepted publickey for root" in sshd.log.read_text()
 
 
-def _pty_kubectl(cp: ControlPlane, args: list[str], env: dict[str, str], rows: int,
-                 cols: int) -> tuple[subprocess.Popen[bytes], int]:
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-    proc = subprocess.Popen(["kubectl", f"--kubeconfig={cp.kubeconfig}", *args], stdin=slave,
-                            stdout=slave, stderr=slave, env={**os.environ, **env},
-                            start_new_session=True)
-    os.close(slave)
-    return proc, master
-
-
-def _read_until(master: int, wanted: bytes, timeout: float = 30) -> bytes:
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while wanted not in seen and time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.5)
-        if ready:
-            try:
-                seen += os.read(master, 4096)
-            except OSError:
-                break
-    return seen
-
-
 @pytest.mark.parametrize("transport", [WEBSOCKET, SPDY], ids=["websocket", "spdy"])
 def test_exec_with_a_terminal_of_the_clients_size(
         stack: Stack, control_plane: ControlPlane, sshd: GuestSshd, ns: str, guest_pod: str,
         transport: dict[str, str]) -> None:
-    proc, master = _pty_kubectl(control_plane, ["exec", "-it", "-n", ns, guest_pod, "--", "sh",
+    proc, master = kubectl_pty(control_plane, ["exec", "-it", "-n", ns, guest_pod, "--", "sh",
                                                 "-c", "tty; stty size; exit 4"], transport,
                                 rows=37, cols=101)
     try:
-        out = _read_until(master, b"37 101")
+        out = read_until(master, b"37 101")
         assert proc.wait(timeout=60) == 4
     finally:
         os.close(master)
     assert re.search(rb"/dev/pts/\d+", out) and b"37 101" in out, out
 
     # An interactive shell: resize the client's terminal, the guest's follows (SIGWINCH).
-    proc, master = _pty_kubectl(control_plane, ["exec", "-it", "-n", ns, guest_pod, "--", "sh"],
+    proc, master = kubectl_pty(control_plane, ["exec", "-it", "-n", ns, guest_pod, "--", "sh"],
                                 transport, rows=24, cols=80)
     try:
         time.sleep(1.0)  # kubectl has put the terminal in raw mode and opened the session
         os.write(master, b"stty size\r")
-        assert b"24 80" in _read_until(master, b"24 80")
-        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 132, 0, 0))
+        assert b"24 80" in read_until(master, b"24 80")
+        set_size(master, 50, 132)
         os.killpg(proc.pid, signal.SIGWINCH)
         time.sleep(1.0)
         os.write(master, b"stty size\r")
-        assert b"50 132" in _read_until(master, b"50 132")
+        assert b"50 132" in read_until(master, b"50 132")
         assert len(sshd.sessions()) >= 1
         os.write(master, b"exit 7\r")
         assert proc.wait(timeout=60) == 7

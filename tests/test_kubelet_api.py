@@ -7,32 +7,25 @@ serving certificate (issued through a kubelet-serving CSR that the test approves
 would) against the cluster CA. The memory provider answers behind the facade.
 
 The apiserver will not proxy nodes/proxy to a loopback address, so the facade's kubelet listener
-lives in a network namespace this test makes (a veth pair with a 198.18.0.0/15 benchmarking
-address), and the nodes advertise that address; all traffic stays on this machine.
+lives in a network namespace this test makes (`vmlet_localenv.netns`: a veth pair with a
+198.18.0.0/15 benchmarking address), and the nodes advertise that address; all traffic stays on
+this machine.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import http.client
-import ipaddress
 import json
 import os
-import pty
-import random
 import re
-import select
-import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,123 +36,49 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from vmlet_localenv.controlplane import ControlPlane
-from vmlet_localenv.stack import Stack, eventually
+from vmlet_localenv.netns import Netns, NetnsUnavailable, namespaces
+from vmlet_localenv.stack import (
+    KUBELET_PORT,
+    Stack,
+    eventually,
+    kubelet_api_args,
+    metric_total,
+)
+from vmlet_localenv.terminal import SPDY, WEBSOCKET, kubectl, kubectl_pty, read_until
 
 pytestmark = pytest.mark.controlplane
 
 PROVIDER = "kapi"
-KUBELET_PORT = 10250
-SIGNER = "kubernetes.io/kubelet-serving"
 
 
 # -- a test host in a network namespace ------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class NetnsHost:
-    """A network namespace with one veth address the apiserver can reach and proxy to."""
-
-    netns: str
-    ip: str
-
-
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], check=check, capture_output=True, text=True, timeout=30)
-
-
-def _free_subnet() -> ipaddress.IPv4Network:
-    """A /30 of 198.18.0.0/15 that no route of this host covers (other test runs' included),
-    picked at random so that runs in parallel do not collide."""
-    routes = json.loads(_ip("-j", "route").stdout or "[]")
-    taken = [ipaddress.ip_network(r["dst"], strict=False) for r in routes
-             if r.get("dst") not in (None, "default")]
-    pool = ipaddress.IPv4Network("198.18.0.0/15")
-    for _ in range(1000):
-        offset = random.randrange(pool.num_addresses // 4) * 4
-        candidate = ipaddress.IPv4Network(f"{pool.network_address + offset}/30")
-        if not any(candidate.overlaps(t) for t in taken):
-            return candidate
-    raise RuntimeError("no free /30 in 198.18.0.0/15")
-
-
 @pytest.fixture(scope="module")
-def test_host() -> Iterator[NetnsHost]:
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("needs root and iproute2 to make a network namespace")
-    tag = uuid.uuid4().hex[:6]
-    netns, link = f"vmlet-kapi-{tag}", f"vk{tag}"
-    subnet = _free_subnet()
-    gateway, address = (str(h) for h in subnet.hosts())
+def test_host() -> Iterator[Netns]:
     try:
-        _ip("netns", "add", netns)
-        _ip("link", "add", link, "type", "veth", "peer", "name", f"{link}p")
-        _ip("link", "set", f"{link}p", "netns", netns)
-        _ip("addr", "add", f"{gateway}/30", "dev", link)
-        _ip("link", "set", link, "up")
-        _ip("-n", netns, "addr", "add", f"{address}/30", "dev", f"{link}p")
-        _ip("-n", netns, "link", "set", f"{link}p", "up")
-        _ip("-n", netns, "link", "set", "lo", "up")
-    except subprocess.CalledProcessError as err:
-        _ip("netns", "del", netns, check=False)
-        _ip("link", "del", link, check=False)
-        pytest.skip(f"cannot make a network namespace here: {err.stderr.strip()}")
-    try:
-        yield NetnsHost(netns, address)
-    finally:
-        _ip("netns", "del", netns, check=False)
-        _ip("link", "del", link, check=False)
+        with namespaces("vmlet-kapi") as (host,):
+            yield host
+    except NetnsUnavailable as err:
+        pytest.skip(str(err))
 
 
 # -- the stack ---------------------------------------------------------------------------------
-
-
-def _csr_ips(csr: dict[str, Any]) -> set[str]:
-    request = x509.load_pem_x509_csr(base64.b64decode(csr["spec"]["request"]))
-    try:
-        san = request.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return set()
-    return {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
-
-
-def approve_serving_csrs(cp: ControlPlane, ip: str) -> list[str]:
-    """Approve pending kubelet-serving CSRs of the facade that name ``ip``, as an operator."""
-    approved = []
-    for csr in json.loads(cp.kubectl("get", "csr", "-o", "json").stdout)["items"]:
-        spec, status = csr["spec"], csr.get("status") or {}
-        if spec.get("signerName") != SIGNER or status.get("conditions"):
-            continue
-        if spec.get("username") != "vmlet-facade" or ip not in _csr_ips(csr):
-            continue
-        cp.kubectl("certificate", "approve", csr["metadata"]["name"])
-        approved.append(csr["metadata"]["name"])
-    return approved
 
 
 def server_context(cp: ControlPlane) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(cp.pki.ca.cert))
 
 
-def kubelet_reachable(cp: ControlPlane, host: NetnsHost) -> bool:
-    with socket.create_connection((host.ip, KUBELET_PORT), timeout=3) as raw, \
-            server_context(cp).wrap_socket(raw, server_hostname=host.ip):
-        return True
-
-
 @pytest.fixture(scope="module")
-def stack(control_plane: ControlPlane, test_host: NetnsHost,
+def stack(control_plane: ControlPlane, test_host: Netns,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s = Stack(control_plane, tmp_path_factory.mktemp("kubeletapi"),
-              {PROVIDER: ["--nodes", "2"]}, facade_args=[
-                  f"--kubelet-port={KUBELET_PORT}", f"--kubelet-netns={test_host.netns}",
-                  f"--kubelet-address={test_host.ip}", f"--node-ip={test_host.ip}",
-                  f"--client-ca-file={control_plane.pki.ca.cert}"]).start()
+              {PROVIDER: ["--nodes", "2"]},
+              facade_args=kubelet_api_args(control_plane, test_host, KUBELET_PORT)).start()
     try:
         eventually(lambda: len(s.ready_nodes(PROVIDER)) == 2, what="nodes Ready")
-        eventually(lambda: approve_serving_csrs(control_plane, test_host.ip),
-                   what="the facade's kubelet-serving CSR")
-        eventually(lambda: kubelet_reachable(control_plane, test_host),
-                   what="kubelet API listening")
+        s.wait_kubelet_api(test_host.ip, KUBELET_PORT)
         yield s
     finally:
         s.stop()
@@ -186,34 +105,9 @@ def vm(stack: Stack, control_plane: ControlPlane, ns: str) -> dict[str, Any]:
     return pod
 
 
-def kubectl(cp: ControlPlane, *args: str, env: dict[str, str] | None = None,
-            input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["kubectl", f"--kubeconfig={cp.kubeconfig}", *args],
-                          input=input, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
-
-
-SPDY = {"KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "false", "KUBECTL_PORT_FORWARD_WEBSOCKETS": "false"}
-WEBSOCKET = {"KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "true", "KUBECTL_PORT_FORWARD_WEBSOCKETS": "true"}
-
-
-def _metric_lines(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def open_provider_streams(stack: Stack, method: str) -> float:
     """Streams of ``method`` the provider started and has not finished."""
-    with urllib.request.urlopen(
-            f"http://127.0.0.1:{stack.metrics_ports[PROVIDER]}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    return (_metric_lines(text, "grpc_server_started_total", grpc_method=method)
-            - _metric_lines(text, "grpc_server_handled_total", grpc_method=method))
+    return stack.provider_open_streams(PROVIDER, method)
 
 
 def started_provider_streams(stack: Stack, method: str) -> float:
@@ -222,7 +116,7 @@ def started_provider_streams(stack: Stack, method: str) -> float:
 
 def facade_sessions(stack: Stack, kind: str) -> float:
     assert stack.facade is not None
-    return _metric_lines(stack.facade.metrics(), "vmlet_facade_kubelet_api_sessions", kind=kind)
+    return metric_total(stack.facade.metrics(), "vmlet_facade_kubelet_api_sessions", kind=kind)
 
 
 def upgrades(stack: Stack, endpoint: str, transport: str) -> dict[str, float]:
@@ -252,7 +146,7 @@ def nothing_left_open(stack: Stack, method: str, kind: str) -> bool:
 
 
 def test_serving_certificate_comes_from_an_approved_csr(stack: Stack, control_plane: ControlPlane,
-                                                         test_host: NetnsHost) -> None:
+                                                         test_host: Netns) -> None:
     with socket.create_connection((test_host.ip, KUBELET_PORT), timeout=5) as raw, \
             server_context(control_plane).wrap_socket(raw, server_hostname=test_host.ip) as tls:
         der = tls.getpeercert(binary_form=True)
@@ -340,44 +234,21 @@ def test_exec(stack: Stack, control_plane: ControlPlane, ns: str, vm: dict[str, 
                what="no exec stream left open")
 
 
-def _pty_kubectl(cp: ControlPlane, args: list[str],
-                 env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(["kubectl", f"--kubeconfig={cp.kubeconfig}", *args], stdin=slave,
-                            stdout=slave, stderr=slave, env={**os.environ, **env},
-                            start_new_session=True)
-    os.close(slave)
-    return proc, master
-
-
-def _read_until(master: int, wanted: bytes, timeout: float = 30) -> bytes:
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while wanted not in seen and time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.5)
-        if ready:
-            try:
-                seen += os.read(master, 4096)
-            except OSError:
-                break
-    return seen
-
-
 @pytest.mark.parametrize("transport", [WEBSOCKET, SPDY], ids=["websocket", "spdy"])
 def test_exec_with_a_terminal(stack: Stack, control_plane: ControlPlane, ns: str,
                               vm: dict[str, Any], transport: dict[str, str]) -> None:
-    proc, master = _pty_kubectl(control_plane, ["exec", "-it", "-n", ns, "vm", "--", "sh", "-c",
+    proc, master = kubectl_pty(control_plane, ["exec", "-it", "-n", ns, "vm", "--", "sh", "-c",
                                                 "exit 4"], transport)
     try:
         assert proc.wait(timeout=60) == 4
     finally:
         os.close(master)
-    proc, master = _pty_kubectl(control_plane, ["exec", "-it", "-n", ns, "vm", "--", "cat"],
+    proc, master = kubectl_pty(control_plane, ["exec", "-it", "-n", ns, "vm", "--", "cat"],
                                 transport)
     try:
         time.sleep(1.0)  # kubectl has put the terminal in raw mode and opened the session
         os.write(master, b"typed on a tty\r")
-        assert b"typed on a tty" in _read_until(master, b"typed on a tty")
+        assert b"typed on a tty" in read_until(master, b"typed on a tty")
         assert open_provider_streams(stack, "Exec") == 1
         # Cut the session off midway, as a closed laptop would.
         os.killpg(proc.pid, signal.SIGKILL)
@@ -613,7 +484,7 @@ def _issue_client_cert(directory: Path, name: str, ca: tuple[Any, Any] | None) -
     return cert_path, key_path
 
 
-def _get(cp: ControlPlane, host: NetnsHost, path: str, *, token: str = "",
+def _get(cp: ControlPlane, host: Netns, path: str, *, token: str = "",
          cert: tuple[Path, Path] | None = None) -> tuple[int, str]:
     ctx = server_context(cp)
     if cert is not None:
@@ -627,7 +498,7 @@ def _get(cp: ControlPlane, host: NetnsHost, path: str, *, token: str = "",
         conn.close()
 
 
-def test_authn_and_authz_matrix(stack: Stack, control_plane: ControlPlane, test_host: NetnsHost,
+def test_authn_and_authz_matrix(stack: Stack, control_plane: ControlPlane, test_host: Netns,
                                 ns: str, vm: dict[str, Any], tmp_path: Path) -> None:
     cp = control_plane
     # Nobody: 401.

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import grpc
 import pytest
-from pyVmomi import vim, vmodl
+from pyVmomi import vim
 
 from vmlet.provider.v1 import (
     kubelet_endpoint_service_pb2,
@@ -43,6 +43,7 @@ from vmlet.provider.v1 import (
     virtual_machine_service_pb2_grpc,
 )
 from vmlet_localenv.processes import wait_for
+from vmlet_localenv.stack import nic_networks, set_guest_ip, vms_with_identity
 from vmlet_localenv.vcsim import VcSim, _wait_task
 
 pytestmark = pytest.mark.vcsim
@@ -235,34 +236,6 @@ def make_pod(
 # vcsim as seen through pyvmomi.
 
 
-def vms_of(si: Any, identity: str) -> list[Any]:
-    """Every VM in vcsim whose extraConfig carries `identity`."""
-    content = si.RetrieveContent()
-    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
-    pc = vmodl.query.PropertyCollector
-    path = 'config.extraConfig["vmlet.identity"]'
-    spec = pc.FilterSpec(
-        objectSet=[
-            pc.ObjectSpec(
-                obj=view,
-                skip=True,
-                selectSet=[pc.TraversalSpec(path="view", skip=False, type=vim.view.ContainerView)],
-            )
-        ],
-        propSet=[pc.PropertySpec(type=vim.VirtualMachine, pathSet=[path])],
-    )
-    try:
-        result = content.propertyCollector.RetrievePropertiesEx([spec], pc.RetrieveOptions())
-        found = []
-        for obj in result.objects if result is not None else ():
-            for prop in obj.propSet or ():
-                if prop.name == path and prop.val is not None and prop.val.value == identity:
-                    found.append(obj.obj)
-        return found
-    finally:
-        view.Destroy()
-
-
 def extra(vm: Any) -> dict[str, str]:
     return {o.key: str(o.value) for o in vm.config.extraConfig or ()}
 
@@ -270,7 +243,7 @@ def extra(vm: Any) -> dict[str, str]:
 def the_vm(sim: VcSim, identity: str) -> Any:
     """The one VM of `identity` (asserting there is exactly one), read in a fresh session."""
     with sim.connect() as si:
-        found = vms_of(si, identity)
+        found = vms_with_identity(si, identity)
         assert len(found) == 1, f"{len(found)} VMs carry identity {identity}"
         vm = found[0]
         return {
@@ -287,22 +260,12 @@ def the_vm(sim: VcSim, identity: str) -> Any:
 
 def count_vms(sim: VcSim, identity: str) -> int:
     with sim.connect() as si:
-        return len(vms_of(si, identity))
-
-
-def set_guest_ip(sim: VcSim, identity: str, ip: str) -> None:
-    """Reports `ip` as the guest's address, as VMware Tools would (vcsim's SET.guest.ipAddress)."""
-    with sim.connect() as si:
-        (vm,) = vms_of(si, identity)
-        spec = vim.vm.ConfigSpec(
-            extraConfig=[vim.option.OptionValue(key="SET.guest.ipAddress", value=ip)]
-        )
-        _wait_task(vm.ReconfigVM_Task(spec=spec))
+        return len(vms_with_identity(si, identity))
 
 
 def reconfigure_vm(sim: VcSim, identity: str, spec: Any) -> None:
     with sim.connect() as si:
-        (vm,) = vms_of(si, identity)
+        (vm,) = vms_with_identity(si, identity)
         _wait_task(vm.ReconfigVM_Task(spec=spec))
 
 
@@ -487,7 +450,7 @@ def test_status_has_an_ip_only_once_the_guest_reports_one(provider: Provider, vc
         assert running.HasField("start_time")
         time.sleep(1.5)
         assert provider.status(pod).pod_ip == ""  # the provider never invents one
-        set_guest_ip(vcsim, pod.identity, "10.20.30.40")
+        assert set_guest_ip(vcsim, pod.identity, "10.20.30.40")
         with_ip = wait(pod, lambda s: s.pod_ip == "10.20.30.40")
     assert list(with_ip.pod_ips) == ["10.20.30.40"]
     assert with_ip.phase == RUNNING and ready(with_ip)
@@ -614,7 +577,7 @@ def test_vanished_vm_fails_the_pod_and_is_not_made_again(provider: Provider, vcs
     provider.create(pod)
     with pod_stream(provider) as wait:
         with vcsim.connect() as si:
-            (vm,) = vms_of(si, pod.identity)
+            (vm,) = vms_with_identity(si, pod.identity)
             _wait_task(vm.PowerOffVM_Task())
             _wait_task(vm.Destroy_Task())
         failed = wait(pod, lambda s: s.phase == pod_pb2.POD_PHASE_FAILED)
@@ -691,14 +654,14 @@ def test_snapshots_create_revert_delete(provider: Provider, vcsim: VcSim) -> Non
     listed = vms.ListSnapshots(snap.ListSnapshotsRequest(identity=pod.identity), timeout=30)
     assert [s.name for s in listed.snapshots] == ["s1", "s2"]
     with vcsim.connect() as si:
-        (vm,) = vms_of(si, pod.identity)
+        (vm,) = vms_with_identity(si, pod.identity)
         assert vm.snapshot.currentSnapshot._moId == second.id
 
     vms.RevertToSnapshot(
         snap.RevertToSnapshotRequest(identity=pod.identity, snapshot_id=first.id), timeout=60
     )
     with vcsim.connect() as si:
-        (vm,) = vms_of(si, pod.identity)
+        (vm,) = vms_with_identity(si, pod.identity)
         assert vm.snapshot.currentSnapshot._moId == first.id
         assert vm.runtime.powerState == "poweredOn"
 
@@ -744,7 +707,7 @@ def fcd(sim: VcSim, handle: str) -> Any:
 
 def bios_uuid(sim: VcSim, identity: str) -> str:
     with sim.connect() as si:
-        (vm,) = vms_of(si, identity)
+        (vm,) = vms_with_identity(si, identity)
         return str(vm.config.uuid)
 
 
@@ -847,42 +810,31 @@ def test_pod_disks_attach_and_outlive_the_vm(provider: Provider, vcsim: VcSim) -
         assert fcd(vcsim, handle) is None
 
 
-def nic_networks(sim: VcSim, identity: str) -> list[str]:
+def vm_networks(sim: VcSim, identity: str) -> list[str]:
     """The networks of the VM's NICs, in device order, by name."""
     with sim.connect() as si:
-        (vm,) = vms_of(si, identity)
-        dc = si.RetrieveContent().rootFolder.childEntity[0]
-        by_key = {
-            n.key: n.name for n in dc.network if isinstance(n, vim.dvs.DistributedVirtualPortgroup)
-        }
-        out = []
-        for device in vm.config.hardware.device:
-            if not isinstance(device, vim.vm.device.VirtualEthernetCard):
-                continue
-            backing: Any = device.backing
-            port = getattr(backing, "port", None)
-            out.append(by_key[port.portgroupKey] if port is not None else backing.deviceName)
-        return out
+        (vm,) = vms_with_identity(si, identity)
+        return nic_networks(si, vm)
 
 
 def test_pod_networks_become_the_nics(provider: Provider, vcsim: VcSim) -> None:
     plain = make_pod(NODES[0])
     provider.create(plain)
-    assert nic_networks(vcsim, plain.identity) == ["VM Network"]  # the provider's --network
+    assert vm_networks(vcsim, plain.identity) == ["VM Network"]  # the provider's --network
     provider.delete(plain)
 
     pod = make_pod(NODES[1], keep=True)
     pod.networks.add(name="DC0_DVPG0")
     pod.networks.add(name="VM Network")
     provider.create(pod)
-    assert nic_networks(vcsim, pod.identity) == ["DC0_DVPG0", "VM Network"]
+    assert vm_networks(vcsim, pod.identity) == ["DC0_DVPG0", "VM Network"]
 
     # The kept VM comes back for a pod with other networks: its NICs follow.
     provider.delete(pod)
     again = make_pod(NODES[1], identity=pod.identity)
     again.networks.add(name="VM Network")
     provider.create(again)
-    assert nic_networks(vcsim, pod.identity) == ["VM Network"]
+    assert vm_networks(vcsim, pod.identity) == ["VM Network"]
     provider.delete(again)
 
     unknown = make_pod(NODES[2])
@@ -967,7 +919,7 @@ def test_expired_session_is_logged_in_again(provider: Provider, vcsim: VcSim) ->
     provider.ping()
     # The watch, whose collector ended with the old session, starts over and still pushes.
     with pod_stream(provider) as wait:
-        set_guest_ip(vcsim, pod.identity, "10.9.8.7")
+        assert set_guest_ip(vcsim, pod.identity, "10.9.8.7")
         assert wait(pod, lambda s: s.pod_ip == "10.9.8.7").phase == RUNNING
     provider.delete(pod)
 

@@ -29,6 +29,7 @@ from vmlet_localenv.controlplane import ControlPlane
 from vmlet_localenv.stack import (
     Stack,
     eventually,
+    nic_networks,
     report_guest_ip,
     set_guest_ip,
     vms_with_identity,
@@ -75,11 +76,7 @@ def stack(control_plane: ControlPlane, sim: VcSim,
         yield s
     finally:
         s.stop()
-        for name, process in s.providers.items():
-            if process.process is not None:
-                print(f"--- provider {name}:\n{process.process.tail(40)}")
-        if s.facade is not None and s.facade.process is not None:
-            print(f"--- facade:\n{s.facade.process.tail(40)}")
+        s.print_logs()
 
 
 @pytest.fixture
@@ -126,7 +123,7 @@ def in_vcenter(sim: VcSim, identity: str) -> list[dict[str, Any]]:
                 "extra": {o.key: str(o.value) for o in vm.config.extraConfig or ()},
                 "snapshots": _snapshots(snapshot.rootSnapshotList) if snapshot else {},
                 "current_snapshot": snapshot.currentSnapshot._moId if snapshot else None,
-                "nics": _nics(si, vm),
+                "nics": nic_networks(si, vm),
             })
         return out
 
@@ -138,19 +135,6 @@ def _snapshots(trees: Any) -> dict[str, str]:
         node = stack.pop()
         out[node.snapshot._moId] = node.name
         stack.extend(node.childSnapshotList or ())
-    return out
-
-
-def _nics(si: Any, vm: Any) -> list[str]:
-    dc = si.RetrieveContent().rootFolder.childEntity[0]
-    portgroups = {n.key: n.name for n in dc.network
-                  if isinstance(n, vim.dvs.DistributedVirtualPortgroup)}
-    out = []
-    for device in vm.config.hardware.device:
-        if isinstance(device, vim.vm.device.VirtualEthernetCard):
-            backing: Any = device.backing
-            port = getattr(backing, "port", None)
-            out.append(portgroups[port.portgroupKey] if port is not None else backing.deviceName)
     return out
 
 

@@ -18,6 +18,7 @@ from vmlet_localenv.processes import Process, free_port, wait_for
 from vmlet_localenv.vcsim import TEMPLATE_FOLDER, VcSim
 
 __all__ = [
+    "FACADE_USER",
     "REPO",
     "FacadeProcess",
     "ProviderProcess",

@@ -3,11 +3,18 @@
 Providers are memory providers unless ``kinds`` says otherwise; a ``vsphere`` one runs against
 the ``vcsim`` given. `set_guest_ip` plays VMware Tools on vcsim: it reports a guest IP the way
 the tools would (vcsim's SET.guest.ipAddress extraConfig key), since vcsim runs no guests.
+
+For the kubelet API, `kubelet_api_args` has the facade serve it from a network namespace (the
+apiserver will not proxy to a loopback node address; see `vmlet_localenv.netns`), and
+`Stack.wait_kubelet_api` approves its serving certificate as an operator would.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import socket
+import ssl
 import time
 import urllib.request
 from collections.abc import Callable
@@ -15,10 +22,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from cryptography import x509
 
 from vmlet_localenv.controlplane import ControlPlane
+from vmlet_localenv.netns import Netns
 from vmlet_localenv.processes import free_port
 from vmlet_localenv.services import (
+    FACADE_USER,
     FacadeProcess,
     ProviderProcess,
     apply_crds,
@@ -27,9 +37,20 @@ from vmlet_localenv.services import (
 )
 from vmlet_localenv.vcsim import VcSim
 
-__all__ = ["Stack", "eventually", "report_guest_ip", "set_guest_ip", "vms_with_identity"]
+__all__ = [
+    "KUBELET_PORT",
+    "Stack",
+    "eventually",
+    "kubelet_api_args",
+    "metric_total",
+    "nic_networks",
+    "report_guest_ip",
+    "set_guest_ip",
+    "vms_with_identity",
+]
 
 T = TypeVar("T")
+KUBELET_PORT = 10250
 
 
 def eventually(check: Callable[[], T], *, timeout: float = 60.0, interval: float = 0.3,
@@ -78,6 +99,23 @@ def vms_with_identity(si: Any, identity: str) -> list[Any]:
         view.Destroy()
 
 
+def nic_networks(si: Any, vm: Any) -> list[str]:
+    """The networks of ``vm``'s NICs in device order, by name (a port group's for a
+    distributed port, the backing's device name otherwise)."""
+    from pyVmomi import vim
+
+    dc = si.RetrieveContent().rootFolder.childEntity[0]
+    portgroups = {n.key: n.name for n in dc.network
+                  if isinstance(n, vim.dvs.DistributedVirtualPortgroup)}
+    out = []
+    for device in vm.config.hardware.device:
+        if isinstance(device, vim.vm.device.VirtualEthernetCard):
+            backing: Any = device.backing
+            port = getattr(backing, "port", None)
+            out.append(portgroups[port.portgroupKey] if port is not None else backing.deviceName)
+    return out
+
+
 def set_guest_ip(sim: VcSim, identity: str, ip: str) -> bool:
     """Report ``ip`` as the guest address of the VM of ``identity`` the way VMware Tools would
     (vcsim's SET.guest.ipAddress extraConfig key); False when there is no such VM."""
@@ -106,6 +144,34 @@ def report_guest_ip(sim: VcSim, identity: str, ip: str, *, timeout: float = 120.
 
     eventually(lambda: powered_on() and set_guest_ip(sim, identity, ip), timeout=timeout,
                interval=0.3, what=f"the VM of identity {identity} powered on, with guest IP {ip}")
+
+
+def metric_total(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of metric ``name`` in Prometheus ``text`` that carry ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def kubelet_api_args(cp: ControlPlane, host: Netns, port: int = KUBELET_PORT) -> list[str]:
+    """Facade arguments to serve the kubelet API in ``host``'s namespace at its address, which
+    the nodes advertise, taking client certificates of the cluster CA."""
+    return [f"--kubelet-port={port}", f"--kubelet-netns={host.name}",
+            f"--kubelet-address={host.ip}", f"--node-ip={host.ip}",
+            f"--client-ca-file={cp.pki.ca.cert}"]
+
+
+def _csr_ips(csr: dict[str, Any]) -> set[str]:
+    request = x509.load_pem_x509_csr(base64.b64decode(csr["spec"]["request"]))
+    try:
+        san = request.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
 
 
 class Stack:
@@ -157,21 +223,62 @@ class Stack:
         for provider in self.providers.values():
             provider.stop()
 
+    def print_logs(self, lines: int = 40) -> None:
+        """Print the last ``lines`` of each provider's and the facade's log (for a failed
+        test's captured output)."""
+        for name, provider in self.providers.items():
+            if provider.process is not None:
+                print(f"--- provider {name}:\n{provider.process.tail(lines)}")
+        if self.facade is not None and self.facade.process is not None:
+            print(f"--- facade:\n{self.facade.process.tail(lines)}")
+
     def channel(self, provider: str) -> grpc.Channel:
         return grpc.insecure_channel(self.providers[provider].address)
 
-    def provider_calls(self, provider: str, method: str) -> float:
-        """How often ``method`` was called on ``provider``, from its Prometheus metrics."""
+    def provider_metrics(self, provider: str) -> str:
+        """``provider``'s Prometheus metrics, as text."""
         with urllib.request.urlopen(
                 f"http://127.0.0.1:{self.metrics_ports[provider]}/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith("#") or f'grpc_method="{method}"' not in line:
+            return str(resp.read().decode())
+
+    def provider_calls(self, provider: str, method: str) -> float:
+        """How often ``method`` was called on ``provider``, from its Prometheus metrics."""
+        return metric_total(self.provider_metrics(provider), "grpc_server_started_total",
+                            grpc_method=method)
+
+    def provider_open_streams(self, provider: str, method: str) -> float:
+        """Calls (streams) of ``method`` that ``provider`` started and has not finished."""
+        text = self.provider_metrics(provider)
+        return (metric_total(text, "grpc_server_started_total", grpc_method=method)
+                - metric_total(text, "grpc_server_handled_total", grpc_method=method))
+
+    def approve_serving_csrs(self, ip: str) -> list[str]:
+        """Approve the facade's pending kubelet-serving CSRs that name ``ip``, as an operator
+        would; return their names."""
+        approved = []
+        for csr in self.kubectl_json("get", "csr")["items"]:
+            spec, status = csr["spec"], csr.get("status") or {}
+            if spec.get("signerName") != "kubernetes.io/kubelet-serving" \
+                    or spec.get("username") != FACADE_USER or status.get("conditions") \
+                    or ip not in _csr_ips(csr):
                 continue
-            if line.startswith("grpc_server_started_total{"):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+            self.cp.kubectl("certificate", "approve", csr["metadata"]["name"])
+            approved.append(csr["metadata"]["name"])
+        return approved
+
+    def wait_kubelet_api(self, ip: str, port: int = KUBELET_PORT, timeout: float = 90) -> None:
+        """Approve the facade's serving certificate for ``ip`` until its kubelet API there
+        completes a TLS handshake checked against the cluster CA."""
+        context = ssl.create_default_context(cafile=str(self.cp.pki.ca.cert))
+
+        def serving() -> bool:
+            self.approve_serving_csrs(ip)
+            with socket.create_connection((ip, port), timeout=3) as raw, \
+                    context.wrap_socket(raw, server_hostname=ip):
+                return True
+
+        eventually(serving, timeout=timeout,
+                   what=f"the kubelet API serving at {ip}:{port} with an approved certificate")
 
     def kubectl_json(self, *args: str) -> Any:
         return json.loads(self.cp.kubectl(*args, "-o", "json").stdout)
