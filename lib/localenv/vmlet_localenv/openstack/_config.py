@@ -20,7 +20,7 @@ __all__ = ["REGION", "SERVICE_USERS", "Layout", "render_ini"]
 REGION = "RegionOne"
 SERVICE_PROJECT = "service"
 # One Keystone user per service, each with the admin and service roles on the service project.
-SERVICE_USERS = ("nova", "placement", "glance", "neutron", "cinder")
+SERVICE_USERS = ("nova", "placement", "glance", "neutron")
 
 Ini = Mapping[str, Mapping[str, object]]
 
@@ -97,9 +97,6 @@ class Layout:
             "image": self.url("glance"),
             "network": self.url("neutron"),
             "compute": f"{self.url('nova')}/v2.1",
-            # Cinder, under both names its clients look for (openstacksdk, Nova's catalog_info).
-            "block-storage": f"{self.url('cinder')}/v3/%(project_id)s",
-            "volumev3": f"{self.url('cinder')}/v3/%(project_id)s",
         }
 
     # -- shared sections ---------------------------------------------------------------------
@@ -250,10 +247,7 @@ class Layout:
             "placement": self._client_auth("nova"),
             "neutron": self._client_auth("nova"),
             "glance": {"region_name": REGION, "valid_interfaces": "public"},
-            # Volume attach: Nova calls Cinder with the user's token and its service token; some
-            # calls (a detach at cleanup) as its own service user.
-            "cinder": {"os_region_name": REGION, "catalog_info": "volumev3::publicURL",
-                       **self._client_auth("nova")},
+            "cinder": {"os_region_name": REGION},
             # Hosts are mapped to cell1 by `nova-manage cell_v2 discover_hosts` at start.
             "scheduler": {"workers": 1, "discover_hosts_in_cells_interval": -1},
             "conductor": {"workers": 1},

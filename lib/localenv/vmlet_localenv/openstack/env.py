@@ -26,9 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from ._bootstrap import FLAVORS, IMAGE_NAME
-from ._cinder import cinder_service_env, volume_service_ready
-from ._cinder import gunicorn_conf as cinder_gunicorn_conf
-from ._cinder import write_files as write_cinder_files
 from ._config import REGION, SERVICE_USERS, Layout
 from ._databases import copy_template, ensure_template
 from ._mariadb import MariaDB, mariadbd_path
@@ -307,7 +304,7 @@ class OpenStackEnv:
         (state / "logs").mkdir(exist_ok=True)
         template = ensure_template(self.venv, self._runner, self._say)
         # All ports at once, so that none is handed out twice.
-        names = ["keystone", "placement", "glance", "neutron", "nova", "cinder"]
+        names = ["keystone", "placement", "glance", "neutron", "nova"]
         ports = free_ports(len(names) + 4)
         rabbit = Rabbit(state, state / "logs", ports=ports[-4:-1])
         db = MariaDB(state / "mysql", state / "logs", port=ports[-1])
@@ -319,7 +316,6 @@ class OpenStackEnv:
         for d in (lay.etc, lay.logs, lay.data):
             d.mkdir(parents=True, exist_ok=True)
         lay.write_config_files()
-        write_cinder_files(lay)
         copy_template(template, db)
         self._spawner = Spawner()
         self._say(f"state in {state}; starting RabbitMQ on 127.0.0.1:{rabbit.port} and "
@@ -339,9 +335,6 @@ class OpenStackEnv:
             self._gunicorn("glance", "glance.wsgi.api:application", "glance-api")
             self._gunicorn("neutron", "neutron.wsgi.api:application", "neutron-server",
                            OS_NEUTRON_CONFIG_FILES="neutron.conf;ml2_conf.ini")
-            (lay.etc / "gunicorn-cinder.py").write_text(cinder_gunicorn_conf(lay))
-            self._service("cinder-api", [self._bin("gunicorn"), "-c",
-                                         str(lay.etc / "gunicorn-cinder.py")])
             keystone.result(timeout=left())
             self._gunicorn("keystone", "keystone.wsgi.api:application", "keystone",
                            OS_KEYSTONE_CONFIG_FILES="keystone.conf")
@@ -350,10 +343,6 @@ class OpenStackEnv:
         self._say("cell0 and cell1 mapped")
         wait_until(rabbit.ready, timeout=left(), what="rabbitmq", alive=self._alive)
         self._say("RabbitMQ ready")
-        for svc in ("scheduler", "volume"):
-            self._service(f"cinder-{svc}", [self._bin(f"cinder-{svc}"), "--config-file",
-                                            str(lay.etc / "cinder.conf")],
-                          **cinder_service_env(lay))
         self._gunicorn("nova", "nova.wsgi.osapi_compute:application", "nova-api",
                        OS_NOVA_CONFIG_FILES=";".join([
                            str(self.venv / "etc" / "nova" / "api-paste.ini"),
@@ -377,7 +366,7 @@ class OpenStackEnv:
             self._service(f"nova-compute-{i}", [self._bin("nova-compute"),
                                                 *self._nova_conf(f"nova-compute-{i}.conf")])
         self._say(f"nova-api, conductor, scheduler and {len(self.compute_hosts)} computes started")
-        for name in ("glance", "neutron", "nova", "cinder"):
+        for name in ("glance", "neutron", "nova"):
             root = lay.url(name) + "/"
             wait_until(partial(answers, root), timeout=left(), what=name, alive=self._alive)
         self._say("all APIs answer")
@@ -385,10 +374,6 @@ class OpenStackEnv:
         self._image_id = json.loads(out.strip().splitlines()[-1])["image_id"]
         self._say("flavors and image created")
         self._wait_computes(left)
-        admin = Session(lay.auth_url, "admin", lay.admin_password, "admin")
-        wait_until(partial(volume_service_ready, admin, lay), timeout=left(),
-                   what="cinder-volume and its pool in the scheduler", alive=self._alive)
-        self._say("cinder-volume up, its pool known to cinder-scheduler")
         self._write_clouds_yaml()
         (lay.state_dir / "facts.json").write_text(json.dumps(self.facts(), indent=2))
 
