@@ -127,9 +127,11 @@ def test_lifecycle_power_resize_and_delete(stack: Stack, control_plane: ControlP
                           "-p", '{"spec":{"cpu":4,"memory":"8Gi"}}')
     eventually(lambda: (m := iaas(stack, uid)) is not None and m.cpus == 4
                and m.memory_bytes == 8 * 2**30, what="new size in the IaaS")
-    after = running(stack, ns, "app")
+    # The status follows once the facade has reported the pod's new size (a moment later).
+    after = eventually(lambda: (v := running(stack, ns, "app"))["status"]["cpu"] == 4 and v,
+                       what="Running at the new size")
     assert after["status"]["podName"] == pod_name
-    assert after["status"]["cpu"] == 4 and after["status"]["memory"] == "8Gi"
+    assert after["status"]["memory"] == "8Gi"
     assert {"Running", "Stopped", "Resizing"} <= vm_events(stack, ns, "app")
 
     # Delete: destroyed in the IaaS through the finalizer, then gone.
