@@ -814,9 +814,15 @@ class Pods:
     async def _read_fault(self, server_id: str) -> None:
         """Nova records the fault just after the server turns ERROR: read until it shows."""
         try:
-            for delay in (0.0, 1.0, 2.0, 4.0, 8.0):
+            # A minute in all: under load the conductor records it seconds after the status.
+            for delay in (0.0, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0):
                 await asyncio.sleep(delay)
-                record = await self._watch.refresh_one(server_id)
+                try:
+                    record = await self._watch.refresh_one(server_id)
+                except ProviderError as error:  # Nova slow or away: the next round tries again
+                    _log.warning("cannot read an ERROR server's fault yet",
+                                 extra={"server": server_id, "error": error.message})
+                    continue
                 if record is None or record.status != "ERROR" or record.fault is not None:
                     return
         finally:
