@@ -39,3 +39,20 @@ async def test_retry_after_delay_and_failures_do_not_kill_the_worker() -> None:
     workers.submit_after("k", 0.05)
     await asyncio.sleep(0.1)
     assert seen == [0, 1] and workers.busy == 0
+
+
+async def test_a_pending_retry_is_visible_until_it_fires() -> None:
+    seen: list[str] = []
+
+    async def handler(key: str) -> None:
+        seen.append(key)
+
+    workers = SerialWorkers(handler)
+    workers.submit_after("k", 0.05)
+    assert workers.retry_pending("k") and not workers.retry_pending("other")
+    await asyncio.sleep(0.1)
+    assert seen == ["k"] and not workers.retry_pending("k")
+    workers.submit_after("k", 10)
+    workers.cancel_retry("k")
+    assert not workers.retry_pending("k")
+    await workers.stop()

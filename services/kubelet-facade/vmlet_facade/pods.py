@@ -50,6 +50,13 @@ def _backoff(attempt: int) -> float:
     return float(min(300.0, 1.0 * 2 ** min(attempt, 9)))
 
 
+def _same_intent(old: Obj, new: Obj) -> bool:
+    """Whether ``new`` asks the provider for nothing ``old`` did not (its status aside)."""
+    return (spec_fingerprint(old) == spec_fingerprint(new)
+            and old["metadata"].get("deletionTimestamp") == new["metadata"].get("deletionTimestamp")
+            and old.get("spec", {}).get("nodeName") == new.get("spec", {}).get("nodeName"))
+
+
 def _waiting(reason: str, message: str) -> pb.PodStatus:
     status = pb.PodStatus(phase=pb.POD_PHASE_PENDING, reason="", message="")
     status.container_statuses.add(waiting=pb.ContainerStateWaiting(reason=reason,
@@ -140,8 +147,13 @@ class PodController:
                 if self._by_name.get(_key(pod)) == uid:
                     self._by_name.pop(_key(pod), None)
             else:
+                old = self.pods.get(uid)
                 self.pods[uid] = pod
                 self._by_name[_key(pod)] = uid
+                if old is not None and self._sync.retry_pending(uid) and _same_intent(old, pod):
+                    # Only its status moved (the facade's own write of the failure): the
+                    # backoff stands, or a failing create would be retried at every write.
+                    continue
             self._sync.submit(uid)
 
     async def _remove_orphans(self, node: str) -> None:

@@ -45,6 +45,10 @@ class SerialWorkers:
 
         self._timers[key] = asyncio.get_running_loop().call_later(delay, fire)
 
+    def retry_pending(self, key: str) -> bool:
+        """Whether a retry of ``key`` is waiting for its time."""
+        return key in self._timers
+
     def cancel_retry(self, key: str) -> None:
         if (timer := self._timers.pop(key, None)) is not None:
             timer.cancel()
