@@ -36,3 +36,5 @@ async def test_close_wakes_readers() -> None:
     hub.close("shutting down")
     with pytest.raises(Unavailable, match="shutting down"):
         await reader
+    with pytest.raises(Unavailable, match="shutting down"):  # and a later subscriber too
+        await hub.subscribe().take()

@@ -11,11 +11,10 @@ import pytest
 from pyVmomi import vim, vmodl
 
 from vmlet.provider.v1 import pod_pb2
-from vmlet_contract import InvalidArgument, Unavailable
+from vmlet_contract import InvalidArgument
 from vmlet_vmware import faults
 from vmlet_vmware.cache import Cache, Change
 from vmlet_vmware.disks import pod_disk_handles
-from vmlet_vmware.hub import Hub
 from vmlet_vmware.inventory import NetworkRef
 from vmlet_vmware.locks import KeyedLocks
 from vmlet_vmware.naming import label_value, node_name, vm_name
@@ -222,22 +221,6 @@ def test_pod_status_phases() -> None:
     vanished = pod_status(pod, None, failure=("VMVanished", "gone"), last_vm="vm-9")
     assert vanished.phase == pod_pb2.POD_PHASE_FAILED and vanished.reason == "VMVanished"
     assert vanished.provider_id == "vm-9"
-
-
-async def test_hub_keeps_the_newest_per_key_and_closes() -> None:
-    hub: Hub[int] = Hub(limit=2)
-    box = hub.subscribe([("a", 1)])
-    hub.publish("a", 2)
-    hub.publish("b", 3)
-    assert sorted(await box.take()) == [2, 3]
-    hub.publish("a", 4)
-    hub.publish("b", 5)
-    hub.publish("c", 6)  # a third key overflows the mailbox
-    with pytest.raises(Unavailable):
-        await box.take()
-    hub.close("bye")
-    with pytest.raises(Unavailable, match="bye"):
-        await hub.subscribe().take()
 
 
 async def test_keyed_locks_serialize_one_key_only() -> None:

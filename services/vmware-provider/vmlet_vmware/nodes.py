@@ -21,11 +21,10 @@ from typing import Any, TypeAlias
 from pyVmomi import vim
 
 from vmlet.provider.v1 import node_pb2, node_provider_service_pb2, pod_pb2
-from vmlet_contract import FailedPrecondition, Unavailable
+from vmlet_contract import FailedPrecondition, Hub, Unavailable
 
 from .cache import Cache
 from .config import Settings
-from .hub import Hub
 from .inventory import ComputeRef, Inventory
 from .naming import label_value, node_name
 from .props import retrieve_view

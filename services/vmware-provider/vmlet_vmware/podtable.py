@@ -27,10 +27,9 @@ from datetime import UTC, datetime
 from typing import TypeAlias
 
 from vmlet.provider.v1 import pod_notifier_service_pb2, pod_pb2
-from vmlet_contract import NotFound
+from vmlet_contract import Hub, NotFound
 
 from .cache import Cache
-from .hub import Hub
 from .nodes import NodeBook
 from .records import VmRecord
 from .status import Progress, pod_status
