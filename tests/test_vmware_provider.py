@@ -572,6 +572,36 @@ def test_concurrent_duplicate_creates_make_one_vm(provider: Provider, vcsim: VcS
     provider.delete(pod)
 
 
+def test_max_creates_makes_one_vm_at_a_time(vcsim: VcSim, tmp_path: Path) -> None:
+    provider = start_provider(vcsim, tmp_path, "--max-creates", "1")
+    pods = [make_pod(NODES[i % 3]) for i in range(3)]
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            statuses = list(pool.map(provider.create, pods))
+        assert all(s.phase == RUNNING for s in statuses)
+        names = {the_vm(vcsim, pod.identity)["name"] for pod in pods}
+        # vCenter's own record, in the order it posted it: one VM made at a time means each
+        # clone starts only once the VM before it is powered on.
+        with vcsim.connect() as si:
+            spec = vim.event.EventFilterSpec(
+                eventTypeId=["VmBeingClonedEvent", "VmPoweredOnEvent"], maxCount=1000
+            )
+            events = si.RetrieveContent().eventManager.QueryEvents(spec)
+        steps = []
+        for event in sorted(events, key=lambda e: e.key):
+            if isinstance(event, vim.event.VmBeingClonedEvent) and event.destName in names:
+                steps.append(("clone", event.destName))
+            elif isinstance(event, vim.event.VmPoweredOnEvent) and event.vm.name in names:
+                steps.append(("on", event.vm.name))
+        assert len(steps) == 6, steps
+        for (kind, name), (next_kind, next_name) in zip(steps[::2], steps[1::2], strict=True):
+            assert (kind, next_kind, next_name) == ("clone", "on", name), steps
+        for pod in pods:
+            provider.delete(pod)
+    finally:
+        provider.stop()
+
+
 def test_vanished_vm_fails_the_pod_and_is_not_made_again(provider: Provider, vcsim: VcSim) -> None:
     pod = make_pod(NODES[0])
     provider.create(pod)

@@ -7,25 +7,33 @@ order alternating from round to round:
 
   raw    a pyvmomi script: `--concurrency` threads, each with its own vCenter session, clone the
          template onto the hosts in turn (CloneVM_Task with the identity in the clone's
-         extraConfig) and power the clone on (PowerOnVM_Task), waiting for each task with a
-         PropertyCollector filter on it and WaitForUpdatesEx (told the moment the task ends,
-         no polling; pyVim.task.WaitForTask trips over vcsim's task names). Time: first
-         clone call -> last power-on done.
+         extraConfig), write the identity again (ReconfigVM_Task: see below) and power the
+         clone on (PowerOnVM_Task), waiting for each task with a PropertyCollector filter on
+         it and WaitForUpdatesEx (told the moment the task ends, no polling; pyVim.task.
+         WaitForTask trips over vcsim's task names). Time: first clone call -> last power-on
+         done.
   vmlet  N bare VM pods (image debian-12, no nodeName) created through the apiserver with
          `--create-concurrency` requests in flight; the real scheduler binds them to the
          provider's nodes, the facade hands them to the provider (`--concurrency` worker
-         threads towards vCenter, like the raw script), which clones, completes and powers on.
-         Time: first create -> last pod Running (as a watch of the bench's own sees it: the
-         facade writes Running once the provider has powered the VM on).
-After each phase the bench counts the phase's VMs powered on in vCenter (one retrieve).
+         threads towards vCenter and `--concurrency` VMs in flight, like the raw script),
+         which clones, completes and powers on. Time: first create -> last pod Running (as a
+         watch of the bench's own sees it: the facade writes Running once the provider has
+         powered the VM on).
+After each phase the bench reads the phase's VMs in vCenter (one retrieve) and checks the end
+state both phases must reach: every VM powered on, carrying in extraConfig the identity asked
+for (the pod's UID; a UUID of the raw script's), each identity on one VM, at the template's
+size. A phase that falls short makes the run "not comparable".
 (A PropertyCollector watch of the bench's own would time the power-ons in vCenter itself, but
 vcsim re-collects every filter on every change, so such a watch lags by seconds under this load
 and slows vcsim down for both phases.)
 
-Both phases clone the same template with the same size, so the VMs are alike. vcsim drops a
-clone's config (it keeps neither extraConfig nor CPU/memory), so the provider checks each clone
-and writes its identity with one ReconfigVM_Task more than the raw script issues; the raw script
-does not check. The VMs of a phase are removed after it, untimed.
+Both phases clone the same template with the same size, so the VMs are alike. vcsim v0.46.3
+drops a clone's config (CloneVM_Task copies spec.config into a copy of the new VM's config, so
+neither extraConfig nor CPU/memory reach it): a clone alone ends without its identity. So both
+sides write it with a ReconfigVM_Task after the clone: the provider after reading the clone and
+finding it missing, the raw script unconditionally, without the read. (Before 2026-11-26 the
+raw script skipped that task, and its VMs ended without the identity the provider guarantees.)
+The VMs of a phase are removed after it, untimed.
 
     ~/.cache/vmlet/venv-py3.11/bin/python bench/vmware/run.py --vms 100 --rounds 2
     ... --profile py-spy --py-spy /path/to/py-spy   # sample the provider during vmlet phases
@@ -81,7 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=2, help="rounds of (raw, vmlet), alternating")
     p.add_argument("--hosts", type=int, default=3, help="vcsim hosts")
     p.add_argument("--concurrency", type=int, default=8,
-                   help="raw script threads, and the provider's --workers")
+                   help="raw script threads (VMs in flight), and the provider's --workers "
+                        "and --max-creates (VMs in flight)")
     p.add_argument("--create-concurrency", type=int, default=32,
                    help="pod creates in flight in the vmlet phase")
     p.add_argument("--scheduler-qps", type=float, default=1000,
@@ -167,17 +176,72 @@ def wait_task(collector: Any, task: Any) -> Any:
     return task.info.result
 
 
-def count_powered_on(sim: VcSim, prefix: str) -> int:
-    """How many VMs whose name starts with ``prefix`` are powered on in vCenter."""
+IDENTITY_KEY = "vmlet.identity"
+#: The template's size (vmlet_localenv.vcsim makes it 1 vCPU / 512 MiB): neither phase asks for
+#: another, so every VM of both phases must end with it.
+TEMPLATE_SIZE = (1, 512)
+
+
+@dataclass
+class EndState:
+    """What a phase left in vCenter, read after it (untimed)."""
+
+    vms: int = 0  # VMs whose name starts with the phase's prefix
+    powered_on: int = 0
+    identified: int = 0  # carrying exactly the identities the phase asked for, each once
+    sized: int = 0  # at TEMPLATE_SIZE
+
+    def complete(self, count: int) -> bool:
+        return self.vms == self.powered_on == self.identified == self.sized == count
+
+    def describe(self) -> str:
+        return (f"{self.vms} VMs, {self.powered_on} powered on, {self.identified} with their "
+                f"identity in extraConfig, {self.sized} at {TEMPLATE_SIZE[0]} vCPU/"
+                f"{TEMPLATE_SIZE[1]} MiB")
+
+
+def end_state(sim: VcSim, prefix: str, identities: set[str]) -> EndState:
+    """Reads every VM whose name starts with ``prefix`` (one RetrievePropertiesEx over a
+    ContainerView) and checks it against what both phases must leave: powered on, the identity
+    the phase asked for in extraConfig (each identity on exactly one VM), the template's size."""
+    pc = vmodl.query.PropertyCollector
+    identity_path = f'config.extraConfig["{IDENTITY_KEY}"]'
+    paths = ["name", "runtime.powerState", "config.hardware.numCPU",
+             "config.hardware.memoryMB", identity_path]
     with session(sim) as si:
         content = si.RetrieveContent()
         view = content.viewManager.CreateContainerView(
             content.rootFolder, [vim.VirtualMachine], True)
         try:
-            return sum(1 for vm in view.view
-                       if vm.name.startswith(prefix) and vm.runtime.powerState == "poweredOn")
+            spec = pc.FilterSpec(
+                objectSet=[pc.ObjectSpec(obj=view, skip=True, selectSet=[pc.TraversalSpec(
+                    name="view", path="view", skip=False, type=vim.view.ContainerView)])],
+                propSet=[pc.PropertySpec(type=vim.VirtualMachine, pathSet=paths)])
+            found: list[dict[str, Any]] = []
+            result = content.propertyCollector.RetrievePropertiesEx(
+                specSet=[spec], options=pc.RetrieveOptions())
+            while result is not None:
+                for obj in result.objects or ():
+                    found.append({p.name: p.val for p in obj.propSet or ()})
+                if not result.token:
+                    break
+                result = content.propertyCollector.ContinueRetrievePropertiesEx(
+                    token=result.token)
         finally:
             view.Destroy()
+    mine = [props for props in found if str(props.get("name", "")).startswith(prefix)]
+    seen: dict[str, int] = {}
+    for props in mine:
+        value = props.get(identity_path)
+        value = getattr(value, "value", value)  # an OptionValue, or the value itself
+        if value:
+            seen[str(value)] = seen.get(str(value), 0) + 1
+    return EndState(
+        vms=len(mine),
+        powered_on=sum(1 for p in mine if p.get("runtime.powerState") == "poweredOn"),
+        identified=sum(n for i, n in seen.items() if i in identities and n == 1),
+        sized=sum(1 for p in mine if (p.get("config.hardware.numCPU"),
+                                      p.get("config.hardware.memoryMB")) == TEMPLATE_SIZE))
 
 
 def _destroy_collectors(collectors: list[Any]) -> None:
@@ -265,18 +329,38 @@ def facade_counters(stack: Stack) -> dict[str, float]:
     return out
 
 
+def apiserver_requests(cp: ControlPlane) -> dict[str, float]:
+    """kube-apiserver's request counts so far, by verb and resource (its /metrics)."""
+    out: dict[str, float] = {}
+    text = cp.kubectl("get", "--raw", "/metrics").stdout
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels, _, value = line.partition("} ")
+        fields = dict(part.split("=", 1) for part in labels.split("{", 1)[1].split(","))
+        verb = fields.get("verb", "").strip('"')
+        resource = fields.get("resource", "").strip('"')
+        sub = fields.get("subresource", "").strip('"')
+        if verb in ("WATCH", "LIST", "GET") and resource in ("leases", "nodes"):
+            continue
+        key = f"{verb} {resource}{'/' + sub if sub else ''}"
+        out[key] = out.get(key, 0.0) + float(value)
+    return out
+
+
 @dataclass
 class Result:
     kind: str
     vms: int
     seconds: float  # raw: last power-on done; vmlet: last pod Running
-    powered_on: int  # the phase's VMs powered on in vCenter afterwards
+    end: EndState  # what the phase left in vCenter, read afterwards
     bound_seconds: float = 0.0
     load: float = 0.0
     cpu: dict[str, float] | None = None  # CPU-seconds per process during the phase
     status_writes: float = 0.0  # pod status patches by the facade (vmlet)
     create_mean_seconds: float = 0.0  # mean CreatePod latency at the facade (vmlet)
-    per_vm_seconds: float = 0.0  # mean clone + power-on time of one VM (raw)
+    per_vm_seconds: float = 0.0  # mean clone + reconfigure + power-on time of one VM (raw)
+    requests: dict[str, float] | None = None  # apiserver requests during the phase (vmlet)
 
 
 def raw_phase(sim: VcSim, count: int, concurrency: int, prefix: str) -> Result:
@@ -300,19 +384,24 @@ def raw_phase(sim: VcSim, count: int, concurrency: int, prefix: str) -> Result:
             collectors.append(collector)
 
     latencies: list[float] = []
+    identities = [str(uuid.uuid4()) for _ in range(count)]
 
     def one(index: int) -> float:
         if not hasattr(local, "objs"):
             setup()
         began = time.monotonic()
         collector, template, hosts, pool, folder = local.objs
+        config = vim.vm.ConfigSpec(extraConfig=[
+            vim.option.OptionValue(key=IDENTITY_KEY, value=identities[index])])
         spec = vim.vm.CloneSpec(
             location=vim.vm.RelocateSpec(host=hosts[index % len(hosts)], pool=pool),
-            config=vim.vm.ConfigSpec(extraConfig=[
-                vim.option.OptionValue(key="vmlet.identity", value=str(uuid.uuid4()))]),
-            powerOn=False, template=False)
+            config=config, powerOn=False, template=False)
         vm = wait_task(collector, template.CloneVM_Task(
             folder=folder, name=f"{prefix}-{index:04d}", spec=spec))
+        # vcsim's CloneVM_Task drops spec.config (it copies it into a copy of the new VM's
+        # config), so the clone has no identity: written here, unconditionally (no read), as
+        # the provider writes it after reading the clone. A real vCenter would need neither.
+        wait_task(collector, vm.ReconfigVM_Task(spec=config))
         wait_task(collector, vm.PowerOnVM_Task())
         latencies.append(time.monotonic() - began)
         return time.monotonic()
@@ -327,7 +416,8 @@ def raw_phase(sim: VcSim, count: int, concurrency: int, prefix: str) -> Result:
     _destroy_collectors(collectors)
     for si in sessions:
         Disconnect(si)
-    return Result("raw", count, max(done) - t0, count_powered_on(sim, f"{prefix}-"), load=load,
+    return Result("raw", count, max(done) - t0, end_state(sim, f"{prefix}-", set(identities)),
+                  load=load,
                   per_vm_seconds=statistics.mean(latencies))
 
 
@@ -371,6 +461,7 @@ async def _vmlet(kubeconfig: Path, namespace: str, count: int, concurrency: int,
     client, watcher = KubeClient(config), KubeClient(config)
     bound: dict[str, float] = {}
     running: dict[str, float] = {}
+    uids: dict[str, str] = {}  # pod name -> UID, the identity of its VM (a bare pod)
     listening, done = asyncio.Event(), asyncio.Event()
 
     async def watch() -> None:
@@ -379,6 +470,7 @@ async def _vmlet(kubeconfig: Path, namespace: str, count: int, concurrency: int,
                 listening.set()
                 continue
             pod, now = event.object, time.monotonic()
+            uids[pod["metadata"]["name"]] = pod["metadata"]["uid"]
             if pod.get("spec", {}).get("nodeName"):
                 bound.setdefault(pod["metadata"]["name"], now)
             if (pod.get("status") or {}).get("phase") == "Running":
@@ -403,8 +495,8 @@ async def _vmlet(kubeconfig: Path, namespace: str, count: int, concurrency: int,
         await asyncio.wait_for(done.wait(), limit_seconds)
         watching.cancel()
         await asyncio.gather(watching, return_exceptions=True)
-        on = await asyncio.to_thread(count_powered_on, sim, f"{namespace}-")
-        return Result("vmlet", count, max(running.values()) - t0, on,
+        end = await asyncio.to_thread(end_state, sim, f"{namespace}-", set(uids.values()))
+        return Result("vmlet", count, max(running.values()) - t0, end,
                       bound_seconds=max(bound.values()) - t0, load=load)
     finally:
         await client.close()
@@ -455,6 +547,7 @@ def main(argv: list[str] | None = None) -> int:
         cp.start()
         sim = VcSim(hosts=args.hosts, state_dir=out / "vcsim").start()
         stack = Stack(cp, out / "stack", {PROVIDER: ["--workers", str(args.concurrency),
+                                                     "--max-creates", str(args.concurrency),
                                                      "--log-level", "warning",
                                                      *args.provider_arg]},
                       kinds={PROVIDER: "vsphere"}, vcsim=sim).start()
@@ -494,10 +587,14 @@ def main(argv: list[str] | None = None) -> int:
                         spy = _py_spy(args, provider.pid, out / f"provider-{round_}.json")
                         time.sleep(1)
                     counters = facade_counters(stack)
+                    requests = apiserver_requests(cp)
                     result = vmlet_phase(stack, sim, args.vms, args.create_concurrency,
                                          namespace, args.timeout)
                     after = cpu_seconds(pids)
                     now = facade_counters(stack)
+                    requests = {k: v - requests.get(k, 0.0)
+                                for k, v in apiserver_requests(cp).items()}
+                    result.requests = {k: v for k, v in sorted(requests.items()) if v >= 1}
                     result.status_writes = now["status_writes"] - counters["status_writes"]
                     creates = now["creates"] - counters["creates"]
                     result.create_mean_seconds = (
@@ -513,11 +610,16 @@ def main(argv: list[str] | None = None) -> int:
                 extra = (f", all bound at {result.bound_seconds:.2f}s, CreatePod mean "
                          f"{result.create_mean_seconds * 1000:.0f} ms, "
                          f"{result.status_writes:.0f} status patches" if kind == "vmlet" else
-                         f", clone + power-on mean {result.per_vm_seconds * 1000:.0f} ms")
+                         f", clone + reconfigure + power-on mean "
+                         f"{result.per_vm_seconds * 1000:.0f} ms")
                 log(f"round {round_ + 1} {kind}: {args.vms} VMs in {result.seconds:.2f}s "
-                    f"({args.vms / result.seconds:.1f} VMs/s{extra}; {result.powered_on} "
-                    f"powered on in vCenter; load {result.load:.1f})")
+                    f"({args.vms / result.seconds:.1f} VMs/s{extra}; load {result.load:.1f})")
+                log(f"  end state in vCenter: {result.end.describe()}"
+                    + ("" if result.end.complete(args.vms) else "  <-- INCOMPLETE"))
                 log(f"  CPU-seconds: {result.cpu}")
+                if result.requests:
+                    log("  apiserver requests: " + ", ".join(
+                        f"{k} {v:.0f}" for k, v in result.requests.items()))
     finally:
         if stack is not None:
             stack.stop()
@@ -541,6 +643,9 @@ def report(args: argparse.Namespace, results: list[Result]) -> None:
                                statistics.median(bound))
     ratio = statistics.median(ratios)
     verdict = "meets" if ratio <= TARGET_RATIO else "misses"
+    incomplete = [f"{r.kind} {r.end.describe()}" for r in results if not r.end.complete(r.vms)]
+    if incomplete:
+        verdict = f"not comparable, a phase left another end state ({'; '.join(incomplete)})"
     print(f"\nbench/vmware: {args.vms} VMs cloned and powered on, vcsim with {args.hosts} hosts, "
           f"{args.concurrency} threads towards vCenter, {len(raw)} round(s)")
     print(f"  machine: {os.cpu_count()} CPUs, {platform.platform()}, "
@@ -553,6 +658,10 @@ def report(args: argparse.Namespace, results: list[Result]) -> None:
     print(f"  ratio facade+provider / raw: median of the rounds {ratio:.2f}x (per round "
           f"{', '.join(f'{x:.2f}' for x in ratios)}; of the medians {vmlet_m / raw_m:.2f}x); "
           f"target <= {TARGET_RATIO}x: {verdict}")
+    if not incomplete:
+        print(f"  end state, every phase of both kinds: {args.vms} VMs powered on, each with the "
+              f"identity asked for in extraConfig, at {TEMPLATE_SIZE[0]} vCPU/"
+              f"{TEMPLATE_SIZE[1]} MiB")
     cpu_raw = [sum((r.cpu or {}).values()) for r in results if r.kind == "raw"]
     cpu_vmlet = [sum((r.cpu or {}).values()) for r in results if r.kind == "vmlet"]
     print(f"  CPU-seconds of every process, median: raw {statistics.median(cpu_raw):.2f}, "

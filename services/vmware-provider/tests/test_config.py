@@ -86,6 +86,10 @@ def test_missing_and_contradicting_settings(tmp_path: Path) -> None:
         settings_from_args(_parse("--url", "http://vc"), BASE_ENV)
     with pytest.raises(ConfigError, match="--workers"):
         settings_from_args(_parse("--workers", "0"), BASE_ENV)
+    with pytest.raises(ConfigError, match="--max-creates"):
+        settings_from_args(_parse("--max-creates", "0"), BASE_ENV)
+    assert settings_from_args(_parse(), BASE_ENV).max_creates == 16
+    assert settings_from_args(_parse("--max-creates", "4"), BASE_ENV).max_creates == 4
     assert settings_from_args(_parse("--insecure"), BASE_ENV).insecure
 
 

@@ -129,6 +129,7 @@ class Settings:
     reserve_memory: str = "0"
     max_pods: int = 110
     workers: int = 8
+    max_creates: int = 16
     keepalive_seconds: float = 60.0
     watch_wait_seconds: int = 20
     http_timeout_seconds: float = 60.0
@@ -195,6 +196,12 @@ _OPTIONS: Final[tuple[_Option, ...]] = (
     ),
     _Option("max-pods", "pods each node admits", convert=_positive_int, default=110),
     _Option("workers", "threads that talk to vCenter", convert=_positive_int, default=8),
+    _Option(
+        "max-creates",
+        "CreatePods worked on at once (clone to power-on); more wait their turn",
+        convert=_positive_int,
+        default=16,
+    ),
     _Option("keepalive-seconds", "how often the session is checked", _positive_float, default=60.0),
     _Option(
         "watch-wait-seconds",
@@ -361,6 +368,7 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None =
         reserve_memory=values["reserve_memory"],
         max_pods=values["max_pods"],
         workers=values["workers"],
+        max_creates=values["max_creates"],
         keepalive_seconds=values["keepalive_seconds"],
         watch_wait_seconds=values["watch_wait_seconds"],
         http_timeout_seconds=values["http_timeout_seconds"],

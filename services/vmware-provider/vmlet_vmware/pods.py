@@ -13,6 +13,9 @@ Identity rules (see DESIGN.md):
 - A VM that disappears from vCenter while its pod exists turns the pod Failed with reason
   VMVanished; the provider never makes it again by itself.
 
+Concurrency: at most `max_creates` CreatePods are worked on at once; the others wait their turn
+before anything is done (or shown) for them, so vCenter gets a bounded number of clones in flight.
+
 Networks: the pod's networks (in order) put NIC i on port group i; without any the clone keeps
 the template's NICs, the first moved to --network when that is set. Disks: the pod's disk
 volumes are attached before the VM powers on (and on update); a VM being destroyed lets go of
@@ -75,6 +78,7 @@ class Pods:
         self._book = nodes
         self._disks = disks
         self._locks = KeyedLocks()
+        self._creating = asyncio.Semaphore(session.settings.max_creates)
         self.table = PodTable(cache, nodes)
         self._table = self.table
 
@@ -156,7 +160,10 @@ class Pods:
         size = vm_size(container.resources)
         disks = pod_disk_handles(pod)
         key = pod_key(pod.ref)
-        async with self._locks.hold(pod.identity):
+        # At most --max-creates at once (after the identity's lock, so a duplicate waits for
+        # its twin without taking a turn): a burst of pods reaches vCenter as that many VMs in
+        # flight, each done sooner, rather than all of them at once, each slowed down by the rest.
+        async with self._locks.hold(pod.identity), self._creating:
             current = self._table.get(key)
             if (
                 current is not None

@@ -1,7 +1,9 @@
 """VM operations on vCenter: clone, power, relocate, reconfigure, destroy, and waiting for tasks.
 
 Each operation starts a vSphere task in a worker thread and waits for it from the loop (reading
-the task's state with a growing pause, 50 ms up to 1 s), so a long task holds no thread. The
+the task's state at once, then after a pause that starts at 10 ms and doubles up to 1 s: power
+and reconfigure tasks often end within milliseconds, and the second look should not come long
+after; a task of minutes costs one read a second), so a long task holds no thread. The
 state is read through the PropertyCollector (info.state, info.result, info.error), not as the
 whole TaskInfo: the TaskInfo of a first-class-disk task names the VStorageObjectManager as its
 entity, which pyVmomi refuses to read. After a change the VM's properties are read back into the
@@ -41,6 +43,10 @@ from .sizing import VmSize
 __all__ = ["ClonePlan", "Machines", "TaskFailed"]
 
 _log = logging.getLogger(__name__)
+
+#: The pause before a task's state is read again after it was first read (at once); it then
+#: doubles up to 1 s.
+FIRST_PAUSE_SECONDS = 0.01
 
 
 class TaskFailed(Exception):
@@ -250,7 +256,7 @@ class Machines:
         through `convert`, called in the worker thread), raises TaskFailed when it fails."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._session.settings.task_timeout_seconds
-        delay = 0.05
+        delay = FIRST_PAUSE_SECONDS
         while True:
             try:
                 state, result, fault = await self._call(_task_state, task, convert, doing=doing)
@@ -267,7 +273,7 @@ class Machines:
                     code=grpc.StatusCode.DEADLINE_EXCEEDED,
                 )
             await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 1.0)
+            delay = min(delay * 2, 1.0)
 
     async def run_task(
         self, fn: Any, *args: Any, doing: str, convert: Callable[[Any], Any] | None = None
