@@ -318,6 +318,46 @@ def test_networks_become_the_vms_nics(
     assert "no-such-portgroup" in waiting["message"] and "not found" in waiting["message"]
 
 
+def test_exposed_vm_is_an_endpoint_and_container_pods_stay_off_its_hosts(
+        stack: Stack, control_plane: ControlPlane, sim: VcSim, ns: str) -> None:
+    apply(control_plane, ns,
+          vm_manifest("web", expose={"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}),
+          # A container pod aimed at the vSphere nodes, without the provider's toleration.
+          {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "plain"},
+           "spec": {"nodeSelector": {"vmlet.io/provider": PROVIDER},
+                    "containers": [{"name": "c", "image": "busybox"}]}})
+    uid = get(stack, "vm", "web", ns)["metadata"]["uid"]
+    report_guest_ip(sim, uid, "10.3.0.7")
+    running_vm(stack, ns, "web")
+
+    def endpoints() -> list[dict[str, Any]]:
+        items = stack.kubectl_json("get", "endpointslices", "-n", ns, "-l",
+                                   "kubernetes.io/service-name=web")["items"]
+        return [e for s in items for e in s.get("endpoints") or []]
+
+    ready = eventually(lambda: [e for e in endpoints() if e["conditions"]["ready"]],
+                       what="the VM's guest IP as a ready endpoint")
+    assert ready[0]["addresses"] == ["10.3.0.7"]
+    assert "selector" not in get(stack, "service", "web", ns)["spec"]
+
+    # The guest reports a new address (VMware Tools after a DHCP renewal): the endpoint follows.
+    assert set_guest_ip(sim, uid, "10.3.0.8")
+    eventually(lambda: [e["addresses"] for e in endpoints()] == [["10.3.0.8"]],
+               what="the endpoint follows the guest's new IP")
+    patch(control_plane, "vm", "web", ns, {"spec": {"replicas": 0}})
+    eventually(lambda: endpoints() == [], what="no endpoint once the VM is off")
+
+    # The real scheduler keeps the container pod off every vSphere node (their taint).
+    def refused() -> dict[str, Any] | None:
+        pod = get(stack, "pod", "plain", ns)
+        return pod if any(
+            c.get("reason") == "Unschedulable" and "untolerated taint" in c.get("message", "")
+            for c in pod.get("status", {}).get("conditions") or []) else None
+
+    assert not eventually(refused, what="the scheduler refusing the container pod")["spec"].get(
+        "nodeName")
+
+
 def test_concurrent_duplicate_creates_leave_one_vm(
         stack: Stack, control_plane: ControlPlane, sim: VcSim, ns: str) -> None:
     identity = str(uuid.uuid4())
