@@ -69,6 +69,14 @@ def test_status_running_is_ready_with_ip() -> None:
     assert out["containerStatuses"][0]["state"]["running"]["startedAt"] == "2026-01-01T00:00:00Z"
 
 
+def test_pod_ips_hold_one_address_per_family() -> None:
+    status = pb.PodStatus(phase=pb.POD_PHASE_RUNNING,
+                          pod_ips=["10.0.2.5", "10.0.1.7", "fd00::7", "fd00::8"])
+    out = status_to_k8s(status, _pod(), "192.0.2.1")
+    assert out["podIP"] == "10.0.2.5"
+    assert out["podIPs"] == [{"ip": "10.0.2.5"}, {"ip": "fd00::7"}]
+
+
 def test_status_keeps_transition_time_while_unchanged() -> None:
     pod = _pod()
     pod["status"]["conditions"] = [{"type": "Ready", "status": "False",

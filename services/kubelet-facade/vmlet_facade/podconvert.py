@@ -142,6 +142,16 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _one_per_family(ips: list[str]) -> list[str]:
+    """The primary IP and the first of the other family: the apiserver refuses a pod whose
+    podIPs hold two addresses of one family (a VM with two NICs has two IPv4 addresses)."""
+    out: list[str] = []
+    for ip in ips:
+        if all((":" in ip) != (":" in kept) for kept in out):
+            out.append(ip)
+    return out
+
+
 def status_to_k8s(status: pb.PodStatus, pod: Obj, host_ip: str) -> Obj:
     """A pod status for the apiserver: the provider's view, completed as a kubelet would.
 
@@ -217,7 +227,7 @@ def status_to_k8s(status: pb.PodStatus, pod: Obj, host_ip: str) -> Obj:
         if c is not None and c.message:
             cond["message"] = c.message
         conditions.append(cond)
-    ips = list(status.pod_ips) or ([status.pod_ip] if status.pod_ip else [])
+    ips = _one_per_family(list(status.pod_ips) or ([status.pod_ip] if status.pod_ip else []))
     host = status.host_ip or host_ip
     out: Obj = {
         "phase": phase, "conditions": conditions, "containerStatuses": containers,
