@@ -3,7 +3,8 @@
 The generated messages and stubs live in `vmlet.provider.v1`; this package holds what providers
 share around them: the error taxonomy of the boundary (`errors`), the server with health,
 reflection, TLS, metrics and error mapping (`server`), the flags and logging of a provider's
-command line (`cli`, `logs`), and builders of pod statuses (`podstatus`).
+command line (`cli`, `logs`), builders of pod statuses (`podstatus`) and the checks of a
+CreateDisk request (`diskrequests`).
 """
 
 from . import podstatus

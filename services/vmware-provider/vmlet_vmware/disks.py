@@ -41,6 +41,7 @@ from pyVmomi import vim, vmodl
 from vmlet.provider.v1 import pod_pb2
 from vmlet.provider.v1 import virtual_machine_service_pb2 as pb
 from vmlet_contract import FailedPrecondition, InvalidArgument, NotFound, ProviderError
+from vmlet_contract.diskrequests import check_create_disk
 
 from .cache import Cache
 from .inventory import datastores
@@ -340,16 +341,7 @@ class Disks:
 
     async def create(self, name: str, size_bytes: int, parameters: Mapping[str, str]) -> pb.Disk:
         """CreateDisk: a new FCD, or the one made earlier under `name`."""
-        if not name:
-            raise InvalidArgument("a disk needs a name")
-        if size_bytes <= 0:
-            raise InvalidArgument(f"disk {name}: the size must be positive, not {size_bytes}")
-        unknown = sorted(set(parameters) - set(DISK_PARAMETERS))
-        if unknown:
-            raise InvalidArgument(
-                f"disk {name}: unknown StorageClass parameters {unknown}; the vSphere provider "
-                f"takes {list(DISK_PARAMETERS)}"
-            )
+        check_create_disk(name, size_bytes, parameters, DISK_PARAMETERS, "the vSphere provider")
         provisioning = parameters.get("provisioningType", "thin")
         if provisioning not in PROVISIONING_TYPES:
             raise InvalidArgument(
