@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs the real OpenStack that vmlet's tests and `make up IAAS=openstack` run against:
-# Keystone, Placement, Glance, Neutron and Nova of one release, from PyPI, into their own virtualenv outside
-# the repo (keyed by release, never the workspace venv), plus Debian's rabbitmq-server and
-# mariadb-server (each env runs private instances of both). Every project's database schema is
-# migrated here once, into a MariaDB data dir each start copies.
+# Keystone, Placement, Glance, Neutron, Nova and Cinder of one release, from PyPI, into their own
+# virtualenv outside the repo (keyed by release, never the workspace venv), plus Debian's
+# rabbitmq-server and mariadb-server (each env runs private instances of both). Every project's
+# database schema is migrated here once, into a MariaDB data dir each start copies.
 # Idempotent: a warm run checks a stamp and returns in about a second.
 # Prints the virtualenv's path on stdout; progress goes to stderr.
 set -euo pipefail
@@ -19,6 +19,8 @@ log() { printf '[openstack-install %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
 want_stamp() {
   # What a finished install records: the release, the pins and the interpreter it was built for.
+  # New pins (a service added to requirements.txt) change it, so an existing venv is brought up
+  # to date in place: uv installs what is missing or differs, and the schema template is rebuilt.
   { echo "release=$OS_RELEASE bytecode=1"; sha256sum < "$REQS" | cut -d' ' -f1; "$PY" -c 'import sys; print(sys.version)'; }
 }
 
@@ -70,12 +72,13 @@ install_venv() {
   "$VENV/bin/python" - <<'PY'
 import importlib.util
 for m in ("nova.wsgi.osapi_compute", "nova.virt.fake", "keystone.wsgi.api", "glance.wsgi.api",
-          "placement.wsgi.api", "neutron.wsgi.api", "gunicorn.app.wsgiapp", "openstack"):
+          "placement.wsgi.api", "neutron.wsgi.api", "cinder.wsgi.api", "cinder.tests.fake_driver",
+          "gunicorn.app.wsgiapp", "openstack"):
     if importlib.util.find_spec(m) is None:
         raise SystemExit(f"missing module {m}")
 PY
   for b in nova-manage nova-conductor nova-scheduler nova-compute keystone-manage glance-manage \
-           placement-manage neutron-db-manage gunicorn; do
+           placement-manage neutron-db-manage cinder-manage cinder-scheduler cinder-volume gunicorn; do
     [ -x "$VENV/bin/$b" ] || { log "missing $VENV/bin/$b"; exit 1; }
   done
   want_stamp > "$STAMP"

@@ -12,6 +12,6 @@ OS_RELEASE_DATE="${OS_RELEASE_DATE:-2025-10-02T00:00:00Z}"   # 2025.2 "Flamingo"
 UV="$CACHE/uv-$UV_VERSION/bin/uv"
 [ -x "$UV" ] || python3 -m pip install --quiet --disable-pip-version-check --target "$CACHE/uv-$UV_VERSION" "uv==$UV_VERSION"
 late=()
-for p in nova keystone glance openstack-placement neutron; do late+=(--exclude-newer-package "$p=2100-01-01T00:00:00Z"); done
+for p in nova keystone glance openstack-placement neutron cinder; do late+=(--exclude-newer-package "$p=2100-01-01T00:00:00Z"); done
 "$UV" pip compile requirements.in --python-version 3.11 --exclude-newer "$OS_RELEASE_DATE" "${late[@]}" \
   --custom-compile-command "hack/openstack/lock.sh" -o requirements.txt

@@ -58,7 +58,8 @@ def identity(facts: dict[str, Any]) -> None:
             ident.assign_project_role_to_user(service_project, u, roles[role])
     _log(f"service users: {', '.join(facts['service_users'])}")
 
-    names = {"placement": "placement", "image": "glance", "network": "neutron", "compute": "nova"}
+    names = {"placement": "placement", "image": "glance", "network": "neutron", "compute": "nova",
+             "block-storage": "cinder", "volumev3": "cinderv3"}
     for stype, url in facts["endpoints"].items():
         if stype == "identity":
             continue  # keystone-manage bootstrap registered it
@@ -105,6 +106,8 @@ def compute(facts: dict[str, Any]) -> None:
         project.id, instances=1000, cores=8000, ram=64 * 1024 * 1024, key_pairs=1000,
         server_groups=1000, server_group_members=1000, metadata_items=1024,
     )
+    conn.block_storage.update_quota_set(project.id, volumes=1000, gigabytes=100000,
+                                        snapshots=1000)
     _log("quotas of the vmlet project raised")
     print(json.dumps({"image_id": img.id, "flavors": [f[0] for f in FLAVORS]}))
 

@@ -20,7 +20,7 @@ __all__ = ["REGION", "SERVICE_USERS", "Layout", "render_ini"]
 REGION = "RegionOne"
 SERVICE_PROJECT = "service"
 # One Keystone user per service, each with the admin and service roles on the service project.
-SERVICE_USERS = ("nova", "placement", "glance", "neutron")
+SERVICE_USERS = ("nova", "placement", "glance", "neutron", "cinder")
 
 Ini = Mapping[str, Mapping[str, object]]
 
@@ -97,6 +97,9 @@ class Layout:
             "image": self.url("glance"),
             "network": self.url("neutron"),
             "compute": f"{self.url('nova')}/v2.1",
+            # Cinder, under both names its clients look for (openstacksdk, Nova's catalog_info).
+            "block-storage": f"{self.url('cinder')}/v3/%(project_id)s",
+            "volumev3": f"{self.url('cinder')}/v3/%(project_id)s",
         }
 
     # -- shared sections ---------------------------------------------------------------------
@@ -206,8 +209,10 @@ class Layout:
         return render_ini({
             "ml2": {
                 "type_drivers": "flat,vlan",
-                "tenant_network_types": "",
-                "mechanism_drivers": "",
+                # A project's own networks are VLANs of physnet1, as the env's (_networking).
+                "tenant_network_types": "vlan",
+                # Binds ports for hosts whose macvtap agent is alive (see _networking).
+                "mechanism_drivers": "macvtap",
                 "extension_drivers": "port_security",
             },
             "ml2_type_flat": {"flat_networks": "*"},
@@ -232,7 +237,7 @@ class Layout:
                 "service_down_time": 60,
                 # Resize and cold migration go to the other host, as on a real cloud.
                 "allow_resize_to_same_host": False,
-                # Nothing to heal: the servers have no ports.
+                # No periodic healing of the port cache: Nova builds it at boot.
                 "heal_instance_info_cache_interval": -1,
                 "instance_usage_audit": False,
                 # A test env is thrown away: no minute-long graceful shutdown.
@@ -247,7 +252,10 @@ class Layout:
             "placement": self._client_auth("nova"),
             "neutron": self._client_auth("nova"),
             "glance": {"region_name": REGION, "valid_interfaces": "public"},
-            "cinder": {"os_region_name": REGION},
+            # Volume attach: Nova calls Cinder with the user's token and its service token; some
+            # calls (a detach at cleanup) as its own service user.
+            "cinder": {"os_region_name": REGION, "catalog_info": "volumev3::publicURL",
+                       **self._client_auth("nova")},
             # Hosts are mapped to cell1 by `nova-manage cell_v2 discover_hosts` at start.
             "scheduler": {"workers": 1, "discover_hosts_in_cells_interval": -1},
             "conductor": {"workers": 1},

@@ -1,12 +1,12 @@
 """The env's databases: migrated once per installed release, copied at every start.
 
 Running every project's migrations (keystone-manage db_sync, nova-manage api_db sync and db sync
-for both cells, placement-manage, glance-manage, neutron-db-manage) costs minutes of CPU on a
-small machine, and the result is the same empty schema every time. So the first start after an
-install (or hack/openstack/install.sh itself) runs them, with the projects' own tools, against a
-throwaway MariaDB, and keeps its data dir beside the virtualenv, keyed by the install stamp; each
-start copies that data dir and runs its own server over the copy. Anything that names an env
-(cells, transport URL, endpoints, users) is written per start by the real tools on top.
+for both cells, placement-manage, glance-manage, neutron-db-manage, cinder-manage) costs minutes
+of CPU on a small machine, and the result is the same empty schema every time. So the first start
+after an install (or hack/openstack/install.sh itself) runs them, with the projects' own tools,
+against a throwaway MariaDB, and keeps its data dir beside the virtualenv, keyed by the install
+stamp; each start copies that data dir and runs its own server over the copy. Anything that names
+an env (cells, transport URL, endpoints, users) is written per start by the real tools on top.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ._cinder import sync_schema as _cinder
 from ._config import Layout
 from ._mariadb import DB_PASSWORD, DB_USER, MariaDB
 from ._process import Spawner, wait_until
@@ -26,8 +27,9 @@ from ._process import Spawner, wait_until
 __all__ = ["DATABASES", "Runner", "copy_template", "ensure_template"]
 
 # Bump when the way a template is made changes, so old templates are not reused.
-_RECIPE = "mariadb-1"
-DATABASES = ("keystone", "placement", "glance", "neutron", "nova_api", "nova_cell0", "nova_cell1")
+_RECIPE = "mariadb-2"
+DATABASES = ("keystone", "placement", "glance", "neutron", "nova_api", "nova_cell0", "nova_cell1",
+             "cinder")
 
 Runner = Callable[..., str]
 
@@ -65,7 +67,8 @@ def ensure_template(
             run("mariadb", db.client(), stdin="\n".join(sql))
             lay = Layout(
                 state_dir=build, venv=venv, compute_hosts=(),
-                ports=dict.fromkeys(("keystone", "placement", "glance", "neutron", "nova"), 9),
+                ports=dict.fromkeys(
+                    ("keystone", "placement", "glance", "neutron", "nova", "cinder"), 9),
                 transport_url="rabbit://guest:guest@127.0.0.1:9/", db_port=db.port,
             )
             for d in (lay.etc, lay.data):
@@ -149,4 +152,4 @@ def _neutron(lay: Layout, run: Runner) -> None:
                               *_conf(lay, "neutron.conf", "ml2_conf.ini"), "upgrade", "heads"])
 
 
-_SYNCS = (_neutron, _nova, _nova_cell0, _keystone, _glance, _placement)
+_SYNCS = (_neutron, _nova, _nova_cell0, _keystone, _glance, _placement, _cinder)

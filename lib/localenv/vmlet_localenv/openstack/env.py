@@ -1,10 +1,13 @@
-"""A real OpenStack on loopback: Keystone, Placement, Glance, Neutron and Nova with fake computes.
+"""A real OpenStack on loopback: Keystone, Placement, Glance, Neutron, Nova with fake computes, and
+Cinder.
 
 The services come from PyPI, in their own virtualenv (hack/openstack/install.sh), and run here as
 they would in a small devstack with the fake hypervisor: the WSGI APIs under gunicorn on
 127.0.0.1, nova-conductor, nova-scheduler and two or more nova-compute services with
-``compute_driver=fake.FakeDriver`` and distinct host names, a private MariaDB and RabbitMQ, all
-in one state dir. Nothing is mocked: openstacksdk talks to the real Nova API.
+``compute_driver=fake.FakeDriver`` and distinct host names, cinder-scheduler and cinder-volume
+(a sparse-file backend, see ``_cinder``), neutron-rpc-server and a macvtap agent per compute
+host so that ports bind (see ``_networking``), a private MariaDB and RabbitMQ, all in one state
+dir. Nothing is mocked: openstacksdk talks to the real Nova and Cinder APIs.
 """
 
 from __future__ import annotations
@@ -26,9 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from ._bootstrap import FLAVORS, IMAGE_NAME
+from ._cinder import cinder_service_env, volume_service_ready
+from ._cinder import gunicorn_conf as cinder_gunicorn_conf
+from ._cinder import write_files as write_cinder_files
 from ._config import REGION, SERVICE_USERS, Layout
 from ._databases import copy_template, ensure_template
 from ._mariadb import MariaDB, mariadbd_path
+from ._networking import agent_conf, networks_unsupported, rpc_server_conf
 from ._process import Service, Spawner, free_ports, run_command, wait_until
 from ._rabbit import Rabbit, rabbitmq_server_path
 from ._rest import Session, answers
@@ -68,6 +75,8 @@ def installed(venv: Path | None = None) -> str | None:
     venv = venv or default_venv()
     if not (venv / ".vmlet-installed").is_file():
         return f"the OpenStack {OPENSTACK_RELEASE} virtualenv is not at {venv}"
+    if not (venv / "bin" / "cinder-volume").is_file():
+        return f"the OpenStack {OPENSTACK_RELEASE} virtualenv at {venv} predates Cinder"
     if rabbitmq_server_path() is None:
         return "rabbitmq-server is not installed"
     if mariadbd_path() is None:
@@ -134,6 +143,7 @@ class OpenStackEnv:
         self._state_dir: Path | None = None
         self._made_state_dir = False
         self._image_id: str | None = None
+        self._networks: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._t0 = 0.0
 
@@ -186,6 +196,12 @@ class OpenStackEnv:
         return [f[0] for f in FLAVORS]
 
     @property
+    def networks(self) -> list[dict[str, Any]]:
+        """The vmlet project's networks whose ports bind (name, id, subnet_id, cidr, vlan), in
+        the order made; empty when ports cannot bind here (see ``_networking``)."""
+        return [dict(n) for n in self._networks]
+
+    @property
     def transport_url(self) -> str:
         return self.layout.transport_url
 
@@ -203,6 +219,7 @@ class OpenStackEnv:
             "endpoints": self.endpoints,
             "image": {"name": self.image_name, "id": self.image_id},
             "flavors": self.flavor_names,
+            "networks": self.networks,
             "state_dir": str(self.state_dir),
             "logs": str(self.layout.logs),
             "pids": {s.name: s.pid for s in self._services},
@@ -304,7 +321,7 @@ class OpenStackEnv:
         (state / "logs").mkdir(exist_ok=True)
         template = ensure_template(self.venv, self._runner, self._say)
         # All ports at once, so that none is handed out twice.
-        names = ["keystone", "placement", "glance", "neutron", "nova"]
+        names = ["keystone", "placement", "glance", "neutron", "nova", "cinder"]
         ports = free_ports(len(names) + 4)
         rabbit = Rabbit(state, state / "logs", ports=ports[-4:-1])
         db = MariaDB(state / "mysql", state / "logs", port=ports[-1])
@@ -316,6 +333,7 @@ class OpenStackEnv:
         for d in (lay.etc, lay.logs, lay.data):
             d.mkdir(parents=True, exist_ok=True)
         lay.write_config_files()
+        write_cinder_files(lay)
         copy_template(template, db)
         self._spawner = Spawner()
         self._say(f"state in {state}; starting RabbitMQ on 127.0.0.1:{rabbit.port} and "
@@ -335,6 +353,9 @@ class OpenStackEnv:
             self._gunicorn("glance", "glance.wsgi.api:application", "glance-api")
             self._gunicorn("neutron", "neutron.wsgi.api:application", "neutron-server",
                            OS_NEUTRON_CONFIG_FILES="neutron.conf;ml2_conf.ini")
+            (lay.etc / "gunicorn-cinder.py").write_text(cinder_gunicorn_conf(lay))
+            self._service("cinder-api", [self._bin("gunicorn"), "-c",
+                                         str(lay.etc / "gunicorn-cinder.py")])
             keystone.result(timeout=left())
             self._gunicorn("keystone", "keystone.wsgi.api:application", "keystone",
                            OS_KEYSTONE_CONFIG_FILES="keystone.conf")
@@ -343,6 +364,13 @@ class OpenStackEnv:
         self._say("cell0 and cell1 mapped")
         wait_until(rabbit.ready, timeout=left(), what="rabbitmq", alive=self._alive)
         self._say("RabbitMQ ready")
+        binds = networks_unsupported() is None
+        if binds:
+            self._start_network_agents()
+        for svc in ("scheduler", "volume"):
+            self._service(f"cinder-{svc}", [self._bin(f"cinder-{svc}"), "--config-file",
+                                            str(lay.etc / "cinder.conf")],
+                          **cinder_service_env(lay))
         self._gunicorn("nova", "nova.wsgi.osapi_compute:application", "nova-api",
                        OS_NOVA_CONFIG_FILES=";".join([
                            str(self.venv / "etc" / "nova" / "api-paste.ini"),
@@ -366,14 +394,22 @@ class OpenStackEnv:
             self._service(f"nova-compute-{i}", [self._bin("nova-compute"),
                                                 *self._nova_conf(f"nova-compute-{i}.conf")])
         self._say(f"nova-api, conductor, scheduler and {len(self.compute_hosts)} computes started")
-        for name in ("glance", "neutron", "nova"):
+        for name in ("glance", "neutron", "nova", "cinder"):
             root = lay.url(name) + "/"
             wait_until(partial(answers, root), timeout=left(), what=name, alive=self._alive)
         self._say("all APIs answer")
         out = self._bootstrap("compute")
         self._image_id = json.loads(out.strip().splitlines()[-1])["image_id"]
         self._say("flavors and image created")
+        if binds:
+            self._make_networks()
         self._wait_computes(left)
+        admin = Session(lay.auth_url, "admin", lay.admin_password, "admin")
+        wait_until(partial(volume_service_ready, admin, lay), timeout=left(),
+                   what="cinder-volume and its pool in the scheduler", alive=self._alive)
+        self._say("cinder-volume up, its pool known to cinder-scheduler")
+        if binds:
+            self._wait_network_agents(left)
         self._write_clouds_yaml()
         (lay.state_dir / "facts.json").write_text(json.dumps(self.facts(), indent=2))
 
@@ -387,6 +423,43 @@ class OpenStackEnv:
         conf.write_text(lay.gunicorn_conf(name, app, argv0))
         env.setdefault(f"OS_{name.upper()}_CONFIG_DIR", str(lay.etc))
         return self._service(f"{name}-api", [self._bin("gunicorn"), "-c", str(conf)], **env)
+
+    def _start_network_agents(self) -> None:
+        """neutron-rpc-server and one macvtap agent per compute host (see ``_networking``)."""
+        lay = self.layout
+        (lay.etc / "neutron-rpc.conf").write_text(rpc_server_conf(lay.logs))
+        self._service("neutron-rpc", [self._bin("neutron-rpc-server"), *(
+            a for f in ("neutron.conf", "ml2_conf.ini", "neutron-rpc.conf")
+            for a in ("--config-file", str(lay.etc / f)))])
+        for i, host in enumerate(self.compute_hosts, 1):
+            name = f"neutron-macvtap-agent-{i}"
+            conf = lay.etc / f"{name}.ini"
+            conf.write_text(agent_conf(host=host, name=name, logs=lay.logs, data=lay.data,
+                                       transport_url=lay.transport_url))
+            conf.chmod(0o600)
+            (lay.data / name / "locks").mkdir(parents=True, exist_ok=True)
+            self._service(name, [self._bin("python"), str(_HERE / "_macvtap_agent.py"),
+                                 "--config-file", str(conf)])
+        self._say(f"neutron-rpc-server and {len(self.compute_hosts)} macvtap agents starting")
+
+    def _make_networks(self) -> None:
+        out = self._run("bootstrap-network", [self._bin("python"), str(_HERE / "_networking.py")],
+                        stdin=json.dumps(self._bootstrap_facts()))
+        self._networks = json.loads(out.strip().splitlines()[-1])["networks"]
+        self._say("networks: " + ", ".join(f"{n['name']} ({n['cidr']})" for n in self._networks))
+
+    def _wait_network_agents(self, left: Callable[[], float]) -> None:
+        """A live macvtap agent on every compute host: ML2 binds a port only there."""
+        lay = self.layout
+        admin = Session(lay.auth_url, "admin", lay.admin_password, "admin")
+        want = set(self.compute_hosts)
+
+        def alive() -> bool:
+            body = admin.get(f"{lay.url('neutron')}/v2.0/agents?binary=neutron-macvtap-agent")
+            return want <= {a["host"] for a in body["agents"] if a["alive"]}
+
+        wait_until(alive, timeout=left(), what="macvtap agents", alive=self._alive)
+        self._say("a macvtap agent alive on every compute host")
 
     def _keystone_setup(self) -> None:
         lay = self.layout
