@@ -800,13 +800,22 @@ def test_logs_stats_and_what_is_not_served(
         # A server with no network has no address for SSH: the exec says so.
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "no IP yet" in (caught.value.details() or "")
+        # Disks are Cinder volumes (tests/test_openstack_disks.py); their refusals are statuses.
         with pytest.raises(grpc.RpcError) as caught:
             provider.vms.CreateDisk(
-                virtual_machine_service_pb2.CreateDiskRequest(name="d", size_bytes=2**30),
+                virtual_machine_service_pb2.CreateDiskRequest(
+                    name="d", size_bytes=2**30, parameters={"datastore": "x"}
+                ),
                 timeout=30,
             )
-        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "Cinder" in (caught.value.details() or "")
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "unknown StorageClass parameters ['datastore']" in (caught.value.details() or "")
+        missing = "00000000-0000-0000-0000-000000000000"
+        with pytest.raises(grpc.RpcError) as caught:
+            provider.vms.GetDisk(virtual_machine_service_pb2.GetDiskRequest(handle=missing))
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "not found in Cinder" in (caught.value.details() or "")
+        provider.vms.DeleteDisk(virtual_machine_service_pb2.DeleteDiskRequest(handle=missing))
 
 
 def _compute_service(admin: Any, host: str) -> str:

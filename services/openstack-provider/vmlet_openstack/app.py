@@ -17,6 +17,7 @@ from vmlet_contract import ProviderServicers
 from .catalog import Catalog
 from .cloud import Cloud
 from .config import Settings
+from .disks import Disks
 from .nodes import PROVIDER_KIND, NodeBook
 from .pods import Pods
 from .servicers import KubeletEndpoints, NodeProvider, PodLifecycle, PodNotifier, VirtualMachines
@@ -87,7 +88,8 @@ def build(settings: Settings) -> OpenStackProvider:
     watch = Watch(cloud, cache, settings)
     book = NodeBook(cloud, settings)
     catalog = Catalog(cloud)
-    pods = Pods(cloud, cache, watch, book, catalog, settings)
+    disks = Disks(cloud, cache, settings)
+    pods = Pods(cloud, cache, watch, book, catalog, settings, disks)
     snapshots = Snapshots(cloud, cache, watch, pods, book, settings)
     closing = asyncio.Event()
     provider: OpenStackProvider
@@ -100,7 +102,7 @@ def build(settings: Settings) -> OpenStackProvider:
         notifier=PodNotifier(pods),
         nodes=NodeProvider(cloud, book, version()),
         endpoints=KubeletEndpoints(cloud, pods, Stats(cloud, book, pods), settings, closing),
-        vms=VirtualMachines(snapshots),
+        vms=VirtualMachines(snapshots, disks),
         shutdown_hooks=(shutdown,),
     )
     provider = OpenStackProvider(

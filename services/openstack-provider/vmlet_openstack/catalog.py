@@ -4,7 +4,7 @@ needs them.
 Flavors are listed once a minute (and again when a named one is missing). Images are looked up
 by name or ID in Glance, active ones only, and remembered for half a minute; a name that several
 images share is refused (name the image by ID instead). Networks (for --network names) are looked
-up once and kept.
+up once and kept; a pod's own networks resolve through `networks` (`Catalog.networks`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any, Final
 from vmlet_contract import InvalidArgument, NotFound, ProviderError
 
 from .cloud import Api, Cloud
+from .networks import Networks
 from .records import FlavorRecord
 from .sizing import Demand, choose_flavor, looks_like_id
 
@@ -34,6 +35,7 @@ class Catalog:
         self._flavors_at = 0.0
         self._images: dict[str, tuple[float, str]] = {}
         self._networks: dict[str, str] = {}
+        self.networks = Networks(cloud)
         self._lock = asyncio.Lock()
 
     async def flavors(self, *, fresh: bool = False) -> list[FlavorRecord]:

@@ -7,11 +7,12 @@ Should two servers ever claim one identity (a create that reached Nova after its
 killed, racing the retry of a new one), the oldest is kept and the others are deleted.
 
 Create. No server: the image and flavor are resolved (`catalog`), and the server is asked for on
-the compute host behind the pod's node (`host`, microversion 2.74), with `networks: none` unless
---network says otherwise, the pod's user data, and its metadata and tags. A server already there
-is claimed for the pod (its metadata rewritten; Nova takes no metadata while a server builds,
-so then the converger does it once the build is over) and brought in line by the converger:
-moved to the pod's host, resized to the pod's flavor, powered on.
+the compute host behind the pod's node (`host`, microversion 2.74), with a port on each of the
+pod's networks in order (`networks`), else `networks: none` unless --network says otherwise, the
+pod's user data, and its metadata and tags. A server already there is claimed for the pod (its
+metadata rewritten; Nova takes no metadata while a server builds, so then the converger does it
+once the build is over) and brought in line by the converger: moved to the pod's host, resized to
+the pod's flavor, powered on.
 
 Converger. One task per identity at a time walks a server, one Nova action at a time, toward what
 its pod wants: confirm a resize or migration waiting for it; wait while Nova is busy; migrate to
@@ -21,10 +22,15 @@ move it, and the next round moves it back); start it when it is off. Each action
 per round (a refused or failed one up to five times, backing off, when Nova was busy or had a
 hiccup); the pod's status shows the step (Migrating, Resizing, PoweringOn).
 
+Disks. A pod's PersistentVolume disks (Cinder volumes, see `disks`) are attached at boot (block
+device mappings); the converger attaches and detaches them after an update (or on a server the
+pod claimed) once the server is at rest. A disk attached to another VM refuses the create.
+
 Delete. keep_on_delete (a VirtualMachine owns the identity): the server loses its pod metadata
-and is stopped, kept with its disk. Otherwise it is deleted, and DeletePod returns once Nova no
-longer lists it. A pod whose server was meanwhile claimed by another pod (the VM moved to a new
-pod) lets go without touching the server; which pod owns a server is what the provider last
+and is stopped, kept with its boot disk; its volumes are detached, free for their next VM.
+Otherwise it is deleted (Nova detaches its volumes), and DeletePod returns once Nova no longer
+lists it. A pod whose server was meanwhile claimed by another pod (the VM moved to a new pod)
+lets go without touching the server; which pod owns a server is what the provider last
 registered for the identity, or after a restart what the server's metadata says. Unknown pods
 delete successfully.
 
@@ -60,6 +66,7 @@ from . import naming
 from .catalog import Catalog
 from .cloud import Api, Cloud
 from .config import Settings
+from .disks import Disks, boot_mappings, pod_disk_handles
 from .locks import IdentityLocks
 from .nodes import NodeBook
 from .records import FlavorRecord, ServerRecord
@@ -93,6 +100,7 @@ class PodEntry:
     vanished: str = ""
     fingerprint: bytes = b""
     unclaimed: bool = False  # the server's metadata still names another pod
+    dropped_disks: frozenset[str] = frozenset()  # disks an update took from the pod
 
     @property
     def key(self) -> PodKey:
@@ -178,8 +186,10 @@ class Pods:
         nodes: NodeBook,
         catalog: Catalog,
         settings: Settings,
+        disks: Disks | None = None,
     ) -> None:
         self._cloud = cloud
+        self._disks = disks
         self._cache = cache
         self._watch = watch
         self._nodes = nodes
@@ -356,6 +366,7 @@ class Pods:
         _validate(pod)
         ref = image_ref(pod.containers[0].image)
         demand = demand_of(pod)
+        disks = pod_disk_handles(pod)
         if len(pod.user_data.encode()) * 4 // 3 > _USER_DATA_LIMIT:
             raise InvalidArgument("the user data is larger than Nova's 64 KiB (base64) limit")
         host = await self._nodes.host_for(pod.node_name)
@@ -372,12 +383,20 @@ class Pods:
             entry = self._register(pod, host)
             if server is None:
                 try:
-                    await self._create_server(entry, ref, demand)
+                    if disks:
+                        # No other pod of this provider boots with them meanwhile.
+                        async with self._require_disks().holding(disks):
+                            await self._require_disks().check_free(disks)
+                            await self._create_server(entry, ref, demand)
+                    else:
+                        await self._create_server(entry, ref, demand)
                 except BaseException:
                     if not entry.server_id:
                         self._forget(entry)
                     raise
             else:
+                if disks:
+                    await self._require_disks().check_free(disks, server.id)
                 entry.server_id = server.id
                 entry.flavor = await self._catalog.flavor_for(demand)
                 entry.unclaimed = not await self._claim(server, pod)
@@ -404,7 +423,10 @@ class Pods:
             "metadata": pod_metadata(pod),
             "tags": [naming.PROVIDER_TAG, naming.identity_tag(pod.identity)],
         }
-        if self._settings.networks_none:
+        if pod.networks:
+            names = [n.name for n in pod.networks]
+            body["networks"] = await self._catalog.networks.boot_networks(names)
+        elif self._settings.networks_none:
             body["networks"] = "none"
         elif self._settings.networks_auto:
             body["networks"] = "auto"
@@ -413,6 +435,8 @@ class Pods:
             body["networks"] = [{"uuid": i} for i in ids]
         if pod.user_data:
             body["user_data"] = base64.b64encode(pod.user_data.encode()).decode()
+        if disks := pod_disk_handles(pod):
+            body["block_device_mapping_v2"] = boot_mappings(image_id, disks)
         entry.progress = Progress(
             "ContainerCreating", f"asking Nova for server {body['name']} on {entry.host}"
         )
@@ -462,11 +486,14 @@ class Pods:
         _validate(pod)
         entry = await self._entry(pod.ref.namespace, pod.ref.name)
         demand = demand_of(pod)
+        disks = pod_disk_handles(pod)
         host = await self._nodes.host_for(pod.node_name)
         async with self._locks.hold(pod.identity):
             flavor = await self._catalog.flavor_for(demand)
+            before = set(pod_disk_handles(entry.pod, strict=False))
             entry = self._register(pod, host)
             entry.flavor = flavor
+            entry.dropped_disks = frozenset((entry.dropped_disks | before) - set(disks))
             servers = await self.lookup(pod.identity)
             if not servers:
                 self._publish(entry)
@@ -508,6 +535,8 @@ class Pods:
                 entry.progress = Progress("Deleting", f"stopping server {server.name}")
             if pod.keep_on_delete:
                 await self._keep(server)
+                if self._disks is not None:
+                    await self._disks.release(server.id, pod_disk_handles(pod, strict=False))
             else:
                 await self._destroy(server)
             if entry is not None:
@@ -668,6 +697,7 @@ class Pods:
                             continue
                     step = self._next_step(entry, server, tried)
                     if step is None:
+                        await self._sync_disks(entry, server)
                         return
                     kind, progress, doing, action = step
                     entry.progress = progress
@@ -714,6 +744,32 @@ class Pods:
             if entry is not None:
                 entry.progress = None
                 self._publish(entry)
+
+    def _require_disks(self) -> Disks:
+        if self._disks is None:
+            raise FailedPrecondition("this OpenStack provider has no disks (no Cinder)")
+        return self._disks
+
+    async def _sync_disks(self, entry: PodEntry, server: ServerRecord) -> None:
+        """Attaches the pod's disks the server lacks and detaches those it dropped; a refusal
+        (a disk held by another VM) shows in the pod's status."""
+        wanted = pod_disk_handles(entry.pod, strict=False)
+        if self._disks is None or server.status not in ("ACTIVE", "SHUTOFF"):
+            return
+        if not wanted and not entry.dropped_disks:
+            return
+        doing = f"attaching disks {list(wanted)}" if wanted else "detaching dropped disks"
+        entry.progress = Progress("ContainerCreating", doing)
+        self._publish(entry)
+        try:
+            await self._disks.sync(server.id, wanted, entry.dropped_disks)
+            entry.dropped_disks = frozenset()
+        except ProviderError as error:
+            entry.note = error.message
+            _log.warning(
+                "disks not in line",
+                extra={"identity": entry.identity, "server": server.id, "error": error.message},
+            )
 
     async def _moved_on(self, before: ServerRecord) -> None:
         """Waits (briefly) until Nova shows the server changed after an action."""

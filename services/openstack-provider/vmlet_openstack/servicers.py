@@ -6,9 +6,9 @@ OpenStack provider does not serve answers UNIMPLEMENTED with the reason:
 
 - Attach: Nova's serial console (a websocket proxy) is not wired up yet. Exec and PortForward go
   over the server's network to its address (SSH with the credentials the facade resolved, and
-  TCP); a server with no network has no address, and they say so;
-- CreateDisk, DeleteDisk, ExpandDisk: disks would be Cinder volumes, and this provider does not
-  use Cinder (the vmlet test OpenStack does not run it).
+  TCP); a server with no network has no address, and they say so.
+
+Disks are Cinder volumes (`disks`).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from vmlet_contract import (
 from .cloud import Cloud
 from .config import Settings
 from .consolelog import server_log
+from .disks import Disks
 from .nodes import PROVIDER_KIND, NodeBook
 from .pods import Pods
 from .snapshots import Snapshots
@@ -243,22 +244,18 @@ class KubeletEndpoints(kpb_grpc.KubeletEndpointServiceServicer):
         return await self._stats.summary(request.node_name)
 
 
-_NO_CINDER = (
-    "disks are not supported by the OpenStack provider: they would be Cinder volumes, and it "
-    "does not use Cinder"
-)
-
-
 class VirtualMachines(vpb_grpc.VirtualMachineServiceServicer):
-    """VMs by identity, snapshots as Glance images; no disks."""
+    """VMs by identity, snapshots as Glance images, disks as Cinder volumes."""
 
-    def __init__(self, snapshots: Snapshots) -> None:
+    def __init__(self, snapshots: Snapshots, disks: Disks) -> None:
         self._snapshots = snapshots
+        self._disks = disks
 
     async def GetVirtualMachine(
         self, request: vpb.GetVirtualMachineRequest, context: Any
     ) -> vpb.GetVirtualMachineResponse:
         vm = await self._snapshots.get_vm(request.identity)
+        vm.disk_handles.extend(await self._disks.attached(vm.provider_id))
         return vpb.GetVirtualMachineResponse(virtual_machine=vm)
 
     async def DeleteVirtualMachine(
@@ -293,17 +290,20 @@ class VirtualMachines(vpb_grpc.VirtualMachineServiceServicer):
     async def CreateDisk(
         self, request: vpb.CreateDiskRequest, context: Any
     ) -> vpb.CreateDiskResponse:
-        _unimplemented(_NO_CINDER)
+        disk = await self._disks.create(request.name, request.size_bytes, dict(request.parameters))
+        return vpb.CreateDiskResponse(disk=disk)
 
     async def DeleteDisk(
         self, request: vpb.DeleteDiskRequest, context: Any
     ) -> vpb.DeleteDiskResponse:
-        _unimplemented(_NO_CINDER)
+        await self._disks.delete(request.handle)
+        return vpb.DeleteDiskResponse()
 
     async def ExpandDisk(
         self, request: vpb.ExpandDiskRequest, context: Any
     ) -> vpb.ExpandDiskResponse:
-        _unimplemented(_NO_CINDER)
+        disk = await self._disks.expand(request.handle, request.size_bytes)
+        return vpb.ExpandDiskResponse(disk=disk)
 
     async def GetDisk(self, request: vpb.GetDiskRequest, context: Any) -> vpb.GetDiskResponse:
-        _unimplemented(_NO_CINDER)
+        return vpb.GetDiskResponse(disk=await self._disks.get(request.handle))
