@@ -155,6 +155,20 @@ def test_exposed_vm_on_a_network_is_its_services_endpoint(
                        timeout=LONG, what="the server's fixed IP as a ready endpoint")
     assert ready[0]["addresses"] == fixed == vm["status"]["addresses"]
 
+    # A resize of a server with ports: Nova resizes onto the other host and the provider moves
+    # it back to the pod's (a live migration, which once hung waiting for a VIF event the fake
+    # driver never causes). The port and its IP stay.
+    control_plane.kubectl("patch", "vm", "web", "-n", ns, "--type=merge",
+                          "-p", '{"spec":{"cpu":2,"memory":"2Gi"}}')
+    resized = eventually(
+        lambda: (v := get(vmlet, "vm", "web", ns))["status"].get("cpu") == 2
+        and v["status"].get("state") == "Running" and v, timeout=LONG, interval=1,
+        what="Running at the new size")
+    after = settled(admin, vm["metadata"]["uid"], status="ACTIVE")
+    assert after["flavor"]["vcpus"] == 2 and after["OS-EXT-SRV-ATTR:host"] == server[
+        "OS-EXT-SRV-ATTR:host"]
+    assert resized["status"]["addresses"] == fixed
+
 
 def test_unknown_network_is_refused_with_a_reason_and_no_server(
         vmlet: Vmlet, control_plane: ControlPlane, cloud: e2e.Cloud, admin: Any,

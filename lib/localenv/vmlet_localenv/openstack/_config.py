@@ -242,7 +242,13 @@ class Layout:
                 "instance_usage_audit": False,
                 # A test env is thrown away: no minute-long graceful shutdown.
                 "graceful_shutdown_timeout": 2,
+                # The fake driver plugs no VIF, so the macvtap agents never see a port come up
+                # and Neutron sends no network-vif-plugged: Nova must not wait for it (a live
+                # migration of a server with ports otherwise hangs for vif_plugging_timeout).
+                "vif_plugging_is_fatal": False,
+                "vif_plugging_timeout": 0,
             },
+            "compute": {"live_migration_wait_for_vif_plug": False},
             "api": {"auth_strategy": "keystone"},
             "wsgi": {"api_paste_config": str(self.venv / "etc" / "nova" / "api-paste.ini")},
             "api_database": {"connection": self.db("nova_api")},
