@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from vmlet_localenv.controlplane import ControlPlane
@@ -219,15 +221,30 @@ def _show_vm(cp: ControlPlane, iaas: _Iaas) -> None:
     step(f"the VirtualMachine's events:\n{events}")
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vmlet-demo", description=__doc__)
     parser.add_argument("--iaas", choices=IAAS_CHOICES, default=DEFAULT_IAAS)
     args = parser.parse_args(argv)
+    # SIGTERM tears down like Ctrl-C: RabbitMQ's Erlang VM, a grandchild, outlives a demo that
+    # just dies.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _run(args.iaas)
+    except KeyboardInterrupt as stopped:
+        step(f"interrupted ({stopped}); everything was stopped")
+        return 130
+
+
+def _run(iaas_name: str) -> int:
     with tempfile.TemporaryDirectory(prefix="vmlet-demo-") as tmp:
         step("starting a local Kubernetes control plane (etcd, apiserver, scheduler, "
-             f"controller-manager), vcsim, the {args.iaas} provider and the facade")
+             f"controller-manager), vcsim, the {iaas_name} provider and the facade")
         started = time.monotonic()
-        env = Environment(directory=Path(tmp), iaas=args.iaas).start()
+        env = Environment(directory=Path(tmp), iaas=iaas_name).start()
         try:
             step(f"ready in {time.monotonic() - started:.1f}s")
             cp = env.control_plane
