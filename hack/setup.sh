@@ -3,21 +3,16 @@
 # keyed by Python version), and the Go-built peers (hack/build-tools.sh). Idempotent and fast when warm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-UV_VERSION="${UV_VERSION:-0.13.8}"
 CACHE="${VMLET_CACHE:-$HOME/.cache/vmlet}"
 PY="${PYTHON:-python3}"
 pyver=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
-UV_HOME="$CACHE/uv-$UV_VERSION"
 VENV="${UV_PROJECT_ENVIRONMENT:-$CACHE/venv-py$pyver}"
 log() { printf '[setup %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
-if [ ! -x "$UV_HOME/bin/uv" ]; then
-  log "installing uv $UV_VERSION into $UV_HOME"
-  "$PY" -m pip install --quiet --disable-pip-version-check --target "$UV_HOME" "uv==$UV_VERSION"
-fi
+UV=$(bash hack/uv.sh)
 log "syncing the workspace virtualenv at $VENV"
 export UV_PROJECT_ENVIRONMENT="$VENV" UV_PYTHON="$PY" UV_PYTHON_DOWNLOADS=never
-"$UV_HOME/bin/uv" sync --locked --all-packages --quiet
+"$UV" sync --locked --all-packages --quiet
 bash hack/build-tools.sh all
 bash hack/build-tools.sh kubectl-into "$VENV/bin"
 bash hack/openstack/install.sh >/dev/null

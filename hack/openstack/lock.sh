@@ -6,11 +6,8 @@
 # Run it only when moving to another release or point release; commit the result.
 set -euo pipefail
 cd "$(dirname "$0")"
-UV_VERSION="${UV_VERSION:-0.13.8}"
-CACHE="${VMLET_CACHE:-$HOME/.cache/vmlet}"
 OS_RELEASE_DATE="${OS_RELEASE_DATE:-2025-10-02T00:00:00Z}"   # 2025.2 "Flamingo" shipped 2025-10-01
-UV="$CACHE/uv-$UV_VERSION/bin/uv"
-[ -x "$UV" ] || python3 -m pip install --quiet --disable-pip-version-check --target "$CACHE/uv-$UV_VERSION" "uv==$UV_VERSION"
+UV=$(bash ../uv.sh)
 late=()
 for p in nova keystone glance openstack-placement neutron cinder; do late+=(--exclude-newer-package "$p=2100-01-01T00:00:00Z"); done
 "$UV" pip compile requirements.in --python-version 3.11 --exclude-newer "$OS_RELEASE_DATE" "${late[@]}" \

@@ -4,6 +4,9 @@ naming, server records, pod statuses, console diffing and settings."""
 from __future__ import annotations
 
 import argparse
+import asyncio
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +19,13 @@ from openstack import exceptions as sdk
 from vmlet.provider.v1 import pod_pb2
 from vmlet_contract import InvalidArgument, Unavailable
 from vmlet_openstack import naming
-from vmlet_openstack.config import ConfigError, add_openstack_arguments, settings_from_args
+from vmlet_openstack.cloud import Cloud
+from vmlet_openstack.config import (
+    ConfigError,
+    Settings,
+    add_openstack_arguments,
+    settings_from_args,
+)
 from vmlet_openstack.consolelog import new_lines
 from vmlet_openstack.faults import server_fault, status_error, to_provider_error
 from vmlet_openstack.records import FlavorRecord, ServerRecord
@@ -292,3 +301,51 @@ def test_settings() -> None:
 
 def test_record_times_are_aware() -> None:
     assert _server().launched_at == datetime(2025, 1, 1, 10, 0, tzinfo=UTC)
+
+
+def _flaky_cloud(
+    failures: int, exc: BaseException, **settings: Any
+) -> tuple[Cloud, list[int], Callable[[Any], int]]:
+    """A Cloud whose API raises `exc` for the first `failures` calls, then answers 42."""
+    cloud = Cloud(Settings(**settings))
+    calls: list[int] = []
+
+    def connect() -> Any:
+        return object()
+
+    cloud._connect = connect  # type: ignore[method-assign]
+
+    def fn(api: Any) -> int:
+        calls.append(1)
+        if len(calls) <= failures:
+            raise exc
+        return 42
+
+    return cloud, calls, fn
+
+
+def test_a_read_retries_a_reset_connection() -> None:
+    cloud, calls, fn = _flaky_cloud(2, requests.ConnectionError("Connection reset by peer"))
+    assert asyncio.run(cloud.call("look up the server of x", fn, read=True)) == 42
+    assert len(calls) == 3
+    assert cloud.reachable is True
+
+
+def test_a_write_is_never_repeated() -> None:
+    cloud, calls, fn = _flaky_cloud(1, requests.ConnectionError("Connection refused"))
+    with pytest.raises(Unavailable):
+        asyncio.run(cloud.call("create server x", fn))
+    assert len(calls) == 1
+    assert cloud.reachable is False
+
+
+def test_a_read_gives_up_at_its_deadline() -> None:
+    cloud, calls, fn = _flaky_cloud(
+        1000, requests.ConnectionError("Connection refused"), read_retry_seconds=1.0
+    )
+    started = time.monotonic()
+    with pytest.raises(Unavailable, match="unreachable"):
+        asyncio.run(cloud.call("list servers", fn, read=True))
+    assert 0.5 < time.monotonic() - started < 3.0
+    assert 3 <= len(calls) <= 6
+    assert cloud.reachable is False

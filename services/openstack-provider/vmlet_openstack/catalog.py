@@ -41,7 +41,7 @@ class Catalog:
     async def flavors(self, *, fresh: bool = False) -> list[FlavorRecord]:
         async with self._lock:
             if fresh or not self._flavors or time.monotonic() - self._flavors_at > _FLAVOR_TTL:
-                raw = await self._cloud.call("list flavors", lambda api: api.flavors())
+                raw = await self._cloud.call("list flavors", lambda api: api.flavors(), read=True)
                 self._flavors = [FlavorRecord.from_json(f) for f in raw]
                 self._flavors_at = time.monotonic()
             return list(self._flavors)
@@ -73,7 +73,7 @@ class Catalog:
                     return [image]
             return api.images({"name": ref})
 
-        found = await self._cloud.call(f"find image {ref}", find)
+        found = await self._cloud.call(f"find image {ref}", find, read=True)
         active = [i for i in found if i.get("status") == "active"]
         if not active:
             if found:
@@ -104,7 +104,7 @@ class Catalog:
             return api.networks(name)
 
         try:
-            found = await self._cloud.call(f"find network {name}", find)
+            found = await self._cloud.call(f"find network {name}", find, read=True)
         except ProviderError as error:
             if isinstance(error, NotFound):
                 found = []

@@ -54,6 +54,10 @@ _CALLS = Counter(
     "Calls the provider made to OpenStack, by the gRPC code their outcome maps to.",
     ("code",),
 )
+_RETRIES = Counter(
+    "vmlet_openstack_read_retries_total",
+    "Reads tried again after OpenStack refused, reset or dropped the connection.",
+)
 _CALL_SECONDS = Histogram(
     "vmlet_openstack_call_seconds",
     "Time one call to OpenStack took, thread pool wait included.",
@@ -336,27 +340,41 @@ class Cloud:
                 self.forget_connection()
             raise error from None
 
-    async def call(self, doing: str, fn: Callable[[Api], T]) -> T:
+    async def call(self, doing: str, fn: Callable[[Api], T], *, read: bool = False) -> T:
         """Runs `fn(api)` in the pool; raises the boundary error of whatever went wrong, saying
-        `doing` (e.g. "create server default-web")."""
+        `doing` (e.g. "create server default-web").
+
+        A `read` (a call that changes nothing in OpenStack) that meets a refused, reset or timed
+        out connection is tried again with back-off for up to `read_retry_seconds`: an API worker
+        that recycles, or a keep-alive connection the server dropped, is not an outage. Writes are
+        never repeated here; their callers look up before they act again."""
         loop = asyncio.get_running_loop()
         self._loop = loop
-        started = time.monotonic()
-        try:
-            result = await loop.run_in_executor(self._pool, self._run, fn, doing)
-        except ProviderError as error:
-            _CALLS.labels(error.code.name).inc()
-            if is_unavailable(error) or error.code == grpc.StatusCode.UNAUTHENTICATED:
-                # Refused credentials make OpenStack as unusable as an outage does.
-                self._set_reachable(False, error.message)
-            else:
-                self._set_reachable(True, "")
-            raise
-        finally:
-            _CALL_SECONDS.observe(time.monotonic() - started)
-        _CALLS.labels("OK").inc()
-        self._set_reachable(True, "")
-        return result
+        deadline = time.monotonic() + (self.settings.read_retry_seconds if read else 0.0)
+        delay = 0.2
+        while True:
+            started = time.monotonic()
+            try:
+                result = await loop.run_in_executor(self._pool, self._run, fn, doing)
+            except ProviderError as error:
+                _CALLS.labels(error.code.name).inc()
+                if is_unavailable(error) and time.monotonic() + delay < deadline:
+                    _RETRIES.inc()
+                    _log.info("retrying a read", extra={"doing": doing, "error": error.message})
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    continue
+                if is_unavailable(error) or error.code == grpc.StatusCode.UNAUTHENTICATED:
+                    # Refused credentials make OpenStack as unusable as an outage does.
+                    self._set_reachable(False, error.message)
+                else:
+                    self._set_reachable(True, "")
+                raise
+            finally:
+                _CALL_SECONDS.observe(time.monotonic() - started)
+            _CALLS.labels("OK").inc()
+            self._set_reachable(True, "")
+            return result
 
     def _set_reachable(self, reachable: bool, reason: str) -> None:
         if reachable:

@@ -17,6 +17,7 @@ Every other setting has a flag and an environment variable VMLET_OPENSTACK_<NAME
   --migration             ..._MIGRATION    auto (live, else cold), live or cold
   --workers               ..._WORKERS      threads making OpenStack calls (8)
   --api-timeout-seconds   ..._API_TIMEOUT_SECONDS   one HTTP request to OpenStack (30)
+  --read-retry-seconds    ..._READ_RETRY_SECONDS    how long a read retries a dropped connection (15)
   --poll-seconds          ..._POLL_SECONDS         the server list interval (2)
   --fast-poll-seconds     ..._FAST_POLL_SECONDS    the interval while an operation waits (0.5)
   --resync-seconds        ..._RESYNC_SECONDS       a full server list this often (60)
@@ -63,6 +64,7 @@ class Settings:
     migration: str = "auto"
     workers: int = 8
     api_timeout_seconds: float = 30.0
+    read_retry_seconds: float = 15.0
     poll_seconds: float = 2.0
     fast_poll_seconds: float = 0.5
     resync_seconds: float = 60.0
@@ -111,6 +113,7 @@ def add_openstack_arguments(parser: argparse.ArgumentParser) -> None:
     for name, help_text in (
         ("workers", "threads making OpenStack calls"),
         ("api-timeout-seconds", "timeout of one HTTP request to OpenStack"),
+        ("read-retry-seconds", "how long a read retries a refused or reset connection"),
         ("poll-seconds", "interval of the server list"),
         ("fast-poll-seconds", "interval of the server list while an operation waits"),
         ("resync-seconds", "interval of a full server list"),
@@ -164,6 +167,7 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None =
         ("max_pods", int, 1),
         ("workers", int, 1),
         ("api_timeout_seconds", float, 0.5),
+        ("read_retry_seconds", float, 0.0),
         ("poll_seconds", float, 0.1),
         ("fast_poll_seconds", float, 0.1),
         ("resync_seconds", float, 1.0),

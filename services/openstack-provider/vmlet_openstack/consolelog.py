@@ -82,7 +82,7 @@ class _Source:
             return None
         try:
             text = await self._cloud.call(
-                "read the console", lambda api: api.console_output(self._server_id, length)
+                "read the console", lambda api: api.console_output(self._server_id, length), read=True
             )
         except ProviderError as error:
             if error.code.name in _NO_CONSOLE:
@@ -94,7 +94,7 @@ class _Source:
 
     async def action_lines(self) -> list[LogLine]:
         actions = await self._cloud.call(
-            "list instance actions", lambda api: api.instance_actions(self._server_id)
+            "list instance actions", lambda api: api.instance_actions(self._server_id), read=True
         )
         lines = [line for a in actions if (line := _action_line(a)) is not None]
         return sorted(lines, key=lambda line: line.time)

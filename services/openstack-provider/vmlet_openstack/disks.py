@@ -229,7 +229,7 @@ class Disks:
         if not handle:
             raise InvalidArgument("a disk handle is needed")
         found: VolumeRecord | None = await self._cloud.call(
-            f"look up volume {handle}", lambda api: _get(api, handle)
+            f"look up volume {handle}", lambda api: _get(api, handle), read=True
         )
         return found
 
@@ -242,7 +242,7 @@ class Disks:
                 return record.identity
             try:
                 raw = await self._cloud.call(
-                    f"look up server {server_id}", _server_reader(server_id)
+                    f"look up server {server_id}", _server_reader(server_id), read=True
                 )
             except NotFound:
                 continue
@@ -271,7 +271,7 @@ class Disks:
         if not server_id:
             return []
         return await self._cloud.call(
-            f"list the volumes of server {server_id}", lambda api: _attachments(api, server_id)
+            f"list the volumes of server {server_id}", lambda api: _attachments(api, server_id), read=True
         )
 
     async def _settle(self, handle: str, doing: str, *, gone_ok: bool = False) -> VolumeRecord:
@@ -299,7 +299,7 @@ class Disks:
         doing = f"create volume {name}"
         async with self._name_locks.hold(name):
             found = await self._cloud.call(
-                f"look up volume {name}", lambda api: _by_name(api, name)
+                f"look up volume {name}", lambda api: _by_name(api, name), read=True
             )
             if found:
                 volume = found[0]

@@ -329,7 +329,7 @@ class Pods:
             servers, _ = api.list_servers(tags=tag)
             return servers
 
-        raw = await self._cloud.call(f"look up the server of {identity}", listing)
+        raw = await self._cloud.call(f"look up the server of {identity}", listing, read=True)
         records = sorted(
             (
                 r

@@ -102,6 +102,7 @@ class Snapshots:
         images = await self._cloud.call(
             f"list the snapshots of {identity}",
             lambda api: api.images({PROP_IDENTITY: identity}),
+read=True,
         )
         mine = [i for i in images if i.get(PROP_IDENTITY) == identity]
         return sorted(mine, key=lambda i: (str(i.get("created_at") or ""), str(i["id"])))
@@ -149,7 +150,7 @@ class Snapshots:
             # state clears); the image turns active once the upload ends.
             await self._until_settled(server.id)
             image = await self._cloud.call(
-                f"read image {image_id}", lambda api: api.image(image_id)
+                f"read image {image_id}", lambda api: api.image(image_id), read=True
             )
             _log.info(
                 "snapshot requested",
@@ -171,7 +172,7 @@ class Snapshots:
                     return None
                 raise
 
-        image = await self._cloud.call(f"read snapshot {snapshot_id}", read)
+        image = await self._cloud.call(f"read snapshot {snapshot_id}", read, read=True)
         if image is not None and image.get(PROP_IDENTITY) != identity:
             raise FailedPrecondition(f"snapshot {snapshot_id} is not one of VM {identity}")
         return image

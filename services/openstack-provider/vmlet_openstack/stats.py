@@ -72,7 +72,7 @@ class Stats:
             return None
         try:
             return await self._cloud.call(
-                "read server diagnostics", lambda api: api.diagnostics(server_id)
+                "read server diagnostics", lambda api: api.diagnostics(server_id), read=True
             )
         except ProviderError as error:
             if error.code.name == "PERMISSION_DENIED":

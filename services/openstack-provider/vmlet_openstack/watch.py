@@ -203,7 +203,7 @@ class Watch:
         def listing(api: Api) -> tuple[list[dict[str, Any]], float | None]:
             return api.list_servers(changes_since=since)
 
-        raw, nova_now = await self._cloud.call("list servers", listing)
+        raw, nova_now = await self._cloud.call("list servers", listing, read=True)
         records = [ServerRecord.from_json(item) for item in raw]
         self._since = nova_now if nova_now is not None else started
         if full:
@@ -254,7 +254,7 @@ class Watch:
         """Reads one server now (after the provider acted on it) and stores it; None when Nova
         no longer has it."""
         try:
-            raw = await self._cloud.call("read server", lambda api: api.get_server(server_id))
+            raw = await self._cloud.call("read server", lambda api: api.get_server(server_id), read=True)
         except ProviderError as error:
             if error.code.name == "NOT_FOUND":
                 old = self._cache.remove(server_id)
