@@ -17,7 +17,7 @@ Every other setting has a flag and an environment variable VMLET_OPENSTACK_<NAME
   --migration             ..._MIGRATION    auto (live, else cold), live or cold
   --workers               ..._WORKERS      threads making OpenStack calls (8)
   --api-timeout-seconds   ..._API_TIMEOUT_SECONDS   one HTTP request to OpenStack (30)
-  --read-retry-seconds    ..._READ_RETRY_SECONDS    how long a read retries a dropped connection (15)
+  --read-retry-seconds    ..._READ_RETRY_SECONDS    a read retries a dropped connection (15)
   --poll-seconds          ..._POLL_SECONDS         the server list interval (2)
   --fast-poll-seconds     ..._FAST_POLL_SECONDS    the interval while an operation waits (0.5)
   --resync-seconds        ..._RESYNC_SECONDS       a full server list this often (60)

@@ -82,7 +82,9 @@ class _Source:
             return None
         try:
             text = await self._cloud.call(
-                "read the console", lambda api: api.console_output(self._server_id, length), read=True
+                "read the console",
+                lambda api: api.console_output(self._server_id, length),
+                read=True,
             )
         except ProviderError as error:
             if error.code.name in _NO_CONSOLE:

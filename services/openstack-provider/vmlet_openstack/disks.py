@@ -271,7 +271,9 @@ class Disks:
         if not server_id:
             return []
         return await self._cloud.call(
-            f"list the volumes of server {server_id}", lambda api: _attachments(api, server_id), read=True
+            f"list the volumes of server {server_id}",
+            lambda api: _attachments(api, server_id),
+            read=True,
         )
 
     async def _settle(self, handle: str, doing: str, *, gone_ok: bool = False) -> VolumeRecord:

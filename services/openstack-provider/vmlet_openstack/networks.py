@@ -69,7 +69,9 @@ class Networks:
         cached = self._ids.get(ref)
         if cached is not None and time.monotonic() - cached[0] < _TTL:
             return cached[1]
-        found, names = await self._cloud.call(f"find network {ref}", lambda a: _matches(a, ref), read=True)
+        found, names = await self._cloud.call(
+            f"find network {ref}", lambda a: _matches(a, ref), read=True
+        )
         if not found:
             shown = ", ".join(names[:_LISTED]) + (", ..." if len(names) > _LISTED else "")
             raise InvalidArgument(

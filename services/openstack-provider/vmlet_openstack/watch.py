@@ -254,7 +254,9 @@ class Watch:
         """Reads one server now (after the provider acted on it) and stores it; None when Nova
         no longer has it."""
         try:
-            raw = await self._cloud.call("read server", lambda api: api.get_server(server_id), read=True)
+            raw = await self._cloud.call(
+                "read server", lambda api: api.get_server(server_id), read=True
+            )
         except ProviderError as error:
             if error.code.name == "NOT_FOUND":
                 old = self._cache.remove(server_id)
