@@ -28,13 +28,15 @@ fi
 
 # check-jsonschema in a virtualenv of its own.
 CJS_HOME="$CACHE/tools/check-jsonschema-$CHECK_JSONSCHEMA_VERSION"
-if [ ! -x "$CJS_HOME/bin/check-jsonschema" ]; then
+# A virtualenv cannot be moved (its scripts name their interpreter's path): it is made in place,
+# and a stamp written last says the install finished.
+if [ ! -f "$CJS_HOME/.vmlet-installed" ]; then
   log "installing check-jsonschema $CHECK_JSONSCHEMA_VERSION into $CJS_HOME"
   rm -rf "$CJS_HOME"
-  UV_PYTHON_DOWNLOADS=never "$UV" venv --quiet --python "$PY" "$CJS_HOME.tmp"
-  UV_PYTHON_DOWNLOADS=never "$UV" pip install --quiet --python "$CJS_HOME.tmp/bin/python" \
+  UV_PYTHON_DOWNLOADS=never "$UV" venv --quiet --python "$PY" "$CJS_HOME"
+  UV_PYTHON_DOWNLOADS=never "$UV" pip install --quiet --python "$CJS_HOME/bin/python" \
     "check-jsonschema==$CHECK_JSONSCHEMA_VERSION"
-  mv "$CJS_HOME.tmp" "$CJS_HOME"
+  touch "$CJS_HOME/.vmlet-installed"
 fi
 
 dockerfiles=(services/Dockerfile hack/sim/*/Dockerfile)
