@@ -53,7 +53,7 @@ class _Cloud:
     def __init__(self) -> None:
         self.neutron = _Neutron()
 
-    async def call(self, doing: str, fn: Callable[[Any], Any]) -> Any:
+    async def call(self, doing: str, fn: Callable[[Any], Any], *, read: bool = False) -> Any:
         return fn(_Api(self.neutron))
 
 
