@@ -9,6 +9,7 @@ it knows providers only through `vmlet_facade.provider.Provider` and the cluster
 """
 
 from vmlet_facade.kubeletapi.addressing import advertise
+from vmlet_facade.kubeletapi.admission import ConnectionLimits
 from vmlet_facade.kubeletapi.server import KubeletApi, KubeletApiConfig
 
-__all__ = ["KubeletApi", "KubeletApiConfig", "advertise"]
+__all__ = ["ConnectionLimits", "KubeletApi", "KubeletApiConfig", "advertise"]

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import h11
 
+from vmlet_facade.kubeletapi import metrics
 from vmlet_facade.kubeletapi.transport import ByteStream, Prefixed
 
 __all__ = ["Headers", "HttpConnection", "Request"]
@@ -25,7 +26,8 @@ __all__ = ["Headers", "HttpConnection", "Request"]
 _MAX_BODY = 1 << 20
 _REASONS = {200: "OK", 101: "Switching Protocols", 400: "Bad Request", 401: "Unauthorized",
             403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-            422: "Unprocessable Entity", 500: "Internal Server Error",
+            413: "Content Too Large", 422: "Unprocessable Entity",
+            431: "Request Header Fields Too Large", 500: "Internal Server Error",
             503: "Service Unavailable", 504: "Gateway Timeout"}
 
 
@@ -84,12 +86,23 @@ class Request:
 
 
 class HttpConnection:
-    """The server side of one HTTP/1.1 connection."""
+    """The server side of one HTTP/1.1 connection.
 
-    def __init__(self, stream: ByteStream) -> None:
+    A request head over ``max_header_bytes`` is answered 431 and ends the connection;
+    ``on_authorized`` hears that a request of the connection was authorized (`authorized`)."""
+
+    def __init__(self, stream: ByteStream, *, max_header_bytes: int = 64 * 1024,
+                 on_authorized: Callable[[], None] | None = None) -> None:
         self.stream = stream
-        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
+        self._max_header_bytes = max_header_bytes
         self._switched = False
+        self._on_authorized = on_authorized
+
+    def authorized(self) -> None:
+        """A request on this connection was authorized: its peer is no stranger."""
+        if self._on_authorized is not None:
+            self._on_authorized()
 
     async def _event(self) -> Any:
         while True:
@@ -111,6 +124,13 @@ class HttpConnection:
             return None
         if not isinstance(event, h11.Request):
             return None
+        # h11 bounds the head while it is incomplete; one that arrived whole is measured here.
+        head = len(event.method) + len(event.target) + 12 \
+            + sum(len(name) + len(value) + 4 for name, value in event.headers)
+        if head > self._max_header_bytes:
+            metrics.CONNECTIONS_CLOSED.labels("header_too_large").inc()
+            await self.respond(431, b"request header fields too large\n", keep_alive=False)
+            return None
         body = bytearray()
         while True:
             try:
@@ -131,6 +151,8 @@ class HttpConnection:
                        Headers(event.headers), bytes(body))
 
     async def _reject(self, err: h11.RemoteProtocolError) -> None:
+        if err.error_status_hint == 431:
+            metrics.CONNECTIONS_CLOSED.labels("header_too_large").inc()
         if self._h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             await self.respond(err.error_status_hint, f"{err}\n".encode(), keep_alive=False)
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
-__all__ = ["AUTH_DECISIONS", "REQUESTS", "SESSIONS", "SESSION_ENDS", "UPGRADES"]
+__all__ = ["AUTH_DECISIONS", "CONNECTIONS", "CONNECTIONS_CLOSED", "CONNECTIONS_REFUSED",
+           "REQUESTS", "SESSIONS", "SESSION_ENDS", "UPGRADES"]
 
 REQUESTS = Counter("vmlet_facade_kubelet_api_requests_total",
                    "Requests to the kubelet API, by endpoint and HTTP status",
@@ -26,3 +27,16 @@ UPGRADES = Counter("vmlet_facade_kubelet_api_upgrades_total",
                    "Connections switched to a streaming protocol, by endpoint, transport "
                    "(spdy or websocket) and negotiated protocol", ["endpoint", "transport",
                                                                   "protocol"])
+CONNECTIONS = Gauge("vmlet_facade_kubelet_api_connections",
+                    "Open connections to the kubelet API: strangers (no request authorized "
+                    "yet) and authorized", ["state"])
+CONNECTIONS_REFUSED = Counter("vmlet_facade_kubelet_api_connections_refused_total",
+                              "Connections closed as accepted, before any TLS, because a cap "
+                              "was reached: total (every slot authorized) or client (too many "
+                              "strangers from one address)", ["reason"])
+CONNECTIONS_CLOSED = Counter("vmlet_facade_kubelet_api_connections_closed_total",
+                             "Connections the kubelet API closed on a limit: evicted (the "
+                             "oldest stranger, to admit a newcomer at the cap), "
+                             "handshake_timeout, request_timeout (a stranger's request), "
+                             "idle_timeout (an authorized connection's keep-alive), "
+                             "header_too_large", ["reason"])

@@ -137,6 +137,7 @@ class Router:
                 raise HttpError(403, f"Forbidden (user={user.name}, verb={decision.verb}, "
                                      f"resource=nodes, subresource(s)="
                                      f"[{' '.join(decision.subresources)}])")
+            http.authorized()
             if route is None:
                 raise HttpError(404, "404 page not found")
             code = await self._dispatch(http, request, route)

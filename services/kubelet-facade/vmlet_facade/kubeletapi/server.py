@@ -3,6 +3,12 @@
 One listener serves every node of the facade (they share its address and port). It starts
 once a serving certificate is there (files, or an approved CSR), and keeps trying to bind when
 the port is taken instead of taking the facade down: nodes and pods work without it.
+
+What a peer may cost before it is authorized is bounded (`admission`): the accept loop refuses
+connections over the caps before anything is made for them, a connection holds no TLS state
+until its peer sends something, and each phase has its deadline: the handshake, every request
+of a connection not yet authorized, and the keep-alive wait of an authorized one. Requests in
+progress (followed logs, exec, attach, port-forward) have none.
 """
 
 from __future__ import annotations
@@ -10,25 +16,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+import struct
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmlet_facade.kube import KubeClient
+from vmlet_facade.kubeletapi import metrics
+from vmlet_facade.kubeletapi.admission import Admission, ConnectionLimits, Slot, Stage
 from vmlet_facade.kubeletapi.auth import ApiReviews, Authenticator, Authorizer, Reviews
 from vmlet_facade.kubeletapi.certs import CsrCertificates, FileCertificates, ServingNames
 from vmlet_facade.kubeletapi.directory import Directory, NodeIndex, PodIndex
 from vmlet_facade.kubeletapi.httpserver import HttpConnection
-from vmlet_facade.kubeletapi.listener import listen
+from vmlet_facade.kubeletapi.listener import listen, raise_nofile
 from vmlet_facade.kubeletapi.routes import Router
-from vmlet_facade.kubeletapi.tls import ClientCertVerifier, ServerTls
+from vmlet_facade.kubeletapi.tls import ClientCertVerifier, ServerTls, TlsStream
 
 __all__ = ["KubeletApi", "KubeletApiConfig"]
 
 log = logging.getLogger(__name__)
 
-HANDSHAKE_TIMEOUT = 10.0
-IDLE_TIMEOUT = 300.0  # a connection with no request for this long is closed
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, leaves no TIME_WAIT
+_ACCEPT_RETRY = 0.5  # seconds to wait when accept(2) fails for want of descriptors or memory
+_ACCEPT_BATCH = 64  # connections accepted without yielding to the rest of the loop
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,7 @@ class KubeletApiConfig:
     key_file: Path | None = None
     client_ca_file: Path | None = None
     cert_dir: Path | None = None
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
 
 
 class KubeletApi:
@@ -64,6 +77,7 @@ class KubeletApi:
         self.router = Router(self.directory, Authenticator(reviews, verifier),
                              Authorizer(reviews), secrets=client)
         self._client = client
+        self.admission = Admission(config.limits)
         self._connections: set[asyncio.Task[None]] = set()
         self.port = 0  # the bound port, once listening
         self.listening = asyncio.Event()
@@ -98,56 +112,147 @@ class KubeletApi:
                               config.address, config.port,
                               f" in netns {config.netns}" if config.netns else "", err)
                     await asyncio.sleep(10)
-            server = await asyncio.start_server(self._accept, sock=sock)
+            raise_nofile(config.limits.max_connections)
             self.port = sock.getsockname()[1]
             log.info("kubelet API listening on %s:%d", config.address, self.port)
             self.listening.set()
-            async with server:
-                await asyncio.gather(server.serve_forever(), certs)
+            with sock:
+                await asyncio.gather(self._accept_loop(sock), certs)
         finally:
             certs.cancel()
             for task in list(self._connections):
                 task.cancel()
             await asyncio.gather(certs, *self._connections, return_exceptions=True)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        try:
-            await self._serve(reader, writer)
-        except asyncio.CancelledError:
-            # Shutting down. Ending quietly: asyncio's stream callback logs a cancelled handler
-            # task as an error.
-            pass
-        finally:
-            self._connections.discard(task)
+    async def _accept_loop(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        warned = 0.0
+        while True:
+            try:
+                self._admit(*await loop.sock_accept(sock))
+                # Drain what else the backlog holds, a batch at a time: refusing is cheap, and
+                # a full backlog would make the kernel drop everyone's SYNs, the apiserver's too.
+                for _ in range(_ACCEPT_BATCH):
+                    self._admit(*sock.accept())
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                pass
+            except OSError as err:  # EMFILE, ENFILE, ENOBUFS, ENOMEM: open ones keep working
+                if time.monotonic() - warned > 10:
+                    warned = time.monotonic()
+                    log.warning("kubelet API cannot accept connections: %s; retrying", err)
+                await asyncio.sleep(_ACCEPT_RETRY)
+                continue
+            # Let the connections just admitted notice their first bytes (a stranger that
+            # has sent something is evicted after the silent ones).
+            await asyncio.sleep(0)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        stream = self.tls.wrap(reader, writer)
-        try:
-            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
-                await stream.handshake()
-        except (ConnectionError, OSError, TimeoutError) as err:
-            log.debug("TLS handshake with %s failed: %s", writer.get_extra_info("peername"),
-                      err)
-            await stream.close()
+    def _admit(self, conn: socket.socket, address: object) -> None:
+        conn.setblocking(False)
+        client = address[0] if isinstance(address, tuple) else str(address)
+        slot = self.admission.admit(client)
+        if slot is None:
+            _refuse(conn)
             return
-        http = HttpConnection(stream)
+        task = asyncio.create_task(self._connection(conn, slot))
+        slot.closer = task.cancel
+        self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
+
+    async def _connection(self, conn: socket.socket, slot: Slot) -> None:
+        """Serve one accepted connection until it ends, is evicted or the server stops."""
+        writer: asyncio.StreamWriter | None = None
+        stream: TlsStream | None = None
+        graceful = False
+        try:
+            limits = self.config.limits
+            try:
+                async with asyncio.timeout(limits.handshake_timeout):
+                    await _readable(conn)  # no TLS state for a peer that sends nothing
+                    slot.advance(Stage.HANDSHAKE)
+                    reader, writer = await _streams(conn)
+                    stream = self.tls.wrap(reader, writer)
+                    await stream.handshake()
+                    slot.advance(Stage.HANDSHAKEN)
+            except TimeoutError:
+                metrics.CONNECTIONS_CLOSED.labels("handshake_timeout").inc()
+                return
+            except (ConnectionError, OSError) as err:
+                log.debug("TLS handshake with %s failed: %s", slot.address, err)
+                return
+            graceful = await self._requests(stream, slot)
+        except asyncio.CancelledError:
+            # Evicted, or shutting down. Ending quietly: the task is ours and nobody awaits it.
+            pass
+        except Exception:
+            log.exception("kubelet API connection failed")
+        finally:
+            slot.release()
+            if graceful and stream is not None:
+                with contextlib.suppress(ConnectionError, OSError):
+                    await stream.close()
+            elif writer is not None:
+                writer.transport.abort()
+            else:
+                _refuse(conn)
+
+    async def _requests(self, stream: TlsStream, slot: Slot) -> bool:
+        """Answer the requests of a connection; whether to close it gracefully (False: a
+        stranger that timed out, or a peer that broke off, is closed at once)."""
+        limits = self.config.limits
+        http = HttpConnection(stream, max_header_bytes=limits.max_header_bytes,
+                              on_authorized=slot.authorize)
         peer = stream.peer_certificate()
         try:
             while True:
-                async with asyncio.timeout(IDLE_TIMEOUT):
-                    request = await http.next_request()
+                authorized = slot.authorized
+                try:
+                    async with asyncio.timeout(limits.idle_timeout if authorized
+                                               else limits.first_request_timeout):
+                        request = await http.next_request()
+                except TimeoutError:
+                    metrics.CONNECTIONS_CLOSED.labels(
+                        "idle_timeout" if authorized else "request_timeout").inc()
+                    return authorized
                 if request is None:
-                    break
+                    return True
                 await self.router.handle(http, request, peer)
                 if not http.reusable:
-                    break
+                    return True
         except (ConnectionError, OSError, TimeoutError) as err:
             log.debug("kubelet API connection ended: %s", err)
         except Exception:
             log.exception("kubelet API connection failed")
-        finally:
-            with contextlib.suppress(ConnectionError, OSError):
-                await http.close()
+        return False
+
+
+async def _readable(sock: socket.socket) -> None:
+    """Return once ``sock`` has something to read (data, or the peer's close)."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    fd = sock.fileno()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
+async def _streams(sock: socket.socket) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """An asyncio stream pair over an accepted socket, as `asyncio.start_server` makes."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock=sock)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
+def _refuse(conn: socket.socket) -> None:
+    """Close an accepted socket at once, with a reset."""
+    with contextlib.suppress(OSError):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+    conn.close()
