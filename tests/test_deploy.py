@@ -15,6 +15,11 @@ running with exactly the rights they grant.
 - Swapping the provider is one line of the providers file: the running facade is repointed.
 - The Dockerfiles and docker-compose.yml are checked by hack/validate-deploy.sh (hadolint and
   the Compose Specification's JSON schema), which installs its own tools.
+- Facade and providers talk mutual TLS everywhere, checked statically (no container engine runs
+  here): every overlay and compose give each provider its serving pair, the client CA and the
+  facade's identity, give the facade its client pair, never a plaintext flag, probe the
+  plaintext health-only port, and issue the certificates themselves (k8s/base/pki.yaml,
+  compose's `pki`). The issuer runs for real with its own account's token on the control plane.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from vmlet.provider.v1 import virtual_machine_service_pb2_grpc as vm_grpc
 from vmlet_facade.providerfile import follow_providers_file, parse_providers
 from vmlet_localenv.controlplane import ControlPlane
 from vmlet_localenv.processes import Process, free_port, wait_for
+from vmlet_localenv.providerpki import FACADE_IDENTITY, default_pki
 from vmlet_localenv.services import REPO, ProviderProcess, apply_crds
 from vmlet_localenv.stack import eventually
 
@@ -207,10 +213,13 @@ def test_overlay_is_restricted_and_least_privileged(overlay: str) -> None:
     assert provider["automountServiceAccountToken"] is False, "providers never call the apiserver"
     probes = provider["containers"][0]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert probes[probe]["grpc"]["port"] == 50051
+        assert probes[probe]["grpc"]["port"] == 50050, "the plaintext health-only port"
     bindings = [d for d in docs if d["kind"] in ("RoleBinding", "ClusterRoleBinding")]
-    assert [(b["roleRef"]["name"], b["subjects"]) for b in bindings] == [
-        ("vmlet-facade", [{"kind": "ServiceAccount", "name": SA, "namespace": NS}])]
+    assert sorted((b["kind"], b["roleRef"]["name"], str(b["subjects"])) for b in bindings) == [
+        ("ClusterRoleBinding", "vmlet-facade",
+         str([{"kind": "ServiceAccount", "name": SA, "namespace": NS}])),
+        ("RoleBinding", "vmlet-pki",
+         str([{"kind": "ServiceAccount", "name": "vmlet-pki", "namespace": NS}]))]
     providers = next(d for d in docs if d["kind"] == "ConfigMap"
                      and d["metadata"]["name"] == "vmlet-providers")
     assert f"{overlay}=vmlet-provider-{overlay}:50051" in providers["data"]["providers"]
@@ -219,6 +228,112 @@ def test_overlay_is_restricted_and_least_privileged(overlay: str) -> None:
                       "app.kubernetes.io/component") == "provider")
     assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": {
         "app.kubernetes.io/name": "vmlet", "app.kubernetes.io/component": "facade"}}}]}]
+
+
+def _env(container: Obj, configmaps: dict[str, Obj]) -> dict[str, str]:
+    """A container's environment as the kubelet builds it (envFrom ConfigMaps, then env)."""
+    out: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        out.update(configmaps[source["configMapRef"]["name"]]["data"])
+    out.update({e["name"]: e.get("value", "<from>") for e in container.get("env", [])})
+    return out
+
+
+def _secret_dir(pod: Obj, container: Obj, path: str) -> str:
+    """The Secret mounted (as a directory, which the kubelet keeps up to date) where ``path``
+    lives."""
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for mount in container["volumeMounts"]:
+        if path.startswith(mount["mountPath"].rstrip("/") + "/"):
+            assert "subPath" not in mount, f"{path}: a subPath mount is never updated"
+            assert mount.get("readOnly") is True
+            return str(volumes[mount["name"]]["secret"]["secretName"])
+    raise AssertionError(f"{path} is on no mounted volume")
+
+
+PLAINTEXT_FLAGS = ("--insecure-plaintext", "--provider-insecure-plaintext")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_configures_mutual_tls(overlay: str) -> None:
+    docs = kustomize(f"k8s/overlays/{overlay}")
+    assert not [f for f in PLAINTEXT_FLAGS if f in yaml.safe_dump_all(docs)]
+    configmaps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+
+    pod = deployments[f"vmlet-provider-{overlay}"]["spec"]["template"]["spec"]
+    provider = pod["containers"][0]
+    env = _env(provider, configmaps)
+    assert env["VMLET_TLS_CLIENT_IDENTITY"] == FACADE_IDENTITY
+    assert env["VMLET_HEALTH_LISTEN"] == "0.0.0.0:50050"
+    assert {_secret_dir(pod, provider, env[k]) for k in
+            ("VMLET_TLS_CERT", "VMLET_TLS_KEY", "VMLET_TLS_CLIENT_CA")} == {"vmlet-provider-tls"}
+    assert {"name": "health", "containerPort": 50050, "protocol": "TCP"} in provider["ports"]
+
+    pod = deployments["vmlet-facade"]["spec"]["template"]["spec"]
+    facade = pod["containers"][0]
+    env = _env(facade, configmaps)
+    assert {_secret_dir(pod, facade, env[k]) for k in
+            ("VMLET_PROVIDER_CA", "VMLET_PROVIDER_CERT", "VMLET_PROVIDER_KEY")} == {
+        "vmlet-facade-provider-tls"}
+
+    # The deployment issues them: a Job now and a CronJob after, naming this overlay's Service.
+    jobs = [d for d in docs if d["kind"] == "Job"] + [
+        d["spec"]["jobTemplate"] for d in docs if d["kind"] == "CronJob"]
+    assert len(jobs) == 2
+    for job in jobs:
+        spec = job["spec"]["template"]["spec"]
+        assert spec["serviceAccountName"] == "vmlet-pki"
+        issuer = spec["containers"][0]
+        assert issuer["command"] == ["python", "-m", "vmlet_facade.providercerts"]
+        assert f"--service=vmlet-provider-{overlay}" in issuer["args"]
+        assert issuer["args"][-2:] == ["secrets", "$(NAMESPACE)"]
+    role = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "vmlet-pki")
+    for rule in role["rules"]:
+        assert rule["resources"] == ["secrets"]
+        assert rule["verbs"] == ["create"] or rule.get("resourceNames") == [
+            "vmlet-provider-ca", "vmlet-provider-tls", "vmlet-facade-provider-tls"]
+
+
+def test_compose_configures_mutual_tls() -> None:
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services: dict[str, Obj] = compose["services"]
+    assert not [f for f in PLAINTEXT_FLAGS if f in yaml.safe_dump(compose)]
+
+    def volumes(service: Obj) -> dict[str, str]:
+        out = {}
+        for v in service.get("volumes", []):
+            source, target, *mode = v.split(":")
+            out[source] = target + (":" + mode[0] if mode else "")
+        return out
+
+    providers = [n for n, s in services.items()
+                 if s.get("build", {}).get("target") == "provider"]
+    assert sorted(providers) == ["memory-provider", "openstack-provider", "vsphere-provider"]
+    for name in providers:
+        service = services[name]
+        env = service["environment"]
+        assert env["VMLET_TLS_CLIENT_IDENTITY"] == FACADE_IDENTITY, name
+        assert volumes(service)["provider-pki"] == "/etc/vmlet/tls:ro", name
+        for key in ("VMLET_TLS_CERT", "VMLET_TLS_KEY", "VMLET_TLS_CLIENT_CA"):
+            assert env[key].startswith("/etc/vmlet/tls/"), (name, key)
+        assert "VMLET_HEALTH_LISTEN" in " ".join(service["healthcheck"]["test"]), name
+        assert service["depends_on"]["pki"] == {"condition": "service_completed_successfully"}
+
+    facade = services["facade"]
+    assert volumes(facade)["facade-pki"] == "/etc/vmlet/provider-tls:ro"
+    for key in ("VMLET_PROVIDER_CA", "VMLET_PROVIDER_CERT", "VMLET_PROVIDER_KEY"):
+        assert facade["environment"][key].startswith("/etc/vmlet/provider-tls/"), key
+    assert facade["depends_on"]["pki"] == {"condition": "service_completed_successfully"}
+
+    pki = services["pki"]
+    assert pki["entrypoint"] == ["python", "-m", "vmlet_facade.providercerts"]
+    assert pki["command"][-2:] == ["files", "/pki"] and pki["restart"] == "no"
+    assert volumes(pki) == {"pki-ca": "/pki/ca", "provider-pki": "/pki/provider",
+                            "facade-pki": "/pki/facade"}
+    # Only the issuer sees the CA key; a provider never holds the facade's key.
+    assert [n for n, s in services.items() if "pki-ca" in volumes(s)] == ["pki"]
+    assert [n for n, s in services.items() if "facade-pki" in volumes(s)] == ["pki", "facade"]
 
 
 def test_dockerfiles_and_compose_validate() -> None:
@@ -253,7 +368,8 @@ def test_every_overlay_applies_and_pods_are_admitted_as_restricted(installed: Co
             "items"]
         return items
 
-    eventually(lambda: len(pods()) == 2, what="the facade's and the provider's pods admitted")
+    eventually(lambda: len(pods()) == 3,
+               what="the facade's, the provider's and the certificate issuer's pods admitted")
     for pod in pods():
         spec = pod["spec"]
         assert spec["securityContext"]["runAsNonRoot"] is True
@@ -262,6 +378,39 @@ def test_every_overlay_applies_and_pods_are_admitted_as_restricted(installed: Co
     assert not [e for e in events if e["reason"] == "FailedCreate"]
     # Nothing runs them here (no kubelet): keep the rest, drop the Deployments.
     cp.kubectl("delete", "deployment", "-n", NS, "vmlet-facade", "vmlet-provider-memory")
+    cp.kubectl("delete", "job,cronjob", "-n", NS, "vmlet-pki", "vmlet-pki-renew",
+               "--ignore-not-found")
+
+
+def test_the_issuer_keeps_the_secrets_with_its_own_rights(installed: ControlPlane,
+                                                         tmp_path: Path) -> None:
+    """What the Job runs, with a token of the Job's account: the three Secrets appear, a second
+    run keeps them, and the account reads no other Secret."""
+    cp = installed
+    kubeconfig = write_token_kubeconfig(cp, "vmlet-pki", tmp_path / "kubeconfig")
+    argv = [sys.executable, "-m", "vmlet_facade.providercerts",
+            "--service=vmlet-provider-memory", "secrets", NS, f"--kubeconfig={kubeconfig}"]
+
+    def secrets() -> dict[str, Obj]:
+        items = json.loads(cp.kubectl("get", "secrets", "-n", NS, "-l",
+                                      "app.kubernetes.io/component=provider-pki",
+                                      "-o", "json").stdout)["items"]
+        return {s["metadata"]["name"]: s["data"] for s in items}
+
+    first = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    made = secrets()
+    assert sorted(made) == ["vmlet-facade-provider-tls", "vmlet-provider-ca",
+                            "vmlet-provider-tls"]
+    assert sorted(made["vmlet-provider-tls"]) == ["ca.crt", "tls.crt", "tls.key"]
+    second = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 0, second.stderr
+    assert secrets() == made
+    user = f"system:serviceaccount:{NS}:vmlet-pki"
+    assert cp.kubectl("auth", "can-i", "get", "secret/other", "-n", NS, f"--as={user}",
+                      check=False).stdout.strip() == "no"
+    assert cp.kubectl("auth", "can-i", "list", "secrets", "-n", NS, f"--as={user}",
+                      check=False).stdout.strip() == "no"
 
 
 def write_token_kubeconfig(cp: ControlPlane, account: str, path: Path) -> Path:
@@ -311,6 +460,7 @@ def start_facade(cp: ControlPlane, directory: Path, account: str, provider: Prov
         f"--leader-election-namespace={NS}", "--ping-seconds=1",
         f"--kubelet-port={kubelet}", "--kubelet-address=127.0.0.1", "--node-ip=127.0.0.1",
         f"--kubelet-cert-dir={directory / 'kubelet-pki'}", f"--client-ca-file={cp.pki.ca.cert}",
+        *default_pki().facade_args(),
     ], log_dir=directory / "logs", env={**os.environ, "VMLET_KUBE_REQUEST_LOG": str(log)})
     process.start()
 
@@ -403,7 +553,7 @@ def succeeded(cp: ControlPlane, kind: str, ns: str, name: str) -> Obj | None:
 
 
 def iaas(address: str, identity: str) -> vm_pb.VirtualMachine | None:
-    with grpc.insecure_channel(address) as channel:
+    with default_pki().channel(address) as channel:
         try:
             return vm_grpc.VirtualMachineServiceStub(channel).GetVirtualMachine(
                 vm_pb.GetVirtualMachineRequest(identity=identity), timeout=10).virtual_machine
@@ -414,7 +564,7 @@ def iaas(address: str, identity: str) -> vm_pb.VirtualMachine | None:
 
 
 def provider_pods(address: str) -> set[tuple[str, str]]:
-    with grpc.insecure_channel(address) as channel:
+    with default_pki().channel(address) as channel:
         resp = lifecycle_grpc.PodLifecycleServiceStub(channel).GetPods(
             lifecycle.GetPodsRequest(), timeout=10)
     return {(p.pod.ref.namespace, p.pod.ref.name) for p in resp.pods}

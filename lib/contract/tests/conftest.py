@@ -113,8 +113,9 @@ async def channel(toy_server: ProviderServer) -> AsyncIterator[grpc.aio.Channel]
 
 @dataclass(frozen=True)
 class Pki:
-    """PEM files of a test CA, a server certificate for 127.0.0.1/localhost, and a client
-    certificate; plus a second CA the server does not trust, with its own client certificate."""
+    """PEM files of a test CA, a server certificate for 127.0.0.1/localhost, a client
+    certificate naming "facade" and one naming "tenant"; plus a second CA the server does not
+    trust, with its own client certificate (naming "facade" too)."""
 
     ca: Path
     server_cert: Path
@@ -123,6 +124,8 @@ class Pki:
     client_key: Path
     rogue_cert: Path
     rogue_key: Path
+    other_cert: Path
+    other_key: Path
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -188,19 +191,33 @@ def _cert(
 
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    d = tmp_path_factory.mktemp("pki")
+    return write_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def pki_writer() -> Callable[[Path], Pki]:
+    """`write_pki`, for tests that rotate certificates."""
+    return write_pki
+
+
+def write_pki(d: Path) -> Pki:
+    """A new `Pki` in `d`; each file is replaced atomically, so a server re-reading them never
+    sees half of one (the rotation tests write a second one over the first)."""
 
     def write(name: str, data: bytes) -> Path:
-        (d / name).write_bytes(data)
+        (d / f".{name}.tmp").write_bytes(data)
+        (d / f".{name}.tmp").replace(d / name)
         return d / name
 
     ca_key = _key()
     ca = _cert("vmlet test CA", ca_key, None, ca=True)
     server_key, client_key, rogue_ca_key, rogue_key = _key(), _key(), _key(), _key()
+    other_key = _key()
     server = _cert("provider", server_key, (ca.subject, ca_key), server=True)
     client = _cert("facade", client_key, (ca.subject, ca_key))
     rogue_ca = _cert("rogue CA", rogue_ca_key, None, ca=True)
-    rogue = _cert("intruder", rogue_key, (rogue_ca.subject, rogue_ca_key))
+    rogue = _cert("facade", rogue_key, (rogue_ca.subject, rogue_ca_key))
+    other = _cert("tenant", other_key, (ca.subject, ca_key))
     pem = serialization.Encoding.PEM
     return Pki(
         ca=write("ca.pem", ca.public_bytes(pem)),
@@ -210,4 +227,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         client_key=write("client-key.pem", _pem_key(client_key)),
         rogue_cert=write("rogue.pem", rogue.public_bytes(pem)),
         rogue_key=write("rogue-key.pem", _pem_key(rogue_key)),
+        other_cert=write("other.pem", other.public_bytes(pem)),
+        other_key=write("other-key.pem", _pem_key(other_key)),
     )

@@ -10,9 +10,11 @@ import logging
 import pytest
 
 from vmlet_contract import (
+    DEFAULT_CLIENT_IDENTITY,
     DEFAULT_LISTEN,
     TlsConfig,
     add_server_arguments,
+    check_server_arguments,
     configure_logging,
     tls_from_args,
 )
@@ -26,7 +28,9 @@ def _parse(*argv: str) -> argparse.Namespace:
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("VMLET_LISTEN", "VMLET_METRICS_LISTEN", "VMLET_TLS_CERT", "VMLET_LOG_LEVEL"):
+    for name in ("VMLET_LISTEN", "VMLET_METRICS_LISTEN", "VMLET_TLS_CERT", "VMLET_TLS_KEY",
+                 "VMLET_TLS_CLIENT_CA", "VMLET_TLS_CLIENT_IDENTITY", "VMLET_HEALTH_LISTEN",
+                 "VMLET_LOG_LEVEL"):
         monkeypatch.delenv(name, raising=False)
     args = _parse()
     assert args.listen == DEFAULT_LISTEN == "127.0.0.1:50051"
@@ -34,7 +38,10 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert args.port_file is None
     assert args.grace_seconds == 5.0
     assert args.log_level == "info"
-    assert tls_from_args(args) is None
+    assert args.tls_client_identity == DEFAULT_CLIENT_IDENTITY == "vmlet-facade"
+    assert args.health_listen is None
+    with pytest.raises(ValueError, match="mutual TLS"):
+        tls_from_args(args)  # no plaintext by default
 
 
 def test_environment_sets_defaults_and_flags_win(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -50,13 +57,34 @@ def test_environment_sets_defaults_and_flags_win(monkeypatch: pytest.MonkeyPatch
     assert _parse("--listen", "127.0.0.1:0").listen == "127.0.0.1:0"
 
 
-def test_tls_flags() -> None:
-    args = _parse("--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-client-ca", "ca.pem")
-    assert tls_from_args(args) == TlsConfig("c.pem", "k.pem", "ca.pem")
+def test_tls_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VMLET_TLS_CLIENT_IDENTITY", raising=False)
+    full = ("--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-client-ca", "ca.pem")
+    assert tls_from_args(_parse(*full)) == TlsConfig("c.pem", "k.pem", "ca.pem", "vmlet-facade")
+    assert tls_from_args(_parse(*full, "--tls-client-identity", "f2")) == TlsConfig(
+        "c.pem", "k.pem", "ca.pem", "f2")
+    # Server-only TLS would serve anyone: it is refused like a half-given pair.
+    for partial in (("--tls-cert", "c.pem"), ("--tls-client-ca", "ca.pem"), full[:4]):
+        with pytest.raises(ValueError, match="mutual TLS"):
+            tls_from_args(_parse(*partial))
+    with pytest.raises(ValueError, match="must name"):
+        tls_from_args(_parse(*full, "--tls-client-identity", ""))
+
+
+def test_plaintext_only_behind_its_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VMLET_TLS_CERT", raising=False)
+    assert tls_from_args(_parse("--insecure-plaintext")) is None
+    with pytest.raises(ValueError, match="contradicts --tls-cert"):
+        tls_from_args(_parse("--insecure-plaintext", "--tls-cert", "c.pem"))
+    # A flag, never an environment variable.
+    monkeypatch.setenv("VMLET_INSECURE_PLAINTEXT", "1")
     with pytest.raises(ValueError):
-        tls_from_args(_parse("--tls-cert", "c.pem"))
-    with pytest.raises(ValueError):
-        tls_from_args(_parse("--tls-client-ca", "ca.pem"))
+        tls_from_args(_parse())
+    parser = argparse.ArgumentParser(prog="p")
+    add_server_arguments(parser)
+    with pytest.raises(SystemExit) as info:
+        check_server_arguments(parser, parser.parse_args([]))
+    assert info.value.code == 2
 
 
 @pytest.fixture

@@ -6,17 +6,25 @@ Each flag has an environment variable, so a Deployment can configure a provider 
   --metrics-listen  VMLET_METRICS_LISTEN  Prometheus endpoint address (off when unset)
   --tls-cert        VMLET_TLS_CERT        server certificate chain (PEM)
   --tls-key         VMLET_TLS_KEY         server private key (PEM)
-  --tls-client-ca   VMLET_TLS_CLIENT_CA   CA of client certificates: mutual TLS when set
+  --tls-client-ca   VMLET_TLS_CLIENT_CA   CA of the client certificates (mutual TLS)
+  --tls-client-identity VMLET_TLS_CLIENT_IDENTITY  the one client served (default vmlet-facade)
+  --insecure-plaintext  (no variable)     serve plaintext, to anyone: warns at start
+  --health-listen   VMLET_HEALTH_LISTEN   plaintext grpc.health.v1 only, for kubelet probes
   --port-file       VMLET_PORT_FILE       write the bound gRPC port here once serving
   --grace-seconds   VMLET_GRACE_SECONDS   time in-flight calls get on SIGTERM (default 5)
   --log-level       VMLET_LOG_LEVEL       debug, info, warning, error (default info)
   --log-format      VMLET_LOG_FORMAT      json or text (default json)
+
+A provider serves mutual TLS: the certificate, its key, the client CA and the client identity
+are all needed, or else the explicit `--insecure-plaintext` (a flag only, never an environment
+variable, so nobody turns it on by accident).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 
 from .logs import configure_logging
@@ -24,14 +32,20 @@ from .server import ProviderServicers, serve
 from .tls import TlsConfig
 
 __all__ = [
+    "DEFAULT_CLIENT_IDENTITY",
     "DEFAULT_LISTEN",
     "add_server_arguments",
+    "check_server_arguments",
     "configure_logging_from_args",
     "serve_from_args",
     "tls_from_args",
 ]
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+#: The name the facade's client certificate carries; what a provider serves by default.
+DEFAULT_CLIENT_IDENTITY = "vmlet-facade"
+
+_log = logging.getLogger(__name__)
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -73,6 +87,26 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         help="require client certificates signed by this CA (env VMLET_TLS_CLIENT_CA)",
     )
     group.add_argument(
+        "--tls-client-identity",
+        default=_env("VMLET_TLS_CLIENT_IDENTITY", DEFAULT_CLIENT_IDENTITY),
+        metavar="NAME",
+        help="serve only clients whose certificate names NAME (a DNS SAN, or the CN without "
+        "SANs); env VMLET_TLS_CLIENT_IDENTITY, default %(default)s",
+    )
+    group.add_argument(
+        "--insecure-plaintext",
+        action="store_true",
+        help="serve plaintext gRPC, without authenticating clients (tests and debugging "
+        "only: anyone who reaches the port can read and destroy VMs); warns at start",
+    )
+    group.add_argument(
+        "--health-listen",
+        default=_env("VMLET_HEALTH_LISTEN"),
+        metavar="HOST:PORT",
+        help="serve grpc.health.v1 alone in plaintext here, for Kubernetes' gRPC probes "
+        "(env VMLET_HEALTH_LISTEN; off when unset)",
+    )
+    group.add_argument(
         "--port-file",
         default=_env("VMLET_PORT_FILE"),
         metavar="PATH",
@@ -100,17 +134,44 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def tls_from_args(args: argparse.Namespace) -> TlsConfig | None:
-    """The TLS settings the flags ask for; None for plaintext. Raises ValueError on a half-given
-    pair (a certificate without its key, or a client CA without a server certificate)."""
-    if args.tls_cert is None and args.tls_key is None:
-        if args.tls_client_ca is not None:
-            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+    """The mutual TLS settings the flags ask for; None only with --insecure-plaintext. Raises
+    ValueError when they are incomplete (no certificate, key, client CA or client identity) or
+    contradict --insecure-plaintext."""
+    given = [
+        flag
+        for flag, value in (
+            ("--tls-cert", args.tls_cert),
+            ("--tls-key", args.tls_key),
+            ("--tls-client-ca", args.tls_client_ca),
+        )
+        if value
+    ]
+    if args.insecure_plaintext:
+        if given:
+            raise ValueError(f"--insecure-plaintext contradicts {', '.join(given)}")
         return None
-    if args.tls_cert is None or args.tls_key is None:
-        raise ValueError("--tls-cert and --tls-key go together")
+    if len(given) < 3:
+        missing = [f for f in ("--tls-cert", "--tls-key", "--tls-client-ca") if f not in given]
+        raise ValueError(
+            f"a provider serves mutual TLS: {', '.join(missing)} missing (or, for tests "
+            "only, --insecure-plaintext)"
+        )
+    if not args.tls_client_identity:
+        raise ValueError("--tls-client-identity must name the client to serve")
     return TlsConfig(
-        cert_file=args.tls_cert, key_file=args.tls_key, client_ca_file=args.tls_client_ca
+        cert_file=args.tls_cert,
+        key_file=args.tls_key,
+        client_ca_file=args.tls_client_ca,
+        client_identity=args.tls_client_identity,
     )
+
+
+def check_server_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Fails the command line (usage and exit status 2) when the TLS flags are incomplete."""
+    try:
+        tls_from_args(args)
+    except ValueError as err:
+        parser.error(str(err))
 
 
 def configure_logging_from_args(args: argparse.Namespace) -> None:
@@ -126,12 +187,20 @@ async def serve_from_args(
     ready: asyncio.Event | None = None,
 ) -> None:
     """Serves `servicers` as the flags say until SIGTERM/SIGINT; see `serve`."""
+    tls = tls_from_args(args)
+    if tls is None:
+        _log.warning(
+            "serving PLAINTEXT gRPC without client authentication (--insecure-plaintext): "
+            "anyone who reaches this port can read pods and destroy VMs",
+            extra={"address": args.listen},
+        )
     await serve(
         servicers,
         address=args.listen,
         provider=provider,
         metrics_address=args.metrics_listen,
-        tls=tls_from_args(args),
+        tls=tls,
+        health_address=args.health_listen,
         grace_seconds=args.grace_seconds,
         ready=ready,
         port_file=args.port_file,

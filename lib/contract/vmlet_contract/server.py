@@ -2,7 +2,11 @@
 
 `ProviderServer` binds the address, registers the provider's servicers behind the
 `BoundaryInterceptor` (error mapping and metrics), and adds gRPC reflection and grpc.health.v1
-for all of them, so `grpcurl` and Kubernetes' gRPC probes work against any provider. `serve`
+for all of them, so `grpcurl` works against any provider. With mutual TLS and a client identity
+(`TlsConfig`), every call, reflection and health included, is served only to that identity
+(`PeerIdentityInterceptor`). Kubernetes' gRPC probes speak no TLS: `health_address` serves
+grpc.health.v1 (and reflection naming only it), nothing else, in plaintext on a port of its own,
+with the same statuses. `serve`
 runs one until SIGTERM or SIGINT and shuts it down gracefully: health turns NOT_SERVING, the
 provider's shutdown hooks end its long-lived streams, and in-flight calls get `grace_seconds`.
 """
@@ -40,7 +44,7 @@ from vmlet.provider.v1 import (
 
 from .interceptor import BoundaryInterceptor
 from .metrics import MetricsEndpoint, RpcMetrics, start_metrics_endpoint
-from .tls import TlsConfig
+from .tls import PeerIdentityInterceptor, TlsConfig
 
 __all__ = [
     "DEFAULT_SERVER_OPTIONS",
@@ -131,7 +135,8 @@ class ProviderServer:
     """A provider's gRPC server, bound and serving between `start()` and `stop()`.
 
     Usable as an async context manager (stopping with no grace on exit). `port` is the port bound,
-    which matters when the address asked for port 0.
+    which matters when the address asked for port 0; `health_port` the plaintext health-only
+    port, when `health_address` asks for one.
     """
 
     def __init__(
@@ -144,12 +149,16 @@ class ProviderServer:
         tls: TlsConfig | None = None,
         registry: CollectorRegistry | None = None,
         options: Sequence[tuple[str, Any]] = DEFAULT_SERVER_OPTIONS,
+        health_address: str | None = None,
     ) -> None:
         self.servicers = servicers
         self.address = address
         self.provider = provider
         self.metrics_address = metrics_address
         self.tls = tls
+        self.health_address = health_address
+        self._health_server: grpc.aio.Server | None = None
+        self._health_port: int | None = None
         self._registry = registry
         self._options = tuple(options)
         self._server: grpc.aio.Server | None = None
@@ -167,6 +176,11 @@ class ProviderServer:
         return self._port
 
     @property
+    def health_port(self) -> int | None:
+        """The port of the plaintext health-only server, None when there is none."""
+        return self._health_port
+
+    @property
     def metrics_port(self) -> int | None:
         """The port of the metrics endpoint, None when it is off."""
         return self._metrics_endpoint.port if self._metrics_endpoint is not None else None
@@ -182,7 +196,12 @@ class ProviderServer:
             raise RuntimeError("the server is already started")
         metrics = RpcMetrics.for_registry(self._registry)
         metrics.provider_info.labels(self.provider).set(1)
-        server = grpc.aio.server(interceptors=[BoundaryInterceptor(metrics)], options=self._options)
+        interceptors: list[grpc.aio.ServerInterceptor] = [BoundaryInterceptor(metrics)]
+        identity = self.tls.client_identity if self.tls is not None else None
+        if identity is not None:
+            # First: a refused peer reaches nothing, not even the metrics of the methods.
+            interceptors.insert(0, PeerIdentityInterceptor(identity))
+        server = grpc.aio.server(interceptors=interceptors, options=self._options)
         self._services = self.servicers.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -194,6 +213,8 @@ class ProviderServer:
             port = server.add_insecure_port(self.address)
         if not port:
             raise RuntimeError(f"cannot bind {self.address}")
+        if self.health_address is not None:
+            await self._start_health()
         if self.metrics_address is not None:
             self._metrics_endpoint = start_metrics_endpoint(self.metrics_address, self._registry)
         await server.start()
@@ -209,9 +230,23 @@ class ProviderServer:
                 "tls": "mutual"
                 if self.tls and self.tls.mutual
                 else ("server" if self.tls else "off"),
+                "client_identity": identity or "any",
+                "health_port": self._health_port,
                 "services": ",".join(self._services),
             },
         )
+
+    async def _start_health(self) -> None:
+        assert self.health_address is not None
+        server = grpc.aio.server(options=self._options)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        # Reflection of health alone, so grpcurl can call it; it names nothing else.
+        reflection.enable_server_reflection([health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+        port = server.add_insecure_port(self.health_address)
+        if not port:
+            raise RuntimeError(f"cannot bind {self.health_address}")
+        await server.start()
+        self._health_server, self._health_port = server, int(port)
 
     async def set_serving(self, serving: bool, service: str = "") -> None:
         """Reports the provider (or one service) as SERVING or NOT_SERVING to health checks, e.g.
@@ -244,6 +279,8 @@ class ProviderServer:
             except Exception:
                 _log.exception("shutdown hook failed")
         await server.stop(grace)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         if self._metrics_endpoint is not None:
             # shutdown() waits for the HTTP server's poll loop (up to half a second).
             await asyncio.to_thread(self._metrics_endpoint.close)
@@ -277,6 +314,7 @@ async def serve(
     provider: str,
     metrics_address: str | None = None,
     tls: TlsConfig | None = None,
+    health_address: str | None = None,
     grace_seconds: float = 5.0,
     ready: asyncio.Event | None = None,
     port_file: str | os.PathLike[str] | None = None,
@@ -296,6 +334,7 @@ async def serve(
         metrics_address=metrics_address,
         tls=tls,
         registry=registry,
+        health_address=health_address,
     )
     stop_event = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from vmlet_facade.app import FacadeConfig, run
 from vmlet_facade.grpcprovider import ProviderTls
-from vmlet_facade.kubeletapi import KubeletApiConfig
+from vmlet_facade.kubeletapi import ConnectionLimits, KubeletApiConfig
 from vmlet_facade.nodes import NodeSettings, Taint
 from vmlet_facade.providerfile import read_providers_file
 
@@ -37,6 +37,26 @@ def _taint(value: str) -> Taint:
     if not key or effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
         raise argparse.ArgumentTypeError(f"--taint takes KEY=VALUE:EFFECT, not {value!r}")
     return Taint(key, val, effect)
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"a positive whole number, not {value!r}")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not number > 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"a positive number of seconds, not {value!r}")
+    return number
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,6 +98,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kubelet-netns", default=env("VMLET_KUBELET_NETNS"),
                    help="network namespace (a name under /run/netns, or a path) to open the "
                         "kubelet API's listener in")
+    limits = ConnectionLimits()
+    p.add_argument("--kubelet-max-connections", type=_positive_int,
+                   default=env("VMLET_KUBELET_MAX_CONNECTIONS", str(limits.max_connections)),
+                   help="open kubelet API connections in all; past it the oldest one not yet "
+                        "authorized is closed for a newcomer, or the newcomer refused")
+    p.add_argument("--kubelet-max-connections-per-client", type=_positive_int,
+                   default=env("VMLET_KUBELET_MAX_CONNECTIONS_PER_CLIENT",
+                               str(limits.max_connections_per_client)),
+                   help="kubelet API connections not yet authorized from one client address")
+    p.add_argument("--kubelet-handshake-timeout-seconds", type=_positive_float,
+                   default=env("VMLET_KUBELET_HANDSHAKE_TIMEOUT_SECONDS",
+                               str(limits.handshake_timeout)),
+                   help="from accepting a kubelet API connection to the end of its TLS "
+                        "handshake")
+    p.add_argument("--kubelet-first-request-timeout-seconds", type=_positive_float,
+                   default=env("VMLET_KUBELET_FIRST_REQUEST_TIMEOUT_SECONDS",
+                               str(limits.first_request_timeout)),
+                   help="for a connection not yet authorized to send a whole request, after "
+                        "the handshake and after each answer")
+    p.add_argument("--kubelet-idle-timeout-seconds", type=_positive_float,
+                   default=env("VMLET_KUBELET_IDLE_TIMEOUT_SECONDS", str(limits.idle_timeout)),
+                   help="an authorized kubelet API connection's wait for its next request "
+                        "(streams in progress are never idle)")
+    p.add_argument("--kubelet-max-header-bytes", type=_positive_int,
+                   default=env("VMLET_KUBELET_MAX_HEADER_BYTES", str(limits.max_header_bytes)),
+                   help="the largest kubelet API request head (answered 431 past it)")
     p.add_argument("--lease-seconds", type=float, default=10.0,
                    help="how often node Leases are renewed")
     p.add_argument("--node-status-seconds", type=float, default=60.0,
@@ -87,9 +133,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--metrics-addr", default=env("VMLET_METRICS_ADDR"),
                    help="HOST:PORT to serve Prometheus metrics on")
     p.add_argument("--provider-ca", type=Path, default=env("VMLET_PROVIDER_CA"),
-                   help="CA of the providers' serving certs (TLS towards providers)")
-    p.add_argument("--provider-cert", type=Path, default=env("VMLET_PROVIDER_CERT"))
+                   help="CA of the providers' serving certs: mutual TLS towards providers, "
+                        "with --provider-cert/--provider-key (re-read when they change)")
+    p.add_argument("--provider-cert", type=Path, default=env("VMLET_PROVIDER_CERT"),
+                   help="the facade's client certificate towards providers (names "
+                        "vmlet-facade)")
     p.add_argument("--provider-key", type=Path, default=env("VMLET_PROVIDER_KEY"))
+    p.add_argument("--provider-insecure-plaintext", action="store_true",
+                   help="call providers in plaintext, unauthenticated (tests and debugging "
+                        "only; a flag, never a variable); warns at start")
     p.add_argument("--pod-sync-workers", type=int, default=64)
     p.add_argument("--disable-cluster-controllers", action="store_true",
                    help="do not run the VirtualMachine controllers (another facade does)")
@@ -108,6 +160,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("at least one --provider NAME=HOST:PORT is needed")
     if bool(args.kubelet_cert) != bool(args.kubelet_key):
         p.error("--kubelet-cert and --kubelet-key go together")
+    try:
+        args.kubelet_limits = ConnectionLimits(
+            max_connections=args.kubelet_max_connections,
+            max_connections_per_client=args.kubelet_max_connections_per_client,
+            handshake_timeout=args.kubelet_handshake_timeout_seconds,
+            first_request_timeout=args.kubelet_first_request_timeout_seconds,
+            idle_timeout=args.kubelet_idle_timeout_seconds,
+            max_header_bytes=args.kubelet_max_header_bytes)
+    except ValueError as err:
+        p.error(str(err))
+    tls = [f for f, v in (("--provider-ca", args.provider_ca), ("--provider-cert",
+           args.provider_cert), ("--provider-key", args.provider_key)) if v]
+    if args.provider_insecure_plaintext and tls:
+        p.error(f"--provider-insecure-plaintext contradicts {', '.join(tls)}")
+    if not args.provider_insecure_plaintext and len(tls) < 3:
+        p.error("providers are called over mutual TLS: --provider-ca, --provider-cert and "
+                "--provider-key are needed (or, for tests only, --provider-insecure-plaintext)")
     return args
 
 
@@ -116,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format='{"time":"%(asctime)s","level":"%(levelname)s",'
                                '"logger":"%(name)s","msg":"%(message)s"}')
+    if args.provider_insecure_plaintext:
+        logging.getLogger("vmlet_facade").warning(
+            "calling providers in PLAINTEXT without authentication "
+            "(--provider-insecure-plaintext): pods, user data and VM operations cross the "
+            "network readable and forgeable")
     config = FacadeConfig(
         providers=args.providers, kubeconfig=args.kubeconfig,
         node_settings=NodeSettings(kubelet_port=args.kubelet_port, taint=args.taint,
@@ -123,15 +197,16 @@ def main(argv: list[str] | None = None) -> int:
                                    status_interval=args.node_status_seconds,
                                    ping_interval=args.ping_seconds),
         lease_interval=args.lease_seconds, metrics_address=args.metrics_addr,
-        provider_tls=ProviderTls(args.provider_ca, args.provider_cert, args.provider_key)
-        if args.provider_ca else None,
+        provider_tls=None if args.provider_insecure_plaintext
+        else ProviderTls(args.provider_ca, args.provider_cert, args.provider_key),
         pod_workers=args.pod_sync_workers,
         cluster_controllers=not args.disable_cluster_controllers,
         leader_election_namespace=args.leader_election_namespace,
         kubelet=KubeletApiConfig(
             port=args.kubelet_port, address=args.kubelet_address, netns=args.kubelet_netns,
             node_ip=args.node_ip, cert_file=args.kubelet_cert, key_file=args.kubelet_key,
-            client_ca_file=args.client_ca_file, cert_dir=args.kubelet_cert_dir),
+            client_ca_file=args.client_ca_file, cert_dir=args.kubelet_cert_dir,
+            limits=args.kubelet_limits),
         providers_file=args.providers_file,
     )
 

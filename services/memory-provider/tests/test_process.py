@@ -48,7 +48,8 @@ async def _start(tmp_path: Path, *extra: str) -> Process:
     port_file.unlink(missing_ok=True)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "vmlet_memory", "--listen", "127.0.0.1:0",
-        "--port-file", str(port_file), "--log-format", "text", *extra,
+        "--port-file", str(port_file), "--log-format", "text",
+        *(extra or ("--insecure-plaintext",)),
         env=_env(), stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     deadline = time.monotonic() + 20
@@ -96,7 +97,7 @@ async def test_state_file_survives_a_process_restart(
     tmp_path: Path, cleanup: list[Process]
 ) -> None:
     state = tmp_path / "state.json"
-    p = await _start(tmp_path, "--state-file", str(state))
+    p = await _start(tmp_path, "--insecure-plaintext", "--state-file", str(state))
     cleanup.append(p)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{p.port}") as ch:
         status = (
@@ -107,7 +108,7 @@ async def test_state_file_survives_a_process_restart(
     p.proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(p.proc.wait(), 10) == 0
 
-    q = await _start(tmp_path, "--state-file", str(state))
+    q = await _start(tmp_path, "--insecure-plaintext", "--state-file", str(state))
     cleanup.append(q)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{q.port}") as ch:
         got = await pl_grpc.PodLifecycleServiceStub(ch).GetPod(
@@ -125,3 +126,22 @@ async def test_bad_flags_fail_fast(tmp_path: Path) -> None:
     )  # fmt: skip
     code = await asyncio.wait_for(proc.wait(), 20)
     assert code != 0
+
+
+async def test_no_plaintext_without_its_flag(tmp_path: Path) -> None:
+    """Without TLS flags the provider refuses to start (usage, exit 2) instead of serving
+    plaintext; with --insecure-plaintext it serves and says loudly that it does."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "vmlet_memory", "--listen", "127.0.0.1:0",
+        env=_env(), stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert await asyncio.wait_for(proc.wait(), 20) == 2
+    assert proc.stderr is not None
+    err = (await proc.stderr.read()).decode()
+    assert "mutual TLS" in err and "--insecure-plaintext" in err and "Traceback" not in err
+
+    p = await _start(tmp_path, "--insecure-plaintext")
+    p.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(p.proc.wait(), 10) == 0
+    log = await p.stderr()
+    assert "level=warning" in log and "PLAINTEXT" in log, log

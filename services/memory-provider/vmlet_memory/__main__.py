@@ -19,6 +19,7 @@ from pathlib import Path
 from vmlet_contract import (
     ProviderError,
     add_server_arguments,
+    check_server_arguments,
     configure_logging_from_args,
     serve_from_args,
 )
@@ -59,7 +60,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="keep the state in this JSON file across restarts",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_server_arguments(parser, args)
+    return args
 
 
 async def _serve(args: argparse.Namespace) -> None:

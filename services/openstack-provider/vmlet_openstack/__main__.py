@@ -17,7 +17,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from vmlet_contract import add_server_arguments, configure_logging_from_args, serve_from_args
+from vmlet_contract import (
+    add_server_arguments,
+    check_server_arguments,
+    configure_logging_from_args,
+    serve_from_args,
+)
 
 from .app import PROVIDER_KIND, build
 from .cloud import cloud_region, quiet_sdk_loggers
@@ -36,7 +41,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     add_server_arguments(parser)
     add_openstack_arguments(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_server_arguments(parser, args)
+    return args
 
 
 async def _serve(args: argparse.Namespace, settings: Settings) -> None:
