@@ -6,7 +6,9 @@ reader/writer streams, async generator for generator streams); gRPC dispatches o
 Synchronous handlers (only the generated UNIMPLEMENTED stubs, in practice) are wrapped as async
 ones. The wrapper is made once per method and cached.
 
-Inside the wrapper:
+Inside the wrapper, every request message (each one of a request stream too) is checked against
+the contract's bounds first (`requestbounds.check_request`): out of bounds is INVALID_ARGUMENT
+before the provider's code runs. Then:
 - a `ProviderError` ends the call with its code and its message;
 - `context.abort(...)` done by the servicer passes through untouched;
 - NotImplementedError (what the generated base servicers raise) ends it with UNIMPLEMENTED;
@@ -29,6 +31,7 @@ import grpc
 
 from .errors import ProviderError
 from .metrics import RpcMetrics, RpcName
+from .requestbounds import check_request
 
 __all__ = ["BoundaryInterceptor"]
 
@@ -113,11 +116,26 @@ def _sync_as_async(behaviour: Callable[..., Any], *, streaming: bool) -> Callabl
     return unary
 
 
+async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        check_request(request)
+        yield request
+
+
+def _checked(request: Any, request_streaming: bool) -> Any:
+    """The request, checked against the bounds; a stream is checked message by message."""
+    if request_streaming:
+        return _checked_stream(aiter(request))
+    check_request(request)
+    return request
+
+
 def _wrap(
     behaviour: Callable[..., Any], metrics: RpcMetrics, rpc: RpcName, *, streaming: bool
 ) -> Callable[..., Any]:
     if not (inspect.isasyncgenfunction(behaviour) or inspect.iscoroutinefunction(behaviour)):
         behaviour = _sync_as_async(behaviour, streaming=streaming)
+    request_streaming = rpc.type in ("client_stream", "bidi_stream")
 
     if inspect.isasyncgenfunction(behaviour):
         generator: Callable[[Any, Any], AsyncIterator[Any]] = behaviour
@@ -125,7 +143,7 @@ def _wrap(
         async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
             call = _Call(metrics, rpc)
             try:
-                async for response in generator(request, context):
+                async for response in generator(_checked(request, request_streaming), context):
                     yield response
                 call.succeeded(context)
             except BaseException as exc:
@@ -141,7 +159,7 @@ def _wrap(
     async def unary(request: Any, context: Any) -> Any:
         call = _Call(metrics, rpc)
         try:
-            result = await coroutine(request, context)
+            result = await coroutine(_checked(request, request_streaming), context)
             call.succeeded(context)
             return result
         except BaseException as exc:

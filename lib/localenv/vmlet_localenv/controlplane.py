@@ -20,6 +20,7 @@ from typing import Any
 
 from vmlet_localenv.kubeconfig import write_kubeconfig
 from vmlet_localenv.pki import ClusterPki
+from vmlet_localenv.private import private_dir
 from vmlet_localenv.processes import Process, free_port, wait_for
 from vmlet_localenv.tools import binary
 
@@ -48,8 +49,7 @@ class ControlPlane:
 
     def __post_init__(self) -> None:
         self._own_dir = self.state_dir is None
-        self.dir = Path(self.state_dir or tempfile.mkdtemp(prefix="vmlet-cp-"))
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = private_dir(Path(self.state_dir or tempfile.mkdtemp(prefix="vmlet-cp-")))
         self.log_dir = self.dir / "logs"
         self.pki = ClusterPki.create(self.dir / "pki")
         self.apiserver_port = free_port()

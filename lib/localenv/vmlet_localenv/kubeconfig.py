@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from vmlet_localenv.pki import CertPair
+from vmlet_localenv.private import write_private
 
 __all__ = ["write_kubeconfig"]
 
@@ -30,6 +31,4 @@ def write_kubeconfig(
         "contexts": [{"name": cluster, "context": {"cluster": cluster, "user": user}}],
         "current-context": cluster,
     }
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    path.chmod(0o600)
-    return path
+    return write_private(path, yaml.safe_dump(doc, sort_keys=False))

@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from vmlet_localenv.private import private_dir, write_private
+
 __all__ = ["CertPair", "CertificateAuthority", "ClusterPki"]
 
 _VALIDITY = dt.timedelta(days=30)
@@ -31,19 +33,17 @@ class CertPair:
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> None:
-    path.write_bytes(key.private_bytes(
+    write_private(path, key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     ))
-    path.chmod(0o600)
 
 
 class CertificateAuthority:
     """A self-signed CA that issues server and client certificates into a directory."""
 
     def __init__(self, directory: Path, name: str = "vmlet-local-ca") -> None:
-        self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = private_dir(directory)
         self._key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         now = dt.datetime.now(dt.UTC)

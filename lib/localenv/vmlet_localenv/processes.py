@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from vmlet_localenv.private import open_private_log
+
 __all__ = ["Process", "free_port", "wait_for"]
 
 # setpriv (util-linux) sets the parent-death signal and execs: no preexec_fn, so subprocess
@@ -73,8 +75,7 @@ class Process:
         return self._popen.pid if self._popen else None
 
     def start(self) -> Process:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
+        log = open_private_log(self.log_path)  # a peer may print a secret: owner-only
         argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *self.argv] if _SETPRIV else self.argv
         self._popen = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -126,3 +127,23 @@ class Process:
         if self._popen is not None:
             self.signal(signal.SIGKILL)
             self._popen.wait(5)
+
+    def wait_exit(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the process to exit; True when it has."""
+        if self._popen is None:
+            return True
+        try:
+            self._popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def restart(self) -> Process:
+        """Start the process again exactly as it was started (argv, environment, working
+        directory; its log is appended to). The previous run must have exited."""
+        if self.running():
+            raise RuntimeError(f"{self.name} is still running (pid {self.pid})")
+        if self._popen is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._popen.pid, signal.SIGKILL)  # what the group left behind
+        return self.start()

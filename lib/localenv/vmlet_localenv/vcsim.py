@@ -1,5 +1,10 @@
 """govmomi's vcsim on loopback: one datacenter, one cluster of hosts, a datastore, a port group,
 and VM templates to clone from, behind a TLS certificate of the run's CA.
+
+The password never appears on vcsim's command line or in its log: vcsim reads ``-password``
+from a file when the value names one (govmomi's session.Secret), and prints its URL (with the
+credentials in it) to the owner-only file given with ``-E`` instead of its log; that file is read
+once and removed. The state directory is 0700.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vmlet_localenv.pki import CertificateAuthority
+from vmlet_localenv.private import private_dir, write_private
 from vmlet_localenv.processes import Process, free_port, wait_for
 from vmlet_localenv.tools import binary
 
@@ -38,8 +44,9 @@ class VcSim:
 
     def __post_init__(self) -> None:
         self._own_dir = self.state_dir is None
-        self.dir = Path(self.state_dir or tempfile.mkdtemp(prefix="vmlet-vcsim-"))
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = private_dir(Path(self.state_dir or tempfile.mkdtemp(prefix="vmlet-vcsim-")))
+        self._password_file = write_private(self.dir / "password", self.password + "\n")
+        self._env_file = self.dir / "vcsim.env"
         ca = CertificateAuthority(self.dir / "pki", "vcsim-ca")
         self.ca_file = ca.cert_path
         self._serving = ca.issue("vcsim", common_name="vcsim", dns_names=("localhost",),
@@ -48,11 +55,13 @@ class VcSim:
         self.url = f"https://127.0.0.1:{self.port}/sdk"
 
     def start(self, timeout: float = 60.0) -> VcSim:
+        write_private(self._env_file, b"")  # vcsim opens it for writing, never creates it
         self.process = Process("vcsim", [
             str(binary("vcsim")), "-l", f"127.0.0.1:{self.port}",
             "-dc", "1", "-cluster", "1", "-host", str(self.hosts), "-standalone-host", "0",
             "-vm", "0", "-ds", "1", "-pg", "1", "-autostart=false",
-            "-username", self.username, "-password", self.password,
+            "-username", self.username, "-password", str(self._password_file),
+            "-E", str(self._env_file),
             "-tlscert", str(self._serving.cert), "-tlskey", str(self._serving.key),
         ], log_dir=self.dir / "logs").start()
         try:
@@ -82,8 +91,10 @@ class VcSim:
             self._own_dir = own
 
     def _printed_url(self) -> bool:
-        assert self.process is not None
-        return bool(re.search(r"GOVC_URL=", self.process.log_path.read_text(errors="replace")))
+        if not re.search(r"GOVC_URL=", self._env_file.read_text(errors="replace")):
+            return False
+        self._env_file.unlink()  # it holds the credentials; the URL is known already
+        return True
 
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca_file))

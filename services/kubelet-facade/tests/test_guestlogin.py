@@ -147,3 +147,24 @@ async def test_a_missing_secret_ends_the_exec_with_a_status_before_the_provider(
     assert terminal.status["reason"] == "BadRequest"
     assert 'SSH Secret "vm-ssh"' in terminal.status["message"]
     assert "does not exist" in terminal.status["message"]
+
+
+@pytest.mark.parametrize("name", ["../../victim/secrets/ssh", "a/b", "%2e%2e", "a" * 254, "ßsh"])
+async def test_a_hostile_ssh_secret_name_reads_nothing(name: str) -> None:
+    secrets = Secrets()
+    with pytest.raises(GuestLoginError, match="is not a valid name"):
+        await guest_credentials(secrets, pod(name))
+    assert secrets.reads == []
+
+
+async def test_a_forbidden_ssh_secret_fails_like_a_missing_one() -> None:
+    class Forbidden(Secrets):
+        async def get(self, path: str, **params: str) -> Obj:
+            raise ApiError(403, "Forbidden", "forbidden")
+
+    answers = []
+    for reader in (Secrets(), Forbidden()):
+        with pytest.raises(GuestLoginError) as err:
+            await guest_credentials(reader, pod("vm-ssh"))
+        answers.append(str(err.value))
+    assert answers[0] == answers[1]

@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 from vmlet_facade.kube import ApiError, KubeClient
+from vmlet_facade.kube.paths import InvalidName, api_path
 
 __all__ = ["EventRecorder"]
 
@@ -43,6 +44,6 @@ class EventRecorder:
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         }
         try:
-            await self._client.create(f"/api/v1/namespaces/{namespace}/events", event)
-        except ApiError as err:
+            await self._client.create(api_path("events", namespace=namespace), event)
+        except (ApiError, InvalidName) as err:
             log.warning("event %s on %s/%s not recorded: %s", reason, namespace, meta["name"], err)

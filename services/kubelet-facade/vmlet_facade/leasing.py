@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 
 from vmlet_facade.kube import ApiError, KubeClient
+from vmlet_facade.kube.paths import InvalidName, api_path
 
 __all__ = ["LEASE_NAMESPACE", "LeaseKeeper"]
 
@@ -43,7 +44,12 @@ class LeaseKeeper:
             await asyncio.sleep(1.0)
 
     async def renew(self, node: str, node_uid: str) -> None:
-        path = f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases/{node}"
+        try:
+            path = api_path("leases", node, namespace=LEASE_NAMESPACE,
+                            group="coordination.k8s.io")
+        except InvalidName as err:  # a node name a provider made up: no lease, and say so
+            log.warning("no lease for node %r: %s", node[:80], err)
+            return
         try:
             await self._client.patch(path, {"spec": {"renewTime": _micro_now(),
                                                      "holderIdentity": node}})

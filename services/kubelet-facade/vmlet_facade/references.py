@@ -5,24 +5,41 @@ status.hostIP), envFrom, Secret/ConfigMap/downwardAPI/projected volumes, and clo
 from the Secret named by the ``vmlet.io/user-data-secret`` annotation. A missing optional source is
 an Event; a missing mandatory one stops the pod before it reaches the provider, with
 virtual-kubelet's reasons.
+
+Every name a pod refers to is checked as a Kubernetes name and read in the pod's own namespace
+only, through `api_path`: ``../other/secrets/x`` in an annotation is refused (InvalidReference)
+before anything is read. A Secret the facade may not read (403) fails exactly as a missing one,
+so a reference never tells whether an object exists.
 """
 
 from __future__ import annotations
 
 import base64
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from vmlet_facade.kube import ApiError, KubeClient
+from vmlet_facade.kube.paths import InvalidName, api_path, valid_label, valid_name
 from vmlet_facade.quantity import cpu_millis, memory_bytes
 
-__all__ = ["USER_DATA_ANNOTATION", "MissingReference", "Resolved", "Resolver"]
+__all__ = [
+    "INVALID_REFERENCE",
+    "USER_DATA_ANNOTATION",
+    "MissingReference",
+    "Resolved",
+    "Resolver",
+]
 
 USER_DATA_ANNOTATION = "vmlet.io/user-data-secret"
 USER_DATA_KEY_ANNOTATION = "vmlet.io/user-data-key"
 USER_DATA_KEY = "userdata"
+#: The Event reason of a reference that is no valid name: refused before anything is read.
+INVALID_REFERENCE = "InvalidReference"
+#: The keys of a Secret or ConfigMap (k8s.io/apimachinery IsConfigMapKey).
+_KEY = re.compile(r"[-._a-zA-Z0-9]+")
 
 Obj = dict[str, Any]
 
@@ -57,28 +74,38 @@ class Resolver:
         self._cache: dict[tuple[str, str, str], tuple[float, Obj | None]] = {}
 
     async def _fetch(self, ns: str, plural: str, name: str) -> Obj | None:
+        path = api_path(plural, name, namespace=ns)  # InvalidName before anything is read
         key = (ns, plural, name)
         now = time.monotonic()
         hit = self._cache.get(key)
         if hit is not None and now - hit[0] < self._ttl:
             return hit[1]
         try:
-            obj: Obj | None = await self._client.get(f"/api/v1/namespaces/{ns}/{plural}/{name}")
+            obj: Obj | None = await self._client.get(path)
         except ApiError as err:
-            if not err.not_found:
+            if not (err.not_found or err.status == 403):
                 raise
-            obj = None
+            obj = None  # forbidden reads as missing: the answer never tells which
         if len(self._cache) > 4096:
             self._cache = {k: v for k, v in self._cache.items() if now - v[0] < self._ttl}
         self._cache[key] = (now, obj)
         return obj
 
     async def resolve(self, pod: Obj) -> Resolved:
-        ns = pod["metadata"]["namespace"]
+        """The pod's references resolved in its own namespace; MissingReference when a mandatory
+        one is missing or is no valid name (then nothing at all is read for it)."""
+        try:
+            return await self._resolve(pod)
+        except InvalidName as err:
+            raise MissingReference(INVALID_REFERENCE, str(err)) from None
+
+    async def _resolve(self, pod: Obj) -> Resolved:
+        ns = valid_label(pod["metadata"].get("namespace"), "the pod's namespace")
         cache: dict[tuple[str, str], Obj | None] = {}
         out = Resolved()
 
         async def source(kind: str, name: str) -> Obj | None:
+            valid_name(name, f"{kind} reference")
             key = (kind, name)
             if key not in cache:
                 plural = "secrets" if kind == "Secret" else "configmaps"
@@ -86,8 +113,9 @@ class Resolver:
             return cache[key]
 
         async def value(kind: str, name: str, key: str, optional: bool) -> str | None:
-            obj = await source(kind, name)
             what = "Secret" if kind == "Secret" else "ConfigMap"
+            _valid_key(key, what)
+            obj = await source(kind, name)
             if obj is None:
                 reason = f"{'Optional' if optional else 'Mandatory'}{what}NotFound"
                 msg = f'{what.lower()} "{name}" not found'
@@ -143,24 +171,40 @@ class Resolver:
         annotations = pod["metadata"].get("annotations", {})
         secret_name = annotations.get(USER_DATA_ANNOTATION)
         if secret_name:
+            valid_name(secret_name, f"annotation {USER_DATA_ANNOTATION}:")
             key = annotations.get(USER_DATA_KEY_ANNOTATION, USER_DATA_KEY)
+            _valid_key(key, f"annotation {USER_DATA_KEY_ANNOTATION}: Secret")
             user_data = await value("Secret", secret_name, key, optional=False)
             out.user_data = user_data or ""
         return out
 
     async def _disk_handle(self, ns: str, claim: str) -> str:
-        """The volume handle of the disk bound to claim ``claim``."""
+        """The volume handle of the disk bound to claim ``claim`` (in ``ns``, the pod's)."""
+        path = api_path("persistentvolumeclaims", valid_name(claim, "claim"), namespace=ns)
         try:
-            pvc = await self._client.get(f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim}")
+            pvc = await self._client.get(path)
         except ApiError as err:
-            if not err.not_found:
+            if not (err.not_found or err.status == 403):
                 raise
             raise MissingReference("FailedMount",
                                    f'persistentvolumeclaim "{claim}" not found') from None
+        # spec.volumeName is the tenant's to write: a claim proves its volume only once the
+        # binding is complete on both sides (claim Bound, the volume's claimRef naming this claim).
         volume = pvc.get("spec", {}).get("volumeName")
-        if not volume:
-            raise MissingReference("FailedMount", f'persistentvolumeclaim "{claim}" is not bound')
-        pv = await self._client.get(f"/api/v1/persistentvolumes/{volume}")
+        unbound = MissingReference("FailedMount", f'persistentvolumeclaim "{claim}" is not bound')
+        if not volume or (pvc.get("status") or {}).get("phase") != "Bound":
+            raise unbound
+        try:
+            pv = await self._client.get(api_path("persistentvolumes", valid_name(volume, "volume")))
+        except ApiError as err:
+            if not (err.not_found or err.status == 403):
+                raise
+            raise unbound from None
+        ref = pv.get("spec", {}).get("claimRef") or {}
+        meta = pvc.get("metadata", {})
+        if (ref.get("namespace"), ref.get("name"), ref.get("uid")) != (
+                ns, meta.get("name"), meta.get("uid")):
+            raise unbound
         handle = (pv.get("spec", {}).get("csi") or {}).get("volumeHandle")
         if not handle:
             raise MissingReference("FailedMount", f"volume {volume} of claim {claim!r} is not a "
@@ -214,6 +258,13 @@ class Resolver:
                         files.update(await self._volume_files(pod, sub, source) or {})
             return files
         return None
+
+
+def _valid_key(key: object, what: str) -> None:
+    if not isinstance(key, str) or len(key) > 253 or not _KEY.fullmatch(key) or key in (".", ".."):
+        shown = repr(key) if len(repr(key)) <= 80 else repr(key)[:77] + "..."
+        raise InvalidName(f"{what} key {shown} is not a valid key: it must be at most 253 "
+                          "letters, digits, '-', '_' or '.'")
 
 
 def _data(obj: Obj) -> dict[str, bytes]:

@@ -99,6 +99,13 @@ def test_fault_mapping() -> None:
         (vim.fault.DuplicateName(), grpc.StatusCode.ALREADY_EXISTS),
         (vim.fault.TaskInProgress(), grpc.StatusCode.ABORTED),
         (vmodl.fault.InvalidArgument(), grpc.StatusCode.INVALID_ARGUMENT),
+        # Sizes vSphere cannot hold: the caller's mistake, never INTERNAL.
+        (vmodl.fault.InvalidRequest(msg='strconv.ParseInt: parsing "4611686018427387904": '
+                                        "value out of range"), grpc.StatusCode.INVALID_ARGUMENT),
+        (vim.fault.NumVirtualCpusNotSupported(), grpc.StatusCode.INVALID_ARGUMENT),
+        (vim.fault.MemorySizeNotSupported(), grpc.StatusCode.INVALID_ARGUMENT),
+        (vim.fault.FileTooLarge(), grpc.StatusCode.INVALID_ARGUMENT),
+        (OverflowError(), grpc.StatusCode.INVALID_ARGUMENT),
         (vmodl.fault.SystemError(), grpc.StatusCode.INTERNAL),
         (ConnectionRefusedError(), grpc.StatusCode.UNAVAILABLE),
         (TimeoutError(), grpc.StatusCode.UNAVAILABLE),

@@ -6,6 +6,11 @@ provider was doing, the fault's name and vCenter's own message. No traceback and
 goes into a message. The order of the table matters: the first matching class wins, and several
 faults are subclasses of others (NotAuthenticated is a NoPermission, InvalidPowerState an
 InvalidState, NoDiskSpace a FileFault).
+
+A size vSphere cannot hold is the caller's mistake, never an internal error: the faults for it
+(VmConfigFault and its NumVirtualCpusNotSupported, MemorySizeNotSupported...; FileTooLarge for a
+disk; InvalidRequest when vCenter cannot even decode a number, as for 2^62 CPUs) and a number
+pyvmomi cannot serialise (OverflowError) are INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ _TABLE: Final[tuple[tuple[type[Any], Callable[[str], ProviderError], str], ...]]
     (vim.fault.NotFound, NotFound, ""),
     (vim.fault.InsufficientResourcesFault, ResourceExhausted, "no room for it on the host"),
     (vim.fault.NoDiskSpace, ResourceExhausted, "the datastore is full"),
+    (vim.fault.FileTooLarge, InvalidArgument, "larger than the datastore takes"),
     (vim.fault.InvalidPowerState, FailedPrecondition, "the VM is not in a power state for it"),
     (vim.fault.InvalidHostState, FailedPrecondition, "the host does not allow it now"),
     (vim.fault.InvalidState, FailedPrecondition, ""),
@@ -77,6 +83,7 @@ _TABLE: Final[tuple[tuple[type[Any], Callable[[str], ProviderError], str], ...]]
     (vim.fault.MigrationFault, FailedPrecondition, "the VM cannot move there"),
     (vim.fault.FileFault, FailedPrecondition, ""),
     (vmodl.fault.InvalidArgument, InvalidArgument, ""),
+    (vmodl.fault.InvalidRequest, InvalidArgument, "a value is out of the range vSphere takes"),
     (vmodl.fault.NotImplemented, _unimplemented, ""),
     (vmodl.fault.NotSupported, FailedPrecondition, "vCenter does not support it here"),
     (vmodl.fault.RequestCanceled, Unavailable, "vCenter canceled the request; retry"),
@@ -168,4 +175,6 @@ def to_provider_error(exc: BaseException, doing: str = "") -> ProviderError:
         return _internal(f"{prefix}vCenter fault {name}" + (f": {text}" if text else ""))
     if is_connection_error(exc):
         return Unavailable(f"{prefix}{_connection_text(exc)}")
+    if isinstance(exc, OverflowError):
+        return InvalidArgument(f"{prefix}a value is out of the range vSphere takes")
     return _internal(f"{prefix}unexpected {type(exc).__name__} talking to vCenter")

@@ -62,6 +62,8 @@ class Layout:
     )
     controller_host: str = "vmlet-controller"
     db_port: int = 0
+    #: The schema template's password until the env sets its own (OpenStackEnv does, at start).
+    db_password: str = DB_PASSWORD
 
     # -- paths -------------------------------------------------------------------------------
     @property
@@ -78,7 +80,7 @@ class Layout:
 
     def db(self, name: str) -> str:
         """The URL of one database on the env's MariaDB."""
-        return (f"mysql+pymysql://{DB_USER}:{DB_PASSWORD}@127.0.0.1:{self.db_port}/{name}"
+        return (f"mysql+pymysql://{DB_USER}:{self.db_password}@127.0.0.1:{self.db_port}/{name}"
                 "?charset=utf8mb4")
 
     def url(self, service: str) -> str:

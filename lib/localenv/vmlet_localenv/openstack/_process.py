@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from vmlet_localenv.private import open_private_log
+
 __all__ = [
     "CommandError", "Service", "Spawner", "free_ports", "run_command", "tail", "wait_until",
 ]
@@ -78,7 +80,7 @@ def run_command(
     """Run a set-up command to completion with its output in ``log_dir/name.log``; return stdout."""
     log_path = log_dir / f"{name}.log"
     t0 = time.monotonic()
-    with log_path.open("ab") as log:
+    with open_private_log(log_path) as log:
         log.write(f"$ {' '.join(argv)}\n".encode())
         log.flush()
         proc = subprocess.Popen(
@@ -114,7 +116,7 @@ class Spawner:
         self, argv: Sequence[str], *, log_path: Path, env: Mapping[str, str], cwd: Path | None,
     ) -> subprocess.Popen[bytes]:
         def spawn() -> subprocess.Popen[bytes]:
-            with log_path.open("ab") as log:
+            with open_private_log(log_path) as log:
                 return subprocess.Popen(
                     _with_pdeathsig(argv), stdout=log, stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL, env=dict(env), cwd=cwd, start_new_session=True,

@@ -10,10 +10,13 @@ picked at start. The system-wide broker, if any, is never touched.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 from collections.abc import Sequence
 from pathlib import Path
+
+from vmlet_localenv.private import private_dir, write_private
 
 from ._process import Service, free_ports
 
@@ -36,18 +39,21 @@ class Rabbit:
     def __init__(self, state_dir: Path, log_dir: Path, ports: Sequence[int] | None = None) -> None:
         self.dir = state_dir / "rabbitmq"
         self.port, self._dist_port, self._epmd_port = ports or free_ports(3)
-        self.user = "guest"
-        self.password = "guest"
+        # A user of this env's own, not guest/guest: anyone on the machine could use that one.
+        self.user = "vmlet"
+        self.password = secrets.token_urlsafe(16)
         # Node names must be unique per host; our pid and AMQP port keep parallel envs apart.
         self.node = f"vmlet{os.getpid()}x{self.port}@localhost"
         server = rabbitmq_server_path()
         if server is None:
             raise FileNotFoundError("rabbitmq-server is missing: run hack/openstack/install.sh")
         epmd = shutil.which("epmd") or "/usr/bin/epmd"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        conf = self.dir / "rabbitmq.conf"
-        conf.write_text(
+        private_dir(self.dir)
+        conf = write_private(
+            self.dir / "rabbitmq.conf",
             f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
+            f"default_user = {self.user}\n"
+            f"default_pass = {self.password}\n"
             "loopback_users = none\n"
             "log.console = true\n"
             "log.file = false\n"

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import pwd
+import secrets
 import shutil
 import tempfile
 import threading
@@ -28,13 +29,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from vmlet_localenv.private import private_dir, write_private
+
 from ._bootstrap import FLAVORS, IMAGE_NAME
 from ._cinder import cinder_service_env, volume_service_ready
 from ._cinder import gunicorn_conf as cinder_gunicorn_conf
 from ._cinder import write_files as write_cinder_files
 from ._config import REGION, SERVICE_USERS, Layout
 from ._databases import copy_template, ensure_template
-from ._mariadb import MariaDB, mariadbd_path
+from ._mariadb import DB_USER, MariaDB, mariadbd_path
 from ._networking import agent_conf, networks_unsupported, rpc_server_conf
 from ._process import Service, Spawner, free_ports, run_command, wait_until
 from ._rabbit import Rabbit, rabbitmq_server_path
@@ -308,8 +311,7 @@ class OpenStackEnv:
             return max(1.0, deadline - time.monotonic())
 
         if self._given_state_dir is not None:
-            state = self._given_state_dir.resolve()
-            state.mkdir(parents=True, exist_ok=True)
+            state = private_dir(self._given_state_dir.resolve())
             # A dir used before starts clean: a new env never sees an old one's data.
             for sub in ("etc", "data", "logs", "rabbitmq", "mysql"):
                 shutil.rmtree(state / sub, ignore_errors=True)
@@ -329,6 +331,7 @@ class OpenStackEnv:
             state_dir=state, venv=self.venv, compute_hosts=self.compute_hosts,
             ports=dict(zip(names, ports, strict=False)),
             transport_url=rabbit.transport_url, db_port=db.port,
+            db_password=secrets.token_urlsafe(16),
         )
         for d in (lay.etc, lay.logs, lay.data):
             d.mkdir(parents=True, exist_ok=True)
@@ -342,6 +345,10 @@ class OpenStackEnv:
             self._services.append(proc)
             proc.start(self._spawner)
         wait_until(db.ready, timeout=left(), what="mariadb", alive=self._alive, interval=0.2)
+        # The template's password is in the source: this env's own replaces it before any
+        # service connects (given on stdin, which no log and no command line shows).
+        self._run("mariadb-password", db.client(), stdin=(
+            f"ALTER USER '{DB_USER}'@'127.0.0.1' IDENTIFIED BY '{lay.db_password}';\n"))
         self._say("MariaDB ready")
 
         # Keystone's keys and admin, and Nova's cells, are made by the real tools, side by side;
@@ -411,7 +418,7 @@ class OpenStackEnv:
         if binds:
             self._wait_network_agents(left)
         self._write_clouds_yaml()
-        (lay.state_dir / "facts.json").write_text(json.dumps(self.facts(), indent=2))
+        write_private(lay.state_dir / "facts.json", json.dumps(self.facts(), indent=2))
 
     def _nova_conf(self, *overlays: str) -> list[str]:
         files = ["nova.conf", *overlays]
@@ -484,8 +491,11 @@ class OpenStackEnv:
     def _nova_cells(self) -> None:
         lay = self.layout
         nm = [self._bin("nova-manage"), *self._nova_conf("nova-manage.conf")]
-        self._run("nova-manage", [*nm, "cell_v2", "map_cell0", "--database_connection",
-                                  lay.db("nova_cell0")])
+        # Not --database_connection: the URL holds the password, and a command line is public.
+        # nova-manage names cell0's database after [database]/connection's, plus "_cell0".
+        cell0 = write_private(lay.etc / "nova-map-cell0.conf",
+                              f"[database]\nconnection = {lay.db('nova')}\n")
+        self._run("nova-manage", [*nm, "--config-file", str(cell0), "cell_v2", "map_cell0"])
         self._run("nova-manage", [*nm, "cell_v2", "create_cell", "--name", "cell1",
                                   "--verbose"])
 

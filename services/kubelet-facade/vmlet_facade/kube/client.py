@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 
 from vmlet_facade.kube.config import KubeConfig
+from vmlet_facade.kube.paths import InvalidPath, check_path
 
 __all__ = ["PATCH_JSON", "PATCH_MERGE", "PATCH_STRATEGIC", "ApiError", "KubeClient"]
 
@@ -56,6 +57,14 @@ class ApiError(Exception):
         return self.status == 410
 
 
+def _checked(path: str) -> str:
+    """``path`` as it may be sent; an ApiError 400 (nothing sent) when a segment is no name."""
+    try:
+        return check_path(path)
+    except InvalidPath as err:
+        raise ApiError(400, "InvalidPath", str(err)) from None
+
+
 class KubeClient:
     """A thin asyncio client: paths in, JSON dicts out."""
 
@@ -93,7 +102,7 @@ class KubeClient:
         """Send one request; return the decoded answer or raise ApiError."""
         data = None if body is None else json.dumps(body)
         async with self._client().request(
-            method, self.config.server + path, params=params, data=data,
+            method, self.config.server + _checked(path), params=params, data=data,
             headers=self._headers(content_type if data is not None else None),
             timeout=aiohttp.ClientTimeout(total=request_timeout),
         ) as resp:
@@ -130,7 +139,7 @@ class KubeClient:
         query = {**params, "watch": "true", "allowWatchBookmarks": "true",
                  "timeoutSeconds": str(timeout_seconds)}
         async with self._client().get(
-            self.config.server + path, params=query, headers=self._headers(),
+            self.config.server + _checked(path), params=query, headers=self._headers(),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10,
                                           sock_read=timeout_seconds + 30),
         ) as resp:

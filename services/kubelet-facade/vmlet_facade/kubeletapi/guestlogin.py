@@ -14,7 +14,8 @@ and is read afresh for every exec, so a rotated key works at once. Its keys:
 
 The values go to the provider inside the Exec call only: they are never logged, and the errors
 here name the Secret, never its contents. A pod without the annotation gets no credentials and
-the provider says what is missing.
+the provider says what is missing. The name must be a Kubernetes name and is read in the pod's
+namespace only (`api_path`); a Secret the facade may not read answers as a missing one.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import aiohttp
 
 from vmlet.provider.v1 import kubelet_endpoint_service_pb2 as kep
 from vmlet_facade.kube import ApiError
+from vmlet_facade.kube.paths import InvalidName, api_path, valid_label, valid_name
 from vmlet_facade.vmapi import SSH_SECRET_ANNOTATION
 
 __all__ = ["DEFAULT_USERNAME", "GuestLoginError", "SecretReader", "guest_credentials"]
@@ -65,12 +67,17 @@ async def guest_credentials(client: SecretReader, pod: Obj) -> kep.GuestCredenti
     name = str((meta.get("annotations") or {}).get(SSH_SECRET_ANNOTATION) or "").strip()
     if not name:
         return None
+    try:
+        path = api_path("secrets", valid_name(name, f"annotation {SSH_SECRET_ANNOTATION}:"),
+                        namespace=valid_label(meta.get("namespace"), "namespace"))
+    except InvalidName as err:
+        raise GuestLoginError(str(err)) from None
     namespace = str(meta.get("namespace", ""))
     what = f'the SSH Secret "{name}" of pod {namespace}/{meta.get("name", "")}'
     try:
-        secret = await client.get(f"/api/v1/namespaces/{namespace}/secrets/{name}")
+        secret = await client.get(path)
     except ApiError as err:
-        if err.not_found:
+        if err.not_found or err.status == 403:  # forbidden answers as missing: no oracle
             raise GuestLoginError(f"{what} (annotation {SSH_SECRET_ANNOTATION}) does not "
                                   f"exist") from None
         raise GuestLoginError(f"cannot read {what}: {err.status} {err.reason}") from None
