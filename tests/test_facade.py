@@ -291,7 +291,7 @@ def test_provider_sigkill_and_restart(own_stack: Stack, control_plane: ControlPl
     own_stack.providers[name].kill()
     cond = eventually(lambda: (c := _ready_condition(own_stack, name))["status"] == "Unknown"
                       and c, timeout=30, what="node Ready=Unknown")
-    assert cond["reason"] == "ProviderUnreachable"
+    assert cond["reason"] == "ProviderUnavailable"
     after_kill = pod(own_stack, ns, "survivor")
     assert after_kill["metadata"]["uid"] == before["metadata"]["uid"], "nothing deleted"
     own_stack.providers[name].start()

@@ -6,6 +6,9 @@ from typing import Any
 
 import pytest
 
+from vmlet.provider.v1 import pod_pb2 as pb
+from vmlet_facade.outage import IAAS_UNAVAILABLE, Outage, during
+from vmlet_facade.podconvert import status_to_k8s
 from vmlet_facade.vmapi import MIGRATION_ANNOTATION
 from vmlet_facade.vmstate import observe
 
@@ -57,3 +60,41 @@ def test_the_other_states() -> None:
     assert observe(vm(), [pod()], True)[:2] == ("Stopping", "Deleting")
     assert observe(vm(), [pod()], False, "claim data is used by web2")[:2] == (
         "Failed", "DiskInUse")
+
+
+def test_an_outage_is_unknown_never_stopped() -> None:
+    """A VM pod marked not ready for an outage (outage.py): its VM is Unknown, with the reason
+    and message of the outage; once the provider answers again, Running."""
+    running = pb.PodStatus(phase=pb.POD_PHASE_RUNNING)
+    running.container_statuses.add(name="vm", ready=True, running=pb.ContainerStateRunning())
+    seen = {"metadata": {"name": "web-x"}, "spec": {"nodeName": "n1", "containers": [
+        {"name": "vm", "image": "debian-12"}]}}
+    seen["status"] = status_to_k8s(running, seen, "10.0.0.1")
+    assert observe(vm(), [seen], False)[:2] == ("Running", "Running")
+    outage = Outage(IAAS_UNAVAILABLE, "provider p answers, but its IaaS does not: vCenter down")
+    seen["status"] = status_to_k8s(during(running, outage), seen, "10.0.0.1")
+    assert seen["status"]["phase"] == "Running"
+    ready = next(c for c in seen["status"]["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", IAAS_UNAVAILABLE)
+    state, reason, message, _ = observe(vm(), [seen], False)
+    assert (state, reason, message) == ("Unknown", IAAS_UNAVAILABLE, outage.message)
+    seen["status"] = status_to_k8s(running, seen, "10.0.0.1")
+    assert observe(vm(), [seen], False)[:2] == ("Running", "Running")
+
+
+def test_a_lost_node_is_unknown() -> None:
+    """The node lifecycle controller turned the pod not ready (its node stopped reporting):
+    the container still reads ready and running, so the VM is Unknown, not Starting."""
+    lost = pod("Running", ready=False)
+    lost["status"]["containerStatuses"][0]["ready"] = True
+    assert observe(vm(), [lost], False)[:2] == ("Unknown", "NodeNotReady")
+
+
+def test_unschedulable_says_what_the_scheduler_said() -> None:
+    unbound = pod(node=None)
+    unbound["status"]["conditions"].append({
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": "0/3 nodes are available: 3 Insufficient memory."})
+    state, reason, message, _ = observe(vm(), [unbound], False)
+    assert (state, reason) == ("Provisioning", "Unscheduled")
+    assert "3 Insufficient memory" in message

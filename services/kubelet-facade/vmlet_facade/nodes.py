@@ -2,9 +2,11 @@
 
 The node's status (capacity, allocatable, addresses, conditions, schedulability) comes from the
 provider: from ListNodes at start, from the NotifyNodeStatus stream as it changes, and as a
-heartbeat every ``status_interval``. When the provider stops answering Ping, every node it backs
-turns Ready=Unknown with reason ProviderUnreachable; nothing is deleted, and the nodes recover by
-themselves when the provider answers again.
+heartbeat every ``status_interval``. When Ping fails, every node the provider backs turns
+Ready=Unknown: ProviderUnavailable when the provider does not answer at all (not even its gRPC
+health check), IaaSUnavailable when it answers but its IaaS does not. The pods on those nodes are
+told (``on_outage``, see outage.py); nothing is deleted, and it all recovers by itself when the
+provider answers Ping again.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +23,7 @@ from vmlet.provider.v1 import pod_pb2 as pb
 from vmlet_contract import ProviderError
 from vmlet_facade.events import EventRecorder
 from vmlet_facade.kube import ApiError, KubeClient
+from vmlet_facade.outage import IAAS_UNAVAILABLE, PROVIDER_UNAVAILABLE, Outage
 from vmlet_facade.provider import Provider
 
 __all__ = ["TAINT_KEY", "NodeController", "NodeSettings", "Taint"]
@@ -65,7 +69,8 @@ class NodeController:
     """Registers and maintains the Nodes of one provider."""
 
     def __init__(self, provider: Provider, client: KubeClient, settings: NodeSettings,
-                 events: EventRecorder) -> None:
+                 events: EventRecorder,
+                 on_outage: Callable[[Outage | None], None] | None = None) -> None:
         self.provider = provider
         self._client = client
         self._settings = settings
@@ -73,7 +78,8 @@ class NodeController:
         self.nodes: dict[str, node_pb2.Node] = {}
         self.uids: dict[str, str] = {}
         self.healthy = False
-        self._unhealthy_reason = ""
+        self.outage: Outage | None = None
+        self._on_outage = on_outage
         self._transitions: dict[tuple[str, str], tuple[str, str]] = {}
         self.registered = asyncio.Event()
 
@@ -94,10 +100,8 @@ class NodeController:
         out = []
         for ctype in ("Ready", *_PRESSURE, *[t for t in given if t not in ("Ready", *_PRESSURE)]):
             c = given.get(ctype)
-            if ctype == "Ready" and not self.healthy:
-                status, reason = "Unknown", "ProviderUnreachable"
-                message = f"provider {self.provider.name} is not answering: " \
-                          f"{self._unhealthy_reason}"
+            if ctype == "Ready" and self.outage is not None:
+                status, reason, message = "Unknown", self.outage.reason, self.outage.message
             elif c is not None:
                 status, reason, message = _COND.get(c.status, "Unknown"), c.reason, c.message
             elif ctype == "Ready":
@@ -190,23 +194,35 @@ class NodeController:
         node = self.nodes[name]
         await self._client.patch(f"/api/v1/nodes/{name}/status", self._status(node))
 
-    async def _set_health(self, healthy: bool, reason: str = "") -> None:
-        if healthy == self.healthy and reason == self._unhealthy_reason:
+    async def _diagnose(self, err: ProviderError) -> Outage:
+        """Which part is out: the provider (it does not answer its health check either) or its
+        IaaS (the provider answers, but fails Ping)."""
+        name = self.provider.name
+        if await self.provider.reachable():
+            return Outage(IAAS_UNAVAILABLE,
+                          f"provider {name} answers, but its IaaS does not: {err.message}")
+        return Outage(PROVIDER_UNAVAILABLE, f"provider {name} is not answering: {err.message}")
+
+    async def _set_health(self, outage: Outage | None) -> None:
+        healthy = outage is None
+        if healthy == self.healthy and outage == self.outage:
             return
-        was = self.healthy
-        self.healthy, self._unhealthy_reason = healthy, reason
-        if not healthy:
-            log.warning("provider %s unreachable: %s", self.provider.name, reason)
+        was = self.outage.reason if self.outage else ""
+        self.healthy, self.outage = healthy, outage
+        if outage is not None:
+            log.warning("provider %s: %s: %s", self.provider.name, outage.reason, outage.message)
+        if self._on_outage is not None:
+            self._on_outage(outage)
         for name in list(self.nodes):
             try:
                 await self.write_status(name)
-                if was != healthy:
+                if was != (outage.reason if outage else ""):
                     await self._events.emit(
                         {"apiVersion": "v1", "kind": "Node",
                          "metadata": {"name": name, "uid": self.uids.get(name, name)}},
-                        "NodeReady" if healthy else "NodeNotReady",
-                        f"provider {self.provider.name} "
-                        f"{'answers again' if healthy else 'is not answering: ' + reason}",
+                        "NodeReady" if outage is None else "NodeNotReady",
+                        f"provider {self.provider.name} answers again" if outage is None
+                        else f"{outage.reason}: {outage.message}",
                         warning=not healthy)
             except ApiError as err:
                 log.warning("status of node %s not written: %s", name, err)
@@ -266,9 +282,9 @@ class NodeController:
                 if not self.healthy:
                     # Back: refresh what may have changed while it was away.
                     self.nodes.update({n.name: n for n in await self.provider.list_nodes()})
-                await self._set_health(True)
+                await self._set_health(None)
             except ProviderError as err:
-                await self._set_health(False, err.message)
+                await self._set_health(await self._diagnose(err))
             except ApiError as err:
                 log.warning("node status not written: %s", err)
             await asyncio.sleep(self._settings.ping_interval)

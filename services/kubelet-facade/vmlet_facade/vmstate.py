@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from vmlet_facade.outage import REASONS as OUTAGE_REASONS
 from vmlet_facade.vmapi import MIGRATION_ANNOTATION
 
 __all__ = ["PROGRESS_REASONS", "observe"]
@@ -25,6 +26,31 @@ _MOVING_REASONS = frozenset({"Relocating", "Migrating"})
 def _ready(pod: Obj) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True"
                for c in pod.get("status", {}).get("conditions", []))
+
+
+def _unseen(pod: Obj) -> tuple[str, str] | None:
+    """(reason, message) when ``pod``'s VM ran and cannot be seen now: an outage of its provider
+    or IaaS, or a host whose node stopped reporting (the node lifecycle controller turned the pod
+    not ready while its container still reads ready). None otherwise."""
+    status = pod.get("status", {})
+    ready = next((c for c in status.get("conditions", []) if c.get("type") == "Ready"), None)
+    if status.get("phase") != "Running" or ready is None or ready.get("status") == "True":
+        return None
+    if ready.get("reason") in OUTAGE_REASONS:
+        return str(ready["reason"]), str(ready.get("message") or ready["reason"])
+    containers = status.get("containerStatuses") or []
+    if containers and all(c.get("ready") and "running" in (c.get("state") or {})
+                          for c in containers):
+        return "NodeNotReady", f"the VM's host {pod['spec'].get('nodeName')} does not report"
+    return None
+
+
+def _unscheduled(pod: Obj) -> str:
+    """What the scheduler said about ``pod`` (e.g. that no node has room), else a default."""
+    for c in pod.get("status", {}).get("conditions", []):
+        if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("message"):
+            return f"no host for the VM yet: {c['message']}"
+    return "waiting for the scheduler to pick a host"
 
 
 def _waiting(pod: Obj) -> Obj | None:
@@ -65,10 +91,13 @@ def observe(vm: Obj, pods: list[Obj], deleting: bool,
         return "Unknown", "NodeUnreachable", "the VM's host does not answer", pod
     if phase == "Running" and _ready(pod):
         return "Running", "Running", f"the VM runs on {node}", pod
+    unseen = _unseen(pod)
+    if unseen is not None:
+        return "Unknown", unseen[0], unseen[1], pod
     waiting = _waiting(pod)
     if not node:
         return (("Migrating" if migrating else "Provisioning"), "Unscheduled",
-                "waiting for the scheduler to pick a host", pod)
+                _unscheduled(pod), pod)
     reason = (waiting or {}).get("reason")
     said = str((waiting or {}).get("message") or reason)
     if reason and reason not in PROGRESS_REASONS:

@@ -349,3 +349,13 @@ def test_a_read_gives_up_at_its_deadline() -> None:
     assert 0.5 < time.monotonic() - started < 3.0
     assert 3 <= len(calls) <= 6
     assert cloud.reachable is False
+
+
+def test_the_unreachable_reason_does_not_name_the_call_that_found_it() -> None:
+    """Ping (and the nodes) say why OpenStack is away, not "create server x": that call's name
+    must not reach the Events of later, other operations."""
+    cloud, _, fn = _flaky_cloud(1, requests.ConnectionError("Connection refused"))
+    with pytest.raises(Unavailable, match=r"^create server x: "):
+        asyncio.run(cloud.call("create server x", fn))
+    assert cloud.reachable is False
+    assert cloud.unreachable_reason and "create server" not in cloud.unreachable_reason

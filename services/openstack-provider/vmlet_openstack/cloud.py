@@ -365,8 +365,9 @@ class Cloud:
                     delay = min(delay * 2, 2.0)
                     continue
                 if is_unavailable(error) or error.code == grpc.StatusCode.UNAUTHENTICATED:
-                    # Refused credentials make OpenStack as unusable as an outage does.
-                    self._set_reachable(False, error.message)
+                    # Refused credentials make OpenStack as unusable as an outage does. The
+                    # reason kept is why, not this call's `doing`: later errors must not quote it.
+                    self._set_reachable(False, error.message.removeprefix(f"{doing}: "))
                 else:
                     self._set_reachable(True, "")
                 raise

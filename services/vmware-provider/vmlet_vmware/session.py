@@ -141,9 +141,11 @@ class Session:
             except Exception:
                 _log.exception("session listener failed")
 
-    def unavailable(self) -> Unavailable:
-        """The error every call gets while there is no connection."""
-        return Unavailable(f"vCenter {self.settings.address.url}: {self._state.message}")
+    def unavailable(self, doing: str = "") -> Unavailable:
+        """The error every call gets while there is no connection, naming what the caller was
+        `doing` (the state's message says why vCenter is away, not what failed then)."""
+        prefix = f"{doing}: " if doing else ""
+        return Unavailable(f"{prefix}vCenter {self.settings.address.url}: {self._state.message}")
 
     # Calls.
 
@@ -164,7 +166,7 @@ class Session:
         """Runs `fn(connection)` in a worker thread; see the module docstring for failures."""
         conn = self._conn
         if conn is None:
-            raise self.unavailable()
+            raise self.unavailable(doing)
         epoch = self._login_epoch
         try:
             return await self._run(pool, fn, conn)
@@ -182,7 +184,9 @@ class Session:
     ) -> ProviderError:
         error = faults.to_provider_error(exc, doing)
         if faults.is_connection_error(exc) and not (slow_ok and faults.is_timeout(exc)):
-            self.lost(conn, error.message)
+            # The state keeps why vCenter went away, not what this call was doing: later
+            # calls (a delete) must not quote this one (a clone).
+            self.lost(conn, faults.to_provider_error(exc).message)
         elif not faults.is_fault(exc) and not isinstance(exc, ProviderError):
             _log.error("unexpected error calling vCenter", exc_info=exc, extra={"doing": doing})
         return error
@@ -216,7 +220,7 @@ class Session:
                     self._set_state(False, "InvalidLogin", error.message)
                     self._wake.set()
                 elif faults.is_connection_error(exc):
-                    self.lost(conn, error.message)
+                    self.lost(conn, faults.to_provider_error(exc).message)
                 raise error from None
             self._login_epoch += 1
             _log.info("vcenter session re-established", extra={"user": settings.username})

@@ -1,0 +1,44 @@
+"""Outages: a provider the facade cannot reach, or an IaaS its provider cannot reach.
+
+While one lasts, the provider's nodes are Ready=Unknown, and the VM pods on them show Ready=False
+with the outage's reason and message, as the node lifecycle controller marks the pods of a lost
+node; their phase and containers stay as last seen, for an outage is not a power-off. Their
+VirtualMachines show Unknown (vmstate). It all comes back by itself when the parts answer again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vmlet.provider.v1 import pod_pb2 as pb
+
+__all__ = ["IAAS_UNAVAILABLE", "PROVIDER_UNAVAILABLE", "REASONS", "Outage", "during"]
+
+#: The facade gets no answer from the provider (killed, stopped, cut off).
+PROVIDER_UNAVAILABLE = "ProviderUnavailable"
+#: The provider answers, but not its IaaS (vCenter, Nova): it says so to Ping.
+IAAS_UNAVAILABLE = "IaaSUnavailable"
+REASONS = frozenset({PROVIDER_UNAVAILABLE, IAAS_UNAVAILABLE})
+
+_MARKED = ("ContainersReady", "Ready")
+
+
+@dataclass(frozen=True)
+class Outage:
+    """Why a provider's VMs cannot be seen right now, and what the part that failed said."""
+
+    reason: str
+    message: str
+
+
+def during(status: pb.PodStatus, outage: Outage) -> pb.PodStatus:
+    """``status`` as a pod shows it during ``outage``: not ready, for the outage's reason."""
+    out = pb.PodStatus()
+    out.CopyFrom(status)
+    kept = [c for c in out.conditions if c.type not in _MARKED]
+    del out.conditions[:]
+    out.conditions.extend(kept)
+    for ctype in _MARKED:
+        out.conditions.add(type=ctype, status=pb.CONDITION_STATUS_FALSE, reason=outage.reason,
+                           message=outage.message)
+    return out
