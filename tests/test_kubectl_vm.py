@@ -153,14 +153,14 @@ def test_stop_start_restart(stack: Stack, control_plane: ControlPlane, ns: str) 
     assert status["state"] == "Running" and status["addresses"]
     assert f"is Running on {status['nodeName']}" in out
     assert status["identity"] == identity, "the same VM, powered on again"
-    pod = vm_pods(cp, ns, "web")[0]["metadata"]["name"]
+    pod = vm_pods(cp, ns, "web")[0]["metadata"]["uid"]
 
     out = ok(cp, "restart", "web", "--namespace", ns, "--wait", "--timeout", "2m")
     assert "Stopped" in out and "is Running" in out
     status = vm_status(cp, ns, "web")
     assert status["state"] == "Running" and status["identity"] == identity
     pods = vm_pods(cp, ns, "web")
-    assert len(pods) == 1 and pods[0]["metadata"]["name"] != pod, "restart made a new VM pod"
+    assert len(pods) == 1 and pods[0]["metadata"]["uid"] != pod, "restart made a new VM pod"
 
     # Without --wait: the switch is flipped and the command returns.
     out = ok(cp, "stop", "web", "-n", ns)

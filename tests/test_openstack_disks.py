@@ -120,7 +120,7 @@ def pv_gone(v: Vmlet, name: str) -> bool:
 
 
 def vms_stub(v: Vmlet) -> tuple[grpc.Channel, vm_grpc.VirtualMachineServiceStub]:
-    channel = grpc.insecure_channel(v.provider.address)
+    channel = v.provider.channel()
     return channel, vm_grpc.VirtualMachineServiceStub(channel)
 
 
@@ -228,7 +228,7 @@ def test_vm_volume_is_attached_to_the_right_server_and_outlives_it(
         containers=[pod_pb2.Container(name="vm", image=cloud.image_name)],
         volumes=[pod_pb2.Volume(name="data", disk=pod_pb2.DiskSource(
             claim_name="root", volume_handle=handle))])
-    channel = grpc.insecure_channel(vmlet.provider.address)
+    channel = vmlet.provider.channel()
     with channel, pytest.raises(grpc.RpcError) as caught:
         lifecycle_grpc.PodLifecycleServiceStub(channel).CreatePod(
             lifecycle_pb.CreatePodRequest(pod=intruder), timeout=60)

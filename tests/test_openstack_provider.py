@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import signal
 import sys
 import threading
@@ -57,8 +58,11 @@ from vmlet.provider.v1 import (
     virtual_machine_service_pb2,
     virtual_machine_service_pb2_grpc,
 )
+from vmlet_contract.hostile import hostile_requests
 from vmlet_localenv.openstack import OpenStackEnv, installed
+from vmlet_localenv.openstack._mariadb import DB_PASSWORD
 from vmlet_localenv.processes import Process, wait_for
+from vmlet_localenv.providerpki import default_pki
 
 pytestmark = pytest.mark.openstack
 
@@ -203,7 +207,7 @@ class Provider:
     channel: grpc.Channel = field(init=False)
 
     def __post_init__(self) -> None:
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.channel = default_pki().channel(f"127.0.0.1:{self.port}")  # as the facade
         self.pods = pod_lifecycle_service_pb2_grpc.PodLifecycleServiceStub(self.channel)
         self.nodes = node_provider_service_pb2_grpc.NodeProviderServiceStub(self.channel)
         self.notifier = pod_notifier_service_pb2_grpc.PodNotifierServiceStub(self.channel)
@@ -260,7 +264,8 @@ def start_provider(openstack_env: Cloudside, workdir: Path, *extra: str) -> Prov
         "--listen", "127.0.0.1:0", "--port-file", str(port_file),
         "--poll-seconds", "1", "--fast-poll-seconds", "0.5", "--node-poll-seconds", "2",
         "--api-timeout-seconds", "10", "--log-poll-seconds", "0.5",
-        "--operation-timeout-seconds", str(int(OP_TIMEOUT)), "--log-format", "text", *extra,
+        "--operation-timeout-seconds", str(int(OP_TIMEOUT)), "--log-format", "text",
+        *default_pki().provider_args(), *extra,
     ]  # fmt: skip
     process = Process("openstack-provider", argv, log_dir=workdir, env=env).start()
     wait_for(port_file.exists, timeout=60, what="openstack provider", alive=process.check_alive)
@@ -496,6 +501,64 @@ def test_bad_pods_are_refused(provider: Provider, openstack_env: Cloudside) -> N
     with pytest.raises(grpc.RpcError) as caught:
         provider.status(cases[0][0])
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def all_server_names(admin: Any) -> list[str]:
+    resp = admin.compute.get("/servers/detail", params={"all_tenants": 1, "limit": 1000},
+                             microversion=MV)
+    openstack.exceptions.raise_from_response(resp)
+    return sorted(str(s["name"]) for s in resp.json()["servers"])
+
+
+def test_out_of_bounds_requests_are_invalid_argument(
+    provider: Provider, openstack_env: Cloudside, admin: Any
+) -> None:
+    """cpu 2^62, memory 2^62, a 10 MB identity, 20 MB of user data, a 4 EiB disk, namespace
+    a/b...: INVALID_ARGUMENT from the real server, and Nova and Cinder see nothing."""
+    node = openstack_env.node(openstack_env.compute_hosts[0])
+    before = all_server_names(admin)
+    stubs = {"pods": provider.pods, "vms": provider.vms}
+    for case in hostile_requests(node, "openstack:image/vmlet-test-image"):
+        with pytest.raises(grpc.RpcError) as caught:
+            getattr(stubs[case.stub], case.method)(case.request, timeout=60)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (case.what, caught.value)
+        assert "incident" not in (caught.value.details() or ""), case.what
+    after = all_server_names(admin)
+    assert set(after) <= set(before) and not [n for n in after if "hostile" in n]
+
+
+def _env_secrets(state_dir: Path) -> list[str]:
+    """Every password of the env: Keystone users (facts.json), the database's and RabbitMQ's
+    (the URLs in nova.conf)."""
+    facts = json.loads((state_dir / "facts.json").read_text())
+    found = [facts["admin"]["password"], facts["vmlet"]["password"]]
+    conf = (state_dir / "etc" / "nova.conf").read_text()
+    found += re.findall(r"mysql\+pymysql://[^:]+:([^@]+)@", conf)
+    found += re.findall(r"rabbit://([^:]+):([^@]+)@", conf)[0][1:]
+    found += re.findall(r"(?m)^password\s*=\s*(\S+)", conf)
+    return sorted(set(found))
+
+
+def test_no_secret_of_the_env_on_a_command_line_or_readable_by_others(
+    openstack_env: Cloudside,
+) -> None:
+    state = openstack_env.state_dir
+    secrets = _env_secrets(state)
+    assert len(secrets) >= 4
+    assert DB_PASSWORD not in secrets and "guest" not in secrets  # the env's own, not defaults
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                argv = (entry / "cmdline").read_bytes().decode(errors="replace")
+                assert not [s for s in secrets if s in argv], f"pid {entry.name}: {argv[:200]}"
+    assert state.stat().st_mode & 0o777 == 0o700
+    for path in state.rglob("*"):
+        if not path.is_file() or path.is_symlink() or path.stat().st_size > 4 * 2**20:
+            continue
+        data = path.read_bytes()
+        if any(s.encode() in data for s in secrets) or b"PRIVATE KEY" in data:
+            assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
+            assert path.suffix != ".log" or b"PRIVATE KEY" in data, f"{path} logs a password"
 
 
 def test_stop_and_start_keep_the_server(

@@ -42,7 +42,9 @@ from vmlet.provider.v1 import (
     virtual_machine_service_pb2,
     virtual_machine_service_pb2_grpc,
 )
+from vmlet_contract.hostile import hostile_requests
 from vmlet_localenv.processes import wait_for
+from vmlet_localenv.providerpki import default_pki
 from vmlet_localenv.stack import nic_networks, set_guest_ip, vms_with_identity
 from vmlet_localenv.vcsim import VcSim, _wait_task
 
@@ -116,7 +118,7 @@ class Provider:
     channel: grpc.Channel = field(init=False)
 
     def __post_init__(self) -> None:
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.channel = default_pki().channel(f"127.0.0.1:{self.port}")  # as the facade
         self.pods = pod_lifecycle_service_pb2_grpc.PodLifecycleServiceStub(self.channel)
         self.nodes = node_provider_service_pb2_grpc.NodeProviderServiceStub(self.channel)
         self.notifier = pod_notifier_service_pb2_grpc.PodNotifierServiceStub(self.channel)
@@ -168,7 +170,7 @@ def start_provider(sim: VcSim, workdir: Path, *extra: str) -> Provider:
         "--listen", "127.0.0.1:0", "--port-file", str(port_file),
         "--template-folder", "vmlet-templates", "--network", "VM Network",
         "--keepalive-seconds", "2", "--reconnect-max-seconds", "1", "--watch-wait-seconds", "5",
-        "--log-format", "text", *extra,
+        "--log-format", "text", *default_pki().provider_args(), *extra,
     ]  # fmt: skip
     process = ProviderProcess(argv, log_path=workdir / "vmware-provider.log", env=env)
     wait_for(port_file.exists, timeout=30, what="vmware provider", alive=process.check_alive)
@@ -437,6 +439,35 @@ def test_bad_requests_are_refused_with_clear_codes(provider: Provider) -> None:
     missing = make_pod(NODES[0], image="vsphere:template/no-such-template")
     assert code_of(lambda: provider.create(missing)) == grpc.StatusCode.FAILED_PRECONDITION
     assert code_of(lambda: provider.status(missing)) == grpc.StatusCode.NOT_FOUND
+
+
+def all_vm_names(sim: VcSim) -> list[str]:
+    with sim.connect() as si:
+        content = si.RetrieveContent()
+        view = content.viewManager.CreateContainerView(
+            content.rootFolder, [vim.VirtualMachine], True)
+        try:
+            return sorted(vm.name for vm in view.view)
+        finally:
+            view.Destroy()
+
+
+def test_out_of_bounds_requests_are_invalid_argument(provider: Provider, vcsim: VcSim) -> None:
+    """cpu 2^62, memory 2^62, a 10 MB identity, 20 MB of user data, a 4 EiB disk, namespace
+    a/b...: INVALID_ARGUMENT, never INTERNAL with a vCenter fault; nothing made or destroyed."""
+    victim = make_pod(NODES[0], keep=False)
+    provider.create(victim)
+    before = all_vm_names(vcsim)
+    stubs = {"pods": provider.pods, "vms": provider.vms}
+    for case in hostile_requests(NODES[0], f"vsphere:template/{TEMPLATE}"):
+        with pytest.raises(grpc.RpcError) as err:
+            getattr(stubs[case.stub], case.method)(case.request, timeout=60)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (case.what, err.value)
+        assert "Fault" not in (err.value.details() or ""), case.what
+    after = all_vm_names(vcsim)
+    assert set(after) <= set(before) and not [n for n in after if "hostile" in n]
+    assert count_vms(vcsim, victim.identity) == 1
+    provider.delete(victim)
 
 
 def test_status_has_an_ip_only_once_the_guest_reports_one(provider: Provider, vcsim: VcSim) -> None:

@@ -23,6 +23,9 @@ import grpc
 import pytest
 from pyVmomi import vim
 
+from vmlet.provider.v1 import pod_lifecycle_service_pb2 as lc_pb
+from vmlet.provider.v1 import pod_lifecycle_service_pb2_grpc as lc_grpc
+from vmlet.provider.v1 import pod_pb2
 from vmlet.provider.v1 import virtual_machine_service_pb2 as vm_pb
 from vmlet.provider.v1 import virtual_machine_service_pb2_grpc as vm_grpc
 from vmlet_localenv.controlplane import ControlPlane
@@ -360,32 +363,31 @@ def test_exposed_vm_is_an_endpoint_and_container_pods_stay_off_its_hosts(
 
 def test_concurrent_duplicate_creates_leave_one_vm(
         stack: Stack, control_plane: ControlPlane, sim: VcSim, ns: str) -> None:
+    # Only the facade chooses an identity (a pod's annotations name none), so six pods of one
+    # identity are six CreatePod calls at the provider's own API, all at once.
     identity = str(uuid.uuid4())
-    pods = []
-    for i in range(6):
-        pod = stack.vm_pod(f"dup-{i}", PROVIDER)
-        pod["metadata"]["annotations"] = {"vmlet.io/identity": identity}
-        pod["spec"]["containers"][0]["resources"] = {}
-        pod["spec"]["nodeName"] = NODES[0]
-        pods.append(pod)
-    with ThreadPoolExecutor(len(pods)) as pool:  # six kubectl applies at once
-        list(pool.map(lambda p: apply(control_plane, ns, p), pods))
+    pods = [pod_pb2.Pod(ref=pod_pb2.PodRef(namespace=ns, name=f"dup-{i}", uid=str(uuid.uuid4())),
+                        node_name=NODES[0], identity=identity,
+                        containers=[pod_pb2.Container(name="vm", image="debian-12")])
+            for i in range(6)]
+    with stack.channel(PROVIDER) as channel:
+        lifecycle = lc_grpc.PodLifecycleServiceStub(channel)
 
-    def settled() -> dict[str, str] | None:
-        phases = {p["metadata"]["name"]: p["status"].get("phase", "")
-                  for p in stack.kubectl_json("get", "pods", "-n", ns)["items"]}
-        return phases if len(phases) == 6 and "Running" in phases.values() else None
+        def create(pod: pod_pb2.Pod) -> str:
+            try:
+                lifecycle.CreatePod(lc_pb.CreatePodRequest(pod=pod), timeout=120)
+                return "ok"
+            except grpc.RpcError as err:
+                return str(err.code())
 
-    eventually(settled, what="a pod running the identity's VM")
-    time.sleep(2)  # let every CreatePod land
-    vm = the_vm(sim, identity)  # exactly one VM for six pods
-    assert vm["power"] == "poweredOn" and vm["host"] == HOSTS[0]
-    holder = vm["extra"]["vmlet.pod"].split("/")[1]
-    assert get(stack, "pod", holder, ns)["status"]["phase"] == "Running"
-    for pod in pods:
-        control_plane.kubectl("delete", "pod", pod["metadata"]["name"], "-n", ns,
-                              "--timeout=60s")
-    eventually(lambda: not in_vcenter(sim, identity), what="the VM destroyed with its pod")
+        with ThreadPoolExecutor(len(pods)) as pool:
+            outcomes = list(pool.map(create, pods))
+        assert "ok" in outcomes, outcomes
+        vm = the_vm(sim, identity)  # exactly one VM for six pods
+        assert vm["power"] == "poweredOn" and vm["host"] == HOSTS[0]
+        vm_grpc.VirtualMachineServiceStub(channel).DeleteVirtualMachine(
+            vm_pb.DeleteVirtualMachineRequest(identity=identity, namespace=ns), timeout=120)
+    eventually(lambda: not in_vcenter(sim, identity), what="the VM destroyed")
 
 
 def test_provider_sigkill_mid_create_leaves_one_vm(

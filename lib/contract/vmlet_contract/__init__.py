@@ -9,8 +9,10 @@ CreateDisk request (`diskrequests`).
 
 from . import podstatus
 from .cli import (
+    DEFAULT_CLIENT_IDENTITY,
     DEFAULT_LISTEN,
     add_server_arguments,
+    check_server_arguments,
     configure_logging_from_args,
     serve_from_args,
     tls_from_args,
@@ -20,9 +22,11 @@ from .errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ProviderError,
     ResourceExhausted,
     Unavailable,
+    check_namespace,
     error_from_rpc,
     is_retryable,
     reason_for,
@@ -39,9 +43,10 @@ from .server import (
     serve,
     write_port_file,
 )
-from .tls import TlsConfig, channel_credentials
+from .tls import PeerIdentityInterceptor, TlsConfig, channel_credentials, files_fingerprint
 
 __all__ = [
+    "DEFAULT_CLIENT_IDENTITY",
     "DEFAULT_LISTEN",
     "DEFAULT_SERVER_OPTIONS",
     "AlreadyExists",
@@ -51,6 +56,8 @@ __all__ = [
     "InvalidArgument",
     "Mailbox",
     "NotFound",
+    "PeerIdentityInterceptor",
+    "PermissionDenied",
     "ProviderError",
     "ProviderServer",
     "ProviderServicers",
@@ -61,9 +68,12 @@ __all__ = [
     "Unavailable",
     "add_server_arguments",
     "channel_credentials",
+    "check_namespace",
+    "check_server_arguments",
     "configure_logging",
     "configure_logging_from_args",
     "error_from_rpc",
+    "files_fingerprint",
     "is_retryable",
     "podstatus",
     "reason_for",

@@ -28,9 +28,11 @@ __all__ = [
     "FailedPrecondition",
     "InvalidArgument",
     "NotFound",
+    "PermissionDenied",
     "ProviderError",
     "ResourceExhausted",
     "Unavailable",
+    "check_namespace",
     "error_from_rpc",
     "is_retryable",
     "reason_for",
@@ -92,6 +94,21 @@ class ResourceExhausted(ProviderError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class PermissionDenied(ProviderError):
+    """The caller may not do this to that object: a VM recorded for another namespace."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+def check_namespace(recorded: str, requested: str, identity: str) -> None:
+    """Refuse (PERMISSION_DENIED) to act on the VM of ``identity``, recorded in the IaaS for
+    namespace ``recorded``, for namespace ``requested``. Either empty: nothing to hold against."""
+    if recorded and requested and recorded != requested:
+        raise PermissionDenied(
+            f"the VM of identity {identity} belongs to another namespace than {requested}: "
+            "it is not adopted, moved or deleted for it")
+
+
 class Unavailable(ProviderError):
     """The IaaS (or the provider) cannot be reached right now; retry later."""
 
@@ -137,6 +154,7 @@ _BY_CODE: dict[grpc.StatusCode, type[ProviderError]] = {
         AlreadyExists,
         InvalidArgument,
         FailedPrecondition,
+        PermissionDenied,
         ResourceExhausted,
         Unavailable,
     )

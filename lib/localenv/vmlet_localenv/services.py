@@ -1,6 +1,8 @@
 """vmlet's own processes, started the way a user would: providers and the facade, each on a free
 loopback port, with the facade holding only the rights k8s/base/facade-rbac.yaml grants. The
-vSphere provider runs against a vcsim (`vsphere_provider`).
+vSphere provider runs against a vcsim (`vsphere_provider`). Facade and providers talk mutual TLS
+with the certificates of a `ProviderPki` (this process's `default_pki()` unless one is given);
+``plaintext=True`` runs them with the explicit plaintext flags instead.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import grpc
 import yaml
 
 from vmlet_localenv.controlplane import ControlPlane
 from vmlet_localenv.processes import Process, free_port, wait_for
+from vmlet_localenv.providerpki import ProviderPki, default_pki
 from vmlet_localenv.vcsim import TEMPLATE_FOLDER, VcSim
 
 __all__ = [
@@ -59,8 +63,10 @@ class ProviderProcess:
     """A provider (memory, vsphere or openstack) as its own process."""
 
     def __init__(self, kind: str, state_dir: Path, *, args: list[str] | None = None,
-                 env: dict[str, str] | None = None, name: str | None = None) -> None:
+                 env: dict[str, str] | None = None, name: str | None = None,
+                 pki: ProviderPki | None = None, plaintext: bool = False) -> None:
         self.kind = kind
+        self.pki = None if plaintext else (pki or default_pki())
         self.name = name or kind
         self.dir = state_dir
         self.port_file = state_dir / f"{self.name}.port"
@@ -78,11 +84,20 @@ class ProviderProcess:
         self.port = port or self.port or free_port()
         self.process = Process(f"provider-{self.name}", [
             sys.executable, "-m", _MODULES[self.kind], "--listen", self.address,
-            "--port-file", str(self.port_file), *self._args,
+            "--port-file", str(self.port_file), *self._tls_args(), *self._args,
         ], log_dir=self.dir / "logs", env=self._env).start()
         wait_for(self.port_file.exists, timeout=timeout, what=f"{self.name} provider",
                  alive=self.process.check_alive)
         return self
+
+    def _tls_args(self) -> list[str]:
+        return self.pki.provider_args() if self.pki is not None else ["--insecure-plaintext"]
+
+    def channel(self) -> grpc.Channel:
+        """A channel to this provider, as the facade (mutual TLS unless plaintext)."""
+        if self.pki is None:
+            return grpc.insecure_channel(self.address)
+        return self.pki.channel(self.address)
 
     def stop(self) -> None:
         if self.process is not None:
@@ -94,11 +109,12 @@ class ProviderProcess:
 
 
 def vsphere_provider(sim: VcSim, state_dir: Path, *, name: str = "vsphere",
-                     args: list[str] | None = None) -> ProviderProcess:
+                     args: list[str] | None = None,
+                     pki: ProviderPki | None = None) -> ProviderProcess:
     """The vSphere provider against ``sim`` (not started): clones from the simulator's template
     folder onto "VM Network", nodes named ``<name>-<host>``, and quick to notice a simulator
     that went away and came back (it reconnects within seconds)."""
-    return ProviderProcess("vsphere", state_dir, name=name, env=sim.env(), args=[
+    return ProviderProcess("vsphere", state_dir, name=name, env=sim.env(), pki=pki, args=[
         "--template-folder", TEMPLATE_FOLDER, "--network", "VM Network", "--node-prefix", name,
         "--keepalive-seconds", "5", "--reconnect-max-seconds", "2", "--watch-wait-seconds", "10",
         *(args or []),
@@ -109,8 +125,10 @@ class FacadeProcess:
     """The kubelet facade as its own process."""
 
     def __init__(self, providers: dict[str, str], kubeconfig: Path, state_dir: Path, *,
-                 args: list[str] | None = None) -> None:
+                 args: list[str] | None = None, pki: ProviderPki | None = None,
+                 plaintext: bool = False) -> None:
         self.providers = providers
+        self.pki = None if plaintext else (pki or default_pki())
         self.kubeconfig = kubeconfig
         self.dir = state_dir
         self._args = list(args or [])
@@ -122,7 +140,10 @@ class FacadeProcess:
         self.process = Process("facade", [
             sys.executable, "-m", "vmlet_facade", f"--kubeconfig={self.kubeconfig}",
             *[f"--provider={n}={a}" for n, a in self.providers.items()],
-            f"--metrics-addr=127.0.0.1:{self.metrics_port}", *self._args,
+            f"--metrics-addr=127.0.0.1:{self.metrics_port}",
+            *(self.pki.facade_args() if self.pki is not None
+              else ["--provider-insecure-plaintext"]),
+            *self._args,
         ], log_dir=self.dir / "logs").start()
         wait_for(self._metrics_up, timeout=30, what="facade", alive=self.process.check_alive)
         return self

@@ -6,7 +6,9 @@ the tools would (vcsim's SET.guest.ipAddress extraConfig key), since vcsim runs 
 
 For the kubelet API, `kubelet_api_args` has the facade serve it from a network namespace (the
 apiserver will not proxy to a loopback node address; see `vmlet_localenv.netns`), and
-`Stack.wait_kubelet_api` approves its serving certificate as an operator would.
+`Stack.wait_kubelet_api` approves its serving certificate as an operator would. Facade and
+providers talk mutual TLS (``pki``, this process's `default_pki()` unless given); `channel` calls
+a provider as the facade does.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from cryptography import x509
 from vmlet_localenv.controlplane import ControlPlane
 from vmlet_localenv.netns import Netns
 from vmlet_localenv.processes import free_port
+from vmlet_localenv.providerpki import ProviderPki, default_pki
 from vmlet_localenv.services import (
     FACADE_USER,
     FacadeProcess,
@@ -180,8 +183,9 @@ class Stack:
 
     def __init__(self, cp: ControlPlane, directory: Path, providers: dict[str, list[str]],
                  facade_args: list[str] | None = None, *, kinds: dict[str, str] | None = None,
-                 vcsim: VcSim | None = None) -> None:
+                 vcsim: VcSim | None = None, pki: ProviderPki | None = None) -> None:
         self.cp = cp
+        self.pki = pki or default_pki()
         self.dir = directory
         self.vcsim = vcsim
         self.metrics_ports = {name: free_port() for name in providers}
@@ -193,11 +197,11 @@ class Stack:
                 if vcsim is None:
                     raise ValueError(f"provider {name} is a vsphere one: give the vcsim")
                 self.providers[name] = vsphere_provider(vcsim, directory / name, name=name,
-                                                        args=[*metrics, *args])
+                                                        args=[*metrics, *args], pki=self.pki)
             elif kind == "memory":
                 self.providers[name] = ProviderProcess(kind, directory / name, name=name, args=[
                     "--node-prefix", name, "--state-file", str(directory / f"{name}.json"),
-                    *metrics, *args])
+                    *metrics, *args], pki=self.pki)
             else:
                 raise ValueError(f"provider {name}: the Stack runs memory and vsphere providers, "
                                  f"not {kind}")
@@ -214,7 +218,7 @@ class Stack:
     def start_facade(self) -> FacadeProcess:
         self.facade = FacadeProcess({n: p.address for n, p in self.providers.items()},
                                     facade_kubeconfig(self.cp), self.dir / "facade",
-                                    args=self.facade_args).start()
+                                    args=self.facade_args, pki=self.pki).start()
         return self.facade
 
     def stop(self) -> None:
@@ -233,7 +237,8 @@ class Stack:
             print(f"--- facade:\n{self.facade.process.tail(lines)}")
 
     def channel(self, provider: str) -> grpc.Channel:
-        return grpc.insecure_channel(self.providers[provider].address)
+        """A channel to ``provider``, with the facade's client certificate."""
+        return self.pki.channel(self.providers[provider].address)
 
     def provider_metrics(self, provider: str) -> str:
         """``provider``'s Prometheus metrics, as text."""

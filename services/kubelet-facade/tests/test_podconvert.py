@@ -4,8 +4,8 @@ import datetime as dt
 from typing import Any
 
 from vmlet.provider.v1 import pod_pb2 as pb
+from vmlet_facade.ownership import Ownership, prove
 from vmlet_facade.podconvert import (
-    identity_of,
     spec_fingerprint,
     status_to_k8s,
     to_provider_pod,
@@ -28,23 +28,46 @@ def _pod(**meta: Any) -> dict[str, Any]:
     }
 
 
-def test_identity_defaults_to_pod_uid_and_follows_annotation() -> None:
-    assert identity_of(_pod()) == "u-1"
-    assert identity_of(_pod(annotations={"vmlet.io/identity": "vm-uid"})) == "vm-uid"
+BARE = Ownership("u-1", keep_on_delete=False)
+_VM_REF = {"apiVersion": "vmlet.io/v1alpha1", "kind": "VirtualMachine", "name": "vm",
+           "uid": "vm-uid", "controller": True}
+_VM = {"metadata": {"name": "vm", "namespace": "ns", "uid": "vm-uid"}}
+
+
+def test_identity_is_never_read_from_annotations() -> None:
+    """A tenant's annotation (or label) names no identity: a bare pod is its own UID."""
+    hostile = _pod(annotations={"vmlet.io/identity": "victim-uid",
+                                "vmlet.io/keep-on-delete": "true"},
+                   labels={"vmlet.io/vm-uid": "victim-uid"})
+    assert prove(hostile, None) == BARE
+    assert prove(hostile, _VM) == BARE  # no ownerReference: the VM it names does not matter
+
+
+def test_a_vm_pod_is_proven_by_owner_reference_vm_and_name() -> None:
+    owned = _pod(ownerReferences=[_VM_REF])
+    assert prove(owned, _VM) == Ownership("vm-uid", keep_on_delete=True, owner="vm")
+    # The VirtualMachine it names is missing, has another UID, lives in another namespace, or
+    # the pod is not the one the VM controller names after it: a bare pod.
+    assert prove(owned, None) == BARE
+    assert prove(owned, {"metadata": {**_VM["metadata"], "uid": "other"}}) == BARE
+    assert prove(owned, {"metadata": {**_VM["metadata"], "namespace": "victim"}}) == BARE
+    assert prove({**owned, "metadata": {**owned["metadata"], "name": "vm-2"}}, _VM) == BARE
+    not_controller = _pod(ownerReferences=[{**_VM_REF, "controller": False}])
+    assert prove(not_controller, _VM) == BARE
 
 
 def test_to_provider_pod_carries_resources_volumes_and_keep() -> None:
     resolved = Resolved(env={"vm": [("A", "1")]}, files={"cfg": {"k": b"v"}}, user_data="#cc")
-    owned = _pod(ownerReferences=[{"apiVersion": "vmlet.io/v1alpha1", "kind": "VirtualMachine",
-                                   "name": "x", "uid": "vm-uid"}])
-    p = to_provider_pod(owned, resolved)
+    owned = _pod(ownerReferences=[_VM_REF])
+    p = to_provider_pod(owned, resolved, prove(owned, _VM))
     assert p.ref.uid == "u-1" and p.node_name == "n1" and p.keep_on_delete
+    assert p.identity == "vm-uid"
     r = p.containers[0].resources
     assert (r.cpu_request_millis, r.cpu_limit_millis, r.memory_request_bytes) == (500, 2000, 2**30)
     assert p.containers[0].env[0].name == "A" and p.user_data == "#cc"
     kinds = {v.name: v.WhichOneof("source") for v in p.volumes}
     assert kinds == {"data": "disk", "cfg": "files", "tmp": "scratch"}
-    assert not to_provider_pod(_pod(), Resolved()).keep_on_delete
+    assert not to_provider_pod(_pod(), Resolved(), BARE).keep_on_delete
 
 
 def test_fingerprint_changes_with_resources_only() -> None:
@@ -89,8 +112,9 @@ def test_status_keeps_transition_time_while_unchanged() -> None:
 
 def test_networks_cross_the_boundary_in_order() -> None:
     pod = _pod(annotations={"vmlet.io/networks": "frontend, backend"})
-    assert [n.name for n in to_provider_pod(pod, Resolved()).networks] == ["frontend", "backend"]
-    assert not to_provider_pod(_pod(), Resolved()).networks
+    assert [n.name for n in to_provider_pod(pod, Resolved(), BARE).networks] == [
+        "frontend", "backend"]
+    assert not to_provider_pod(_pod(), Resolved(), BARE).networks
 
 
 def test_vm_pod_carries_networks_disks_labels_and_identity() -> None:
@@ -105,6 +129,8 @@ def test_vm_pod_carries_networks_disks_labels_and_identity() -> None:
     meta, spec = pod["metadata"], pod["spec"]
     assert meta["annotations"]["vmlet.io/networks"] == "pg-a,pg-b"
     assert meta["annotations"]["vmlet.io/identity"] == "vm-uid"
+    assert meta["name"] == "web" and "generateName" not in meta  # one name: never two pods
+    assert prove({**pod, "metadata": {**meta, "uid": "pod-uid"}}, vm).identity == "vm-uid"
     assert meta["labels"]["app"] == "x" and meta["labels"]["vmlet.io/vm-uid"] == "vm-uid"
     assert spec["volumes"] == [{"name": "data", "persistentVolumeClaim": {
         "claimName": "c1", "readOnly": False}}]

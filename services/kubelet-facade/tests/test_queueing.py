@@ -2,7 +2,14 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from vmlet_facade import queueing
 from vmlet_facade.queueing import SerialWorkers
+
+
+async def _ready(_key: str) -> None:
+    return None
 
 
 async def test_one_key_never_runs_concurrently_and_bursts_coalesce() -> None:
@@ -16,7 +23,7 @@ async def test_one_key_never_runs_concurrently_and_bursts_coalesce() -> None:
         await asyncio.sleep(0.01)
         running.discard(key)
 
-    workers = SerialWorkers(handler, concurrency=4)
+    workers = SerialWorkers(handler, ready=_ready, concurrency=4)
     for _ in range(10):
         workers.submit("a")
     workers.submit("b")
@@ -33,7 +40,7 @@ async def test_retry_after_delay_and_failures_do_not_kill_the_worker() -> None:
         if len(seen) == 1:
             raise RuntimeError("boom")
 
-    workers = SerialWorkers(handler)
+    workers = SerialWorkers(handler, ready=_ready)
     workers.submit("k")
     await asyncio.sleep(0.02)
     workers.submit_after("k", 0.05)
@@ -47,7 +54,7 @@ async def test_a_pending_retry_is_visible_until_it_fires() -> None:
     async def handler(key: str) -> None:
         seen.append(key)
 
-    workers = SerialWorkers(handler)
+    workers = SerialWorkers(handler, ready=_ready)
     workers.submit_after("k", 0.05)
     assert workers.retry_pending("k") and not workers.retry_pending("other")
     await asyncio.sleep(0.1)
@@ -55,4 +62,49 @@ async def test_a_pending_retry_is_visible_until_it_fires() -> None:
     workers.submit_after("k", 10)
     workers.cancel_retry("k")
     assert not workers.retry_pending("k")
+    await workers.stop()
+
+
+async def test_nothing_runs_before_the_gate_opens() -> None:
+    """The handler is never called while the caches it reads are loading."""
+    opened = asyncio.Event()
+    seen: list[str] = []
+
+    async def gate(_key: str) -> None:
+        await opened.wait()
+
+    async def handler(key: str) -> None:
+        seen.append(key)
+
+    workers = SerialWorkers(handler, ready=gate)
+    workers.submit("a")
+    workers.submit("b")
+    await asyncio.sleep(0.05)
+    assert seen == []
+    opened.set()
+    await asyncio.sleep(0.05)
+    assert sorted(seen) == ["a", "b"]
+    await workers.stop()
+
+
+async def test_a_key_whose_handler_raises_is_run_again_until_it_succeeds(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # What an apiserver SIGKILL does to a reconcile: a connection error no controller expected.
+    monkeypatch.setattr(queueing, "MAX_RETRY_SECONDS", 0.01)
+    seen: list[int] = []
+
+    async def handler(key: str) -> None:
+        seen.append(len(seen))
+        if len(seen) <= 3:
+            raise ConnectionResetError("Connection reset by peer")
+
+    workers = SerialWorkers(handler, ready=_ready)
+    workers.submit("k")
+    for _ in range(100):
+        if len(seen) == 4:
+            break
+        await asyncio.sleep(0.01)
+    assert seen == [0, 1, 2, 3]
+    await asyncio.sleep(0.05)
+    assert seen == [0, 1, 2, 3] and not workers.retry_pending("k")
     await workers.stop()

@@ -16,7 +16,7 @@ from prometheus_client import start_http_server
 
 from vmlet_facade.cluster import run_cluster_controllers
 from vmlet_facade.events import EventRecorder
-from vmlet_facade.grpcprovider import GrpcProvider, ProviderTls
+from vmlet_facade.grpcprovider import GrpcProvider, ProviderTls, follow_certificates
 from vmlet_facade.kube import KubeClient, KubeConfig
 from vmlet_facade.kubeletapi import KubeletApi, KubeletApiConfig, advertise
 from vmlet_facade.leasing import LeaseKeeper
@@ -71,10 +71,11 @@ async def run(config: FacadeConfig, stop: asyncio.Event) -> None:
     providers: list[Provider] = [GrpcProvider(name, address, tls=config.provider_tls)
                                  for name, address in config.providers.items()]
     node_ip = config.kubelet.node_ip if config.kubelet else None
-    controllers = [NodeController(advertise(p, node_ip), client, config.node_settings, events)
-                   for p in providers]
     pods = PodController(client, Resolver(client), events, concurrency=config.pod_workers,
                          status_concurrency=config.status_workers)
+    controllers = [NodeController(advertise(p, node_ip), client, config.node_settings, events,
+                                  on_outage=functools.partial(pods.set_outage, p.name))
+                   for p in providers]
 
     def leased() -> dict[str, str]:
         return {name: uid for nc in controllers for name, uid in nc.uids.items()}
@@ -90,6 +91,9 @@ async def run(config: FacadeConfig, stop: asyncio.Event) -> None:
     if config.kubelet and config.kubelet.port:
         tasks.append(asyncio.create_task(
             KubeletApi(config.kubelet, client, pods, controllers).run(), name="kubelet-api"))
+    if config.provider_tls is not None:
+        tasks.append(asyncio.create_task(follow_certificates(
+            [p for p in providers if isinstance(p, GrpcProvider)]), name="provider-certificates"))
     if config.providers_file:
         async def repoint(name: str, address: str) -> None:
             for p in providers:

@@ -9,7 +9,8 @@ import logging
 from typing import Any
 
 from vmlet_facade.kube import ApiError, KubeClient
-from vmlet_facade.kube.informer import key_of
+from vmlet_facade.kube.informer import key_of, synced_gate
+from vmlet_facade.kube.paths import api_path
 from vmlet_facade.queueing import SerialWorkers
 from vmlet_facade.virtualmachines import VirtualMachineController
 from vmlet_facade.vmapi import VM_LABEL, owner_ref
@@ -32,7 +33,8 @@ class ExposureController:
     def __init__(self, client: KubeClient, vms: VirtualMachineController) -> None:
         self._client = client
         self._vms = vms
-        self._workers = SerialWorkers(self._sync, concurrency=8, name="exposure")
+        self._workers = SerialWorkers(self._sync, ready=synced_gate(vms.vms, vms.pods),
+                                      concurrency=8, name="exposure")
         self._exposed: set[str] = set()
         vms.listeners.append(lambda vm: self._workers.submit(key_of(vm)))
 
@@ -61,7 +63,7 @@ class ExposureController:
         svc_ports = [{"name": p.get("name") or f"p{p['port']}", "port": p["port"],
                       "targetPort": p.get("targetPort", p["port"]),
                       "protocol": p.get("protocol", "TCP")} for p in ports]
-        await self._client.apply(f"/api/v1/namespaces/{ns}/services/{name}", {
+        await self._client.apply(api_path("services", name, namespace=ns), {
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": name, "namespace": ns, "labels": {VM_LABEL: name},
                          "ownerReferences": owner},
@@ -75,7 +77,7 @@ class ExposureController:
                      for ip in status.get("addresses") or [] if ":" not in ip]
         slice_name = _slice_name(vm)
         await self._client.apply(
-            f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices/{slice_name}", {
+            api_path("endpointslices", slice_name, namespace=ns, group="discovery.k8s.io"), {
                 "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                 "metadata": {"name": slice_name, "namespace": ns, "ownerReferences": owner,
                              "labels": {"kubernetes.io/service-name": name,
@@ -89,8 +91,9 @@ class ExposureController:
 
     async def _remove(self, vm: Obj) -> None:
         ns, name = vm["metadata"]["namespace"], vm["metadata"]["name"]
-        for path in (f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices/"
-                     f"{_slice_name(vm)}", f"/api/v1/namespaces/{ns}/services/{name}"):
+        for path in (api_path("endpointslices", _slice_name(vm), namespace=ns,
+                              group="discovery.k8s.io"),
+                     api_path("services", name, namespace=ns)):
             try:
                 await self._client.delete(path)
             except ApiError as err:

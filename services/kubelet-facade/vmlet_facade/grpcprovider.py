@@ -1,14 +1,21 @@
-"""The Provider interface over the generated gRPC stubs: one channel per provider address."""
+"""The Provider interface over the generated gRPC stubs: one channel per provider address.
+
+Towards providers the facade speaks mutual TLS (`ProviderTls`: the providers' CA, and the
+facade's client pair, which names ``vmlet-facade``). Rotated files are picked up by
+`follow_certificates`: a provider whose files changed gets a fresh channel, as on a repoint.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vmlet.provider.v1 import kubelet_endpoint_service_pb2 as kep
 from vmlet.provider.v1 import (
@@ -24,9 +31,11 @@ from vmlet.provider.v1 import (
 )
 from vmlet.provider.v1 import pod_pb2 as pb
 from vmlet.provider.v1 import virtual_machine_service_pb2 as vm_pb
-from vmlet_contract import ProviderError, error_from_rpc
+from vmlet_contract import ProviderError, error_from_rpc, files_fingerprint
 
-__all__ = ["GrpcProvider", "ProviderTls"]
+__all__ = ["GrpcProvider", "ProviderTls", "follow_certificates"]
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -38,6 +47,10 @@ class ProviderTls:
     ca_file: Path
     cert_file: Path | None = None
     key_file: Path | None = None
+
+    def fingerprint(self) -> tuple[Any, ...]:
+        """Changes when any of the files is rewritten (see `files_fingerprint`)."""
+        return files_fingerprint(self.ca_file, self.cert_file, self.key_file)
 
     def credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(
@@ -95,11 +108,13 @@ class GrpcProvider:
         self.name = name
         self._tls = tls
         self._timeout = call_timeout
+        self._tls_seen: tuple[Any, ...] | None = None
         self._open(address)
 
     def _open(self, address: str) -> None:
         self.address = address
         tls = self._tls
+        self._tls_seen = tls.fingerprint() if tls else None
         options = [("grpc.keepalive_time_ms", 20000), ("grpc.keepalive_timeout_ms", 10000),
                    ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
         self._channel = (grpc.aio.secure_channel(address, tls.credentials(), options=options)
@@ -110,6 +125,7 @@ class GrpcProvider:
         self._vms = virtual_machine_service_pb2_grpc.VirtualMachineServiceStub(self._channel)
         self._endpoints = kubelet_endpoint_service_pb2_grpc.KubeletEndpointServiceStub(
             self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -122,10 +138,35 @@ class GrpcProvider:
         self._open(address)
         await old.close(grace)
 
+    async def reload_tls(self) -> bool:
+        """Open a fresh channel when the TLS files changed since the current one was opened (a
+        rotated client certificate or CA); True when it did. Files that cannot be read keep the
+        current channel."""
+        if self._tls is None or self._tls.fingerprint() == self._tls_seen:
+            return False
+        old = self._channel
+        try:
+            self._open(self.address)
+        except OSError as err:
+            log.warning("provider %s: certificates not reloaded: %s", self.name, err)
+            return False
+        log.info("provider %s: certificates reloaded", self.name)
+        await old.close(5.0)
+        return True
+
     # -- nodes -------------------------------------------------------------------------------
 
     async def ping(self) -> None:
         await _unary(self._nodes.Ping(node_provider_service_pb2.PingRequest(), timeout=5))
+
+    async def reachable(self) -> bool:
+        try:
+            await self._health.Check(health_pb2.HealthCheckRequest(), timeout=3)
+        except grpc.aio.AioRpcError as err:
+            # Any other code is an answer (a health service without an overall status).
+            return err.code() not in (grpc.StatusCode.UNAVAILABLE,
+                                      grpc.StatusCode.DEADLINE_EXCEEDED)
+        return True
 
     async def list_nodes(self) -> list[node_pb2.Node]:
         resp = await _unary(self._nodes.ListNodes(
@@ -164,30 +205,36 @@ class GrpcProvider:
 
     # -- VMs ---------------------------------------------------------------------------------
 
-    async def get_vm(self, identity: str) -> vm_pb.VirtualMachine:
+    async def get_vm(self, identity: str, namespace: str = "") -> vm_pb.VirtualMachine:
         resp = await _unary(self._vms.GetVirtualMachine(
-            vm_pb.GetVirtualMachineRequest(identity=identity), timeout=30))
+            vm_pb.GetVirtualMachineRequest(identity=identity, namespace=namespace), timeout=30))
         vm: vm_pb.VirtualMachine = resp.virtual_machine
         return vm
 
-    async def delete_vm(self, identity: str) -> None:
+    async def delete_vm(self, identity: str, namespace: str = "") -> None:
         await _unary(self._vms.DeleteVirtualMachine(
-            vm_pb.DeleteVirtualMachineRequest(identity=identity), timeout=self._timeout))
+            vm_pb.DeleteVirtualMachineRequest(identity=identity, namespace=namespace),
+            timeout=self._timeout))
 
-    async def create_snapshot(self, identity: str, name: str,
-                              description: str) -> vm_pb.Snapshot:
+    async def create_snapshot(self, identity: str, name: str, description: str,
+                              namespace: str = "") -> vm_pb.Snapshot:
         resp = await _unary(self._vms.CreateSnapshot(vm_pb.CreateSnapshotRequest(
-            identity=identity, name=name, description=description), timeout=self._timeout))
+            identity=identity, name=name, description=description, namespace=namespace),
+            timeout=self._timeout))
         snapshot: vm_pb.Snapshot = resp.snapshot
         return snapshot
 
-    async def revert_to_snapshot(self, identity: str, snapshot_id: str) -> None:
+    async def revert_to_snapshot(self, identity: str, snapshot_id: str,
+                                 namespace: str = "") -> None:
         await _unary(self._vms.RevertToSnapshot(vm_pb.RevertToSnapshotRequest(
-            identity=identity, snapshot_id=snapshot_id), timeout=self._timeout))
+            identity=identity, snapshot_id=snapshot_id, namespace=namespace),
+            timeout=self._timeout))
 
-    async def delete_snapshot(self, identity: str, snapshot_id: str) -> None:
+    async def delete_snapshot(self, identity: str, snapshot_id: str,
+                              namespace: str = "") -> None:
         await _unary(self._vms.DeleteSnapshot(vm_pb.DeleteSnapshotRequest(
-            identity=identity, snapshot_id=snapshot_id), timeout=self._timeout))
+            identity=identity, snapshot_id=snapshot_id, namespace=namespace),
+            timeout=self._timeout))
 
     async def create_disk(self, name: str, size_bytes: int,
                           parameters: dict[str, str]) -> vm_pb.Disk:
@@ -232,3 +279,15 @@ class GrpcProvider:
         resp: kep.GetStatsSummaryResponse = await _unary(self._endpoints.GetStatsSummary(
             kep.GetStatsSummaryRequest(node_name=node), timeout=30))
         return resp
+
+
+async def follow_certificates(providers: Sequence[GrpcProvider], *,
+                              interval: float = 10.0) -> None:
+    """Every ``interval`` seconds, give each provider whose TLS files changed a fresh channel."""
+    while True:
+        await asyncio.sleep(interval)
+        for provider in providers:
+            try:
+                await provider.reload_tls()
+            except Exception:  # a failed reload must not take the facade down
+                log.exception("provider %s: certificates not reloaded", provider.name)

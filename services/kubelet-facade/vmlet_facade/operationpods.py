@@ -20,7 +20,7 @@ from vmlet_facade.vmapi import (
     TARGET_IDENTITY_ANNOTATION,
 )
 
-__all__ = ["operation_of", "run_operation"]
+__all__ = ["operation_of", "refused", "run_operation"]
 
 Obj = dict[str, Any]
 
@@ -47,6 +47,11 @@ def _ended(container: str, exit_code: int, reason: str, message: str) -> pb.PodS
     return status
 
 
+def refused(pod: Obj, message: str) -> pb.PodStatus:
+    """The status of an operation pod vmlet will not carry out (its target is not its own)."""
+    return _ended(pod["spec"]["containers"][0]["name"], 3, "TargetNotInNamespace", message)
+
+
 async def run_operation(pod: Obj, provider: Provider) -> pb.PodStatus:
     """Carry out ``pod``'s operation; a retryable provider error propagates (try again)."""
     annotations = pod["metadata"].get("annotations") or {}
@@ -58,7 +63,8 @@ async def run_operation(pod: Obj, provider: Provider) -> pb.PodStatus:
                       f"vmlet cannot carry out operation {operation!r} on {identity!r}")
     name = annotations.get(SNAPSHOT_NAME_ANNOTATION) or pod["metadata"]["name"]
     try:
-        snapshot = await provider.create_snapshot(identity, name, f"vmlet backup {name}")
+        snapshot = await provider.create_snapshot(identity, name, f"vmlet backup {name}",
+                                                  pod["metadata"]["namespace"])
     except ProviderError as err:
         if is_retryable(err.code):
             raise

@@ -19,7 +19,8 @@ from typing import Any
 from vmlet_contract import ProviderError, is_retryable
 from vmlet_facade.events import EventRecorder
 from vmlet_facade.kube import ApiError, KubeClient
-from vmlet_facade.kube.informer import Informer, key_of
+from vmlet_facade.kube.informer import Informer, key_of, synced_gate
+from vmlet_facade.kube.paths import api_path
 from vmlet_facade.provider import Provider
 from vmlet_facade.queueing import SerialWorkers
 from vmlet_facade.virtualmachines import VirtualMachineController
@@ -105,9 +106,12 @@ class OperationsController:
                              on_change=self._job_changed)
         self.job_pods = Informer(client, "/api/v1/pods", {"labelSelector": BACKUP_LABEL},
                                  on_change=self._job_changed)
-        self._workers = SerialWorkers(self._reconcile, concurrency=8, name="vmops")
-        self._attempts: dict[str, int] = {}
         self.nodes = Informer(client, "/api/v1/nodes")
+        self._workers = SerialWorkers(
+            self._reconcile, concurrency=8, name="vmops",
+            ready=synced_gate(self.backups, self.restores, self.migrations, self.jobs,
+                              self.job_pods, self.nodes, vms.vms, vms.pods))
+        self._attempts: dict[str, int] = {}
         self.migration_timeout = 600.0
 
     async def run(self) -> None:
@@ -208,7 +212,7 @@ class OperationsController:
         job = self.jobs.get(f"{ns}/{job_name}")
         if job is None:
             try:
-                job = await self._client.create(f"/apis/batch/v1/namespaces/{ns}/jobs",
+                job = await self._client.create(api_path("jobs", namespace=ns, group="batch"),
                                                 backup_job(backup, vm))
             except ApiError as err:
                 if not err.conflict:
@@ -287,7 +291,7 @@ class OperationsController:
             "snapshotID": bstatus["snapshotID"]},
             "Restoring", f"reverting the VM to snapshot {bstatus['snapshotID']}")
         try:
-            await provider.revert_to_snapshot(bstatus["identity"], bstatus["snapshotID"])
+            await provider.revert_to_snapshot(bstatus["identity"], bstatus["snapshotID"], ns)
         except ProviderError as err:
             if is_retryable(err.code):
                 raise

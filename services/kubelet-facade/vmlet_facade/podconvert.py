@@ -11,22 +11,20 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from vmlet.provider.v1 import pod_pb2 as pb
+from vmlet_facade.ownership import Ownership
 from vmlet_facade.quantity import cpu_millis, memory_bytes
 from vmlet_facade.references import Resolved
 
 __all__ = [
     "IDENTITY_ANNOTATION",
-    "KEEP_ANNOTATION",
-    "identity_of",
     "spec_fingerprint",
     "status_to_k8s",
     "to_provider_pod",
 ]
 
+#: Written on VM pods for people to read; never read by vmlet (``ownership`` derives identity).
 IDENTITY_ANNOTATION = "vmlet.io/identity"
 NETWORKS_ANNOTATION = "vmlet.io/networks"
-KEEP_ANNOTATION = "vmlet.io/keep-on-delete"
-VM_OWNER_KINDS = {("vmlet.io", "VirtualMachine")}
 
 Obj = dict[str, Any]
 
@@ -37,20 +35,6 @@ _PHASES = {
 }
 _COND = {pb.CONDITION_STATUS_TRUE: "True", pb.CONDITION_STATUS_FALSE: "False",
          pb.CONDITION_STATUS_UNKNOWN: "Unknown"}
-
-
-def identity_of(pod: Obj) -> str:
-    """The VM identity: the owning VirtualMachine's UID (annotation), else the pod's UID."""
-    meta = pod["metadata"]
-    return str(meta.get("annotations", {}).get(IDENTITY_ANNOTATION) or meta["uid"])
-
-
-def _keep_on_delete(pod: Obj) -> bool:
-    meta = pod["metadata"]
-    if meta.get("annotations", {}).get(KEEP_ANNOTATION) == "true":
-        return True
-    return any((ref.get("apiVersion", "").split("/")[0], ref.get("kind")) in VM_OWNER_KINDS
-               for ref in meta.get("ownerReferences", []))
 
 
 def _resources(container: Obj) -> pb.Resources:
@@ -72,8 +56,10 @@ def _timestamp(text: str | None) -> Timestamp | None:
     return ts
 
 
-def to_provider_pod(pod: Obj, resolved: Resolved, *, with_json: bool = True) -> pb.Pod:
-    """The contract's Pod for ``pod`` with its references resolved."""
+def to_provider_pod(pod: Obj, resolved: Resolved, ownership: Ownership, *,
+                    with_json: bool = True) -> pb.Pod:
+    """The contract's Pod for ``pod`` with its references resolved; identity and keep_on_delete
+    are ``ownership``'s (derived by ``vmlet_facade.ownership``, never read from the pod)."""
     meta, spec = pod["metadata"], pod.get("spec", {})
     containers = [
         pb.Container(
@@ -107,8 +93,8 @@ def to_provider_pod(pod: Obj, resolved: Resolved, *, with_json: bool = True) -> 
     out = pb.Pod(
         ref=pb.PodRef(namespace=meta["namespace"], name=meta["name"], uid=meta["uid"]),
         labels=meta.get("labels") or {}, annotations=meta.get("annotations") or {},
-        node_name=spec.get("nodeName", ""), identity=identity_of(pod),
-        keep_on_delete=_keep_on_delete(pod), containers=containers, volumes=volumes,
+        node_name=spec.get("nodeName", ""), identity=ownership.identity,
+        keep_on_delete=ownership.keep_on_delete, containers=containers, volumes=volumes,
         user_data=resolved.user_data,
         networks=[pb.NetworkAttachment(name=n.strip()) for n in (meta.get("annotations") or {})
                   .get(NETWORKS_ANNOTATION, "").split(",") if n.strip()],

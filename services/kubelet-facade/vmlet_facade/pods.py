@@ -4,7 +4,13 @@ One list-then-watch per node (field selector spec.nodeName) feeds a cache; every
 is handled by the one worker of its UID (queueing.SerialWorkers): create, update or delete at the
 provider, with references resolved first. Status comes back from the provider's NotifyPods stream
 and is written through the status subresource, coalesced per pod. At start the provider's pods
-are adopted (no second CreatePod), and pods Kubernetes no longer has are removed from it.
+are adopted (no second CreatePod), and pods Kubernetes no longer has are removed from it, except
+the VMs of VirtualMachines: a VM pod gone is not a decision to destroy (or stop) its VM, which
+the VirtualMachine's next pod adopts.
+
+Nothing is handled for a pod before the first list of its node is complete and the orphans of
+that node are settled (the workers' readiness gate). A pod's identity and keep-on-delete come
+from ``ownership`` only, decided once per pod (at its create) and kept for its delete.
 """
 
 from __future__ import annotations
@@ -20,11 +26,14 @@ from vmlet_contract import ProviderError, is_retryable
 from vmlet_facade import metrics
 from vmlet_facade.events import EventRecorder
 from vmlet_facade.kube import ApiError, KubeClient, list_and_watch
-from vmlet_facade.operationpods import operation_of, run_operation
+from vmlet_facade.operationpods import operation_of, refused, run_operation
+from vmlet_facade.outage import Outage, during
+from vmlet_facade.ownership import Ownership, derive
 from vmlet_facade.podconvert import spec_fingerprint, status_to_k8s, to_provider_pod
 from vmlet_facade.provider import Provider
 from vmlet_facade.queueing import SerialWorkers
 from vmlet_facade.references import MissingReference, Resolved, Resolver
+from vmlet_facade.vmapi import TARGET_IDENTITY_ANNOTATION, path
 
 __all__ = ["PodController", "Route"]
 
@@ -81,11 +90,15 @@ class PodController:
         self._latest: dict[str, pb.PodStatus] = {}
         self._written: dict[str, bytes] = {}
         self._attempts: dict[str, int] = {}
-        self._sync = SerialWorkers(self._handle, concurrency=concurrency, name="podsync")
-        self._status = SerialWorkers(self._write_status, concurrency=status_concurrency,
-                                     name="podstatus")
+        self._owners: dict[str, Ownership] = {}  # uid -> ownership, decided once per pod
+        self._node_ready: dict[str, asyncio.Event] = {}  # node -> first list and orphans done
+        self._sync = SerialWorkers(self._handle, ready=self._pod_ready, concurrency=concurrency,
+                                   name="podsync")
+        self._status = SerialWorkers(self._write_status, ready=self._pod_ready,
+                                     concurrency=status_concurrency, name="podstatus")
         self._tasks: list[asyncio.Task[None]] = []
         self._providers: set[str] = set()
+        self._outages: dict[str, Outage] = {}  # provider name -> the outage its pods show
 
     # -- wiring ------------------------------------------------------------------------------
 
@@ -114,6 +127,7 @@ class PodController:
             self.routes[node] = route
             return
         self.routes[node] = route
+        self._node_ready.setdefault(node, asyncio.Event())
         self._tasks.append(asyncio.get_running_loop().create_task(
             self._watch_node(node), name=f"watch-pods:{node}"))
         if route.provider.name not in self._providers:
@@ -130,14 +144,22 @@ class PodController:
 
     # -- Kubernetes side ---------------------------------------------------------------------
 
+    async def _pod_ready(self, uid: str) -> None:
+        """The readiness gate: the pod's node has been listed and its orphans settled."""
+        pod = self.pods.get(uid) or self._gone.get(uid)
+        node = (pod or {}).get("spec", {}).get("nodeName", "")
+        ready = self._node_ready.get(node)
+        if ready is not None and not ready.is_set():
+            await ready.wait()
+
     async def _watch_node(self, node: str) -> None:
-        first = True
+        ready = self._node_ready.setdefault(node, asyncio.Event())
         async for event in list_and_watch(self._client, "/api/v1/pods",
                                           {"fieldSelector": f"spec.nodeName={node}"}):
             if event.type == "RELISTED":
-                if first:
-                    first = False
+                if not ready.is_set():
                     await self._remove_orphans(node)
+                    ready.set()
                 continue
             pod = event.object
             uid = pod["metadata"]["uid"]
@@ -157,17 +179,31 @@ class PodController:
             self._sync.submit(uid)
 
     async def _remove_orphans(self, node: str) -> None:
-        """Delete from the provider what it runs on ``node`` that Kubernetes no longer has."""
+        """Delete from the provider the pods it runs on ``node`` that Kubernetes no longer has,
+        as the facade would have had it seen their deletes: a bare pod's VM is destroyed; the VM
+        of a VirtualMachine is stopped and kept (a VM pod deleted is a stop, never a destroy), and
+        the VirtualMachine's next pod, if its replicas ask for one, adopts it and starts it."""
         route = self.routes[node]
         for uid, pod in list(self._adopted.items()):
             if pod.node_name != node or uid in self.pods:
                 continue
             self._adopted.pop(uid, None)
-            log.info("removing orphan %s/%s from provider", pod.ref.namespace, pod.ref.name)
+            # A bare pod's VM has the pod's UID as identity; any other is a VirtualMachine's
+            # (also when the provider recorded no keep: a VM made before it recorded one).
+            if pod.keep_on_delete or pod.identity != uid:
+                kept = pb.Pod()
+                kept.CopyFrom(pod)
+                kept.keep_on_delete = True
+                pod = kept
+                log.info("pod %s/%s is gone; stopping its VM %s, kept for its VirtualMachine",
+                         pod.ref.namespace, pod.ref.name, pod.identity)
+            else:
+                log.info("removing orphan %s/%s from provider", pod.ref.namespace, pod.ref.name)
             try:
                 await route.provider.delete_pod(pod)
                 self.created.pop(uid, None)
                 self._latest.pop(uid, None)
+                self._owners.pop(uid, None)
             except ProviderError as err:
                 log.warning("orphan %s/%s not removed: %s", pod.ref.namespace, pod.ref.name, err)
 
@@ -218,17 +254,43 @@ class PodController:
         self._attempts[uid] = attempt + 1
         self._sync.submit_after(uid, _backoff(attempt))
 
+    async def _lookup_vm(self, namespace: str, name: str) -> Obj | None:
+        """The VirtualMachine ``namespace/name`` as the apiserver has it now, or None."""
+        listing = await self._client.get(path("virtualmachines", namespace),
+                                         fieldSelector=f"metadata.name={name}")
+        items = listing.get("items") or []
+        return items[0] if items else None
+
+    async def _ownership(self, uid: str, pod: Obj) -> Ownership:
+        """The ownership of ``pod``: as decided before (at its create), else derived now."""
+        known = self._owners.get(uid)
+        if known is None:
+            known = self._owners[uid] = await derive(pod, self._lookup_vm)
+        return known
+
+    async def _target_in_namespace(self, pod: Obj) -> bool:
+        """Whether the VM an operation pod aims at belongs to a VirtualMachine of its namespace."""
+        target = (pod["metadata"].get("annotations") or {}).get(TARGET_IDENTITY_ANNOTATION, "")
+        listing = await self._client.get(path("virtualmachines", pod["metadata"]["namespace"]))
+        return bool(target) and any(vm["metadata"].get("uid") == target
+                                    for vm in listing.get("items") or [])
+
     async def _create(self, uid: str, pod: Obj, route: Route) -> None:
         if operation_of(pod):
-            status = await run_operation(pod, route.provider)
+            if await self._target_in_namespace(pod):
+                status = await run_operation(pod, route.provider)
+            else:
+                status = refused(pod, "the operation's target is not a VirtualMachine of "
+                                 f"namespace {pod['metadata']['namespace']}")
             self.created[uid] = OPERATION
             self._set_status(uid, status)
             return
         pod = self._with_host_ip(pod, route)
+        ownership = await self._ownership(uid, pod)
         resolved = await self._resolver.resolve(pod)
         for reason, message in resolved.warnings:
             await self._events.emit(pod, reason, message, warning=True)
-        request = to_provider_pod(pod, resolved)
+        request = to_provider_pod(pod, resolved, ownership)
         try:
             with metrics.provider_call("CreatePod"):
                 status = await route.provider.create_pod(request)
@@ -246,7 +308,8 @@ class PodController:
         resolved = await self._resolver.resolve(pod)
         try:
             with metrics.provider_call("UpdatePod"):
-                status = await route.provider.update_pod(to_provider_pod(pod, resolved))
+                status = await route.provider.update_pod(
+                    to_provider_pod(pod, resolved, await self._ownership(uid, pod)))
         except ProviderError as err:
             await self._events.emit(pod, "ProviderUpdateFailed", err.message, warning=True)
             raise
@@ -258,9 +321,10 @@ class PodController:
         if self.created.get(uid) == OPERATION:
             self.created.pop(uid, None)
         if uid in self.created:
+            ownership = await self._ownership(uid, pod)
             try:
                 with metrics.provider_call("DeletePod"):
-                    await route.provider.delete_pod(to_provider_pod(pod, Resolved(),
+                    await route.provider.delete_pod(to_provider_pod(pod, Resolved(), ownership,
                                                                     with_json=False))
             except ProviderError as err:
                 await self._events.emit(pod, "ProviderDeleteFailed", err.message, warning=True)
@@ -282,16 +346,22 @@ class PodController:
             route = self.routes.get(pod["spec"].get("nodeName", ""))
             if route is not None:
                 try:
+                    ownership = await self._ownership(uid, pod)
                     with metrics.provider_call("DeletePod"):
-                        await route.provider.delete_pod(to_provider_pod(pod, Resolved(),
+                        await route.provider.delete_pod(to_provider_pod(pod, Resolved(), ownership,
                                                                         with_json=False))
+                except ApiError:
+                    self._gone[uid] = pod
+                    self._retry(uid)
+                    return
                 except ProviderError as err:
                     if is_retryable(err.code):
                         self._gone[uid] = pod
                         self._retry(uid)
                         return
                     log.warning("pod %s not deleted at the provider: %s", uid, err)
-        for table in (self.created, self._latest, self._written, self._attempts, self._adopted):
+        for table in (self.created, self._latest, self._written, self._attempts, self._adopted,
+                      self._owners):
             table.pop(uid, None)
 
     @staticmethod
@@ -318,6 +388,20 @@ class PodController:
             await asyncio.sleep(min(10.0, 0.2 * 2 ** attempt))
             attempt += 1
 
+    def set_outage(self, provider: str, outage: Outage | None) -> None:
+        """Show ``outage`` on the pods of ``provider``'s nodes (None: it is over; they show
+        what the provider last said again)."""
+        if self._outages.get(provider) == outage:
+            return
+        if outage is None:
+            self._outages.pop(provider, None)
+        else:
+            self._outages[provider] = outage
+        for uid, pod in list(self.pods.items()):
+            route = self.routes.get(pod["spec"].get("nodeName", ""))
+            if route is not None and route.provider.name == provider:
+                self._status.submit(uid)
+
     def _set_status(self, uid: str, status: pb.PodStatus) -> None:
         self._latest[uid] = status
         self._status.submit(uid)
@@ -326,10 +410,13 @@ class PodController:
         status, pod = self._latest.get(uid), self.pods.get(uid)
         if status is None or pod is None or pod["metadata"].get("deletionTimestamp"):
             return
+        route = self.routes.get(pod["spec"].get("nodeName", ""))
+        outage = self._outages.get(route.provider.name) if route else None
+        if outage is not None:
+            status = during(status, outage)
         raw = status.SerializeToString(deterministic=True)
         if self._written.get(uid) == raw:
             return
-        route = self.routes.get(pod["spec"].get("nodeName", ""))
         body = {"status": status_to_k8s(status, pod, route.host_ip() if route else "")}
         ns, name = _key(pod)
         try:

@@ -18,7 +18,8 @@ from typing import Any
 from vmlet_contract import ProviderError
 from vmlet_facade.events import EventRecorder
 from vmlet_facade.kube import ApiError, KubeClient
-from vmlet_facade.kube.informer import Informer, key_of
+from vmlet_facade.kube.informer import Informer, key_of, synced_gate
+from vmlet_facade.kube.paths import api_path
 from vmlet_facade.provider import Provider
 from vmlet_facade.quantity import memory_bytes
 from vmlet_facade.queueing import SerialWorkers
@@ -58,7 +59,9 @@ class Provisioner:
                                on_change=lambda o, n: self._submit("pvc", n or o))
         self.volumes = Informer(client, "/api/v1/persistentvolumes",
                                 on_change=lambda o, n: self._submit("pv", n or o))
-        self._workers = SerialWorkers(self._reconcile, concurrency=8, name="provisioner")
+        self._workers = SerialWorkers(
+            self._reconcile, concurrency=8, name="provisioner",
+            ready=synced_gate(self.classes, self.claims, self.volumes))
         self._attempts: dict[str, int] = {}
         self._refused: set[str] = set()
 
@@ -164,7 +167,7 @@ class Provisioner:
             return
         disk = await provider.expand_disk(pv["spec"]["csi"]["volumeHandle"], want)
         size = _gib(max(disk.size_bytes, want))
-        await self._client.patch(f"/api/v1/persistentvolumes/{pv['metadata']['name']}",
+        await self._client.patch(api_path("persistentvolumes", pv["metadata"]["name"]),
                                  {"spec": {"capacity": {"storage": size}}})
         await self._claim_capacity(pvc, max(disk.size_bytes, want))
         await self._events.emit({**pvc, "kind": "PersistentVolumeClaim"},
@@ -173,7 +176,8 @@ class Provisioner:
     async def _claim_capacity(self, pvc: Obj, size: int) -> None:
         meta = pvc["metadata"]
         await self._client.patch(
-            f"/api/v1/namespaces/{meta['namespace']}/persistentvolumeclaims/{meta['name']}/status",
+            api_path("persistentvolumeclaims", meta["name"], namespace=meta["namespace"],
+                     sub="status"),
             {"status": {"capacity": {"storage": _gib(size)}, "allocatedResources": {
                 "storage": _gib(size)}, "conditions": None}})
 
@@ -200,7 +204,7 @@ class Provisioner:
                                     err.message, warning=True)
             raise
         try:
-            await self._client.delete(f"/api/v1/persistentvolumes/{ref}")
+            await self._client.delete(api_path("persistentvolumes", ref))
         except ApiError as err:
             if not err.not_found:
                 raise

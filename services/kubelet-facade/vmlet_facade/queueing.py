@@ -1,6 +1,15 @@
 """One serialized worker per key (a pod UID): changes to one object are handled in order, never
 concurrently, while different objects proceed in parallel up to a bound. Bursts of changes to one
 key coalesce into one more run.
+
+Every SerialWorkers has a readiness gate, awaited before each run of its handler: the caches the
+handler reads must have completed their initial list (``kube.informer.synced_gate``). This is
+where the invariant "act only on synced caches" is enforced for every controller: a handler is
+never called on a cache that is still loading, whatever submitted the key.
+
+No key is ever dropped: a handler that raises something its controller did not handle (a
+connection reset while the apiserver restarts, a bug) has its key run again after a back-off
+(1 s doubling to ``MAX_RETRY_SECONDS``), until a run succeeds.
 """
 
 from __future__ import annotations
@@ -9,7 +18,13 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-__all__ = ["SerialWorkers"]
+__all__ = ["MAX_RETRY_SECONDS", "Gate", "SerialWorkers"]
+
+#: The longest wait before a key whose handler raised is run again.
+MAX_RETRY_SECONDS = 60.0
+
+#: Awaited before each run of a handler for a key; returns once the handler may act on it.
+Gate = Callable[[str], Awaitable[None]]
 
 log = logging.getLogger(__name__)
 
@@ -17,13 +32,15 @@ log = logging.getLogger(__name__)
 class SerialWorkers:
     """Runs ``handler(key)`` for submitted keys: one at a time per key, ``concurrency`` overall."""
 
-    def __init__(self, handler: Callable[[str], Awaitable[None]], *, concurrency: int = 64,
-                 name: str = "worker") -> None:
+    def __init__(self, handler: Callable[[str], Awaitable[None]], *, ready: Gate,
+                 concurrency: int = 64, name: str = "worker") -> None:
         self._handler = handler
+        self._ready = ready
         self._sem = asyncio.Semaphore(concurrency)
         self._running: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._failures: dict[str, int] = {}  # key -> handler runs that raised in a row
         self._name = name
 
     def submit(self, key: str) -> None:
@@ -56,13 +73,25 @@ class SerialWorkers:
     async def _run(self, key: str) -> None:
         try:
             while True:
+                await self._ready(key)  # outside the semaphore: a wait holds no worker slot
                 async with self._sem:
                     try:
                         await self._handler(key)
+                        self._failures.pop(key, None)
                     except asyncio.CancelledError:
                         raise
-                    except Exception:
-                        log.exception("%s failed for %s", self._name, key)
+                    except Exception as err:
+                        failures = self._failures.get(key, 0)
+                        self._failures[key] = failures + 1
+                        delay = min(MAX_RETRY_SECONDS, 2.0 ** failures)
+                        if failures == 0:
+                            log.exception("%s failed for %s; again in %.0f s",
+                                          self._name, key, delay)
+                        else:
+                            log.warning("%s failed for %s again (%s: %s); again in %.0f s",
+                                        self._name, key, type(err).__name__, err, delay)
+                        if key not in self._timers:
+                            self.submit_after(key, delay)
                 if key not in self._again:
                     break
                 self._again.discard(key)

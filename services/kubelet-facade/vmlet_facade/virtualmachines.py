@@ -16,11 +16,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import grpc
+
 from vmlet_contract import ProviderError
 from vmlet_facade.events import EventRecorder
 from vmlet_facade.kube import ApiError, KubeClient
 from vmlet_facade.kube.client import PATCH_JSON, PATCH_STRATEGIC
-from vmlet_facade.kube.informer import Informer, key_of
+from vmlet_facade.kube.informer import Informer, key_of, synced_gate
+from vmlet_facade.ownership import claimed_vm, vm_pod_name
 from vmlet_facade.provider import Provider
 from vmlet_facade.quantity import cpu_millis, memory_bytes
 from vmlet_facade.queueing import SerialWorkers
@@ -33,6 +36,7 @@ from vmlet_facade.vmapi import (
     set_condition,
     vm_pod,
 )
+from vmlet_facade.vmspec import InvalidSpec, spec_problem
 from vmlet_facade.vmstate import observe
 
 __all__ = ["VirtualMachineController"]
@@ -41,6 +45,7 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 _EXPECT_SECONDS = 30.0
+LOST_CONDITION = "VMLost"  # True: the VM this VirtualMachine had is gone from the IaaS
 def _size_differs(vm: Obj, pod: Obj) -> bool:
     limits = pod["spec"]["containers"][0].get("resources", {}).get("limits", {})
     spec = vm["spec"]
@@ -62,7 +67,8 @@ class VirtualMachineController:
         self.vms = Informer(client, path("virtualmachines"), on_change=self._vm_changed)
         self.pods = Informer(client, "/api/v1/pods", {"labelSelector": VM_UID_LABEL},
                              on_change=self._pod_changed)
-        self._workers = SerialWorkers(self._reconcile, concurrency=16, name="vm")
+        self._workers = SerialWorkers(self._reconcile, ready=synced_gate(self.vms, self.pods),
+                                      concurrency=16, name="vm")
         self._expect: dict[str, float] = {}  # VM UID -> until when a created pod is expected
         self._attempts: dict[str, int] = {}
         self.listeners: list[Callable[[Obj], None]] = []  # told of every VM after a reconcile
@@ -86,9 +92,13 @@ class VirtualMachineController:
             self._workers.submit(f"{pod['metadata']['namespace']}/{name}")
 
     def pods_of(self, vm: Obj) -> list[Obj]:
-        uid = vm["metadata"]["uid"]
+        """The VM pods of ``vm``: in its namespace and controlled by it (a label alone, which
+        anyone may write, makes no pod a VM's)."""
+        uid, ns = vm["metadata"]["uid"], vm["metadata"]["namespace"]
         return [p for p in self.pods.values()
-                if p["metadata"].get("labels", {}).get(VM_UID_LABEL) == uid]
+                if p["metadata"].get("labels", {}).get(VM_UID_LABEL) == uid
+                and p["metadata"].get("namespace") == ns
+                and (claimed_vm(p) or {}).get("uid") == uid]
 
     # -- reconcile ---------------------------------------------------------------------------
 
@@ -105,7 +115,14 @@ class VirtualMachineController:
             if FINALIZER not in (vm["metadata"].get("finalizers") or []):
                 vm = await self._patch(vm, {"metadata": {"finalizers": [
                     *(vm["metadata"].get("finalizers") or []), FINALIZER]}})
-            await self._converge(vm)
+            try:
+                problem = spec_problem(vm)
+                if problem is not None:
+                    raise InvalidSpec(problem)
+                await self._converge(vm)
+            except InvalidSpec as invalid:
+                # Said in status and an Event; tried again when the spec changes, not before.
+                await self._write_status(vm, invalid=invalid.message)
             self._attempts.pop(key, None)
         except (ApiError, ProviderError) as err:
             attempt = self._attempts.get(key, 0)
@@ -128,7 +145,18 @@ class VirtualMachineController:
                 self._workers.submit_after(key_of(vm), 5.0)  # look again: the holder may go
                 return
             if self._expect.get(uid, 0) < time.monotonic():
-                created = await self._client.create(f"/api/v1/namespaces/{ns}/pods", vm_pod(vm))
+                if await self._vm_lost(vm):
+                    return
+                try:
+                    created = await self._client.create(f"/api/v1/namespaces/{ns}/pods",
+                                                        vm_pod(vm))
+                except ApiError as err:
+                    if err.conflict:  # the one pod of this VM exists: never a second one
+                        await self._name_taken(vm)
+                        return
+                    if err.status not in (400, 422):
+                        raise
+                    raise InvalidSpec(f"the apiserver refused the VM pod: {err.message}") from None
                 self._expect[uid] = time.monotonic() + _EXPECT_SECONDS
                 await self._events.emit(vm, "PodCreated",
                                         f"created pod {created['metadata']['name']} for the VM")
@@ -195,11 +223,23 @@ class VirtualMachineController:
         if pods:
             await self._write_status(vm, deleting=True)
             return  # the pods' watch brings us back once they are gone
-        provider = self._providers(vm["spec"]["provider"])
+        name, uid = vm["spec"]["provider"], vm["metadata"]["uid"]
+        provider = self._providers(name)
         if provider is None:
-            raise ApiError(503, "ProviderUnknown", f"no provider {vm['spec']['provider']!r}")
-        await provider.delete_vm(vm["metadata"]["uid"])
-        await self._events.emit(vm, "Destroyed", "the VM was destroyed in the IaaS")
+            # Not configured (or removed): nothing can destroy the VM, and waiting would block
+            # the VirtualMachine and its namespace for good. The decision is recorded.
+            await self._events.emit(
+                vm, "ProviderUnknown", f"provider {name!r} is not configured: the VM of identity "
+                f"{uid} is not destroyed and stays in that IaaS if it is there; the "
+                "VirtualMachine is deleted", warning=True)
+        else:
+            try:
+                await provider.delete_vm(uid, vm["metadata"]["namespace"])
+            except ProviderError as err:
+                await self._report(vm, "Stopping", "DestroyPending",
+                                   f"destroying the VM waits for provider {name}: {err.message}")
+                raise
+            await self._events.emit(vm, "Destroyed", "the VM was destroyed in the IaaS")
         finalizers = vm["metadata"].get("finalizers") or []
         if FINALIZER in finalizers:
             index = finalizers.index(FINALIZER)
@@ -207,6 +247,83 @@ class VirtualMachineController:
                 path("virtualmachines", vm["metadata"]["namespace"], vm["metadata"]["name"]),
                 [{"op": "test", "path": f"/metadata/finalizers/{index}", "value": FINALIZER},
                  {"op": "remove", "path": f"/metadata/finalizers/{index}"}], PATCH_JSON)
+
+    async def _vm_lost(self, vm: Obj) -> bool:
+        """Whether the VM this VirtualMachine had is gone from the IaaS. Then no new VM is made
+        (its disks would be new and empty): the status and a Warning say so, and the user
+        decides (delete the VirtualMachine, or create it anew). A VirtualMachine that never had
+        a VM (no providerID yet) gets its first one."""
+        status = vm.get("status") or {}
+        lost = any(c.get("type") == LOST_CONDITION and c.get("status") == "True"
+                   for c in status.get("conditions") or [])
+        provider = self._providers(vm["spec"]["provider"])
+        if not (status.get("providerID") or lost) or provider is None:
+            return False
+        uid = vm["metadata"]["uid"]
+        try:
+            await provider.get_vm(uid, vm["metadata"]["namespace"])
+            if lost:  # back (restored in the IaaS): say so, and let it start
+                old = vm.get("status") or {}
+                await self._patch_status(vm, {"conditions": set_condition(
+                    old.get("conditions") or [], LOST_CONDITION, "False", "VMFound",
+                    f"the VM of identity {uid} is in the IaaS again",
+                    int(vm["metadata"].get("generation", 1)))})
+            return False
+        except ProviderError as err:
+            if err.code != grpc.StatusCode.NOT_FOUND:
+                raise
+        message = (f"the VM of identity {uid} ({status.get('providerID') or 'seen before'}) is "
+                   f"gone from provider {vm['spec']['provider']}: vmlet does not make a new one "
+                   "on its own; delete the VirtualMachine (and create it again for a new VM)")
+        if not lost:
+            await self._events.emit(vm, "VMLost", message, warning=True)
+        await self._report(vm, "Failed", "VMLost", message, lost=True)
+        self._workers.submit_after(key_of(vm), 60.0)  # it may come back (an IaaS restore)
+        return True
+
+    async def _name_taken(self, vm: Obj) -> None:
+        """The VM pod's name is taken: by this VM's own pod (the cache lags: wait for it), or by
+        another pod, which is said in the status; never a second pod."""
+        meta = vm["metadata"]
+        name = vm_pod_name(vm)
+        try:
+            pod = await self._client.get(f"/api/v1/namespaces/{meta['namespace']}/pods/{name}")
+        except ApiError as err:
+            if err.not_found:
+                return  # gone meanwhile: the next reconcile creates it
+            raise
+        if any(ref.get("uid") == meta["uid"] for ref in pod["metadata"].get(
+                "ownerReferences") or []):
+            self._expect[meta["uid"]] = time.monotonic() + _EXPECT_SECONDS
+            return
+        message = (f"pod {name} exists and does not belong to this VirtualMachine: the VM pod "
+                   "cannot be made until it is gone")
+        await self._events.emit(vm, "PodNameTaken", message, warning=True)
+        await self._report(vm, "Failed", "PodNameTaken", message)
+        self._workers.submit_after(key_of(vm), 30.0)
+
+    async def _report(self, vm: Obj, state: str, reason: str, message: str,
+                      lost: bool = False) -> None:
+        """Write ``state`` with ``reason`` into the status (Ready False, Failure True)."""
+        old = vm.get("status") or {}
+        generation = int(vm["metadata"].get("generation", 1))
+        conditions = set_condition(old.get("conditions") or [], "Ready", "False", reason,
+                                   message, generation)
+        conditions = set_condition(conditions, "Failure", "True", reason, message, generation)
+        if lost:
+            conditions = set_condition(conditions, LOST_CONDITION, "True", reason, message,
+                                       generation)
+        if old.get("state") == state and _same_conditions(old.get("conditions") or [],
+                                                          conditions):
+            return
+        await self._patch_status(vm, {"state": state, "conditions": conditions,
+                                      "observedGeneration": generation})
+
+    async def _patch_status(self, vm: Obj, status: Obj) -> None:
+        meta = vm["metadata"]
+        await self._client.patch(
+            path("virtualmachines", meta["namespace"], meta["name"], "status"),
+            {"status": status})
 
     async def _patch(self, vm: Obj, body: Obj) -> Obj:
         meta = vm["metadata"]
@@ -220,18 +337,24 @@ class VirtualMachineController:
         """(state, reason, message, pod) as seen now."""
         return observe(vm, self.pods_of(vm), deleting, blocked)
 
-    async def _write_status(self, vm: Obj, deleting: bool = False, blocked: str = "") -> None:
+    async def _write_status(self, vm: Obj, deleting: bool = False, blocked: str = "",
+                            invalid: str = "") -> None:
         state, reason, message, pod = self._observe(vm, deleting, blocked)
+        if invalid and pod is None and state != "Stopped":
+            state, reason, message = "Failed", "InvalidSpec", invalid
         old = vm.get("status") or {}
         generation = int(vm["metadata"].get("generation", 1))
-        conditions = set_condition(old.get("conditions") or [], "Ready",
-                                   "True" if state == "Running" else "False", reason, message,
+        ready = {"Running": "True", "Unknown": "Unknown"}.get(state, "False")
+        conditions = set_condition(old.get("conditions") or [], "Ready", ready, reason, message,
                                    generation)
         failure = state in ("Failed",) or (state == "Provisioning" and reason not in (
             "PodPending", "Unscheduled"))
+        why = ("InvalidSpec", invalid) if invalid else (reason, message)
+        if invalid:  # a VM that runs keeps running; its spec is what failed
+            failure = True
         conditions = set_condition(conditions, "Failure", "True" if failure else "False",
-                                   reason if failure else "NoFailure",
-                                   message if failure else "", generation)
+                                   why[0] if failure else "NoFailure",
+                                   why[1] if failure else "", generation)
         status: Obj = {
             "state": state, "replicas": 1 if pod is not None and state != "Stopping" else 0,
             "identity": vm["metadata"]["uid"], "observedGeneration": generation,
@@ -253,7 +376,9 @@ class VirtualMachineController:
                 if "cpu" in limits and "memory" in limits:
                     status["cpu"] = _as_spec(limits["cpu"])
                     status["memory"] = _as_spec(limits["memory"])
-            if state == "Running":
+            if state == "Unknown":  # an outage: what was attached still is
+                status["disks"] = old.get("disks", [])
+            elif state == "Running":
                 status["disks"] = [
                     {"name": v["name"], "claimName": v["persistentVolumeClaim"]["claimName"]}
                     for v in pod["spec"].get("volumes") or [] if "persistentVolumeClaim" in v]
@@ -271,7 +396,13 @@ class VirtualMachineController:
         await self._client.patch(
             path("virtualmachines", meta["namespace"], meta["name"], "status"),
             {"status": {**status, "podName": status.get("podName")}})
-        if old.get("state") != state:
+        said = [(c.get("reason"), c.get("message"), c.get("observedGeneration"))
+                for c in old.get("conditions") or [] if c.get("type") == "Failure"]
+        if invalid and said != [("InvalidSpec", invalid, generation)]:
+            await self._events.emit(
+                {**vm, "apiVersion": "vmlet.io/v1alpha1", "kind": "VirtualMachine"},
+                "InvalidSpec", invalid, warning=True)
+        if old.get("state") != state and reason != "InvalidSpec":
             await self._events.emit(
                 {**vm, "apiVersion": "vmlet.io/v1alpha1", "kind": "VirtualMachine"}, state,
                 message, warning=state in ("Failed", "Unknown"))

@@ -7,7 +7,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from vmlet_facade.podconvert import IDENTITY_ANNOTATION, KEEP_ANNOTATION, NETWORKS_ANNOTATION
+from vmlet_facade.kube.paths import api_path
+from vmlet_facade.ownership import vm_pod_name
+from vmlet_facade.podconvert import IDENTITY_ANNOTATION, NETWORKS_ANNOTATION
 from vmlet_facade.references import USER_DATA_ANNOTATION, USER_DATA_KEY_ANNOTATION
 
 __all__ = [
@@ -49,16 +51,10 @@ Obj = dict[str, Any]
 
 def path(plural: str, namespace: str | None = None, name: str | None = None,
          sub: str | None = None) -> str:
-    """The API path of a vmlet.io resource (all namespaces when ``namespace`` is None)."""
-    p = f"/apis/{GROUP}/{VERSION}"
-    if namespace:
-        p += f"/namespaces/{namespace}"
-    p += f"/{plural}"
-    if name:
-        p += f"/{name}"
-    if sub:
-        p += f"/{sub}"
-    return p
+    """The API path of a vmlet.io resource (all namespaces when ``namespace`` is None), from
+    validated parts only (`api_path`: InvalidName for a namespace or name that is no name)."""
+    return api_path(plural, name or None, namespace=namespace or None, group=GROUP,
+                    version=VERSION, sub=sub)
 
 
 def now() -> str:
@@ -92,10 +88,10 @@ def provider_tolerations(provider: str) -> list[Obj]:
 
 
 def vm_pod(vm: Obj) -> Obj:
-    """The pod that runs ``vm``: owned by it, carrying its UID as the VM's identity."""
+    """The pod that runs ``vm``: named after it and owned by it (its controller reference)."""
     meta, spec = vm["metadata"], vm["spec"]
     name, uid = meta["name"], meta["uid"]
-    annotations = {IDENTITY_ANNOTATION: uid, KEEP_ANNOTATION: "true"}
+    annotations = {IDENTITY_ANNOTATION: uid}
     user_data = spec.get("userData")
     if user_data:
         annotations[USER_DATA_ANNOTATION] = user_data["secretName"]
@@ -124,7 +120,9 @@ def vm_pod(vm: Obj) -> Obj:
     pod: Obj = {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {
-            "generateName": f"{name}-", "namespace": meta["namespace"],
+            # One name per VirtualMachine: a second create is AlreadyExists, and the name is
+            # part of what proves the pod runs this VirtualMachine's VM (ownership.prove).
+            "name": vm_pod_name(vm), "namespace": meta["namespace"],
             # The VM's labels carry over, so ordinary selector Services find VM pods.
             "labels": {**(meta.get("labels") or {}), VM_LABEL: name, VM_UID_LABEL: uid},
             "annotations": annotations,

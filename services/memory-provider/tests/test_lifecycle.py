@@ -10,6 +10,7 @@ import pytest
 from vmlet.provider.v1 import pod_lifecycle_service_pb2 as pl
 from vmlet.provider.v1 import pod_notifier_service_pb2 as pn
 from vmlet.provider.v1 import pod_pb2
+from vmlet.provider.v1 import virtual_machine_service_pb2 as vmpb
 from vmlet_memory.cloud import FAIL_CREATE_ANNOTATION, START_DELAY_ANNOTATION, CloudOptions
 from vmlet_memory.testing import Harness, make_pod, running_provider
 
@@ -109,14 +110,24 @@ async def test_delete_destroys_and_frees_the_address(mp: Harness) -> None:
     assert status.pod_ip  # it had one
 
 
-async def test_a_kept_vm_is_destroyed_by_a_delete_without_keep(mp: Harness) -> None:
+async def test_a_kept_vm_stays_kept_until_deleted_as_a_virtual_machine(mp: Harness) -> None:
     pod = make_pod("vm-f", identity="vm-f", keep_on_delete=True)
     await _create(mp, pod)
     await mp.lifecycle.DeletePod(pl.DeletePodRequest(pod=pod))
     assert len(list(mp.provider.cloud.machines())) == 1
-    # The VirtualMachine is deleted: the facade names the identity, not keeping it.
+    # Recorded as kept at creation: a pod's delete without keep does not destroy it...
     await mp.lifecycle.DeletePod(
         pl.DeletePodRequest(pod=pod_pb2.Pod(identity="vm-f", keep_on_delete=False))
+    )
+    assert len(list(mp.provider.cloud.machines())) == 1
+    # ...nor does a delete for another namespace; the VirtualMachine's deletion does.
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await mp.vms.DeleteVirtualMachine(
+            vmpb.DeleteVirtualMachineRequest(identity="vm-f", namespace="other")
+        )
+    assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    await mp.vms.DeleteVirtualMachine(
+        vmpb.DeleteVirtualMachineRequest(identity="vm-f", namespace="default")
     )
     assert list(mp.provider.cloud.machines()) == []
 
@@ -235,3 +246,17 @@ async def test_a_move_to_a_full_node_changes_nothing() -> None:
             pl.GetPodStatusRequest(namespace="default", name="a")
         )
         assert status.status.actual_node_name == "vmlet-memory-0"
+
+
+async def test_a_vm_is_never_adopted_or_deleted_for_another_namespace(mp: Harness) -> None:
+    """A pod of namespace "attacker" naming the identity of a VM of "default" gets nothing."""
+    await _create(mp, make_pod("victim", identity="victim-vm", keep_on_delete=True))
+    hostile = make_pod("steal", identity="victim-vm", namespace="attacker")
+    for call in (mp.lifecycle.CreatePod(pl.CreatePodRequest(pod=hostile)),
+                 mp.lifecycle.DeletePod(pl.DeletePodRequest(pod=hostile))):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call
+        assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert "another namespace" in str(refused.value.details())
+    vm = mp.provider.cloud.machine("victim-vm")
+    assert vm.key == ("default", "victim") and vm.namespace == "default" and vm.keep

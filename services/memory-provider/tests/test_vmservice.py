@@ -78,3 +78,28 @@ async def test_disks(mp: Harness) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await mp.vms.CreateDisk(vms.CreateDiskRequest(name="pv-2", size_bytes=0))
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("stop_first", [True, False])
+async def test_a_new_pod_of_a_vm_carries_exactly_its_disks(mp: Harness, stop_first: bool) -> None:
+    """A VirtualMachine whose spec dropped a disk gets a pod without it: the VM lets the disk go,
+    whether the old pod was deleted first (a stop) or the new pod takes the VM over."""
+    kept = (await mp.vms.CreateDisk(vms.CreateDiskRequest(name="pv-kept", size_bytes=1 << 30))).disk
+    dropped = (
+        await mp.vms.CreateDisk(vms.CreateDiskRequest(name="pv-dropped", size_bytes=1 << 30))
+    ).disk
+    first = make_pod("vm-a", identity="vm-d", uid="pod-1", keep_on_delete=True,
+                     disks=(kept.handle, dropped.handle))
+    await mp.lifecycle.CreatePod(pl.CreatePodRequest(pod=first))
+    if stop_first:
+        await mp.lifecycle.DeletePod(pl.DeletePodRequest(pod=first))
+    second = make_pod("vm-a", identity="vm-d", uid="pod-2", keep_on_delete=True,
+                      disks=(kept.handle,))
+    await mp.lifecycle.CreatePod(pl.CreatePodRequest(pod=second))
+    vm = (
+        await mp.vms.GetVirtualMachine(vms.GetVirtualMachineRequest(identity="vm-d"))
+    ).virtual_machine
+    assert list(vm.disk_handles) == [kept.handle]
+    # The dropped disk is free: another VM can have it.
+    other = make_pod("vm-b", disks=(dropped.handle,))
+    await mp.lifecycle.CreatePod(pl.CreatePodRequest(pod=other))

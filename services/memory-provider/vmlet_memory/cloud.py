@@ -30,6 +30,7 @@ from vmlet_contract import (
     InvalidArgument,
     NotFound,
     ProviderError,
+    check_namespace,
     podstatus,
 )
 
@@ -118,11 +119,13 @@ class Cloud:
         """Every machine, with or without a pod."""
         return iter(self._machines.values())
 
-    def machine(self, identity: str) -> Machine:
-        """The machine of `identity`; NotFound otherwise."""
+    def machine(self, identity: str, namespace: str = "") -> Machine:
+        """The machine of `identity`; NotFound otherwise, PermissionDenied when it belongs to
+        another namespace than `namespace` (when given)."""
         vm = self._machines.get(identity)
         if vm is None:
             raise NotFound(f"no VM with identity {identity}")
+        check_namespace(vm.namespace, namespace, identity)
         return vm
 
     def pod_machine(self, namespace: str, name: str) -> Machine:
@@ -194,6 +197,10 @@ class Cloud:
                 f"pod {key[0]}/{key[1]} already runs VM {owner}; it cannot also run {pod.identity}"
             )
         vm = self._machines.get(pod.identity)
+        if vm is not None:
+            check_namespace(vm.namespace, pod.ref.namespace, vm.identity)
+            vm.namespace = vm.namespace or pod.ref.namespace
+            vm.keep = vm.keep or pod.keep_on_delete
         if vm is None:
             failure = _injected_failure(pod)
             if failure is not None:
@@ -227,7 +234,7 @@ class Cloud:
         handles = disk_handles(pod)
         self.disks.check_attachable(handles, vm.identity)
         self._reaccount(vm, host, usage_of(pod), what=f"pod {pod.ref.namespace}/{pod.ref.name}")
-        self.disks.attach(handles, vm.identity)
+        self.disks.attach_exactly(handles, vm.identity)
         vm.pod = pod
         vm.record("updated")
         self._publish(vm)
@@ -244,6 +251,7 @@ class Cloud:
         vm = self._machines.get(identity)
         if vm is None:
             return
+        check_namespace(vm.namespace, pod.ref.namespace, identity)
         if vm.pod is not None:
             if not _same_pod(vm.pod.ref, pod.ref):
                 return
@@ -251,15 +259,17 @@ class Cloud:
             del self._by_pod[pod_key(vm.pod.ref)]
             vm.pod, vm.status = None, None
             vm.wake_followers()
-        if pod.keep_on_delete:
+        if pod.keep_on_delete or vm.keep:
             vm.record("kept: powered off with its disks")
         else:
             self._destroy(vm)
         self.on_change()
 
-    def describe(self, identity: str) -> virtual_machine_service_pb2.VirtualMachine:
+    def describe(
+        self, identity: str, namespace: str = ""
+    ) -> virtual_machine_service_pb2.VirtualMachine:
         """What the cloud holds for `identity`; NotFound otherwise."""
-        vm = self.machine(identity)
+        vm = self.machine(identity, namespace)
         usage = usage_of(vm.pod) if vm.pod is not None else Usage(pods=0)
         power = (virtual_machine_service_pb2.POWER_STATE_OFF if vm.power is Power.STOPPED
                  else virtual_machine_service_pb2.POWER_STATE_ON)
@@ -270,11 +280,12 @@ class Cloud:
             ip_addresses=[vm.ip] if vm.power is Power.RUNNING else [],
             disk_handles=sorted(d.handle for d in self.disks if d.attached_to == identity))
 
-    def destroy(self, identity: str) -> None:
+    def destroy(self, identity: str, namespace: str = "") -> None:
         """Destroys the machine of `identity` whatever its state; unknown ones succeed."""
         vm = self._machines.get(identity)
         if vm is None:
             return
+        check_namespace(vm.namespace, namespace, identity)
         if vm.pod is not None:
             self._by_pod.pop(pod_key(vm.pod.ref), None)
             vm.pod, vm.status = None, None
@@ -285,10 +296,10 @@ class Cloud:
     # Snapshots and disks.
 
     def create_snapshot(
-        self, identity: str, name: str, description: str
+        self, identity: str, name: str, description: str, namespace: str = ""
     ) -> virtual_machine_service_pb2.Snapshot:
         """Snapshots a machine; the same name again returns the first snapshot."""
-        vm = self.machine(identity)
+        vm = self.machine(identity, namespace)
         if not name:
             raise InvalidArgument("a snapshot needs a name")
         for snap in vm.snapshots.values():
@@ -306,18 +317,20 @@ class Cloud:
         self.on_change()
         return snap
 
-    def revert_to_snapshot(self, identity: str, snapshot_id: str) -> None:
+    def revert_to_snapshot(self, identity: str, snapshot_id: str, namespace: str = "") -> None:
         """Puts a machine back to a snapshot (its power state is kept)."""
-        vm = self.machine(identity)
+        vm = self.machine(identity, namespace)
         snap = vm.snapshots.get(snapshot_id)
         if snap is None:
             raise NotFound(f"VM {identity} has no snapshot {snapshot_id}")
         vm.record(f"reverted to snapshot {snap.name}")
         self.on_change()
 
-    def delete_snapshot(self, identity: str, snapshot_id: str) -> None:
+    def delete_snapshot(self, identity: str, snapshot_id: str, namespace: str = "") -> None:
         """Removes a snapshot; unknown machines and snapshots succeed."""
         vm = self._machines.get(identity)
+        if vm is not None:
+            check_namespace(vm.namespace, namespace, identity)
         if vm is not None and vm.snapshots.pop(snapshot_id, None) is not None:
             vm.record(f"snapshot {snapshot_id} deleted")
             self.on_change()
@@ -378,6 +391,8 @@ class Cloud:
             created_at=_now(),
             pod=pod,
             usage=usage,
+            namespace=pod.ref.namespace,
+            keep=pod.keep_on_delete,
         )
         self.disks.attach(handles, vm.identity)
         self._machines[vm.identity] = vm
@@ -405,7 +420,7 @@ class Cloud:
                 provider_id=vm.provider_id,
             )
             self._fanout.publish(pod_key(old.ref), PodUpdate(ref=old.ref, status=gone))
-        self.disks.attach(disk_handles(pod), vm.identity)
+        self.disks.attach_exactly(disk_handles(pod), vm.identity)
         vm.pod = pod
         self._by_pod[new_key] = vm.identity
         vm.record(f"now serving pod {new_key[0]}/{new_key[1]}")
@@ -438,7 +453,7 @@ class Cloud:
         usage = usage_of(pod)
         host.admit(usage, what=f"pod {pod.ref.namespace}/{pod.ref.name}")
         vm.usage = usage
-        self.disks.attach(handles, vm.identity)
+        self.disks.attach_exactly(handles, vm.identity)
         vm.pod = pod
         self._by_pod[pod_key(pod.ref)] = vm.identity
         self._power_on(vm)
@@ -540,6 +555,8 @@ class Cloud:
                     "node": vm.node,
                     "ip": vm.ip,
                     "created_at": vm.created_at.isoformat(),
+                    "namespace": vm.namespace,
+                    "keep": vm.keep,
                     "power": vm.power.value,
                     "started_at": vm.started_at.isoformat() if vm.started_at else None,
                     "pod": _b64(vm.pod) if vm.pod is not None else None,
@@ -573,6 +590,8 @@ class Cloud:
                 node=m["node"],
                 ip=m["ip"],
                 created_at=datetime.fromisoformat(m["created_at"]),
+                namespace=m.get("namespace", ""),
+                keep=bool(m.get("keep", False)),
                 power=Power(m["power"]),
                 started_at=datetime.fromisoformat(m["started_at"]) if m["started_at"] else None,
             )

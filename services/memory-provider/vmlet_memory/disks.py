@@ -111,6 +111,15 @@ class DiskStore:
         for handle in handles:
             self._by_handle[handle].attached_to = identity
 
+    def attach_exactly(self, handles: Iterable[str], identity: str) -> None:
+        """Makes `handles` the disks `identity` holds (check first): a new pod of a VM carries
+        the VM's disks as they are now, so a disk its VirtualMachine no longer names is freed."""
+        wanted = set(handles)
+        for disk in self._by_handle.values():
+            if disk.attached_to == identity and disk.handle not in wanted:
+                disk.attached_to = ""
+        self.attach(wanted, identity)
+
     def detach_all(self, identity: str) -> None:
         """Frees every disk `identity` holds."""
         for disk in self._by_handle.values():

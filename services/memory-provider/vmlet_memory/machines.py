@@ -55,6 +55,10 @@ class Machine:
     node: str
     ip: str
     created_at: datetime
+    # Recorded at creation: the namespace the VM belongs to (never served to another), and
+    # whether a VirtualMachine owns it (its pod's delete keeps it; only destroy removes it).
+    namespace: str = ""
+    keep: bool = False
     pod: pod_pb2.Pod | None = None
     power: Power = Power.STOPPED
     started_at: datetime | None = None

@@ -21,40 +21,43 @@ class VirtualMachines(pb_grpc.VirtualMachineServiceServicer):
     async def GetVirtualMachine(
         self, request: pb.GetVirtualMachineRequest, context: Any
     ) -> pb.GetVirtualMachineResponse:
-        return pb.GetVirtualMachineResponse(virtual_machine=self._cloud.describe(request.identity))
+        return pb.GetVirtualMachineResponse(virtual_machine=self._cloud.describe(
+            request.identity, request.namespace))
 
     async def DeleteVirtualMachine(
         self, request: pb.DeleteVirtualMachineRequest, context: Any
     ) -> pb.DeleteVirtualMachineResponse:
-        self._cloud.destroy(request.identity)
+        self._cloud.destroy(request.identity, request.namespace)
         await self._cloud.flush()
         return pb.DeleteVirtualMachineResponse()
 
     async def CreateSnapshot(
         self, request: pb.CreateSnapshotRequest, context: Any
     ) -> pb.CreateSnapshotResponse:
-        snap = self._cloud.create_snapshot(request.identity, request.name, request.description)
+        snap = self._cloud.create_snapshot(
+            request.identity, request.name, request.description, request.namespace
+        )
         await self._cloud.flush()
         return pb.CreateSnapshotResponse(snapshot=snap)
 
     async def RevertToSnapshot(
         self, request: pb.RevertToSnapshotRequest, context: Any
     ) -> pb.RevertToSnapshotResponse:
-        self._cloud.revert_to_snapshot(request.identity, request.snapshot_id)
+        self._cloud.revert_to_snapshot(request.identity, request.snapshot_id, request.namespace)
         await self._cloud.flush()
         return pb.RevertToSnapshotResponse()
 
     async def DeleteSnapshot(
         self, request: pb.DeleteSnapshotRequest, context: Any
     ) -> pb.DeleteSnapshotResponse:
-        self._cloud.delete_snapshot(request.identity, request.snapshot_id)
+        self._cloud.delete_snapshot(request.identity, request.snapshot_id, request.namespace)
         await self._cloud.flush()
         return pb.DeleteSnapshotResponse()
 
     async def ListSnapshots(
         self, request: pb.ListSnapshotsRequest, context: Any
     ) -> pb.ListSnapshotsResponse:
-        vm = self._cloud.machine(request.identity)
+        vm = self._cloud.machine(request.identity, request.namespace)
         return pb.ListSnapshotsResponse(snapshots=list(vm.snapshots.values()))
 
     async def CreateDisk(

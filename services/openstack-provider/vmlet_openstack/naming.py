@@ -27,6 +27,7 @@ __all__ = [
     "META_KEEP",
     "META_NAMESPACE",
     "META_NODE",
+    "META_OWNER_NAMESPACE",
     "META_POD",
     "META_POD_UID",
     "POD_KEYS",
@@ -46,6 +47,9 @@ META_NODE: Final = "vmlet-node"
 META_CONTAINER: Final = "vmlet-container"
 META_IMAGE: Final = "vmlet-image"
 META_KEEP: Final = "vmlet-keep"
+#: The namespace the server belongs to, kept when a kept server loses its pod: it is never
+#: adopted, moved or deleted for another namespace.
+META_OWNER_NAMESPACE: Final = "vmlet-owner-namespace"
 #: The keys that tie a server to a pod, cleared when a kept server loses its pod.
 POD_KEYS: Final = (META_NAMESPACE, META_POD, META_POD_UID, META_NODE, META_CONTAINER, META_IMAGE)
 PROVIDER_TAG: Final = "vmlet"

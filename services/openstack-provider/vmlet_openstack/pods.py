@@ -58,6 +58,7 @@ from vmlet_contract import (
     NotFound,
     ProviderError,
     Unavailable,
+    check_namespace,
     is_retryable,
     podstatus,
 )
@@ -141,6 +142,7 @@ def pod_metadata(pod: pod_pb2.Pod) -> dict[str, str]:
         naming.META_CONTAINER: container.name,
         naming.META_IMAGE: container.image,
         naming.META_KEEP: "true" if pod.keep_on_delete else "false",
+        naming.META_OWNER_NAMESPACE: pod.ref.namespace,
     }
     return {k: naming.truncate(v) for k, v in values.items()}
 
@@ -373,6 +375,8 @@ class Pods:
         async with self._locks.hold(pod.identity):
             servers = await self.lookup(pod.identity)
             server = servers[0] if servers else None
+            if server is not None:  # before anything: a refused pod takes nothing
+                check_namespace(server.owner_namespace, pod.ref.namespace, pod.identity)
             if server is not None and self._failed_build(server, pod):
                 _log.info(
                     "replacing a server that failed to build",
@@ -468,6 +472,8 @@ class Pods:
         """Rewrites the server's metadata for `pod` where it differs; False when Nova refuses
         for now (a server still building takes no metadata), for the converger to do later."""
         wanted = pod_metadata(pod)
+        if server.keep:  # a VirtualMachine's server stays kept
+            wanted[naming.META_KEEP] = "true"
         changed = {k: v for k, v in wanted.items() if server.metadata.get(k) != v}
         if not changed:
             return True
@@ -523,6 +529,7 @@ class Pods:
                 if entry is not None:
                     self._forget(entry)
                 return
+            check_namespace(server.owner_namespace, pod.ref.namespace, pod.identity)
             if not self._owns(pod, server):
                 _log.info(
                     "pod deleted; its VM belongs to another pod now",
@@ -533,7 +540,7 @@ class Pods:
                 return
             if entry is not None:
                 entry.progress = Progress("Deleting", f"stopping server {server.name}")
-            if pod.keep_on_delete:
+            if pod.keep_on_delete or server.keep:
                 await self._keep(server)
                 if self._disks is not None:
                     await self._disks.release(server.id, pod_disk_handles(pod, strict=False))
@@ -559,7 +566,10 @@ class Pods:
     async def _keep(self, server: ServerRecord) -> None:
         """Unties the server from its pod and powers it off, keeping it."""
         kept = {naming.META_IDENTITY: server.identity, naming.META_KEEP: "true"}
-        if any(server.metadata.get(k) for k in naming.POD_KEYS) or not server.keep:
+        if server.owner_namespace:
+            kept[naming.META_OWNER_NAMESPACE] = server.owner_namespace
+        if (any(server.metadata.get(k) for k in naming.POD_KEYS) or not server.keep
+                or server.metadata.get(naming.META_OWNER_NAMESPACE, "") != server.owner_namespace):
             await self._cloud.call(
                 f"untie server {server.name} from its pod",
                 lambda api: api.replace_metadata(server.id, kept),
@@ -610,9 +620,12 @@ class Pods:
                 await self._cache.wait_change(server.id, current, 2)
         _log.info("server deleted", extra={"identity": server.identity, "server": server.id})
 
-    async def destroy_identity(self, identity: str) -> None:
-        """Deletes every server of `identity` (DeleteVirtualMachine) and forgets its pod."""
+    async def destroy_identity(self, identity: str, namespace: str = "") -> None:
+        """Deletes every server of `identity` (DeleteVirtualMachine) and forgets its pod;
+        PermissionDenied for a server of another namespace than `namespace` (when given)."""
         async with self._locks.hold(identity):
+            for server in await self.lookup(identity):
+                check_namespace(server.owner_namespace, namespace, identity)
             await self._stop_converging(identity)
             entry = self._entry_of(identity)
             if entry is not None:

@@ -150,6 +150,13 @@ class ServerRecord:
         return (namespace, name) if namespace and name else None
 
     @property
+    def owner_namespace(self) -> str:
+        """The namespace the server belongs to: as recorded, else its pod's (older servers)."""
+        return self.metadata.get(naming.META_OWNER_NAMESPACE, "") or self.metadata.get(
+            naming.META_NAMESPACE, ""
+        )
+
+    @property
     def keep(self) -> bool:
         """Whether a VirtualMachine owns it (stop, not delete, with its pod)."""
         return self.metadata.get(naming.META_KEEP, "") == "true"

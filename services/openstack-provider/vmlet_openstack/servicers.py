@@ -254,6 +254,7 @@ class VirtualMachines(vpb_grpc.VirtualMachineServiceServicer):
     async def GetVirtualMachine(
         self, request: vpb.GetVirtualMachineRequest, context: Any
     ) -> vpb.GetVirtualMachineResponse:
+        await self._snapshots.check_owner(request.identity, request.namespace)
         vm = await self._snapshots.get_vm(request.identity)
         vm.disk_handles.extend(await self._disks.attached(vm.provider_id))
         return vpb.GetVirtualMachineResponse(virtual_machine=vm)
@@ -261,30 +262,34 @@ class VirtualMachines(vpb_grpc.VirtualMachineServiceServicer):
     async def DeleteVirtualMachine(
         self, request: vpb.DeleteVirtualMachineRequest, context: Any
     ) -> vpb.DeleteVirtualMachineResponse:
-        await self._snapshots.delete_vm(request.identity)
+        await self._snapshots.delete_vm(request.identity, request.namespace)
         return vpb.DeleteVirtualMachineResponse()
 
     async def CreateSnapshot(
         self, request: vpb.CreateSnapshotRequest, context: Any
     ) -> vpb.CreateSnapshotResponse:
+        await self._snapshots.check_owner(request.identity, request.namespace)
         snapshot = await self._snapshots.create(request.identity, request.name, request.description)
         return vpb.CreateSnapshotResponse(snapshot=snapshot)
 
     async def RevertToSnapshot(
         self, request: vpb.RevertToSnapshotRequest, context: Any
     ) -> vpb.RevertToSnapshotResponse:
+        await self._snapshots.check_owner(request.identity, request.namespace)
         await self._snapshots.revert(request.identity, request.snapshot_id)
         return vpb.RevertToSnapshotResponse()
 
     async def DeleteSnapshot(
         self, request: vpb.DeleteSnapshotRequest, context: Any
     ) -> vpb.DeleteSnapshotResponse:
+        await self._snapshots.check_owner(request.identity, request.namespace)
         await self._snapshots.delete(request.identity, request.snapshot_id)
         return vpb.DeleteSnapshotResponse()
 
     async def ListSnapshots(
         self, request: vpb.ListSnapshotsRequest, context: Any
     ) -> vpb.ListSnapshotsResponse:
+        await self._snapshots.check_owner(request.identity, request.namespace)
         return vpb.ListSnapshotsResponse(snapshots=await self._snapshots.all_of(request.identity))
 
     async def CreateDisk(

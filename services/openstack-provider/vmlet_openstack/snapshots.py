@@ -23,7 +23,14 @@ import time
 from typing import Any, Final
 
 from vmlet.provider.v1 import virtual_machine_service_pb2 as vm_pb
-from vmlet_contract import FailedPrecondition, InvalidArgument, NotFound, Unavailable, podstatus
+from vmlet_contract import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    check_namespace,
+    podstatus,
+)
 
 from .cloud import Api, Cloud
 from .config import Settings
@@ -90,6 +97,12 @@ class Snapshots:
         self._settings = settings
         self._locks = IdentityLocks()
 
+    async def check_owner(self, identity: str, namespace: str) -> None:
+        """PermissionDenied when a server of `identity` belongs to another namespace."""
+        if identity and namespace:
+            for server in await self._pods.lookup(identity):
+                check_namespace(server.owner_namespace, namespace, identity)
+
     async def _server(self, identity: str) -> ServerRecord:
         if not identity:
             raise InvalidArgument("no identity given")
@@ -121,10 +134,10 @@ read=True,
             ip_addresses=list(server.ips),
         )
 
-    async def delete_vm(self, identity: str) -> None:
+    async def delete_vm(self, identity: str, namespace: str = "") -> None:
         if not identity:
             raise InvalidArgument("no identity given")
-        await self._pods.destroy_identity(identity)
+        await self._pods.destroy_identity(identity, namespace)
 
     # -- snapshots --------------------------------------------------------------------------
     async def create(self, identity: str, name: str, description: str) -> vm_pb.Snapshot:

@@ -41,6 +41,7 @@ from vmlet_contract import (
     NotFound,
     ProviderError,
     Unavailable,
+    check_namespace,
 )
 
 from .cache import Cache
@@ -50,7 +51,16 @@ from .locks import KeyedLocks
 from .naming import vm_name
 from .nodes import NodeBook, Placement
 from .podtable import PodEntry, PodTable, pod_key
-from .records import CONTAINER_KEY, IDENTITY_KEY, IMAGE_KEY, POD_KEY, POD_UID_KEY, VmRecord
+from .records import (
+    CONTAINER_KEY,
+    IDENTITY_KEY,
+    IMAGE_KEY,
+    KEEP_KEY,
+    NAMESPACE_KEY,
+    POD_KEY,
+    POD_UID_KEY,
+    VmRecord,
+)
 from .session import Session
 from .sizing import VmSize, template_of, vm_size
 from .vms import ClonePlan, Machines, TaskFailed
@@ -119,7 +129,12 @@ class Pods:
 
     @classmethod
     def _extra_config(cls, pod: pod_pb2.Pod) -> dict[str, str]:
-        values = {IDENTITY_KEY: pod.identity, **cls._labels(pod)}
+        values = {
+            IDENTITY_KEY: pod.identity,
+            NAMESPACE_KEY: pod.ref.namespace,
+            KEEP_KEY: "true" if pod.keep_on_delete else "",
+            **cls._labels(pod),
+        }
         if pod.user_data:
             values["guestinfo.userdata"] = _b64(pod.user_data)
             values["guestinfo.userdata.encoding"] = "base64"
@@ -185,6 +200,8 @@ class Pods:
             await self._synced()
             place = self._book.placement(pod.node_name)
             vm = self._cache.vm_of(pod.identity)
+            if vm is not None:  # before bind: a refused pod takes nothing from the VM's pod
+                check_namespace(vm.namespace, pod.ref.namespace, pod.identity)
             entry = self._table.bind(pod)
             self._table.forget_tombstone(pod.identity)
             try:
@@ -302,8 +319,14 @@ class Pods:
             await self._machines.relocate(vm, place.host.moid, place.pool, datastore)
             vm = self._cache.vms.get(vm.moid) or vm
             _log.info("vm relocated", extra={"vm": vm.moid, "from": source, "to": place.node})
-        wanted = self._labels(entry.pod)
+        wanted = {
+            **self._labels(entry.pod),
+            NAMESPACE_KEY: entry.pod.ref.namespace,
+            KEEP_KEY: "true" if vm.keep or entry.pod.keep_on_delete else "",
+        }
         current = {
+            NAMESPACE_KEY: vm.recorded_namespace,
+            KEEP_KEY: "true" if vm.keep else "",
             POD_KEY: "/".join(vm.pod) if vm.pod else "",
             POD_UID_KEY: vm.pod_uid,
             CONTAINER_KEY: vm.container,
@@ -425,6 +448,9 @@ class Pods:
                 entry = None
             await self._synced()
             vm = self._cache.vm_of(identity)
+            if vm is not None:
+                check_namespace(vm.namespace, pod.ref.namespace, identity)
+            keep = pod.keep_on_delete or (vm is not None and vm.keep)
             if vm is not None and vm.pod is not None and vm.pod != key:
                 if entry is not None:
                     self._table.drop(entry)
@@ -434,10 +460,10 @@ class Pods:
                     self._table.drop(entry)
                 return
             if entry is not None:
-                what = "powering off (kept)" if pod.keep_on_delete else "destroying"
+                what = "powering off (kept)" if keep else "destroying"
                 self._table.progress(entry, "Deleting", f"{what} VM {vm.name}")
             try:
-                if pod.keep_on_delete:
+                if keep:
                     await self._machines.power_off(vm)
                     vm = self._cache.vms.get(vm.moid) or vm
                     if vm.pod is not None or vm.pod_uid:
@@ -453,7 +479,7 @@ class Pods:
             self._table.tombstone(identity)
             _log.info(
                 "pod deleted",
-                extra={"pod": "/".join(key), "vm": vm.moid, "kept": pod.keep_on_delete},
+                extra={"pod": "/".join(key), "vm": vm.moid, "kept": keep},
             )
 
     async def _destroy(self, vm: VmRecord) -> None:
@@ -465,17 +491,27 @@ class Pods:
 
     # VirtualMachine operations.
 
-    async def describe(self, identity: str) -> VmRecord:
-        """The VM of `identity`, with or without a pod; NotFound when there is none."""
+    async def describe(self, identity: str, namespace: str = "") -> VmRecord:
+        """The VM of `identity`, with or without a pod; NotFound when there is none,
+        PermissionDenied when it belongs to another namespace than `namespace` (when given)."""
         if not identity:
             raise InvalidArgument("an identity is needed")
         await self._synced()
         vm = self._cache.vm_of(identity)
         if vm is None:
             raise NotFound(f"no VM with identity {identity}")
+        check_namespace(vm.namespace, namespace, identity)
         return vm
 
-    async def destroy(self, identity: str) -> None:
+    async def check_owner(self, identity: str, namespace: str) -> None:
+        """PermissionDenied when the VM of `identity` belongs to another namespace."""
+        if namespace and identity:
+            await self._synced()
+            vm = self._cache.vm_of(identity)
+            if vm is not None:
+                check_namespace(vm.namespace, namespace, identity)
+
+    async def destroy(self, identity: str, namespace: str = "") -> None:
         """Destroys the VM of `identity` whatever its power state (its VirtualMachine resource
         is gone); a pod still bound to it is forgotten. An unknown identity succeeds."""
         if not identity:
@@ -484,6 +520,8 @@ class Pods:
             await self._synced()
             entry = self._table.entry_of(identity)
             vm = self._cache.vm_of(identity)
+            if vm is not None:
+                check_namespace(vm.namespace, namespace, identity)
             if vm is not None:
                 if entry is not None:
                     self._table.progress(entry, "Deleting", f"destroying VM {vm.name}")

@@ -229,6 +229,7 @@ class PodTable:
             ref=pod_pb2.PodRef(namespace=namespace, name=name, uid=vm.pod_uid),
             node_name=self._book.node_name_of(vm.host),
             identity=vm.identity,
+            keep_on_delete=vm.keep,
             containers=[pod_pb2.Container(name=vm.container or "vm", image=vm.image)],
         )
         entry = PodEntry(pod=pod, identity=vm.identity, vm=vm.moid, adopted=True)

@@ -7,6 +7,10 @@ whether anything a node or a pod shows has changed.
 The keys vmlet writes into a VM's extraConfig are also defined here:
 
   vmlet.identity    the VM's identity (VirtualMachine UID, or pod UID for a bare pod)
+  vmlet.namespace   the namespace the VM belongs to: never adopted, moved or deleted for a pod
+                    (or a call) of another namespace
+  vmlet.keep        "true" when a VirtualMachine owns the VM: deleting its pod keeps it, and
+                    the pods rebuilt after a restart carry keep_on_delete
   vmlet.pod         "<namespace>/<name>" of the pod the VM serves; removed when the pod is
                     deleted and the VM kept
   vmlet.pod-uid     that pod's UID
@@ -31,6 +35,8 @@ __all__ = [
     "HOST_PATHS",
     "IDENTITY_KEY",
     "IMAGE_KEY",
+    "KEEP_KEY",
+    "NAMESPACE_KEY",
     "POD_KEY",
     "POD_UID_KEY",
     "VM_PATHS",
@@ -39,6 +45,8 @@ __all__ = [
 ]
 
 IDENTITY_KEY: Final = "vmlet.identity"
+NAMESPACE_KEY: Final = "vmlet.namespace"
+KEEP_KEY: Final = "vmlet.keep"
 POD_KEY: Final = "vmlet.pod"
 POD_UID_KEY: Final = "vmlet.pod-uid"
 CONTAINER_KEY: Final = "vmlet.container"
@@ -46,6 +54,8 @@ IMAGE_KEY: Final = "vmlet.image"
 DISKS_KEY: Final = "vmlet.disks"
 
 _IDENTITY = extra_config_path(IDENTITY_KEY)
+_NAMESPACE = extra_config_path(NAMESPACE_KEY)
+_KEEP = extra_config_path(KEEP_KEY)
 _POD = extra_config_path(POD_KEY)
 _POD_UID = extra_config_path(POD_UID_KEY)
 _CONTAINER = extra_config_path(CONTAINER_KEY)
@@ -58,6 +68,8 @@ VM_PATHS: Final[tuple[str, ...]] = (
     "config.instanceUuid",
     "config.uuid",
     _IDENTITY,
+    _NAMESPACE,
+    _KEEP,
     _POD,
     _POD_UID,
     _CONTAINER,
@@ -136,6 +148,13 @@ class VmRecord:
     datastores: tuple[str, ...]
     bios_uuid: str = ""
     disks: tuple[str, ...] = ()  # handles of the first-class disks vmlet attached
+    recorded_namespace: str = ""  # vmlet.namespace
+    keep: bool = False  # vmlet.keep
+
+    @property
+    def namespace(self) -> str:
+        """The namespace the VM belongs to: as recorded, else its pod's (VMs from before)."""
+        return self.recorded_namespace or (self.pod[0] if self.pod else "")
 
     @classmethod
     def from_props(cls, moid: str, props: Mapping[str, Any]) -> VmRecord:
@@ -154,6 +173,8 @@ class VmRecord:
             instance_uuid=_str(props, "config.instanceUuid"),
             bios_uuid=_str(props, "config.uuid"),
             disks=tuple(sorted({d for d in _str(props, _DISKS).split(",") if d})),
+            recorded_namespace=_str(props, _NAMESPACE),
+            keep=_str(props, _KEEP) == "true",
             power=_str(props, "runtime.powerState") or "unknown",
             host=_str(props, "runtime.host"),
             boot_time=_time(props, "summary.runtime.bootTime"),

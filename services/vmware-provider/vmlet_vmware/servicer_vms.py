@@ -37,7 +37,7 @@ class VirtualMachines(pb_grpc.VirtualMachineServiceServicer):
     async def GetVirtualMachine(
         self, request: pb.GetVirtualMachineRequest, context: Any
     ) -> pb.GetVirtualMachineResponse:
-        vm = await self._pods.describe(request.identity)
+        vm = await self._pods.describe(request.identity, request.namespace)
         return pb.GetVirtualMachineResponse(
             virtual_machine=pb.VirtualMachine(
                 identity=vm.identity,
@@ -55,30 +55,34 @@ class VirtualMachines(pb_grpc.VirtualMachineServiceServicer):
     async def DeleteVirtualMachine(
         self, request: pb.DeleteVirtualMachineRequest, context: Any
     ) -> pb.DeleteVirtualMachineResponse:
-        await self._pods.destroy(request.identity)
+        await self._pods.destroy(request.identity, request.namespace)
         return pb.DeleteVirtualMachineResponse()
 
     async def CreateSnapshot(
         self, request: pb.CreateSnapshotRequest, context: Any
     ) -> pb.CreateSnapshotResponse:
+        await self._pods.check_owner(request.identity, request.namespace)
         snap = await self._snapshots.create(request.identity, request.name, request.description)
         return pb.CreateSnapshotResponse(snapshot=snap)
 
     async def RevertToSnapshot(
         self, request: pb.RevertToSnapshotRequest, context: Any
     ) -> pb.RevertToSnapshotResponse:
+        await self._pods.check_owner(request.identity, request.namespace)
         await self._snapshots.revert(request.identity, request.snapshot_id)
         return pb.RevertToSnapshotResponse()
 
     async def DeleteSnapshot(
         self, request: pb.DeleteSnapshotRequest, context: Any
     ) -> pb.DeleteSnapshotResponse:
+        await self._pods.check_owner(request.identity, request.namespace)
         await self._snapshots.delete(request.identity, request.snapshot_id)
         return pb.DeleteSnapshotResponse()
 
     async def ListSnapshots(
         self, request: pb.ListSnapshotsRequest, context: Any
     ) -> pb.ListSnapshotsResponse:
+        await self._pods.check_owner(request.identity, request.namespace)
         return pb.ListSnapshotsResponse(snapshots=await self._snapshots.list_for(request.identity))
 
     async def CreateDisk(

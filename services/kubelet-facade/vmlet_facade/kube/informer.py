@@ -1,15 +1,21 @@
-"""A cache of one collection kept current by list-and-watch, calling back on every change."""
+"""A cache of one collection kept current by list-and-watch, calling back on every change.
+
+``synced`` is set once the initial list is complete. A relist (after 410 Gone) is applied in one
+step (list_and_watch yields its events with no await between them, and ``run`` awaits nothing
+while applying them), so a synced cache never shows a half-done relist. ``synced_gate`` turns
+caches into the readiness gate of a ``SerialWorkers``.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from vmlet_facade.kube.client import KubeClient
 from vmlet_facade.kube.watching import list_and_watch
 
-__all__ = ["Informer", "key_of"]
+__all__ = ["Informer", "key_of", "synced_gate"]
 
 Obj = dict[str, Any]
 
@@ -47,8 +53,24 @@ class Informer:
             if self._on_change is not None:
                 self._on_change(old, new)
 
+    @property
+    def has_synced(self) -> bool:
+        """Whether the initial list is complete."""
+        return self.synced.is_set()
+
     def get(self, key: str) -> Obj | None:
         return self.objects.get(key)
 
     def values(self) -> list[Obj]:
         return list(self.objects.values())
+
+
+def synced_gate(*informers: Informer) -> Callable[[str], Awaitable[None]]:
+    """A readiness gate that returns once every one of ``informers`` completed its initial list."""
+
+    async def ready(_key: str) -> None:
+        for informer in informers:
+            if not informer.synced.is_set():
+                await informer.synced.wait()
+
+    return ready

@@ -180,13 +180,18 @@ class Pod(_message.Message):
     """The node the pod is bound to: one of the names the provider returned from ListNodes."""
     identity: _builtins.str
     """The VM's identity: the UID of the owning VirtualMachine, or the pod's UID for a bare pod.
-    Providers write it into the IaaS object at creation and look it up before every create, so a
-    retried or concurrent CreatePod never makes a second VM. A pod for an identity that already
-    has a VM on another node asks the provider to move that VM.
+    The facade derives it (never from a label or annotation a tenant writes). Providers write it
+    into the IaaS object at creation, with ref.namespace as the VM's namespace and
+    keep_on_delete, and look it up before every create, so a retried or concurrent CreatePod
+    never makes a second VM. A pod for an identity that already has a VM on another node asks
+    the provider to move that VM. A VM recorded for another namespace is never adopted, moved
+    or deleted for this pod: PERMISSION_DENIED.
     """
     keep_on_delete: _builtins.bool
     """When true a VirtualMachine resource owns the identity: DeletePod powers the VM off and keeps
-    it with its disks. When false DeletePod destroys the VM.
+    it with its disks. When false DeletePod destroys the VM. Providers record it with the VM: a
+    VM made for a kept pod stays kept (only DeleteVirtualMachine destroys it), and pods rebuilt
+    from the IaaS after a restart carry it.
     """
     user_data: _builtins.str
     """Cloud-init user data for the guest, resolved from the referenced Secret. Empty when none."""

@@ -113,16 +113,23 @@ class GetVirtualMachineRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     IDENTITY_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
     identity: _builtins.str
     """The VM's identity."""
+    namespace: _builtins.str
+    """The namespace of the VirtualMachine the caller acts for. The provider recorded the VM's
+    namespace with its identity at creation and refuses (PERMISSION_DENIED) a VM of another
+    namespace. Empty skips the check (callers before this field); the facade always sets it.
+    """
     def __init__(
         self,
         *,
         identity: _builtins.str = ...,
+        namespace: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "namespace", b"namespace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -159,16 +166,23 @@ class DeleteVirtualMachineRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     IDENTITY_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
     identity: _builtins.str
     """The VM's identity."""
+    namespace: _builtins.str
+    """The namespace of the VirtualMachine the caller acts for. The provider recorded the VM's
+    namespace with its identity at creation and refuses (PERMISSION_DENIED) a VM of another
+    namespace. Empty skips the check (callers before this field); the facade always sets it.
+    """
     def __init__(
         self,
         *,
         identity: _builtins.str = ...,
+        namespace: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "namespace", b"namespace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -244,22 +258,29 @@ class CreateSnapshotRequest(_message.Message):
     IDENTITY_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
     identity: _builtins.str
     """The VM's identity."""
     name: _builtins.str
     """The snapshot's name; a second call with the same name returns the first snapshot."""
     description: _builtins.str
     """A description stored with it."""
+    namespace: _builtins.str
+    """The namespace of the VirtualMachine the caller acts for. The provider recorded the VM's
+    namespace with its identity at creation and refuses (PERMISSION_DENIED) a VM of another
+    namespace. Empty skips the check (callers before this field); the facade always sets it.
+    """
     def __init__(
         self,
         *,
         identity: _builtins.str = ...,
         name: _builtins.str = ...,
         description: _builtins.str = ...,
+        namespace: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "identity", b"identity", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "identity", b"identity", "name", b"name", "namespace", b"namespace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -297,19 +318,26 @@ class RevertToSnapshotRequest(_message.Message):
 
     IDENTITY_FIELD_NUMBER: _builtins.int
     SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
     identity: _builtins.str
     """The VM's identity."""
     snapshot_id: _builtins.str
     """The snapshot's identifier."""
+    namespace: _builtins.str
+    """The namespace of the VirtualMachine the caller acts for. The provider recorded the VM's
+    namespace with its identity at creation and refuses (PERMISSION_DENIED) a VM of another
+    namespace. Empty skips the check (callers before this field); the facade always sets it.
+    """
     def __init__(
         self,
         *,
         identity: _builtins.str = ...,
         snapshot_id: _builtins.str = ...,
+        namespace: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "snapshot_id", b"snapshot_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "namespace", b"namespace", "snapshot_id", b"snapshot_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -340,19 +368,26 @@ class DeleteSnapshotRequest(_message.Message):
 
     IDENTITY_FIELD_NUMBER: _builtins.int
     SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
     identity: _builtins.str
     """The VM's identity."""
     snapshot_id: _builtins.str
     """The snapshot's identifier."""
+    namespace: _builtins.str
+    """The namespace of the VirtualMachine the caller acts for. The provider recorded the VM's
+    namespace with its identity at creation and refuses (PERMISSION_DENIED) a VM of another
+    namespace. Empty skips the check (callers before this field); the facade always sets it.
+    """
     def __init__(
         self,
         *,
         identity: _builtins.str = ...,
         snapshot_id: _builtins.str = ...,
+        namespace: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "snapshot_id", b"snapshot_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "namespace", b"namespace", "snapshot_id", b"snapshot_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -382,16 +417,23 @@ class ListSnapshotsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     IDENTITY_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
     identity: _builtins.str
     """The VM's identity."""
+    namespace: _builtins.str
+    """The namespace of the VirtualMachine the caller acts for. The provider recorded the VM's
+    namespace with its identity at creation and refuses (PERMISSION_DENIED) a VM of another
+    namespace. Empty skips the check (callers before this field); the facade always sets it.
+    """
     def __init__(
         self,
         *,
         identity: _builtins.str = ...,
+        namespace: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "namespace", b"namespace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
