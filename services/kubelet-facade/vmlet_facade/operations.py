@@ -354,6 +354,16 @@ class OperationsController:
             return
         vstatus = vm.get("status") or {}
         node = vstatus.get("nodeName")
+        if int(vm["spec"].get("replicas", 1)) == 0:
+            # Stopped before it moved: nothing will carry it elsewhere; say so now rather than
+            # at the timeout.
+            await self._client.patch(vm_path, {"metadata": {"annotations": {
+                MIGRATION_ANNOTATION: None, MIGRATION_SOURCE_ANNOTATION: None,
+                MIGRATION_TARGET_ANNOTATION: None}}})
+            await self._status("virtualmachinemigrations", mig, {
+                "state": "Failed", "completionTime": now()}, "VMStopped",
+                f"the VM was stopped before it moved; it stays on {status.get('sourceNode')}")
+            return
         if _age_seconds(status.get("startTime")) > self.migration_timeout:
             # The VM could not land elsewhere: let it be scheduled as usual again.
             await self._client.patch(vm_path, {"metadata": {"annotations": {
