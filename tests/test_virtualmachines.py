@@ -182,6 +182,53 @@ def test_backup_restore_and_migration(stack: Stack, control_plane: ControlPlane,
     assert "Migrated" in vm_events(stack, ns, "db")
 
 
+def backup(cp: ControlPlane, ns: str, name: str, vm: str) -> None:
+    apply(cp, ns, {"apiVersion": "vmlet.io/v1alpha1", "kind": "VirtualMachineBackup",
+                   "metadata": {"name": name}, "spec": {"vmName": vm}})
+
+
+def backup_state(stack: Stack, ns: str, name: str, want: str) -> dict[str, Any] | None:
+    b = get(stack, "vmbackup", ns, name)
+    return b if b.get("status", {}).get("state") == want else None
+
+
+def test_backups_of_a_stopped_vm(stack: Stack, control_plane: ControlPlane, ns: str) -> None:
+    """A VM stopped right after a Backup was asked for, or before, is backed up where it rests
+    (the fault-injection run once found such Backups Running for good); a VM not yet placed
+    holds its Backup Pending and says why."""
+    apply(control_plane, ns, vm_manifest("cold"))
+    vm = running(stack, ns, "cold")
+    uid, node = vm["metadata"]["uid"], vm["status"]["nodeName"]
+    backup(control_plane, ns, "racing", "cold")
+    control_plane.kubectl("patch", "vm", "cold", "-n", ns, "--type=merge", "-p",
+                          '{"spec":{"replicas":0}}')
+    eventually(lambda: state(stack, ns, "cold", "Stopped"), what="cold Stopped")
+    backup(control_plane, ns, "after", "cold")
+    for name in ("racing", "after"):
+        done = eventually(lambda n=name: backup_state(stack, ns, n, "Succeeded"), timeout=90,
+                          what=f"backup {name} Succeeded")
+        pods = stack.kubectl_json("get", "pods", "-n", ns, "-l", f"vmlet.io/backup={name}")
+        assert {p["spec"]["nodeName"] for p in pods["items"]} == {node}
+        assert done["status"]["snapshotID"]
+    with stack.channel(PROVIDER) as channel:
+        snaps = vm_grpc.VirtualMachineServiceStub(channel).ListSnapshots(
+            vm_pb.ListSnapshotsRequest(identity=uid, namespace=ns), timeout=10).snapshots
+    assert len(snaps) == 2
+    machine = iaas(stack, uid)
+    assert machine is not None and machine.power_state == vm_pb.POWER_STATE_OFF, \
+        "a backup does not start a stopped VM"
+    assert state(stack, ns, "cold", "Stopped")
+
+    apply(control_plane, ns, vm_manifest("nowhere",
+                                         placement={"nodeSelector": {"vmlet.io/none": "x"}}))
+    backup(control_plane, ns, "early", "nowhere")
+    waiting = eventually(lambda: backup_state(stack, ns, "early", "Pending"),
+                         what="backup of an unplaced VM Pending")
+    complete = next(c for c in waiting["status"]["conditions"] if c["type"] == "Complete")
+    assert complete["reason"] == "VMNotPlaced" and complete["status"] == "False"
+    assert not stack.kubectl_json("get", "jobs", "-n", ns, "-l", "vmlet.io/backup=early")["items"]
+
+
 def test_migration_to_a_named_node(stack: Stack, control_plane: ControlPlane, ns: str) -> None:
     apply(control_plane, ns, vm_manifest("pinned", placement={"nodeName": f"{PROVIDER}-0"}))
     vm = running(stack, ns, "pinned")

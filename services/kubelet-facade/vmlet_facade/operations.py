@@ -1,9 +1,11 @@
 """Backup, restore and migration of VirtualMachines, as their own resources.
 
-A VirtualMachineBackup becomes a Job whose pod has affinity to the VM's pod, so the real scheduler
-puts it on the VM's node; the facade serving that node carries the Job's pod out as the
-provider's CreateSnapshot and ends it Succeeded with the snapshot's ID as its termination
-message. The Backup's status mirrors the Job's. A VirtualMachineRestore reverts the VM to a
+A VirtualMachineBackup becomes a Job whose pod is pinned to the node the VM is on (its pod's node,
+else the node it last ran on, so a VM stopped, before or after the Backup, is backed up where it
+rests); the facade serving that node carries the Job's pod out as the provider's CreateSnapshot
+and ends it Succeeded with the snapshot's ID as its termination message. The Backup's status
+mirrors the Job's: Pending until the VM has a node and while the Job's pod is not yet bound
+(with the scheduler's reason), Running while it runs. A VirtualMachineRestore reverts the VM to a
 Backup's snapshot. A VirtualMachineMigration marks the VM so its controller replaces the VM pod by
 one the scheduler binds to the target (or any other) node; the provider moves the VM there.
 """
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 BACKUP_LABEL = "vmlet.io/backup"
+PLACEMENT_POLL_SECONDS = 5.0  # a Backup of a VM not yet placed looks again this often
 
 
 def _age_seconds(stamp: str | None) -> float:
@@ -54,8 +57,8 @@ def _age_seconds(stamp: str | None) -> float:
     return (dt.datetime.now(dt.UTC) - when).total_seconds()
 
 
-def backup_job(backup: Obj, vm: Obj) -> Obj:
-    """The Job that takes ``backup`` of ``vm`` on the VM's node."""
+def backup_job(backup: Obj, vm: Obj, node: str) -> Obj:
+    """The Job that takes ``backup`` of ``vm`` on ``node``, the VM's node."""
     meta = backup["metadata"]
     uid = vm["metadata"]["uid"]
     provider = vm["spec"]["provider"]
@@ -76,11 +79,9 @@ def backup_job(backup: Obj, vm: Obj) -> Obj:
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "containers": [{"name": "backup", "image": "vmlet.io/operation:backup"}],
-                    "nodeSelector": {"vmlet.io/provider": provider},
+                    "nodeSelector": {"vmlet.io/provider": provider,
+                                     "kubernetes.io/hostname": node},
                     "tolerations": provider_tolerations(provider),
-                    "affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
-                        {"labelSelector": {"matchLabels": {VM_UID_LABEL: uid}},
-                         "topologyKey": "kubernetes.io/hostname"}]}},
                 },
             },
         },
@@ -211,9 +212,16 @@ class OperationsController:
         job_name = f"{backup['metadata']['name']}-backup"
         job = self.jobs.get(f"{ns}/{job_name}")
         if job is None:
+            node = self._vm_node(vm)
+            if not node:
+                await self._status("virtualmachinebackups", backup, {"state": "Pending"},
+                                   "VMNotPlaced", f"VirtualMachine {vm['metadata']['name']} "
+                                   "has not been placed on a node yet")
+                self._workers.submit_after(f"backup:{ref}", PLACEMENT_POLL_SECONDS)
+                return
             try:
                 job = await self._client.create(api_path("jobs", namespace=ns, group="batch"),
-                                                backup_job(backup, vm))
+                                                backup_job(backup, vm, node))
             except ApiError as err:
                 if not err.conflict:
                     raise
@@ -246,9 +254,41 @@ class OperationsController:
                                conds["Failed"].get("reason", "JobFailed"),
                                conds["Failed"].get("message", "the backup job failed"))
         elif js.get("active"):
+            unbound = self._unbound_job_pod(ns, backup["metadata"]["name"])
+            if unbound is not None:
+                status["state"] = "Pending"
+                await self._status("virtualmachinebackups", backup, status, "JobPodPending",
+                                   f"job {job_name}'s pod is not on the VM's node yet: "
+                                   f"{unbound or 'waiting for the scheduler'}")
+                return
             status["state"] = "Running"
             await self._status("virtualmachinebackups", backup, status, "JobRunning",
                                f"job {job_name} is running")
+
+    def _vm_node(self, vm: Obj) -> str:
+        """The node ``vm`` is on: its pod's, else the one it last ran on ("" if none yet)."""
+        uid = vm["metadata"]["uid"]
+        for pod in self._vms.pods.values():
+            if (pod["metadata"].get("labels") or {}).get(VM_UID_LABEL) == uid \
+                    and pod["spec"].get("nodeName"):
+                return str(pod["spec"]["nodeName"])
+        return str((vm.get("status") or {}).get("nodeName") or "")
+
+    def _unbound_job_pod(self, ns: str, backup: str) -> str | None:
+        """The scheduler's message for the backup's live Job pod not yet bound to a node ("" if
+        it said nothing); None when every live one is bound (or none is known yet)."""
+        for pod in self.job_pods.values():
+            meta = pod["metadata"]
+            if meta["namespace"] != ns or (meta.get("labels") or {}).get(BACKUP_LABEL) != backup \
+                    or meta.get("deletionTimestamp") or pod["spec"].get("nodeName"):
+                continue
+            if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                continue
+            for cond in (pod.get("status") or {}).get("conditions") or []:
+                if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                    return str(cond.get("message") or cond.get("reason") or "")
+            return ""
+        return None
 
     def _snapshot_of(self, ns: str, backup: str) -> str:
         for pod in self.job_pods.values():
