@@ -184,6 +184,9 @@ def test_logs(stack: Stack, control_plane: ControlPlane, ns: str, vm: dict[str, 
     assert since == out.stdout
     future = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert kubectl(control_plane, "logs", "-n", ns, "vm", f"--since-time={future}").stdout == ""
+    previous = kubectl(control_plane, "logs", "-n", ns, "vm", "--previous")
+    assert previous.returncode != 0  # as the kubelet answers a container never restarted
+    assert 'previous terminated container "vm" in pod "vm" not found' in previous.stderr
 
 
 def test_logs_follow_stops_after_n_lines(stack: Stack, control_plane: ControlPlane, ns: str,

@@ -3,11 +3,11 @@
 The generated messages and stubs live in `vmlet.provider.v1`; this package holds what providers
 share around them: the error taxonomy of the boundary (`errors`), the server with health,
 reflection, TLS, metrics and error mapping (`server`), the flags and logging of a provider's
-command line (`cli`, `logs`), builders of pod statuses (`podstatus`) and the checks of a
-CreateDisk request (`diskrequests`).
+command line (`cli`, `logs`), builders of pod statuses (`podstatus`), the checks of a
+CreateDisk request (`diskrequests`) and the options of a logs request (`containerlogs`).
 """
 
-from . import podstatus
+from . import containerlogs, podstatus
 from .cli import (
     DEFAULT_CLIENT_IDENTITY,
     DEFAULT_LISTEN,
@@ -72,6 +72,7 @@ __all__ = [
     "check_server_arguments",
     "configure_logging",
     "configure_logging_from_args",
+    "containerlogs",
     "error_from_rpc",
     "files_fingerprint",
     "is_retryable",

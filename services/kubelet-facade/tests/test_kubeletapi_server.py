@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import json
 import ssl
 import struct
@@ -17,19 +18,26 @@ from typing import Any
 
 import aiohttp
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from vmlet.provider.v1 import kubelet_endpoint_service_pb2 as kep
 from vmlet.provider.v1 import node_pb2
 from vmlet.provider.v1 import pod_pb2 as pb
+from vmlet_contract import containerlogs
 from vmlet_facade.kubeletapi import KubeletApi, KubeletApiConfig
 from vmlet_facade.kubeletapi.auth import User
 from vmlet_facade.kubeletapi.spdy import DICTIONARY, decode_headers, encode_headers
 from vmlet_localenv.pki import CertificateAuthority, CertPair
 
 
+@dataclass(frozen=True)
+class LogLine:
+    time: dt.datetime
+    text: str
+
+
 class FakeProvider:
-    """Exec runs echo/exit/cat/err; attach echoes; port-forward echoes; logs are 3 lines."""
+    """Exec runs echo/exit/cat/err; attach echoes; port-forward echoes; logs are 3 lines, served
+    by the providers' own `containerlogs`."""
 
     name = "fake"
 
@@ -48,15 +56,19 @@ class FakeProvider:
 
     def container_logs(self, request: kep.GetContainerLogsRequest
                        ) -> AsyncGenerator[kep.GetContainerLogsResponse, None]:
+        async def forever() -> AsyncIterator[LogLine]:
+            await asyncio.Event().wait()
+            yield LogLine(dt.datetime.now(dt.UTC), "never")
+
         async def body() -> AsyncIterator[kep.GetContainerLogsResponse]:
-            lines = list(enumerate(f"line {i}" for i in range(3)))
-            if request.HasField("tail_lines"):
-                lines = lines[len(lines) - request.tail_lines:] if request.tail_lines else []
-            for i, text in lines:
-                yield kep.GetContainerLogsResponse(time=Timestamp(seconds=1000 + i, nanos=5),
-                                                   line=text.encode())
-            if request.follow:
-                await asyncio.Event().wait()
+            options = containerlogs.LogOptions.from_request(request)
+            if options.previous:
+                raise containerlogs.no_previous(request.container_name, request.pod_name)
+            start = dt.datetime.fromtimestamp(1000, dt.UTC)
+            history = [LogLine(start + dt.timedelta(seconds=i, microseconds=1), f"line {i}")
+                       for i in range(3)]
+            async for response in containerlogs.serve_log(options, history, forever()):
+                yield response
         return self._counted(body())
 
     def exec(self, requests: AsyncIterator[kep.ExecRequest]
@@ -256,9 +268,15 @@ async def test_logs(env: Env) -> None:
     assert (status, body) == (200, "line 0\nline 1\nline 2\n")
     _, body = await get(env, "/containerLogs/ns/vm/vm?tailLines=1&timestamps=true",
                         token="alice-token")
-    assert body == "1970-01-01T00:16:42.000000005Z line 2\n"
+    assert body == "1970-01-01T00:16:42.000001000Z line 2\n"
     _, body = await get(env, "/containerLogs/ns/vm/vm?limitBytes=9", token="alice-token")
     assert body == "line 0\nli"
+    _, body = await get(env, "/containerLogs/ns/vm/vm?limitBytes=14&timestamps=1",
+                        token="alice-token")
+    assert body == "1970-01-01T00:"
+    status, body = await get(env, "/containerLogs/ns/vm/vm?previous=true", token="alice-token")
+    assert status == 400
+    assert body.strip() == 'previous terminated container "vm" in pod "vm" not found'
     assert (await get(env, "/containerLogs/ns/vm/vm?tailLines=x", token="alice-token"))[0] \
         == 422
 

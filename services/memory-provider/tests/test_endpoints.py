@@ -164,12 +164,11 @@ async def test_port_forward_rejects_bad_ports(vm: Harness) -> None:
 
 
 def _logs_request(**kw: object) -> ke.GetContainerLogsRequest:
-    fields: dict[str, object] = {"tail_lines": -1, **kw}
     return ke.GetContainerLogsRequest(
         namespace="default",
         pod_name="vm-0",
         container_name="vm",
-        **fields,  # type: ignore[arg-type]
+        **kw,  # type: ignore[arg-type]
     )
 
 

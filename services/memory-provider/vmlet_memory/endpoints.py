@@ -1,8 +1,8 @@
 """KubeletEndpointService over the in-memory cloud: logs, exec, attach, port-forward and stats.
 
 - Logs are each machine's event log ("created on ...", "powering on", "powered on", ...), one
-  line per event, the text prefixed by its RFC 3339 time like a console log. tail_lines,
-  since_time and follow are honoured; a followed log ends when the pod goes away.
+  line per event. Every option of the request is `vmlet_contract.containerlogs`'s to apply; a
+  followed log ends when the pod goes away, and `previous` is FAILED_PRECONDITION (one instance).
 - Exec runs the built-in `shell`; with a TTY stderr merges into stdout.
 - Attach echoes the console's stdin to its stdout until stdin closes.
 - PortForward is an echo server on every port.
@@ -13,13 +13,12 @@ Exec, attach and port-forward need the pod Running (FAILED_PRECONDITION otherwis
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC
 from typing import Any
 
 from vmlet.provider.v1 import kubelet_endpoint_service_pb2 as pb
 from vmlet.provider.v1 import kubelet_endpoint_service_pb2_grpc as pb_grpc
 from vmlet.provider.v1 import pod_pb2
-from vmlet_contract import InvalidArgument, podstatus
+from vmlet_contract import InvalidArgument, containerlogs
 
 from . import shell
 from .cloud import Cloud
@@ -37,12 +36,6 @@ def _container(vm: Machine, name: str) -> pod_pb2.Container:
     raise InvalidArgument(
         f"container {name} is not valid for pod {vm.pod.ref.namespace}/{vm.pod.ref.name}"
     )
-
-
-def _log_response(line: LogLine) -> pb.GetContainerLogsResponse:
-    # The time rides in its own field: the facade prefixes it when the client asks for
-    # timestamps, as a kubelet does.
-    return pb.GetContainerLogsResponse(time=podstatus.timestamp(line.time), line=line.text.encode())
 
 
 async def _first(requests: AsyncIterator[Any], rpc: str) -> Any:
@@ -83,25 +76,24 @@ class KubeletEndpoints(pb_grpc.KubeletEndpointServiceServicer):
     async def GetContainerLogs(
         self, request: pb.GetContainerLogsRequest, context: Any
     ) -> AsyncIterator[pb.GetContainerLogsResponse]:
+        options = containerlogs.LogOptions.from_request(request)
         vm = self._cloud.pod_machine(request.namespace, request.pod_name)
-        _container(vm, request.container_name)
-        if request.previous:
-            return  # A VM has one instance: no previous log.
+        container = _container(vm, request.container_name)
+        if options.previous:
+            raise containerlogs.no_previous(container.name, request.pod_name)
+        history = list(vm.log)
+        followed = self._followed(vm, vm.log_seq)
+        async for response in containerlogs.serve_log(options, history, followed):
+            yield response
+
+    async def _followed(self, vm: Machine, last: int) -> AsyncIterator[LogLine]:
+        """The lines `vm` logs after line `last`, until its pod goes away."""
         key = vm.key
-        lines = list(vm.log)
-        if request.HasField("since_time"):
-            since = request.since_time.ToDatetime(tzinfo=UTC)
-            lines = [line for line in lines if line.time >= since]
-        if request.HasField("tail_lines") and request.tail_lines >= 0:
-            lines = lines[len(lines) - request.tail_lines :] if request.tail_lines else []
-        last = vm.log_seq
-        for line in lines:
-            yield _log_response(line)
-        while request.follow:
+        while True:
             fresh = [line for line in vm.log if line.seq > last]
             for line in fresh:
                 last = line.seq
-                yield _log_response(line)
+                yield line
             if fresh:
                 continue
             if vm.key != key or self._cloud.closing.is_set():

@@ -7,7 +7,7 @@ import argparse
 import asyncio
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -26,7 +26,7 @@ from vmlet_openstack.config import (
     add_openstack_arguments,
     settings_from_args,
 )
-from vmlet_openstack.consolelog import new_lines
+from vmlet_openstack.consolelog import ConsoleJournal, new_lines
 from vmlet_openstack.faults import server_fault, status_error, to_provider_error
 from vmlet_openstack.records import FlavorRecord, ServerRecord
 from vmlet_openstack.sizing import choose_flavor, demand_of, image_ref
@@ -276,6 +276,18 @@ def test_new_console_lines() -> None:
     # What was sent was a tail (kubectl logs --tail=1 -f): it sits at the end of the window.
     assert new_lines(["c"], ["a", "b", "c"]) == []
     assert new_lines(["c"], ["a", "b", "c", "d"]) == ["d"]
+
+
+def test_console_lines_keep_the_time_they_were_first_read() -> None:
+    journal = ConsoleJournal()
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    t1, t2 = t0 + timedelta(seconds=5), t0 + timedelta(seconds=9)
+    first = journal.stamp("s", ["a", "b"], t0)
+    assert [(line.time, line.text) for line in first] == [(t0, "a"), (t0, "b")]
+    again = journal.stamp("s", ["a", "b", "c"], t1)
+    assert [line.time for line in again] == [t0, t0, t1]  # only the new line is new
+    assert [line.time for line in journal.stamp("s", ["c"], t2)] == [t1]  # a tail read
+    assert [line.time for line in journal.stamp("other", ["a"], t2)] == [t2]  # per server
 
 
 def _args(*argv: str) -> argparse.Namespace:

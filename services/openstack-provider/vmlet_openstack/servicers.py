@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from datetime import UTC
 from typing import Any, NoReturn
 
 import grpc
@@ -36,13 +35,13 @@ from vmlet_contract import (
     InvalidArgument,
     ProviderError,
     Unavailable,
+    containerlogs,
     guest,
-    podstatus,
 )
 
 from .cloud import Cloud
 from .config import Settings
-from .consolelog import server_log
+from .consolelog import ConsoleJournal, server_log
 from .disks import Disks
 from .nodes import PROVIDER_KIND, NodeBook
 from .pods import Pods
@@ -159,10 +158,12 @@ class KubeletEndpoints(kpb_grpc.KubeletEndpointServiceServicer):
         self._stats = stats
         self._settings = settings
         self._closing = closing
+        self._journal = ConsoleJournal()
 
     async def GetContainerLogs(
         self, request: kpb.GetContainerLogsRequest, context: Any
     ) -> AsyncIterator[kpb.GetContainerLogsResponse]:
+        options = containerlogs.LogOptions.from_request(request)
         pod, _ = await self._pods.get(request.namespace, request.pod_name)
         names = [c.name for c in pod.containers]
         if request.container_name and request.container_name not in names:
@@ -170,15 +171,13 @@ class KubeletEndpoints(kpb_grpc.KubeletEndpointServiceServicer):
                 f"container {request.container_name} is not valid for pod "
                 f"{request.namespace}/{request.pod_name}"
             )
-        if request.previous:
-            return  # A VM has one instance: no previous log.
+        if options.previous:
+            container = request.container_name or (names[0] if names else "")
+            raise containerlogs.no_previous(container, request.pod_name)
         entry = self._pods.entry(request.namespace, request.pod_name)
         server = self._pods.server_of(entry) if entry is not None else None
         if entry is None or server is None:
             return
-        since = (
-            request.since_time.ToDatetime(tzinfo=UTC) if request.HasField("since_time") else None
-        )
 
         def alive() -> bool:
             return (
@@ -186,18 +185,16 @@ class KubeletEndpoints(kpb_grpc.KubeletEndpointServiceServicer):
                 and self._pods.entry(request.namespace, request.pod_name) is entry
             )
 
-        async for line in server_log(
+        history, followed = await server_log(
             self._cloud,
+            self._journal,
             server.id,
-            tail_lines=request.tail_lines if request.HasField("tail_lines") else None,
-            since=since,
-            follow=request.follow,
+            tail_lines=options.tail_lines,
             poll_seconds=self._settings.log_poll_seconds,
             alive=alive,
-        ):
-            yield kpb.GetContainerLogsResponse(
-                time=podstatus.timestamp(line.time), line=line.text.encode()
-            )
+        )
+        async for response in containerlogs.serve_log(options, history, followed):
+            yield response
 
     async def _guest_address(self, namespace: str, name: str) -> str:
         """The server's primary address, from its status; FailedPrecondition when it has none."""

@@ -1,8 +1,9 @@
 """KubeletEndpointService over vSphere: logs are the VM's events and tasks, stats its quick stats,
 exec and port-forward reach the guest at the IP VMware Tools reports.
 
-Logs honour since_time, tail_lines and follow; each line starts with its RFC 3339 time, like a
-console log. A followed log ends when the pod goes away or the provider shuts down.
+Every option of a logs request is `vmlet_contract.containerlogs`'s to apply to the events read;
+a followed log ends when the pod goes away or the provider shuts down, and `previous` is
+FAILED_PRECONDITION (a VM pod has one instance).
 
 Exec runs the command over SSH, and port-forward relays TCP, to the guest's primary IP (the
 pod's first IP; loopback and link-local reports are never used, so a guest cannot point either
@@ -19,14 +20,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from datetime import UTC
 from typing import Any
 
 import grpc
 
 from vmlet.provider.v1 import kubelet_endpoint_service_pb2 as pb
 from vmlet.provider.v1 import kubelet_endpoint_service_pb2_grpc as pb_grpc
-from vmlet_contract import FailedPrecondition, InvalidArgument, ProviderError, guest, podstatus
+from vmlet_contract import (
+    FailedPrecondition,
+    InvalidArgument,
+    ProviderError,
+    containerlogs,
+    guest,
+)
 
 from .events import EventReader, LogLine
 from .nodes import NodeBook
@@ -46,19 +52,16 @@ _NO_CONSOLE = (
 )
 
 
-def _response(line: LogLine) -> pb.GetContainerLogsResponse:
-    # The time rides in its own field: the facade prefixes it when the client asks for
-    # timestamps, as a kubelet does.
-    return pb.GetContainerLogsResponse(time=podstatus.timestamp(line.time), line=line.text.encode())
-
-
-def _check_container(entry: PodEntry, name: str) -> None:
+def _check_container(entry: PodEntry, name: str) -> str:
+    """The container `name` names (the first when empty); INVALID_ARGUMENT when the pod has none
+    of that name."""
     names = [c.name for c in entry.pod.containers]
     if name and names and name not in names:
         raise InvalidArgument(
             f"container {name} is not valid for pod {entry.key[0]}/{entry.key[1]}: it has "
             f"{', '.join(names)}"
         )
+    return name or (names[0] if names else "")
 
 
 class KubeletEndpoints(pb_grpc.KubeletEndpointServiceServicer):
@@ -75,31 +78,32 @@ class KubeletEndpoints(pb_grpc.KubeletEndpointServiceServicer):
     async def GetContainerLogs(
         self, request: pb.GetContainerLogsRequest, context: Any
     ) -> AsyncIterator[pb.GetContainerLogsResponse]:
+        options = containerlogs.LogOptions.from_request(request)
         entry = self._pods.table.entry(request.namespace, request.pod_name)
-        _check_container(entry, request.container_name)
+        container = _check_container(entry, request.container_name)
+        if options.previous:
+            raise containerlogs.no_previous(container, request.pod_name)
         vm = self._pods.table.vm_of(entry)
         moid = vm.moid if vm is not None else entry.vm
-        if request.previous or not moid:
+        if not moid:
             return
-        poll = self._session.settings.log_poll_seconds
         async with EventReader(self._session, moid) as reader:
-            lines = await reader.read()
-            if request.HasField("since_time"):
-                since = request.since_time.ToDatetime(tzinfo=UTC)
-                lines = [line for line in lines if line.time >= since]
-            if request.tail_lines >= 0:
-                lines = lines[len(lines) - request.tail_lines :] if request.tail_lines else []
-            for line in lines:
-                yield _response(line)
-            while request.follow and not self._closing.is_set():
-                try:
-                    await asyncio.wait_for(self._closing.wait(), timeout=poll)
-                except TimeoutError:
-                    pass
-                for line in await reader.read():
-                    yield _response(line)
-                if self._pods.table.holds(entry):
-                    continue
+            history = await reader.read()
+            followed = self._followed(reader, entry)
+            async for response in containerlogs.serve_log(options, history, followed):
+                yield response
+
+    async def _followed(self, reader: EventReader, entry: PodEntry) -> AsyncIterator[LogLine]:
+        """The VM's new events and tasks, polled, until its pod goes away or the provider stops."""
+        poll = self._session.settings.log_poll_seconds
+        while not self._closing.is_set():
+            try:
+                await asyncio.wait_for(self._closing.wait(), timeout=poll)
+            except TimeoutError:
+                pass
+            for line in await reader.read():
+                yield line
+            if not self._pods.table.holds(entry):
                 return
 
     def _guest_address(self, entry: PodEntry) -> str:

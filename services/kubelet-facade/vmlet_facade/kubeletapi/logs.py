@@ -1,9 +1,12 @@
 """containerLogs: a container's log from the provider's GetContainerLogs stream.
 
-The provider honours tail_lines, since_time, follow and previous; the facade adds timestamps
-and limitBytes, as the contract says. sinceSeconds becomes a since time. The first answer of
-the provider is awaited briefly before the response starts, so a pod the provider does not know
-still gets a proper HTTP error instead of an empty 200.
+The provider honours every option (tailLines, sinceTime, follow, timestamps, limitBytes,
+previous), as the contract says; sinceSeconds becomes a since time. The facade writes each line
+with its newline and counts limitBytes again the same way (`vmlet_contract.containerlogs`), so
+the output is bounded whatever the provider sends. The first answer of the provider is awaited
+briefly before the response starts, so a pod the provider does not know, or `previous` of a
+container with no previous instance, gets the kubelet's HTTP error (404; 400 with its message)
+instead of an empty 200.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from vmlet.provider.v1 import kubelet_endpoint_service_pb2 as kep
 from vmlet_contract import ProviderError
+from vmlet_contract.containerlogs import LogBudget
 from vmlet_facade.kubeletapi import metrics
 from vmlet_facade.kubeletapi.httpserver import HttpConnection, Request, wait_first
 from vmlet_facade.provider import Provider
@@ -83,9 +87,11 @@ class LogOptions:
     def request(self, namespace: str, pod: str, container: str) -> kep.GetContainerLogsRequest:
         req = kep.GetContainerLogsRequest(namespace=namespace, pod_name=pod,
                                           container_name=container, follow=self.follow,
-                                          previous=self.previous)
+                                          previous=self.previous, timestamps=self.timestamps)
         if self.tail_lines is not None:
             req.tail_lines = self.tail_lines
+        if self.limit_bytes is not None:
+            req.limit_bytes = self.limit_bytes
         if self.since_time is not None:
             stamp = Timestamp()
             stamp.FromDatetime(self.since_time.astimezone(dt.UTC).replace(tzinfo=None))
@@ -93,20 +99,11 @@ class LogOptions:
         return req
 
 
-def _format(line: kep.GetContainerLogsResponse, timestamps: bool) -> bytes:
-    text = bytes(line.line)
-    if timestamps:
-        at = line.time.ToDatetime(tzinfo=dt.UTC)
-        stamp = at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{line.time.nanos:09d}Z"
-        text = stamp.encode() + b" " + text
-    return text + b"\n"
-
-
 async def stream_logs(http: HttpConnection, provider: Provider, namespace: str, pod: str,
                       container: str, options: LogOptions) -> int:
     """Answer a containerLogs request; returns the HTTP status sent."""
     lines = provider.container_logs(options.request(namespace, pod, container))
-    budget = options.limit_bytes
+    budget = LogBudget(options.limit_bytes)
     metrics.SESSIONS.labels("logs").inc()
     try:
         async with contextlib.aclosing(lines):
@@ -119,7 +116,7 @@ async def stream_logs(http: HttpConnection, provider: Provider, namespace: str, 
                 await http.respond(http_status(err), f"{err.message}\n".encode())
                 return http_status(err)
             await http.start(200)
-            relay = asyncio.ensure_future(_relay(http, first, lines, options, budget))
+            relay = asyncio.ensure_future(_relay(http, first, lines, budget))
             gone = asyncio.ensure_future(http.wait_gone())
             await wait_first(relay, gone)
             if relay.done() and not relay.cancelled() and relay.exception() is None:
@@ -130,20 +127,15 @@ async def stream_logs(http: HttpConnection, provider: Provider, namespace: str, 
 
 
 async def _relay(http: HttpConnection, first: asyncio.Future[kep.GetContainerLogsResponse | None],
-                 lines: AsyncIterator[kep.GetContainerLogsResponse], options: LogOptions,
-                 budget: int | None) -> None:
+                 lines: AsyncIterator[kep.GetContainerLogsResponse], budget: LogBudget) -> None:
     try:
         line = await first
     except ProviderError as err:
         await http.send(f"error: {err.message}\n".encode())
         return
     while line is not None:
-        data = _format(line, options.timestamps)
-        if budget is not None:
-            data = data[:budget]
-            budget -= len(data)
-        await http.send(data)
-        if budget == 0:
+        await http.send(budget.take(bytes(line.line) + b"\n"))
+        if budget.spent:
             return
         try:
             line = await anext(lines, None)

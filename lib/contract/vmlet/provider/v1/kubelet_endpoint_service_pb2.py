@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from vmlet.provider.v1 import pod_pb2 as vmlet_dot_provider_dot_v1_dot_pod__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0vmlet/provider/v1/kubelet_endpoint_service.proto\x12\x11vmlet.provider.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bvmlet/provider/v1/pod.proto\"\xd0\x01\n\x17GetContainerLogsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x10\n\x08pod_name\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontainer_name\x18\x03 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\x12\x17\n\ntail_lines\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12.\n\nsince_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08previous\x18\x07 \x01(\x08\x42\r\n\x0b_tail_lines\"R\n\x18GetContainerLogsResponse\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04line\x18\x02 \x01(\x0c\"-\n\x0cTerminalSize\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\"\x87\x02\n\tExecStart\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x10\n\x08pod_name\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontainer_name\x18\x03 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x04 \x03(\t\x12\x0b\n\x03tty\x18\x05 \x01(\x08\x12\r\n\x05stdin\x18\x06 \x01(\x08\x12\x0e\n\x06stdout\x18\x07 \x01(\x08\x12\x0e\n\x06stderr\x18\x08 \x01(\x08\x12\x36\n\rterminal_size\x18\t \x01(\x0b\x32\x1f.vmlet.provider.v1.TerminalSize\x12\x38\n\x0b\x63redentials\x18\n \x01(\x0b\x32#.vmlet.provider.v1.GuestCredentials\"n\n\x10GuestCredentials\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x13\n\x0bprivate_key\x18\x02 \x01(\x0c\x12\x10\n\x08password\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\x05\x12\x13\n\x0bknown_hosts\x18\x05 \x01(\x0c\"0\n\nStreamExit\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x9f\x01\n\x0b\x45xecRequest\x12-\n\x05start\x18\x01 \x01(\x0b\x32\x1c.vmlet.provider.v1.ExecStartH\x00\x12\x0f\n\x05stdin\x18\x02 \x01(\x0cH\x00\x12\x31\n\x06resize\x18\x03 \x01(\x0b\x32\x1f.vmlet.provider.v1.TerminalSizeH\x00\x12\x15\n\x0b\x63lose_stdin\x18\x04 \x01(\x08H\x00\x42\x06\n\x04kind\"i\n\x0c\x45xecResponse\x12\x10\n\x06stdout\x18\x01 \x01(\x0cH\x00\x12\x10\n\x06stderr\x18\x02 \x01(\x0cH\x00\x12-\n\x04\x65xit\x18\x03 \x01(\x0b\x32\x1d.vmlet.provider.v1.StreamExitH\x00\x42\x06\n\x04kind\"\xbe\x01\n\x0b\x41ttachStart\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x10\n\x08pod_name\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontainer_name\x18\x03 \x01(\t\x12\x0b\n\x03tty\x18\x04 \x01(\x08\x12\r\n\x05stdin\x18\x05 \x01(\x08\x12\x0e\n\x06stdout\x18\x06 \x01(\x08\x12\x0e\n\x06stderr\x18\x07 \x01(\x08\x12\x36\n\rterminal_size\x18\x08 \x01(\x0b\x32\x1f.vmlet.provider.v1.TerminalSize\"\xa3\x01\n\rAttachRequest\x12/\n\x05start\x18\x01 \x01(\x0b\x32\x1e.vmlet.provider.v1.AttachStartH\x00\x12\x0f\n\x05stdin\x18\x02 \x01(\x0cH\x00\x12\x31\n\x06resize\x18\x03 \x01(\x0b\x32\x1f.vmlet.provider.v1.TerminalSizeH\x00\x12\x15\n\x0b\x63lose_stdin\x18\x04 \x01(\x08H\x00\x42\x06\n\x04kind\"k\n\x0e\x41ttachResponse\x12\x10\n\x06stdout\x18\x01 \x01(\x0cH\x00\x12\x10\n\x06stderr\x18\x02 \x01(\x0cH\x00\x12-\n\x04\x65xit\x18\x03 \x01(\x0b\x32\x1d.vmlet.provider.v1.StreamExitH\x00\x42\x06\n\x04kind\"E\n\x10PortForwardStart\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x10\n\x08pod_name\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\x05\"s\n\x12PortForwardRequest\x12\x34\n\x05start\x18\x01 \x01(\x0b\x32#.vmlet.provider.v1.PortForwardStartH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\x0f\n\x05\x63lose\x18\x03 \x01(\x08H\x00\x42\x06\n\x04kind\">\n\x13PortForwardResponse\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\x0f\n\x05\x65rror\x18\x02 \x01(\tH\x00\x42\x06\n\x04kind\"+\n\x16GetStatsSummaryRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\"o\n\x08\x43puStats\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10usage_nano_cores\x18\x02 \x01(\x04\x12\x1f\n\x17usage_core_nano_seconds\x18\x03 \x01(\x04\"\x80\x01\n\x0bMemoryStats\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0busage_bytes\x18\x02 \x01(\x04\x12\x19\n\x11working_set_bytes\x18\x03 \x01(\x04\x12\x17\n\x0f\x61vailable_bytes\x18\x04 \x01(\x04\"\\\n\x0cNetworkStats\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08rx_bytes\x18\x02 \x01(\x04\x12\x10\n\x08tx_bytes\x18\x03 \x01(\x04\"\xee\x01\n\x08PodStats\x12&\n\x03ref\x18\x01 \x01(\x0b\x32\x19.vmlet.provider.v1.PodRef\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x03\x63pu\x18\x03 \x01(\x0b\x32\x1b.vmlet.provider.v1.CpuStats\x12.\n\x06memory\x18\x04 \x01(\x0b\x32\x1e.vmlet.provider.v1.MemoryStats\x12\x30\n\x07network\x18\x05 \x01(\x0b\x32\x1f.vmlet.provider.v1.NetworkStats\"\xdd\x01\n\x17GetStatsSummaryResponse\x12-\n\x08node_cpu\x18\x01 \x01(\x0b\x32\x1b.vmlet.provider.v1.CpuStats\x12\x33\n\x0bnode_memory\x18\x02 \x01(\x0b\x32\x1e.vmlet.provider.v1.MemoryStats\x12\x33\n\x0fnode_start_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x04pods\x18\x04 \x03(\x0b\x32\x1b.vmlet.provider.v1.PodStats2\xf3\x03\n\x16KubeletEndpointService\x12m\n\x10GetContainerLogs\x12*.vmlet.provider.v1.GetContainerLogsRequest\x1a+.vmlet.provider.v1.GetContainerLogsResponse0\x01\x12K\n\x04\x45xec\x12\x1e.vmlet.provider.v1.ExecRequest\x1a\x1f.vmlet.provider.v1.ExecResponse(\x01\x30\x01\x12Q\n\x06\x41ttach\x12 .vmlet.provider.v1.AttachRequest\x1a!.vmlet.provider.v1.AttachResponse(\x01\x30\x01\x12`\n\x0bPortForward\x12%.vmlet.provider.v1.PortForwardRequest\x1a&.vmlet.provider.v1.PortForwardResponse(\x01\x30\x01\x12h\n\x0fGetStatsSummary\x12).vmlet.provider.v1.GetStatsSummaryRequest\x1a*.vmlet.provider.v1.GetStatsSummaryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0vmlet/provider/v1/kubelet_endpoint_service.proto\x12\x11vmlet.provider.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bvmlet/provider/v1/pod.proto\"\x8e\x02\n\x17GetContainerLogsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x10\n\x08pod_name\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontainer_name\x18\x03 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\x12\x17\n\ntail_lines\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12.\n\nsince_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08previous\x18\x07 \x01(\x08\x12\x12\n\ntimestamps\x18\x08 \x01(\x08\x12\x18\n\x0blimit_bytes\x18\t \x01(\x03H\x01\x88\x01\x01\x42\r\n\x0b_tail_linesB\x0e\n\x0c_limit_bytes\"R\n\x18GetContainerLogsResponse\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04line\x18\x02 \x01(\x0c\"-\n\x0cTerminalSize\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\"\x87\x02\n\tExecStart\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x10\n\x08pod_name\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontainer_name\x18\x03 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x04 \x03(\t\x12\x0b\n\x03tty\x18\x05 \x01(\x08\x12\r\n\x05stdin\x18\x06 \x01(\x08\x12\x0e\n\x06stdout\x18\x07 \x01(\x08\x12\x0e\n\x06stderr\x18\x08 \x01(\x08\x12\x36\n\rterminal_size\x18\t \x01(\x0b\x32\x1f.vmlet.provider.v1.TerminalSize\x12\x38\n\x0b\x63redentials\x18\n \x01(\x0b\x32#.vmlet.provider.v1.GuestCredentials\"n\n\x10GuestCredentials\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x13\n\x0bprivate_key\x18\x02 \x01(\x0c\x12\x10\n\x08password\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\x05\x12\x13\n\x0bknown_hosts\x18\x05 \x01(\x0c\"0\n\nStreamExit\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x9f\x01\n\x0b\x45xecRequest\x12-\n\x05start\x18\x01 \x01(\x0b\x32\x1c.vmlet.provider.v1.ExecStartH\x00\x12\x0f\n\x05stdin\x18\x02 \x01(\x0cH\x00\x12\x31\n\x06resize\x18\x03 \x01(\x0b\x32\x1f.vmlet.provider.v1.TerminalSizeH\x00\x12\x15\n\x0b\x63lose_stdin\x18\x04 \x01(\x08H\x00\x42\x06\n\x04kind\"i\n\x0c\x45xecResponse\x12\x10\n\x06stdout\x18\x01 \x01(\x0cH\x00\x12\x10\n\x06stderr\x18\x02 \x01(\x0cH\x00\x12-\n\x04\x65xit\x18\x03 \x01(\x0b\x32\x1d.vmlet.provider.v1.StreamExitH\x00\x42\x06\n\x04kind\"\xbe\x01\n\x0b\x41ttachStart\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x10\n\x08pod_name\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontainer_name\x18\x03 \x01(\t\x12\x0b\n\x03tty\x18\x04 \x01(\x08\x12\r\n\x05stdin\x18\x05 \x01(\x08\x12\x0e\n\x06stdout\x18\x06 \x01(\x08\x12\x0e\n\x06stderr\x18\x07 \x01(\x08\x12\x36\n\rterminal_size\x18\x08 \x01(\x0b\x32\x1f.vmlet.provider.v1.TerminalSize\"\xa3\x01\n\rAttachRequest\x12/\n\x05start\x18\x01 \x01(\x0b\x32\x1e.vmlet.provider.v1.AttachStartH\x00\x12\x0f\n\x05stdin\x18\x02 \x01(\x0cH\x00\x12\x31\n\x06resize\x18\x03 \x01(\x0b\x32\x1f.vmlet.provider.v1.TerminalSizeH\x00\x12\x15\n\x0b\x63lose_stdin\x18\x04 \x01(\x08H\x00\x42\x06\n\x04kind\"k\n\x0e\x41ttachResponse\x12\x10\n\x06stdout\x18\x01 \x01(\x0cH\x00\x12\x10\n\x06stderr\x18\x02 \x01(\x0cH\x00\x12-\n\x04\x65xit\x18\x03 \x01(\x0b\x32\x1d.vmlet.provider.v1.StreamExitH\x00\x42\x06\n\x04kind\"E\n\x10PortForwardStart\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x10\n\x08pod_name\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\x05\"s\n\x12PortForwardRequest\x12\x34\n\x05start\x18\x01 \x01(\x0b\x32#.vmlet.provider.v1.PortForwardStartH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\x0f\n\x05\x63lose\x18\x03 \x01(\x08H\x00\x42\x06\n\x04kind\">\n\x13PortForwardResponse\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\x0f\n\x05\x65rror\x18\x02 \x01(\tH\x00\x42\x06\n\x04kind\"+\n\x16GetStatsSummaryRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\"o\n\x08\x43puStats\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10usage_nano_cores\x18\x02 \x01(\x04\x12\x1f\n\x17usage_core_nano_seconds\x18\x03 \x01(\x04\"\x80\x01\n\x0bMemoryStats\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0busage_bytes\x18\x02 \x01(\x04\x12\x19\n\x11working_set_bytes\x18\x03 \x01(\x04\x12\x17\n\x0f\x61vailable_bytes\x18\x04 \x01(\x04\"\\\n\x0cNetworkStats\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08rx_bytes\x18\x02 \x01(\x04\x12\x10\n\x08tx_bytes\x18\x03 \x01(\x04\"\xee\x01\n\x08PodStats\x12&\n\x03ref\x18\x01 \x01(\x0b\x32\x19.vmlet.provider.v1.PodRef\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x03\x63pu\x18\x03 \x01(\x0b\x32\x1b.vmlet.provider.v1.CpuStats\x12.\n\x06memory\x18\x04 \x01(\x0b\x32\x1e.vmlet.provider.v1.MemoryStats\x12\x30\n\x07network\x18\x05 \x01(\x0b\x32\x1f.vmlet.provider.v1.NetworkStats\"\xdd\x01\n\x17GetStatsSummaryResponse\x12-\n\x08node_cpu\x18\x01 \x01(\x0b\x32\x1b.vmlet.provider.v1.CpuStats\x12\x33\n\x0bnode_memory\x18\x02 \x01(\x0b\x32\x1e.vmlet.provider.v1.MemoryStats\x12\x33\n\x0fnode_start_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x04pods\x18\x04 \x03(\x0b\x32\x1b.vmlet.provider.v1.PodStats2\xf3\x03\n\x16KubeletEndpointService\x12m\n\x10GetContainerLogs\x12*.vmlet.provider.v1.GetContainerLogsRequest\x1a+.vmlet.provider.v1.GetContainerLogsResponse0\x01\x12K\n\x04\x45xec\x12\x1e.vmlet.provider.v1.ExecRequest\x1a\x1f.vmlet.provider.v1.ExecResponse(\x01\x30\x01\x12Q\n\x06\x41ttach\x12 .vmlet.provider.v1.AttachRequest\x1a!.vmlet.provider.v1.AttachResponse(\x01\x30\x01\x12`\n\x0bPortForward\x12%.vmlet.provider.v1.PortForwardRequest\x1a&.vmlet.provider.v1.PortForwardResponse(\x01\x30\x01\x12h\n\x0fGetStatsSummary\x12).vmlet.provider.v1.GetStatsSummaryRequest\x1a*.vmlet.provider.v1.GetStatsSummaryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,45 +34,45 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vmlet.provider.v1.kubelet_e
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETCONTAINERLOGSREQUEST']._serialized_start=134
-  _globals['_GETCONTAINERLOGSREQUEST']._serialized_end=342
-  _globals['_GETCONTAINERLOGSRESPONSE']._serialized_start=344
-  _globals['_GETCONTAINERLOGSRESPONSE']._serialized_end=426
-  _globals['_TERMINALSIZE']._serialized_start=428
-  _globals['_TERMINALSIZE']._serialized_end=473
-  _globals['_EXECSTART']._serialized_start=476
-  _globals['_EXECSTART']._serialized_end=739
-  _globals['_GUESTCREDENTIALS']._serialized_start=741
-  _globals['_GUESTCREDENTIALS']._serialized_end=851
-  _globals['_STREAMEXIT']._serialized_start=853
-  _globals['_STREAMEXIT']._serialized_end=901
-  _globals['_EXECREQUEST']._serialized_start=904
-  _globals['_EXECREQUEST']._serialized_end=1063
-  _globals['_EXECRESPONSE']._serialized_start=1065
-  _globals['_EXECRESPONSE']._serialized_end=1170
-  _globals['_ATTACHSTART']._serialized_start=1173
-  _globals['_ATTACHSTART']._serialized_end=1363
-  _globals['_ATTACHREQUEST']._serialized_start=1366
-  _globals['_ATTACHREQUEST']._serialized_end=1529
-  _globals['_ATTACHRESPONSE']._serialized_start=1531
-  _globals['_ATTACHRESPONSE']._serialized_end=1638
-  _globals['_PORTFORWARDSTART']._serialized_start=1640
-  _globals['_PORTFORWARDSTART']._serialized_end=1709
-  _globals['_PORTFORWARDREQUEST']._serialized_start=1711
-  _globals['_PORTFORWARDREQUEST']._serialized_end=1826
-  _globals['_PORTFORWARDRESPONSE']._serialized_start=1828
-  _globals['_PORTFORWARDRESPONSE']._serialized_end=1890
-  _globals['_GETSTATSSUMMARYREQUEST']._serialized_start=1892
-  _globals['_GETSTATSSUMMARYREQUEST']._serialized_end=1935
-  _globals['_CPUSTATS']._serialized_start=1937
-  _globals['_CPUSTATS']._serialized_end=2048
-  _globals['_MEMORYSTATS']._serialized_start=2051
-  _globals['_MEMORYSTATS']._serialized_end=2179
-  _globals['_NETWORKSTATS']._serialized_start=2181
-  _globals['_NETWORKSTATS']._serialized_end=2273
-  _globals['_PODSTATS']._serialized_start=2276
-  _globals['_PODSTATS']._serialized_end=2514
-  _globals['_GETSTATSSUMMARYRESPONSE']._serialized_start=2517
-  _globals['_GETSTATSSUMMARYRESPONSE']._serialized_end=2738
-  _globals['_KUBELETENDPOINTSERVICE']._serialized_start=2741
-  _globals['_KUBELETENDPOINTSERVICE']._serialized_end=3240
+  _globals['_GETCONTAINERLOGSREQUEST']._serialized_end=404
+  _globals['_GETCONTAINERLOGSRESPONSE']._serialized_start=406
+  _globals['_GETCONTAINERLOGSRESPONSE']._serialized_end=488
+  _globals['_TERMINALSIZE']._serialized_start=490
+  _globals['_TERMINALSIZE']._serialized_end=535
+  _globals['_EXECSTART']._serialized_start=538
+  _globals['_EXECSTART']._serialized_end=801
+  _globals['_GUESTCREDENTIALS']._serialized_start=803
+  _globals['_GUESTCREDENTIALS']._serialized_end=913
+  _globals['_STREAMEXIT']._serialized_start=915
+  _globals['_STREAMEXIT']._serialized_end=963
+  _globals['_EXECREQUEST']._serialized_start=966
+  _globals['_EXECREQUEST']._serialized_end=1125
+  _globals['_EXECRESPONSE']._serialized_start=1127
+  _globals['_EXECRESPONSE']._serialized_end=1232
+  _globals['_ATTACHSTART']._serialized_start=1235
+  _globals['_ATTACHSTART']._serialized_end=1425
+  _globals['_ATTACHREQUEST']._serialized_start=1428
+  _globals['_ATTACHREQUEST']._serialized_end=1591
+  _globals['_ATTACHRESPONSE']._serialized_start=1593
+  _globals['_ATTACHRESPONSE']._serialized_end=1700
+  _globals['_PORTFORWARDSTART']._serialized_start=1702
+  _globals['_PORTFORWARDSTART']._serialized_end=1771
+  _globals['_PORTFORWARDREQUEST']._serialized_start=1773
+  _globals['_PORTFORWARDREQUEST']._serialized_end=1888
+  _globals['_PORTFORWARDRESPONSE']._serialized_start=1890
+  _globals['_PORTFORWARDRESPONSE']._serialized_end=1952
+  _globals['_GETSTATSSUMMARYREQUEST']._serialized_start=1954
+  _globals['_GETSTATSSUMMARYREQUEST']._serialized_end=1997
+  _globals['_CPUSTATS']._serialized_start=1999
+  _globals['_CPUSTATS']._serialized_end=2110
+  _globals['_MEMORYSTATS']._serialized_start=2113
+  _globals['_MEMORYSTATS']._serialized_end=2241
+  _globals['_NETWORKSTATS']._serialized_start=2243
+  _globals['_NETWORKSTATS']._serialized_end=2335
+  _globals['_PODSTATS']._serialized_start=2338
+  _globals['_PODSTATS']._serialized_end=2576
+  _globals['_GETSTATSSUMMARYRESPONSE']._serialized_start=2579
+  _globals['_GETSTATSSUMMARYRESPONSE']._serialized_end=2800
+  _globals['_KUBELETENDPOINTSERVICE']._serialized_start=2803
+  _globals['_KUBELETENDPOINTSERVICE']._serialized_end=3302
 # @@protoc_insertion_point(module_scope)

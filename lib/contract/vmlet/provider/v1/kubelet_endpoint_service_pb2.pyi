@@ -22,8 +22,13 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class GetContainerLogsRequest(_message.Message):
-    """GetContainerLogsRequest selects a container's log. The provider honours tail_lines, since_time
-    and follow; the facade applies timestamps and limit_bytes.
+    """GetContainerLogsRequest selects a container's log, with the options of the kubelet's
+    containerLogs call (`kubectl logs`). The provider honours every field, as a kubelet does; an
+    unset optional field means no limit. Errors: NOT_FOUND when the provider does not know the pod,
+    INVALID_ARGUMENT for a container the pod does not have or a negative tail_lines or a
+    limit_bytes below 1, and FAILED_PRECONDITION when previous is set and the container has no
+    previous instance, with the kubelet's message: previous terminated container "<container>" in
+    pod "<pod>" not found. A VM pod has one instance, so previous always answers that.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -35,21 +40,37 @@ class GetContainerLogsRequest(_message.Message):
     TAIL_LINES_FIELD_NUMBER: _builtins.int
     SINCE_TIME_FIELD_NUMBER: _builtins.int
     PREVIOUS_FIELD_NUMBER: _builtins.int
+    TIMESTAMPS_FIELD_NUMBER: _builtins.int
+    LIMIT_BYTES_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """The pod's namespace."""
     pod_name: _builtins.str
     """The pod's name."""
     container_name: _builtins.str
-    """The container's name."""
+    """The container's name; empty means the pod's only container."""
     follow: _builtins.bool
-    """Keep the stream open and send new lines as they come."""
+    """Keep the stream open and send new lines as they come; the stream ends when the pod goes
+    away or limit_bytes is reached.
+    """
     tail_lines: _builtins.int
-    """Only the last this many lines; unset means all (as kubectl's default)."""
+    """Only the last this many lines of the history (0: none, only followed lines); unset means
+    all, as kubectl's default.
+    """
     previous: _builtins.bool
-    """Whether the previous instance's log is wanted (a VM has one instance: empty)."""
+    """The previous instance's log is wanted. A VM pod has none: FAILED_PRECONDITION, as above."""
+    timestamps: _builtins.bool
+    """Prefix each line with its time, in RFC 3339 with nine fractional digits in UTC, and a space
+    (the kubelet's timestamps=true): "2006-01-02T15:04:05.000000000Z text".
+    """
+    limit_bytes: _builtins.int
+    """Stop after this many bytes of output, counting each line with its prefix and newline; the
+    last line is cut short at the limit. Unset means no limit.
+    """
     @_builtins.property
     def since_time(self) -> _timestamp_pb2.Timestamp:
-        """Only lines at or after this time; unset means all."""
+        """Only lines at or after this time; unset means all. The kubelet's sinceSeconds arrives here
+        as a time.
+        """
 
     def __init__(
         self,
@@ -61,13 +82,20 @@ class GetContainerLogsRequest(_message.Message):
         tail_lines: _builtins.int | None = ...,
         since_time: _timestamp_pb2.Timestamp | None = ...,
         previous: _builtins.bool = ...,
+        timestamps: _builtins.bool = ...,
+        limit_bytes: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_tail_lines", b"_tail_lines", "since_time", b"since_time", "tail_lines", b"tail_lines"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_limit_bytes", b"_limit_bytes", "_tail_lines", b"_tail_lines", "limit_bytes", b"limit_bytes", "since_time", b"since_time", "tail_lines", b"tail_lines"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tail_lines", b"_tail_lines", "container_name", b"container_name", "follow", b"follow", "namespace", b"namespace", "pod_name", b"pod_name", "previous", b"previous", "since_time", b"since_time", "tail_lines", b"tail_lines"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_limit_bytes", b"_limit_bytes", "_tail_lines", b"_tail_lines", "container_name", b"container_name", "follow", b"follow", "limit_bytes", b"limit_bytes", "namespace", b"namespace", "pod_name", b"pod_name", "previous", b"previous", "since_time", b"since_time", "tail_lines", b"tail_lines", "timestamps", b"timestamps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__limit_bytes: _TypeAlias = _typing.Literal["limit_bytes"]  # noqa: Y015
+    _WhichOneofArgType__limit_bytes: _TypeAlias = _typing.Literal["_limit_bytes", b"_limit_bytes"]  # noqa: Y015
     _WhichOneofReturnType__tail_lines: _TypeAlias = _typing.Literal["tail_lines"]  # noqa: Y015
     _WhichOneofArgType__tail_lines: _TypeAlias = _typing.Literal["_tail_lines", b"_tail_lines"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__limit_bytes) -> _WhichOneofReturnType__limit_bytes | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__tail_lines) -> _WhichOneofReturnType__tail_lines | None: ...
 
 Global___GetContainerLogsRequest: _TypeAlias = GetContainerLogsRequest  # noqa: Y015
@@ -81,7 +109,10 @@ class GetContainerLogsResponse(_message.Message):
     TIME_FIELD_NUMBER: _builtins.int
     LINE_FIELD_NUMBER: _builtins.int
     line: _builtins.bytes
-    """The line's text, without its trailing newline."""
+    """The line's text, without its trailing newline, prefixed with its time when timestamps was
+    asked for. The facade writes it followed by a newline, cut at limit_bytes, so the last line
+    of a stream that reached limit_bytes may lack its end (and its newline).
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When the line was written."""
