@@ -743,6 +743,42 @@ def test_snapshots_create_revert_delete(provider: Provider, vcsim: VcSim) -> Non
     provider.delete(pod)
 
 
+def test_revert_keeps_a_stopped_vm_stopped(tmp_path: Path) -> None:
+    """A pod stopped (deleted, VM kept) while a revert runs, or before it, leaves its VM off:
+    the revert of a snapshot taken while the VM ran never powers a stopped VM on (found by the
+    fault-injection run: a Restore and a stop of one VM, moments apart). vCenter here takes
+    1.5 s over a revert, so the stop lands inside it."""
+    sim = VcSim(hosts=1, state_dir=tmp_path / "vcsim",
+                extra_args=("-method-delay", "RevertToSnapshot:1500,LockHandoff:0")).start()
+    running = start_provider(sim, tmp_path / "provider")
+    try:
+        snap = virtual_machine_service_pb2
+        vms = running.vms
+        node = eventually(running.list_nodes, what="a node")[0].name
+        pod = make_pod(node, keep=True)
+        running.create(pod)
+        taken = vms.CreateSnapshot(
+            snap.CreateSnapshotRequest(identity=pod.identity, name="running"), timeout=60
+        ).snapshot
+        revert = snap.RevertToSnapshotRequest(identity=pod.identity, snapshot_id=taken.id)
+        with ThreadPoolExecutor(2) as pool:
+            reverting = pool.submit(vms.RevertToSnapshot, revert, timeout=60)
+            time.sleep(0.5)
+            stopping = pool.submit(running.delete, pod)
+            reverting.result()
+            stopping.result()
+        with sim.connect() as si:
+            (vm,) = vms_with_identity(si, pod.identity)
+            assert vm.runtime.powerState == "poweredOff", "the revert started the stopped VM"
+        vms.RevertToSnapshot(revert, timeout=60)  # a revert after the stop
+        with sim.connect() as si:
+            (vm,) = vms_with_identity(si, pod.identity)
+            assert vm.runtime.powerState == "poweredOff"
+    finally:
+        running.stop()
+        sim.stop()
+
+
 # Disks (first-class disks) and networks.
 
 
@@ -907,7 +943,7 @@ def test_logs_are_the_vms_events_and_follow(provider: Provider, vcsim: VcSim) ->
     pod = make_pod(NODES[0])
     provider.create(pod)
     request = kubelet_endpoint_service_pb2.GetContainerLogsRequest(
-        namespace="tests", pod_name=pod.ref.name, container_name="vm", tail_lines=-1
+        namespace="tests", pod_name=pod.ref.name, container_name="vm"
     )
     lines = [r.line.decode() for r in provider.endpoints.GetContainerLogs(request, timeout=30)]
     assert any("VmPoweredOnEvent" in line for line in lines), lines

@@ -41,6 +41,7 @@ class VcSim:
     username: str = "vmlet"  # vcsim refuses user names with "@"
     password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
     process: Process | None = None
+    extra_args: tuple[str, ...] = ()  # more vcsim flags, e.g. ("-method-delay", "PowerOn:500")
 
     def __post_init__(self) -> None:
         self._own_dir = self.state_dir is None
@@ -63,6 +64,7 @@ class VcSim:
             "-username", self.username, "-password", str(self._password_file),
             "-E", str(self._env_file),
             "-tlscert", str(self._serving.cert), "-tlskey", str(self._serving.key),
+            *self.extra_args,
         ], log_dir=self.dir / "logs").start()
         try:
             wait_for(self._printed_url, timeout=timeout, what="vcsim",

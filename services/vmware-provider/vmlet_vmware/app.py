@@ -104,7 +104,7 @@ def build(settings: Settings) -> VSphereProvider:
         notifier=PodNotifier(pods),
         nodes=NodeProvider(session, book, version()),
         endpoints=KubeletEndpoints(session, book, pods, closing),
-        vms=VirtualMachines(pods, book, Snapshots(session, cache, machines), disks),
+        vms=VirtualMachines(pods, book, Snapshots(session, cache, machines, pods.locks), disks),
         shutdown_hooks=(shutdown,),
     )
     provider = VSphereProvider(

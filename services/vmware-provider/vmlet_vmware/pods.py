@@ -87,7 +87,8 @@ class Pods:
         self._machines = machines
         self._book = nodes
         self._disks = disks
-        self._locks = KeyedLocks()
+        self.locks = KeyedLocks()  # per identity; snapshots hold them too
+        self._locks = self.locks
         self._creating = asyncio.Semaphore(session.settings.max_creates)
         self.table = PodTable(cache, nodes)
         self._table = self.table

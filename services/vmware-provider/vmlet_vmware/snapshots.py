@@ -2,10 +2,11 @@
 list.
 
 Snapshots are taken without memory and without quiescing (the guest may lack VMware Tools), so
-a revert leaves the VM powered off as the snapshot was taken; when the VM ran before the revert,
-it is powered on again, so a reverted pod keeps running. A snapshot's ID is its managed object ID
-("snapshot-12"). Calls for one identity are serialized, so two creates of one name make one
-snapshot.
+a revert keeps the power state the VM had before it: a VM that ran is powered on again (a
+reverted pod keeps running), a stopped one stays off whatever state the snapshot recorded. A
+snapshot's ID is its managed object ID ("snapshot-12"). Calls for one identity are serialized,
+with each other and with the pod operations on that VM (the locks are the pods'), so two creates
+of one name make one snapshot and a pod stopped during a revert stays stopped.
 """
 
 from __future__ import annotations
@@ -77,11 +78,12 @@ def _remove(conn: Connection, snapshot: str) -> str:
 class Snapshots:
     """Snapshot operations by identity; see the module docstring."""
 
-    def __init__(self, session: Session, cache: Cache, machines: Machines) -> None:
+    def __init__(self, session: Session, cache: Cache, machines: Machines,
+                 locks: KeyedLocks | None = None) -> None:
         self._session = session
         self._cache = cache
         self._machines = machines
-        self._locks = KeyedLocks()
+        self._locks = locks if locks is not None else KeyedLocks()
 
     def _vm(self, identity: str) -> VmRecord:
         if not identity:
@@ -153,21 +155,24 @@ class Snapshots:
         return None
 
     async def revert(self, identity: str, snapshot_id: str) -> None:
-        """Puts the VM back to the snapshot, powered on again when it ran before."""
+        """Puts the VM back to the snapshot in the power state it had before."""
         async with self._locks.hold(identity):
             vm = self._vm(identity)
             info = await self._find(vm, snapshot_id)
             if info is None:
                 raise NotFound(f"VM of identity {identity} has no snapshot {snapshot_id}")
-            was_on = vm.powered_on
+            was_on = (await self._machines.refresh(vm.moid) or vm).powered_on
 
             def start(conn: Connection) -> str:
                 return _revert(conn, snapshot_id)
 
             await self._task(start, f"revert VM {vm.name} to snapshot {info.name}")
             current = await self._machines.refresh(vm.moid)
-            if was_on and current is not None and not current.powered_on:
-                await self._machines.power_on(current)
+            if current is not None and current.powered_on != was_on:
+                if was_on:
+                    await self._machines.power_on(current)
+                else:
+                    await self._machines.power_off(current)
 
     async def delete(self, identity: str, snapshot_id: str) -> None:
         """Removes the snapshot; an unknown VM or snapshot is fine."""
