@@ -9,7 +9,12 @@ point exec and port-forward at the provider's own host), so a stand-in guest liv
 Each namespace gets a veth pair: the host side holds the first address of a /30 from
 198.18.0.0/15 (RFC 2544's benchmarking range, which nothing routes), the namespace side the
 second. A /30 is picked at random among those no route of this host covers, so parallel runs
-do not collide. All traffic stays on this machine. Needs root and iproute2.
+do not collide. A namespace may also hold a whole pool of addresses (``pool_prefix``, say a
+/28 picked the same way): every address of it is local inside the namespace (``ip route add
+local POOL dev lo``, so a listener on 0.0.0.0 there answers at each), and the host routes the
+pool through the veth. That gives each vmlet node an address of its own (--node-ip-pool). All
+traffic stays on this machine; removing the namespace and its veth removes the routes. Needs
+root and iproute2.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 __all__ = ["POOL", "Netns", "NetnsUnavailable", "free_subnet", "namespaces"]
 
@@ -38,35 +44,39 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", *args], check=check, capture_output=True, text=True, timeout=30)
 
 
-def free_subnet() -> ipaddress.IPv4Network:
-    """A /30 of `POOL` that no route of this host covers (other runs' included), at random."""
+def free_subnet(prefix: int = 30) -> ipaddress.IPv4Network:
+    """A /``prefix`` of `POOL` that no route of this host covers (other runs' included), at
+    random."""
     try:
         routes = json.loads(_ip("-j", "route").stdout or "[]")
     except subprocess.CalledProcessError as err:
         raise NetnsUnavailable(f"cannot list this host's routes: {err.stderr.strip()}") from err
     taken = [ipaddress.ip_network(r["dst"], strict=False) for r in routes
              if r.get("dst") not in (None, "default")]
+    size = 2 ** (32 - prefix)
     for _ in range(1000):
-        offset = random.randrange(POOL.num_addresses // 4) * 4
-        candidate = ipaddress.IPv4Network(f"{POOL.network_address + offset}/30")
+        offset = random.randrange(POOL.num_addresses // size) * size
+        candidate = ipaddress.IPv4Network(f"{POOL.network_address + offset}/{prefix}")
         if not any(candidate.overlaps(t) for t in taken):
             return candidate
-    raise NetnsUnavailable(f"no free /30 in {POOL}")
+    raise NetnsUnavailable(f"no free /{prefix} in {POOL}")
 
 
 @dataclass(frozen=True)
 class Netns:
     """A network namespace ``name`` whose veth end holds ``ip``; ``link`` is the host's end,
-    at ``gateway``."""
+    at ``gateway``; every address of ``pool`` (a network, when made with one) is local in it."""
 
     name: str
     ip: str
     link: str
     gateway: str
+    pool: str | None = None
 
     @classmethod
-    def make(cls, prefix: str) -> Netns:
-        """Make a namespace named ``<prefix>-<random>`` with its veth pair, both ends up.
+    def make(cls, prefix: str, pool_prefix: int | None = None) -> Netns:
+        """Make a namespace named ``<prefix>-<random>`` with its veth pair, both ends up, and
+        with a pool of local addresses the host routes to it when ``pool_prefix`` is given.
 
         Raises `NetnsUnavailable` (having removed what it made) when that is not possible here.
         """
@@ -85,6 +95,12 @@ class Netns:
             _ip("-n", made.name, "addr", "add", f"{address}/30", "dev", inner)
             _ip("-n", made.name, "link", "set", inner, "up")
             _ip("-n", made.name, "link", "set", "lo", "up")
+            if pool_prefix is not None:
+                # Picked once the veth's /30 is routed, so the two never overlap.
+                pool = str(free_subnet(pool_prefix))
+                made = cls(made.name, address, made.link, gateway, pool)
+                _ip("-n", made.name, "route", "add", "local", pool, "dev", "lo")
+                _ip("route", "add", pool, "via", address, "dev", made.link)
         except subprocess.CalledProcessError as err:
             made.remove()
             raise NetnsUnavailable(
@@ -92,9 +108,25 @@ class Netns:
         return made
 
     def remove(self) -> None:
-        """Delete the namespace and the veth pair; what is already gone is no error."""
+        """Delete the namespace, the veth pair and the pool's route; what is already gone is
+        no error."""
+        if self.pool is not None:
+            _ip("route", "del", self.pool, "via", self.ip, "dev", self.link, check=False)
         _ip("netns", "del", self.name, check=False)
         _ip("link", "del", self.link, check=False)
+
+    def record(self, path: Path) -> None:
+        """Write down what to remove, for a later run when this one ends without removing."""
+        path.write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def remove_recorded(cls, path: Path) -> None:
+        """Remove the namespace recorded at ``path`` (if any) and the record."""
+        try:
+            cls(**json.loads(path.read_text())).remove()
+        except (OSError, ValueError, TypeError):
+            pass
+        path.unlink(missing_ok=True)
 
 
 @contextmanager

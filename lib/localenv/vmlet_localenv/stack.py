@@ -5,8 +5,10 @@ the ``vcsim`` given. `set_guest_ip` plays VMware Tools on vcsim: it reports a gu
 the tools would (vcsim's SET.guest.ipAddress extraConfig key), since vcsim runs no guests.
 
 For the kubelet API, `kubelet_api_args` has the facade serve it from a network namespace (the
-apiserver will not proxy to a loopback node address; see `vmlet_localenv.netns`), and
-`Stack.wait_kubelet_api` approves its serving certificate as an operator would. Facade and
+apiserver will not proxy to a loopback node address; see `vmlet_localenv.netns`): at the
+namespace's address, which every node then shares, or, for a namespace made with a pool, at
+each node's own address of the pool. `Stack.wait_kubelet_api` approves its serving certificate
+as an operator would (`vmlet_localenv.csrapprover.decide`). Facade and
 providers talk mutual TLS (``pki``, this process's `default_pki()` unless given); `channel` calls
 a provider as the facade does.
 """
@@ -27,6 +29,7 @@ import grpc
 from cryptography import x509
 
 from vmlet_localenv.controlplane import ControlPlane
+from vmlet_localenv.csrapprover import SIGNER, decide, pending
 from vmlet_localenv.netns import Netns
 from vmlet_localenv.processes import free_port
 from vmlet_localenv.providerpki import ProviderPki, default_pki
@@ -161,11 +164,15 @@ def metric_total(text: str, name: str, **labels: str) -> float:
 
 
 def kubelet_api_args(cp: ControlPlane, host: Netns, port: int = KUBELET_PORT) -> list[str]:
-    """Facade arguments to serve the kubelet API in ``host``'s namespace at its address, which
-    the nodes advertise, taking client certificates of the cluster CA."""
-    return [f"--kubelet-port={port}", f"--kubelet-netns={host.name}",
-            f"--kubelet-address={host.ip}", f"--node-ip={host.ip}",
+    """Facade arguments to serve the kubelet API in ``host``'s namespace, taking client
+    certificates of the cluster CA: at its address, which the nodes advertise, or, when
+    ``host`` has a pool, at every address of it, each node advertising its own (the
+    namespace's address when the pool runs out)."""
+    args = [f"--kubelet-port={port}", f"--kubelet-netns={host.name}", f"--node-ip={host.ip}",
             f"--client-ca-file={cp.pki.ca.cert}"]
+    if host.pool is None:
+        return [*args, f"--kubelet-address={host.ip}"]
+    return [*args, "--kubelet-address=0.0.0.0", f"--node-ip-pool={host.pool}"]
 
 
 def _csr_ips(csr: dict[str, Any]) -> set[str]:
@@ -258,14 +265,17 @@ class Stack:
                 - metric_total(text, "grpc_server_handled_total", grpc_method=method))
 
     def approve_serving_csrs(self, ip: str) -> list[str]:
-        """Approve the facade's pending kubelet-serving CSRs that name ``ip``, as an operator
-        would; return their names."""
+        """Approve the facade's pending kubelet-serving CSRs that name ``ip`` and that a
+        careful operator would (`csrapprover.decide`); return their names."""
         approved = []
+        nodes: list[dict[str, Any]] | None = None
         for csr in self.kubectl_json("get", "csr")["items"]:
-            spec, status = csr["spec"], csr.get("status") or {}
-            if spec.get("signerName") != "kubernetes.io/kubelet-serving" \
-                    or spec.get("username") != FACADE_USER or status.get("conditions") \
+            if not pending(csr) or csr["spec"].get("signerName") != SIGNER \
                     or ip not in _csr_ips(csr):
+                continue
+            if nodes is None:
+                nodes = self.kubectl_json("get", "nodes")["items"]
+            if not decide(csr, nodes or [], requester=FACADE_USER).approve:
                 continue
             self.cp.kubectl("certificate", "approve", csr["metadata"]["name"])
             approved.append(csr["metadata"]["name"])

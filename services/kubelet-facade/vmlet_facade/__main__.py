@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -59,6 +60,14 @@ def _positive_float(value: str) -> float:
     return number
 
 
+def _network(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=True))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"a network such as 10.8.0.0/28, not {value!r}: "
+                                         f"{err}") from None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     env = os.environ.get
     p = argparse.ArgumentParser(prog="vmlet-facade", description=__doc__)
@@ -84,7 +93,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the address the kubelet API listens on")
     p.add_argument("--node-ip", default=env("VMLET_NODE_IP"),
                    help="the nodes' InternalIP, where the apiserver reaches this facade's "
-                        "kubelet API (default: the address the provider reports)")
+                        "kubelet API (default: the address the provider reports); with "
+                        "--node-ip-pool, the address of nodes the pool has none left for")
+    p.add_argument("--node-ip-pool", type=_network, default=env("VMLET_NODE_IP_POOL"),
+                   help="a network (CIDR) of this facade's addresses: each node advertises one "
+                        "of its own as InternalIP (kept across restarts), so the kubelet API "
+                        "knows a node by the address it is dialed at (metrics-server); the "
+                        "kubelet API must be reachable at all of them")
     p.add_argument("--kubelet-cert", type=Path, default=env("VMLET_KUBELET_CERT"),
                    help="serving certificate of the kubelet API (PEM, leaf first); without "
                         "it one is requested with a kubelet-serving CSR")
@@ -204,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         leader_election_namespace=args.leader_election_namespace,
         kubelet=KubeletApiConfig(
             port=args.kubelet_port, address=args.kubelet_address, netns=args.kubelet_netns,
-            node_ip=args.node_ip, cert_file=args.kubelet_cert, key_file=args.kubelet_key,
+            node_ip=args.node_ip, node_ip_pool=args.node_ip_pool, cert_file=args.kubelet_cert,
+            key_file=args.kubelet_key,
             client_ca_file=args.client_ca_file, cert_dir=args.kubelet_cert_dir,
             limits=args.kubelet_limits),
         providers_file=args.providers_file,

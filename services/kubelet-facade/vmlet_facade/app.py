@@ -18,7 +18,13 @@ from vmlet_facade.cluster import run_cluster_controllers
 from vmlet_facade.events import EventRecorder
 from vmlet_facade.grpcprovider import GrpcProvider, ProviderTls, follow_certificates
 from vmlet_facade.kube import KubeClient, KubeConfig
-from vmlet_facade.kubeletapi import KubeletApi, KubeletApiConfig, advertise
+from vmlet_facade.kubeletapi import (
+    AddressPool,
+    KubeletApi,
+    KubeletApiConfig,
+    advertise,
+    cluster_addresses,
+)
 from vmlet_facade.leasing import LeaseKeeper
 from vmlet_facade.nodes import NodeController, NodeSettings
 from vmlet_facade.pods import PodController, Route
@@ -61,6 +67,20 @@ async def _node_loop(nc: NodeController, pods: PodController) -> None:
     await runner
 
 
+def _address_pool(kubelet: KubeletApiConfig | None, client: KubeClient,
+                  events: EventRecorder) -> AddressPool | None:
+    """The pool the nodes' addresses come from (--node-ip-pool), if any."""
+    if kubelet is None or not kubelet.node_ip_pool:
+        return None
+
+    async def exhausted(node: str, message: str) -> None:
+        await events.emit({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}},
+                          "NodeAddressPoolExhausted", message, warning=True)
+
+    return AddressPool(kubelet.node_ip_pool, functools.partial(cluster_addresses, client),
+                       fallback=kubelet.node_ip, on_exhausted=exhausted)
+
+
 async def run(config: FacadeConfig, stop: asyncio.Event) -> None:
     """Run the facade until ``stop`` is set."""
     if config.metrics_address:
@@ -71,9 +91,11 @@ async def run(config: FacadeConfig, stop: asyncio.Event) -> None:
     providers: list[Provider] = [GrpcProvider(name, address, tls=config.provider_tls)
                                  for name, address in config.providers.items()]
     node_ip = config.kubelet.node_ip if config.kubelet else None
+    pool = _address_pool(config.kubelet, client, events)
     pods = PodController(client, Resolver(client), events, concurrency=config.pod_workers,
                          status_concurrency=config.status_workers)
-    controllers = [NodeController(advertise(p, node_ip), client, config.node_settings, events,
+    controllers = [NodeController(advertise(p, node_ip, pool), client, config.node_settings,
+                                  events,
                                   on_outage=functools.partial(pods.set_outage, p.name))
                    for p in providers]
 

@@ -8,8 +8,9 @@ it knows providers only through `vmlet_facade.provider.Provider` and the cluster
 `vmlet_facade.kube`.
 """
 
-from vmlet_facade.kubeletapi.addressing import advertise
+from vmlet_facade.kubeletapi.addressing import AddressPool, advertise, cluster_addresses
 from vmlet_facade.kubeletapi.admission import ConnectionLimits
 from vmlet_facade.kubeletapi.server import KubeletApi, KubeletApiConfig
 
-__all__ = ["ConnectionLimits", "KubeletApi", "KubeletApiConfig", "advertise"]
+__all__ = ["AddressPool", "ConnectionLimits", "KubeletApi", "KubeletApiConfig", "advertise",
+           "cluster_addresses"]

@@ -5,13 +5,15 @@ change, so a rotating tool (cert-manager, a kubelet-style rotator) can replace t
 
 Otherwise the facade asks the cluster, as a kubelet with serverTLSBootstrap does: a CSR with
 signer kubernetes.io/kubelet-serving, subject ``system:node:<node>`` in group
-``system:nodes``, and the node names and addresses as SANs (the apiserver dials a node by
-address and checks the certificate against --kubelet-certificate-authority). The
-controller-manager's approver does not approve kubelet-serving CSRs and the facade may not
-approve its own (that right would let it approve any node's serving certificate), so an operator
-or an approver approves it: ``kubectl certificate approve <name>``. The certificate is renewed
-with a new CSR at 80% of its life, or when the nodes' addresses change. Without ``cert_dir``
-the key lives in memory only and a restarted facade asks again.
+``system:nodes``, and every node's name and address as SANs (the apiserver dials a node by
+address and checks the certificate against --kubelet-certificate-authority; with an address
+pool, one certificate covers every node's own address). The controller-manager's approver does
+not approve kubelet-serving CSRs and the facade may not approve its own (that right would let it
+approve any node's serving certificate), so an operator or an approver approves it: ``kubectl
+certificate approve <name>`` (the local environment runs one, vmlet_localenv.csrapprover). The
+certificate is renewed with a new CSR at 80% of its life, or within seconds of a node
+advertising an address it does not cover (a new node took a new pool address). Without
+``cert_dir`` the key lives in memory only and a restarted facade asks again.
 """
 
 from __future__ import annotations
@@ -161,7 +163,7 @@ class CsrCertificates:
         while True:
             names = self._names()
             if names is None or not self._due(names):
-                await asyncio.sleep(1.0 if names is None else 30.0)
+                await asyncio.sleep(1.0 if names is None else 5.0)
                 continue
             try:
                 await self.issue(names)

@@ -2,10 +2,12 @@
 
 Pod endpoints (/containerLogs, /exec, /attach, /portForward) are routed by the pod: to the
 provider behind the node it is bound to, and authorized against that node. Node endpoints
-(/stats/summary, /metrics/resource, /pods, /runningpods/) answer for one node: the facade's nodes
-share one address and port, so the node is the one the apiserver's node proxy names
-(X-Forwarded-Uri /api/v1/nodes/<node>/proxy/...), or the only node there is; pod lists cover
-every node the caller may see when no single node is named, and stats ask for a node.
+(/stats/summary, /metrics/resource, /pods, /runningpods/) answer for one node: the node whose
+own address the connection arrived at (with --node-ip-pool each node advertises its own, so a
+caller dialing a node directly, as metrics-server does, reaches it), or the one the apiserver's
+node proxy names (X-Forwarded-Uri /api/v1/nodes/<node>/proxy/...); when both name a node and
+they differ, the request is refused (421). Where nodes share one address and nothing names one,
+pod lists cover every node the caller may see and stats need the only node there is.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import functools
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from vmlet.provider.v1 import pod_pb2
@@ -62,6 +64,7 @@ class _Route:
     endpoint: str
     pod_scoped: bool
     parts: tuple[str, ...] = ()
+    node: str | None = None  # of a node endpoint: the node asked for, when one is
 
 
 def _match(path: str) -> _Route | None:
@@ -116,7 +119,8 @@ class Router:
         self._secrets = secrets  # where an exec's guest login is read (None: nowhere)
 
     async def handle(self, http: HttpConnection, request: Request,
-                     peer: PeerCertificate | None) -> None:
+                     peer: PeerCertificate | None, local: str | None = None) -> None:
+        """Answer ``request``, which arrived on a connection to the local address ``local``."""
         route = _match(request.path)
         endpoint = route.endpoint if route else "unknown"
         code = 500
@@ -129,7 +133,8 @@ class Router:
             elif route.pod_scoped:
                 nodes = [self._pod_node(route.parts[0], route.parts[1])]
             else:
-                nodes = self._named_node(request) or self.directory.node_names()
+                route = replace(route, node=self._named_node(request, local))
+                nodes = [route.node] if route.node else self.directory.node_names()
             # No node known yet: authorize against all nodes (an empty name), never skip it.
             decision = await self._authz.authorize(user, request.method, request.path,
                                                    nodes or [""])
@@ -156,16 +161,29 @@ class Router:
         names = self.directory.node_names()  # an unknown pod: authorize first, 404 after
         return names[0] if names else ""
 
-    def _named_node(self, request: Request) -> list[str]:
-        found = _FORWARDED.match(request.headers.get("x-forwarded-uri"))
-        if found and found.group(1) in self.directory.node_names():
-            return [found.group(1)]
-        return []
+    def _dialed_node(self, local: str | None) -> str | None:
+        """The node whose own address ``local`` is (None where nodes share it)."""
+        if not local:
+            return None
+        owners = [name for name in self.directory.node_names()
+                  if any(a.type == "InternalIP" and a.address == local
+                         for a in getattr(self.directory.node(name), "addresses", ()))]
+        return owners[0] if len(owners) == 1 else None
 
-    def _one_node(self, request: Request) -> str:
-        named = self._named_node(request)
-        if named:
-            return named[0]
+    def _named_node(self, request: Request, local: str | None) -> str | None:
+        found = _FORWARDED.match(request.headers.get("x-forwarded-uri"))
+        forwarded = found.group(1) if found and found.group(1) in self.directory.node_names() \
+            else None
+        dialed = self._dialed_node(local)
+        if forwarded and dialed and forwarded != dialed:
+            raise HttpError(421, f"this connection arrived at {local}, the address of node "
+                                 f"{dialed}, but the request is for node {forwarded}: ask "
+                                 f"{forwarded} at its own address")
+        return forwarded or dialed
+
+    def _one_node(self, request: Request, route: _Route) -> str:
+        if route.node:
+            return route.node
         names = self.directory.node_names()
         if len(names) == 1:
             return names[0]
@@ -212,13 +230,13 @@ class Router:
 
     async def _pods(self, http: HttpConnection, request: Request, route: _Route) -> int:
         self._require_get(request)
-        nodes = self._named_node(request) or self.directory.node_names()
+        nodes = [route.node] if route.node else self.directory.node_names()
         await http.respond_json(200, _pod_list(self.directory.pods_on(nodes)))
         return 200
 
     async def _running_pods(self, http: HttpConnection, request: Request, route: _Route) -> int:
         self._require_get(request)
-        nodes = self._named_node(request) or self.directory.node_names()
+        nodes = [route.node] if route.node else self.directory.node_names()
         items: list[Obj] = []
         for provider in {id(p): p for p in map(self.directory.provider_of, nodes) if p}.values():
             try:
@@ -238,8 +256,8 @@ class Router:
         await http.respond_json(200, _pod_list(items))
         return 200
 
-    async def _stats_of(self, request: Request) -> tuple[str, Any]:
-        node = self._one_node(request)
+    async def _stats_of(self, request: Request, route: _Route) -> tuple[str, Any]:
+        node = self._one_node(request, route)
         try:
             return node, await self._provider(node).stats_summary(node)
         except ProviderError as err:
@@ -247,13 +265,13 @@ class Router:
 
     async def _stats(self, http: HttpConnection, request: Request, route: _Route) -> int:
         self._require_get(request)
-        node, stats = await self._stats_of(request)
+        node, stats = await self._stats_of(request, route)
         await http.respond_json(200, summary(node, stats, self.directory.containers))
         return 200
 
     async def _metrics(self, http: HttpConnection, request: Request, route: _Route) -> int:
         self._require_get(request)
-        _node, stats = await self._stats_of(request)
+        _node, stats = await self._stats_of(request, route)
         await http.respond(200, resource_metrics(stats, self.directory.containers).encode(),
                            content_type="text/plain; version=0.0.4; charset=utf-8")
         return 200

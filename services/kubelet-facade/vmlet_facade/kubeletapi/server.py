@@ -1,8 +1,10 @@
 """The kubelet HTTPS listener: certificates, connections, and their requests.
 
-One listener serves every node of the facade (they share its address and port). It starts
-once a serving certificate is there (files, or an approved CSR), and keeps trying to bind when
-the port is taken instead of taking the facade down: nodes and pods work without it.
+One listener serves every node of the facade: on one address they share (--node-ip), or on
+all the addresses of a pool (--node-ip-pool), each node's own, where the router tells the node
+by the local address a connection arrived on. It starts once a serving certificate is there
+(files, or an approved CSR, whose SANs are every node's name and address), and keeps trying to
+bind when the port is taken instead of taking the facade down: nodes and pods work without it.
 
 What a peer may cost before it is authorized is bounded (`admission`): the accept loop refuses
 connections over the caps before anything is made for them, a connection holds no TLS state
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from vmlet_facade.kube import KubeClient
 from vmlet_facade.kubeletapi import metrics
+from vmlet_facade.kubeletapi.addressing import local_address
 from vmlet_facade.kubeletapi.admission import Admission, ConnectionLimits, Slot, Stage
 from vmlet_facade.kubeletapi.auth import ApiReviews, Authenticator, Authorizer, Reviews
 from vmlet_facade.kubeletapi.certs import CsrCertificates, FileCertificates, ServingNames
@@ -51,6 +54,7 @@ class KubeletApiConfig:
     address: str = "0.0.0.0"
     netns: str | None = None
     node_ip: str | None = None
+    node_ip_pool: str | None = None  # a network: each node advertises an address of its own
     cert_file: Path | None = None
     key_file: Path | None = None
     client_ca_file: Path | None = None
@@ -87,10 +91,13 @@ class KubeletApi:
         names = self.directory.node_names()
         if not names:
             return None
-        dns, ips = self.directory.addresses()
-        if self.config.node_ip and self.config.node_ip not in ips:
+        _dns, ips = self.directory.addresses()
+        # The hypervisor hosts' names are not the facade's: the node names only. A pool's
+        # fallback is named only while some node advertises it (an approver checks that).
+        if self.config.node_ip and not self.config.node_ip_pool \
+                and self.config.node_ip not in ips:
             ips.append(self.config.node_ip)
-        return ServingNames(node=names[0], dns_names=tuple(dns), ips=tuple(sorted(ips)))
+        return ServingNames(node=names[0], dns_names=tuple(names), ips=tuple(sorted(ips)))
 
     async def run(self) -> None:
         config = self.config
@@ -179,7 +186,7 @@ class KubeletApi:
             except (ConnectionError, OSError) as err:
                 log.debug("TLS handshake with %s failed: %s", slot.address, err)
                 return
-            graceful = await self._requests(stream, slot)
+            graceful = await self._requests(stream, slot, _local_address(conn))
         except asyncio.CancelledError:
             # Evicted, or shutting down. Ending quietly: the task is ours and nobody awaits it.
             pass
@@ -195,9 +202,10 @@ class KubeletApi:
             else:
                 _refuse(conn)
 
-    async def _requests(self, stream: TlsStream, slot: Slot) -> bool:
-        """Answer the requests of a connection; whether to close it gracefully (False: a
-        stranger that timed out, or a peer that broke off, is closed at once)."""
+    async def _requests(self, stream: TlsStream, slot: Slot, local: str | None) -> bool:
+        """Answer the requests of a connection that arrived at ``local``; whether to close it
+        gracefully (False: a stranger that timed out, or a peer that broke off, is closed at
+        once)."""
         limits = self.config.limits
         http = HttpConnection(stream, max_header_bytes=limits.max_header_bytes,
                               on_authorized=slot.authorize)
@@ -215,7 +223,7 @@ class KubeletApi:
                     return authorized
                 if request is None:
                     return True
-                await self.router.handle(http, request, peer)
+                await self.router.handle(http, request, peer, local)
                 if not http.reusable:
                     return True
         except (ConnectionError, OSError, TimeoutError) as err:
@@ -223,6 +231,14 @@ class KubeletApi:
         except Exception:
             log.exception("kubelet API connection failed")
         return False
+
+
+def _local_address(conn: socket.socket) -> str | None:
+    """The address ``conn`` arrived at (which node it dialed, when each has its own)."""
+    try:
+        return local_address(str(conn.getsockname()[0]))
+    except (OSError, IndexError):
+        return None
 
 
 async def _readable(sock: socket.socket) -> None:
