@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Builds the real peers vmlet is tested against, from the Go module proxy, into a cache outside
 # the repo keyed by version: kube-apiserver, kube-scheduler, kube-controller-manager, kubectl, etcd,
-# vcsim. `kubectl-into DIR` also links kubectl into DIR (the virtualenv's bin).
+# vcsim, metrics-server. `kubectl-into DIR` also links kubectl into DIR (the virtualenv's bin).
 # A second run finds every binary in place and returns at once.
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-v1.34.4}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 GOVMOMI_VERSION="${GOVMOMI_VERSION:-v0.46.3}"
+METRICS_SERVER_VERSION="${METRICS_SERVER_VERSION:-v0.8.0}"
 CACHE="${VMLET_CACHE:-$HOME/.cache/vmlet}"
 BIN="$CACHE/bin"
 export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=local
@@ -70,6 +71,17 @@ build_vcsim() {
   log "built vcsim"
 }
 
+build_metrics_server() {
+  have "metrics-server-$METRICS_SERVER_VERSION" && return 0
+  local dir="$CACHE/build/metrics-server-$METRICS_SERVER_VERSION"
+  log "building metrics-server $METRICS_SERVER_VERSION (~4 min cold on 2 cores)"
+  GOBIN="$dir" go install -trimpath \
+    -ldflags "-s -w -X k8s.io/client-go/pkg/version.gitVersion=$METRICS_SERVER_VERSION" \
+    "sigs.k8s.io/metrics-server/cmd/metrics-server@$METRICS_SERVER_VERSION"
+  mv "$dir/metrics-server" "$BIN/metrics-server-$METRICS_SERVER_VERSION"
+  log "built metrics-server"
+}
+
 # Links the cached kubectl into $1, so that the virtualenv's bin/ (first on PATH for make test,
 # and for `kubectl vm`) has the kubectl of the control plane's version.
 link_kubectl() {
@@ -78,10 +90,11 @@ link_kubectl() {
 }
 
 case "${1:-all}" in
-  all) build_vcsim; build_etcd; build_k8s ;;
+  all) build_vcsim; build_etcd; build_metrics_server; build_k8s ;;
   kubectl-into) link_kubectl "${2:?usage: $0 kubectl-into DIR}" ;;
   k8s) build_k8s ;;
   etcd) build_etcd ;;
   vcsim) build_vcsim ;;
-  *) echo "usage: $0 [all|k8s|etcd|vcsim|kubectl-into DIR]" >&2; exit 2 ;;
+  metrics-server) build_metrics_server ;;
+  *) echo "usage: $0 [all|k8s|etcd|vcsim|metrics-server|kubectl-into DIR]" >&2; exit 2 ;;
 esac

@@ -3,7 +3,8 @@ kube-scheduler of one pinned release, with certificates made for the run.
 
 The apiserver runs with ``--authorization-mode=Node,RBAC`` and NodeRestriction on top of the
 default admission plugins, so everything vmlet does here it does with the rights it would get in
-a real cluster.
+a real cluster. The aggregation layer is configured (front-proxy CA and client cert), so an
+aggregated API server such as metrics-server (`vmlet_localenv.metricsserver`) can be added.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from vmlet_localenv.kubeconfig import write_kubeconfig
-from vmlet_localenv.pki import ClusterPki
+from vmlet_localenv.pki import FRONT_PROXY_CLIENT, ClusterPki
 from vmlet_localenv.private import private_dir
 from vmlet_localenv.processes import Process, free_port, wait_for
 from vmlet_localenv.tools import binary
@@ -125,6 +126,14 @@ class ControlPlane:
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--authorization-mode=Node,RBAC",
             "--enable-admission-plugins=NodeRestriction",
+            # The aggregation layer (metrics-server behind metrics.k8s.io), as kubeadm sets it.
+            f"--requestheader-client-ca-file={p.front_proxy_ca.cert}",
+            f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={p.front_proxy_client.cert}",
+            f"--proxy-client-key-file={p.front_proxy_client.key}",
             "--allow-privileged=true",
             "--profiling=false",
             # ConfigMaps bypass the watch cache, so a test can provoke a real 410 Gone by

@@ -2,7 +2,10 @@
 
 A CA signs everything: the apiserver's serving cert, the client cert the apiserver presents to
 kubelets, and client certs for the admin, the scheduler and the controller-manager. The
-service-account signing key is a separate RSA pair, as in a kubeadm cluster.
+service-account signing key is a separate RSA pair, as in a kubeadm cluster. A second CA, the
+front proxy's, signs only the client cert the apiserver presents to aggregated API servers
+(metrics-server), which trust the user it names in X-Remote-* headers; kubeadm keeps it apart
+the same way, so no cluster client cert can pass for the proxy.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from vmlet_localenv.private import private_dir, write_private
 
-__all__ = ["CertPair", "CertificateAuthority", "ClusterPki"]
+__all__ = ["FRONT_PROXY_CLIENT", "CertPair", "CertificateAuthority", "ClusterPki"]
 
 _VALIDITY = dt.timedelta(days=30)
+FRONT_PROXY_CLIENT = "front-proxy-client"
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,8 @@ class ClusterPki:
     service_account_key: Path
     service_account_pub: Path
     authority: CertificateAuthority
+    front_proxy_ca: CertPair
+    front_proxy_client: CertPair
 
     @classmethod
     def create(cls, directory: Path, service_ip: str = "10.0.0.1") -> ClusterPki:
@@ -130,6 +136,7 @@ class ClusterPki:
                        "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"),
             ips=("127.0.0.1", service_ip),
         )
+        front_proxy = CertificateAuthority(directory, "front-proxy-ca")
         sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         _write_key(directory / "sa.key", sa_key)
         (directory / "sa.pub").write_bytes(sa_key.public_key().public_bytes(
@@ -151,4 +158,8 @@ class ClusterPki:
             service_account_key=directory / "sa.key",
             service_account_pub=directory / "sa.pub",
             authority=ca,
+            front_proxy_ca=front_proxy.pair,
+            front_proxy_client=front_proxy.issue(
+                "front-proxy-client", common_name=FRONT_PROXY_CLIENT, client=True,
+            ),
         )

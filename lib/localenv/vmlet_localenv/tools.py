@@ -6,11 +6,15 @@ import os
 import subprocess
 from pathlib import Path
 
-__all__ = ["ETCD_VERSION", "GOVMOMI_VERSION", "K8S_VERSION", "binary", "cache_dir"]
+__all__ = [
+    "ETCD_VERSION", "GOVMOMI_VERSION", "K8S_VERSION", "METRICS_SERVER_VERSION", "binary",
+    "cache_dir",
+]
 
 K8S_VERSION = os.environ.get("K8S_VERSION", "v1.34.4")
 ETCD_VERSION = os.environ.get("ETCD_VERSION", "v3.6.16")
 GOVMOMI_VERSION = os.environ.get("GOVMOMI_VERSION", "v0.46.3")
+METRICS_SERVER_VERSION = os.environ.get("METRICS_SERVER_VERSION", "v0.8.0")
 
 _VERSIONS = {
     "kube-apiserver": K8S_VERSION,
@@ -19,8 +23,9 @@ _VERSIONS = {
     "kubectl": K8S_VERSION,
     "etcd": ETCD_VERSION,
     "vcsim": GOVMOMI_VERSION,
+    "metrics-server": METRICS_SERVER_VERSION,
 }
-_BUILD_TARGET = {"etcd": "etcd", "vcsim": "vcsim"}
+_BUILD_TARGET = {"etcd": "etcd", "vcsim": "vcsim", "metrics-server": "metrics-server"}
 
 
 def cache_dir() -> Path:

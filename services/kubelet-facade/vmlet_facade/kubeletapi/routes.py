@@ -271,8 +271,9 @@ class Router:
 
     async def _metrics(self, http: HttpConnection, request: Request, route: _Route) -> int:
         self._require_get(request)
-        _node, stats = await self._stats_of(request, route)
-        await http.respond(200, resource_metrics(stats, self.directory.containers).encode(),
+        node, stats = await self._stats_of(request, route)
+        await http.respond(200, resource_metrics(stats, self.directory.containers,
+                                                 node=node).encode(),
                            content_type="text/plain; version=0.0.4; charset=utf-8")
         return 200
 

@@ -4,10 +4,18 @@ metrics (/metrics/resource), both from the provider's GetStatsSummary.
 A VM pod has one container (the VM), so a pod's figures are also its first container's. The
 Summary carries what the contract has (CPU, memory, network, start times); metrics-server and
 ``kubectl top`` need no more than CPU and working set.
+
+metrics-server reads CPU only as a cumulative counter (core-seconds, whose rate it takes over two
+scrapes) and drops a node or container whose counter is zero. A provider that reports only a
+rate (the vSphere one: quick stats have no counter) gets one made here (`CpuCounters`): the rate
+integrated over the times of successive reports, starting from the rate times the uptime when
+first seen. A facade that restarts starts over from that estimate, which metrics-server may take
+for a counter reset for one window.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,19 +23,58 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from vmlet.provider.v1 import kubelet_endpoint_service_pb2 as kep
 
-__all__ = ["resource_metrics", "summary"]
+__all__ = ["COUNTERS", "CpuCounters", "resource_metrics", "summary"]
 
 Obj = dict[str, Any]
 ContainerNames = Callable[[str, str], list[str]]
+
+_FORGET_AFTER = 600.0  # seconds without a report before a made-up counter is dropped
+
+
+def _seconds(stamp: Timestamp) -> float:
+    return stamp.seconds + stamp.nanos / 1e9
+
+
+class CpuCounters:
+    """Cumulative CPU time (core-nanoseconds) for what a provider reports only as a rate."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[float, float, int]] = {}  # key: (at, total, rate)
+
+    def total(self, key: str, cpu: kep.CpuStats, start: Timestamp | None = None) -> int:
+        """``cpu``'s cumulative usage: the provider's when it reports one, else the rate
+        integrated (trapezoids) since ``key`` was first seen, from ``rate * (at - start)``."""
+        if cpu.usage_core_nano_seconds or not key:
+            return int(cpu.usage_core_nano_seconds)
+        at = _seconds(cpu.time) if cpu.HasField("time") else time.time()
+        rate = int(cpu.usage_nano_cores)
+        previous = self._seen.get(key)
+        if previous is None:
+            since = _seconds(start) if start is not None and start.seconds else at
+            total = rate * max(at - since, 0.0)
+        elif at <= previous[0]:
+            return int(previous[1])  # the same report again, or an older one
+        else:
+            total = previous[1] + (previous[2] + rate) / 2 * (at - previous[0])
+        self._forget(at)
+        self._seen[key] = (at, total, rate)
+        return int(total)
+
+    def _forget(self, now: float) -> None:
+        for key in [k for k, (at, _, _) in self._seen.items() if now - at > _FORGET_AFTER]:
+            del self._seen[key]
+
+
+COUNTERS = CpuCounters()  # the process's: /stats/summary and /metrics/resource agree
 
 
 def _time(stamp: Timestamp) -> str:
     return str(stamp.ToJsonString()) if stamp.seconds or stamp.nanos else ""
 
 
-def _cpu(cpu: kep.CpuStats) -> Obj:
+def _cpu(cpu: kep.CpuStats, total: int) -> Obj:
     return {"time": _time(cpu.time), "usageNanoCores": cpu.usage_nano_cores,
-            "usageCoreNanoSeconds": cpu.usage_core_nano_seconds}
+            "usageCoreNanoSeconds": total}
 
 
 def _memory(memory: kep.MemoryStats) -> Obj:
@@ -40,8 +87,8 @@ def _network(network: kep.NetworkStats) -> Obj:
     return {"time": _time(network.time), **iface, "interfaces": [iface]}
 
 
-def summary(node: str, stats: kep.GetStatsSummaryResponse,
-            containers: ContainerNames) -> Obj:
+def summary(node: str, stats: kep.GetStatsSummaryResponse, containers: ContainerNames,
+            counters: CpuCounters = COUNTERS) -> Obj:
     """The kubelet's stats/v1alpha1 Summary of ``node``."""
     pods = []
     for pod in stats.pods:
@@ -52,7 +99,7 @@ def summary(node: str, stats: kep.GetStatsSummaryResponse,
             "volume": [],
         }
         if pod.HasField("cpu"):
-            entry["cpu"] = _cpu(pod.cpu)
+            entry["cpu"] = _cpu(pod.cpu, counters.total(_pod_key(pod), pod.cpu, pod.start_time))
         if pod.HasField("memory"):
             entry["memory"] = _memory(pod.memory)
         if pod.HasField("network"):
@@ -67,7 +114,8 @@ def summary(node: str, stats: kep.GetStatsSummaryResponse,
     node_doc: Obj = {"nodeName": node, "systemContainers": [],
                      "startTime": _time(stats.node_start_time)}
     if stats.HasField("node_cpu"):
-        node_doc["cpu"] = _cpu(stats.node_cpu)
+        node_doc["cpu"] = _cpu(stats.node_cpu, counters.total(
+            _node_key(node), stats.node_cpu, stats.node_start_time))
     if stats.HasField("node_memory"):
         node_doc["memory"] = _memory(stats.node_memory)
     return {"node": node_doc, "pods": pods}
@@ -85,8 +133,18 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def resource_metrics(stats: kep.GetStatsSummaryResponse, containers: ContainerNames) -> str:
-    """The kubelet's /metrics/resource exposition (Prometheus text format 0.0.4)."""
+def _pod_key(pod: kep.PodStats) -> str:
+    return f"pod/{pod.ref.uid}" if pod.ref.uid else ""
+
+
+def _node_key(node: str | None) -> str:
+    return f"node/{node}" if node else ""
+
+
+def resource_metrics(stats: kep.GetStatsSummaryResponse, containers: ContainerNames,
+                     counters: CpuCounters = COUNTERS, *, node: str | None = None) -> str:
+    """The kubelet's /metrics/resource exposition (Prometheus text format 0.0.4) of ``node``
+    (without its name, a node reporting only a CPU rate gets no counter made up)."""
     out: list[str] = []
 
     def family(name: str, kind: str, help_text: str, samples: list[tuple[str, float, str]]) -> None:
@@ -102,13 +160,14 @@ def resource_metrics(stats: kep.GetStatsSummaryResponse, containers: ContainerNa
         return "{" + ",".join(parts) + "}"
 
     with_cpu = [p for p in stats.pods if p.HasField("cpu")]
+    cpu_seconds = [counters.total(_pod_key(p), p.cpu, p.start_time) / 1e9 for p in with_cpu]
     with_memory = [p for p in stats.pods if p.HasField("memory")]
     first = {(p.ref.namespace, p.ref.name): (containers(p.ref.namespace, p.ref.name) or [""])[0]
              for p in stats.pods}
     family("container_cpu_usage_seconds_total", "counter",
            "Cumulative cpu time consumed by the container in core-seconds",
-           [(pod_labels(p, first[(p.ref.namespace, p.ref.name)]),
-             p.cpu.usage_core_nano_seconds / 1e9, _ms(p.cpu.time)) for p in with_cpu])
+           [(pod_labels(p, first[(p.ref.namespace, p.ref.name)]), total, _ms(p.cpu.time))
+            for p, total in zip(with_cpu, cpu_seconds, strict=True)])
     family("container_memory_working_set_bytes", "gauge",
            "Current working set of the container in bytes",
            [(pod_labels(p, first[(p.ref.namespace, p.ref.name)]),
@@ -120,15 +179,16 @@ def resource_metrics(stats: kep.GetStatsSummaryResponse, containers: ContainerNa
     if stats.HasField("node_cpu"):
         family("node_cpu_usage_seconds_total", "counter",
                "Cumulative cpu time consumed by the node in core-seconds",
-               [("", stats.node_cpu.usage_core_nano_seconds / 1e9, _ms(stats.node_cpu.time))])
+               [("", counters.total(_node_key(node), stats.node_cpu,
+                                    stats.node_start_time) / 1e9, _ms(stats.node_cpu.time))])
     if stats.HasField("node_memory"):
         family("node_memory_working_set_bytes", "gauge",
                "Current working set of the node in bytes",
                [("", float(stats.node_memory.working_set_bytes), _ms(stats.node_memory.time))])
     family("pod_cpu_usage_seconds_total", "counter",
            "Cumulative cpu time consumed by the pod in core-seconds",
-           [(pod_labels(p), p.cpu.usage_core_nano_seconds / 1e9, _ms(p.cpu.time))
-            for p in with_cpu])
+           [(pod_labels(p), total, _ms(p.cpu.time))
+            for p, total in zip(with_cpu, cpu_seconds, strict=True)])
     family("pod_memory_working_set_bytes", "gauge", "Current working set of the pod in bytes",
            [(pod_labels(p), float(p.memory.working_set_bytes), _ms(p.memory.time))
             for p in with_memory])
