@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # System packages the tests need that are not Python or Go: Debian's openssh-server, whose sshd
-# plays the guest's SSH server in tests/test_guest_access.py and lib/contract/tests/test_guest.py.
+# plays the guest's SSH server in tests/test_guest_access.py and lib/contract/tests/test_guest.py,
+# and in the guests `make up` gives the VMs on vcsim (vmlet_localenv.guests; make setup runs this).
 # Idempotent: installs only what is missing, and only with apt (as root, or through sudo).
 set -euo pipefail
 log() { printf '[install-test-deps %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }

@@ -2,9 +2,25 @@
 
 ``IAAS`` chooses what backs the virtual nodes: ``vsphere`` (the default: the vSphere provider
 against vcsim, one virtual node per vcsim host), ``memory`` (the in-memory reference provider) or
-``openstack`` (real Nova). The control plane and vcsim always run. Facade and provider talk
-mutual TLS with certificates made under ``run/provider-pki`` (`ProviderPki`); the env file
-names them (VMLET_PROVIDER_CA/CERT/KEY) for hack/grpcurl.sh.
+``openstack`` (real Nova). The control plane, metrics-server (`kubectl top`) and vcsim always
+run. Facade and provider talk mutual TLS with certificates made under ``run/provider-pki``
+(`ProviderPki`); the env file names them (VMLET_PROVIDER_CA/CERT/KEY) for hack/grpcurl.sh.
+
+Node addresses: the facade's kubelet API listens in a network namespace of its own
+(``vmlet-kubelet-<random>``, `Netns` with a pool) on every address of a /28 from 198.18.0.0/15
+that no route of this host covered, all of them local in that namespace and routed to it from
+the host; each virtual node advertises its own address of that pool as InternalIP
+(--node-ip-pool), so the apiserver's node proxy (``kubectl get --raw
+/api/v1/nodes/<n>/proxy/stats/summary``) and metrics-server reach every node. Nothing outside
+this machine is touched; `stop` (``make down``) removes the namespace and its routes. Without
+root or iproute2 the nodes fall back to the provider's loopback addresses, with a warning. The
+environment's `CsrApprover` approves the facade's kubelet-serving CSRs for those nodes and
+addresses (and nothing else), so the kubelet API serves with no manual step.
+
+Guests (IAAS=vsphere): vcsim runs none, so `GuestStandIn` gives every running VM one (an sshd
+in a network namespace whose hostname is the VM's name, reported as the VM's guest IP); the
+Secret they accept, ``vmlet-guest-ssh`` (VMLET_GUEST_SSH_SECRET), is made in ``default``: a
+VirtualMachine naming it in spec.access.sshSecretName can be exec'd into and port-forwarded to.
 """
 
 from __future__ import annotations
@@ -17,6 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from vmlet_localenv.controlplane import ControlPlane
+from vmlet_localenv.csrapprover import CsrApprover
+from vmlet_localenv.guests import SECRET_NAME, GuestStandIn, GuestsUnavailable
+from vmlet_localenv.metricsserver import MetricsServer
+from vmlet_localenv.netns import Netns, NetnsUnavailable
 from vmlet_localenv.private import private_dir, write_private
 from vmlet_localenv.providerpki import ProviderPki
 from vmlet_localenv.services import (
@@ -26,6 +46,7 @@ from vmlet_localenv.services import (
     facade_kubeconfig,
     vsphere_provider,
 )
+from vmlet_localenv.stack import kubelet_api_args
 from vmlet_localenv.tools import K8S_VERSION
 from vmlet_localenv.vcsim import VcSim
 
@@ -47,6 +68,10 @@ class Environment:
     facade: FacadeProcess | None = None
     openstack: Any = None  # an OpenStackEnv when IAAS=openstack
     pki: ProviderPki | None = None
+    kubelet_host: Netns | None = None  # where the kubelet API listens, at the nodes' addresses
+    approver: CsrApprover | None = None
+    guests: GuestStandIn | None = None  # IAAS=vsphere: a guest for each running VM
+    metrics_server: MetricsServer | None = None  # `kubectl top`
     env: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> Environment:
@@ -65,7 +90,10 @@ class Environment:
             # vcsim is cheap and every vSphere test and demo wants it, so it always runs.
             self.vcsim = VcSim(state_dir=run / "vcsim").start()
             self.env.update(self.vcsim.env())
+            self.metrics_server = MetricsServer(self.control_plane, run / "metrics-server").start()
             self._start_vmlet(run)
+            if self.iaas == "vsphere":
+                self._start_guests(run)
         except BaseException:
             self.stop()
             raise
@@ -87,10 +115,34 @@ class Environment:
                                        pki=self.pki).start()
         self.providers.append(provider)
         self.env[f"VMLET_PROVIDER_{provider.name.upper()}"] = provider.address
+        self.approver = CsrApprover(self.control_plane.server,
+                                    self.control_plane.ssl_context()).start()
+        record = self.directory / "kubelet-netns.json"
+        Netns.remove_recorded(record)  # left by a run that was killed
+        try:
+            self.kubelet_host = Netns.make("vmlet-kubelet", pool_prefix=28)
+            self.kubelet_host.record(record)
+            kubelet = kubelet_api_args(self.control_plane, self.kubelet_host)
+        except NetnsUnavailable as err:
+            print(f"warning: the nodes keep loopback addresses, which the apiserver will not "
+                  f"proxy to: {err}", file=sys.stderr)
+            kubelet = []
         self.facade = FacadeProcess({provider.name: provider.address},
                                     facade_kubeconfig(self.control_plane), run / "facade",
-                                    pki=self.pki).start()
+                                    args=kubelet, pki=self.pki).start()
         self.env["VMLET_FACADE_METRICS"] = f"http://127.0.0.1:{self.facade.metrics_port}/metrics"
+
+    def _start_guests(self, run: Path) -> None:
+        assert self.vcsim is not None and self.control_plane is not None
+        try:
+            self.guests = GuestStandIn(self.vcsim, run / "guests",
+                                       records=self.directory / "guest-netns").start()
+        except GuestsUnavailable as err:
+            print(f"warning: VMs get no guest, so kubectl exec and port-forward cannot enter "
+                  f"them: {err}", file=sys.stderr)
+            return
+        self.guests.apply_secret(self.control_plane)
+        self.env["VMLET_GUEST_SSH_SECRET"] = SECRET_NAME
 
     def _start_openstack(self, run: Path) -> ProviderProcess:
         """Real Nova (two fake compute hosts) and the OpenStack provider in front of it."""
@@ -107,14 +159,23 @@ class Environment:
                                pki=self.pki).start(timeout=120)
 
     def stop(self) -> None:
+        if self.guests is not None:
+            self.guests.stop()
         if self.facade is not None:
             self.facade.stop()
+        if self.approver is not None:
+            self.approver.stop()
+        if self.kubelet_host is not None:
+            self.kubelet_host.remove()
+            (self.directory / "kubelet-netns.json").unlink(missing_ok=True)
         for provider in self.providers:
             provider.stop()
         if self.openstack is not None:
             self.openstack.stop()
         if self.vcsim is not None:
             self.vcsim.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         if self.control_plane is not None:
             self.control_plane.stop()
 
