@@ -5,13 +5,20 @@ PYVER := $(shell python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.vers
 VENV ?= $(CACHE)/venv-py$(PYVER)
 BIN := $(VENV)/bin
 IAAS ?= vsphere
+# What `make setup` installs besides the virtualenv and the Go-built peers (hack/setup.sh): all of
+# it by default (`make test`), only what the chosen IAAS runs for `make up` and `make demo`.
+VMLET_SETUP ?= all
 export VMLET_CACHE := $(CACHE)
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 .PHONY: setup up down demo test test-cold lint proto bench
 
 setup:
-	@bash hack/setup.sh >/dev/null
+	@VMLET_SETUP=$(VMLET_SETUP) bash hack/setup.sh >/dev/null
+
+# A target-specific value holds for the target's prerequisites too: here, setup.
+up demo: VMLET_SETUP = $(IAAS)
+test: VMLET_SETUP = all
 
 up: setup
 	@$(BIN)/vmlet-localenv up --iaas $(IAAS)

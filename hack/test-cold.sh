@@ -19,7 +19,7 @@ else
   trap 'chmod -R u+w "$cold"; rm -rf "$cold"' EXIT
 fi
 export VMLET_CACHE="$cold" GOMODCACHE="$cold/go/mod" GOCACHE="$cold/go/build" GOPATH="$cold/go" \
-  UV_CACHE_DIR="$cold/uv-cache"
+  UV_CACHE_DIR="$cold/uv-cache" VMLET_SETUP=all  # everything `make test` runs against
 unset UV_PROJECT_ENVIRONMENT
 echo "== cold run: VMLET_CACHE=$cold"
 t0=$SECONDS

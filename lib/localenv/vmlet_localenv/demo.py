@@ -2,16 +2,20 @@
 
 Starts the local environment in a temporary directory (by default the vSphere provider against
 vcsim; `--iaas memory|openstack` for the others), shows a pod become a VM and a VirtualMachine go
-through its lifecycle, each step also shown as the IaaS itself has it, and tears it all down.
-vcsim runs no guests, so no VMware Tools reports a guest IP: on vsphere the demo reports one
-itself, the way the tools would (vcsim's SET.guest.ipAddress), and says so. On openstack the VM
-gets a port on the env's first network, whose fixed IP Neutron assigns.
+through its lifecycle, each step also shown as the IaaS itself has it, then uses the VM as a
+kubelet user would (kubectl logs, exec, top, the node's stats summary through the apiserver,
+each command printed with its output), and tears it all down. vcsim runs no guests: on vsphere
+the environment gives each running VM one (`vmlet_localenv.guests`), so exec runs in it; without
+one (no root) the demo reports a guest IP itself, the way VMware Tools would (vcsim's
+SET.guest.ipAddress), and says so. On openstack the VM gets a port on the env's first network,
+whose fixed IP Neutron assigns; Nova's fake compute driver runs no guest to exec into.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import sys
 import tempfile
@@ -24,6 +28,7 @@ from typing import Any
 
 from vmlet_localenv.controlplane import ControlPlane
 from vmlet_localenv.environment import DEFAULT_IAAS, IAAS_CHOICES, Environment
+from vmlet_localenv.guests import SECRET_NAME, guest_hostname
 from vmlet_localenv.stack import report_guest_ip, vms_with_identity
 from vmlet_localenv.vcsim import VcSim
 
@@ -106,6 +111,10 @@ class _Iaas:
     booted: Callable[[str], None] | None = None  # after a create: what the guest would do
     vm_spec: dict[str, Any] = field(default_factory=dict)
     has_ip: bool = True  # whether a running VM gets an IP here
+    # What `kubectl exec` enters here, said before it runs, and the hostname it must answer for
+    # the VM of an identity and its pod; None: exec cannot enter the VM here (guest says why).
+    guest: str = ""
+    hostname: Callable[[str, str], str] | None = None
 
     def show(self, identity: str) -> None:
         if self.look is not None:
@@ -116,9 +125,21 @@ def _iaas_of(env: Environment) -> _Iaas:
     if env.iaas == "vsphere":
         sim = env.vcsim
         assert sim is not None
+        if env.guests is not None:  # the environment gives the VM a guest, entered with its key
+            return _Iaas("vsphere", "debian-12", "vCenter (pyvmomi against vcsim)",
+                         lambda uid: _in_vcenter(sim, uid),
+                         lambda uid: step("vcsim runs no guests: the environment starts one for "
+                                          "the VM (sshd in a network namespace) and reports its "
+                                          "IP the way VMware Tools would"),
+                         vm_spec={"access": {"sshSecretName": SECRET_NAME}},
+                         guest="the VM's guest over SSH, with the key of Secret "
+                               f"{SECRET_NAME}: its hostname is the VM's name in vCenter",
+                         hostname=lambda uid, pod: guest_hostname(_vm_name(sim, uid)))
         return _Iaas("vsphere", "debian-12", "vCenter (pyvmomi against vcsim)",
                      lambda uid: _in_vcenter(sim, uid),
-                     lambda uid: _report_guest_ip(sim, uid, "10.0.0.10"))
+                     lambda uid: _report_guest_ip(sim, uid, "10.0.0.10"),
+                     guest="nothing: this machine cannot run the VMs' guests (see the warning "
+                           "above), and the reported IP is not a guest's")
     if env.iaas == "openstack":
         cloud = env.openstack
         assert cloud is not None
@@ -129,8 +150,46 @@ def _iaas_of(env: Environment) -> _Iaas:
         return _Iaas("openstack", cloud.image_name, "Nova (openstacksdk, as the cloud admin)",
                      lambda uid: _in_nova(cloud, uid),
                      vm_spec={"networks": [{"name": networks[0]["name"]}]} if networks else {},
-                     has_ip=bool(networks))
-    return _Iaas("memory", "debian-12")
+                     has_ip=bool(networks),
+                     guest="nothing here: Nova's fake compute driver runs no guest. On a real "
+                           "cloud exec goes over SSH and port-forward over TCP to the server's "
+                           "address; attach is not wired to Nova's serial console")
+    return _Iaas("memory", "debian-12",
+                 guest="the memory provider's pretend guest: a tiny built-in shell (echo, cat, "
+                       "hostname, env, sleep, sh -c) whose hostname is the pod's name",
+                 hostname=lambda uid, pod: pod)
+
+
+def _vm_name(sim: VcSim, identity: str) -> str:
+    with sim.connect() as si:
+        found = vms_with_identity(si, identity)
+        return str(found[0].name) if found else ""
+
+
+def _events(cp: ControlPlane, selector: str) -> str:
+    """The events ``selector`` picks, oldest first, one line each.
+
+    Timestamps have a second's resolution (the core/v1 Events the facade posts) or finer
+    (eventTime, from the scheduler): within a second, the order the apiserver stored them in
+    (resourceVersion) decides.
+    """
+    items = json.loads(cp.kubectl("get", "events", "--field-selector", selector,
+                                  "-o", "json").stdout)["items"]
+
+    def when(event: dict[str, Any]) -> str:
+        series = event.get("series") or {}
+        stamp = (event.get("lastTimestamp") or series.get("lastObservedTime")
+                 or event.get("eventTime") or event.get("firstTimestamp")
+                 or event["metadata"]["creationTimestamp"])
+        return str(stamp)[:19]  # YYYY-MM-DDTHH:MM:SS
+
+    items.sort(key=lambda e: (when(e), int(e["metadata"].get("resourceVersion") or 0)))
+    rows = [(when(e)[11:], e.get("type", ""), e.get("reason", ""),
+             (e.get("source") or {}).get("component") or e.get("reportingComponent", ""),
+             e.get("message", "")) for e in items]
+    return "\n".join(f"{t:9} {kind:8} {reason:22} {source:18} {message}"
+                     for t, kind, reason, source, message in
+                     [("TIME", "TYPE", "REASON", "FROM", "MESSAGE"), *rows])
 
 
 def _show_pod(cp: ControlPlane, iaas: _Iaas) -> None:
@@ -147,10 +206,7 @@ def _show_pod(cp: ControlPlane, iaas: _Iaas) -> None:
         time.sleep(0.5)
     pod = cp.kubectl("get", "pod", "demo-vm", "-o", "wide").stdout.rstrip()
     step(f"kube-scheduler bound it to a vmlet node and the provider runs it:\n{pod}")
-    events = cp.kubectl("get", "events", "--field-selector", "involvedObject.name=demo-vm",
-                        "-o", "custom-columns=REASON:.reason,FROM:.source.component,"
-                        "MESSAGE:.message").stdout.rstrip()
-    step(f"events:\n{events}")
+    step(f"events, in time order:\n{_events(cp, 'involvedObject.name=demo-vm')}")
     if phase != "Running":
         raise SystemExit("the demo pod did not reach Running")
     iaas.show(cp.kubectl("get", "pod", "demo-vm", "-o", "jsonpath={.metadata.uid}").stdout)
@@ -173,7 +229,7 @@ def _wait_vm(cp: ControlPlane, name: str, state: str, what: str,
                      f"{json.dumps(vm.get('status', {}))}")
 
 
-def _show_vm(cp: ControlPlane, iaas: _Iaas) -> None:
+def _show_vm(cp: ControlPlane, iaas: _Iaas, *, metrics: bool) -> None:
     def with_ip(vm: dict[str, Any]) -> bool:
         return bool(vm["status"].get("addresses")) or not iaas.has_ip
 
@@ -214,11 +270,77 @@ def _show_vm(cp: ControlPlane, iaas: _Iaas) -> None:
     _wait_vm(cp, "demo", "Running", "migrated",
              lambda vm: vm["status"].get("nodeName") not in (None, source) and with_ip(vm))
     iaas.show(uid)
-    events = cp.kubectl("get", "events", "--field-selector",
-                        "involvedObject.kind=VirtualMachine,involvedObject.name=demo",
-                        "--sort-by=.lastTimestamp",
-                        "-o", "custom-columns=REASON:.reason,MESSAGE:.message").stdout.rstrip()
-    step(f"the VirtualMachine's events:\n{events}")
+    events = _events(cp, "involvedObject.kind=VirtualMachine,involvedObject.name=demo")
+    step(f"the VirtualMachine's events, in time order:\n{events}")
+    _use_vm(cp, iaas, uid, metrics=metrics)
+
+
+def _shown(cp: ControlPlane, *args: str, timeout: float = 60,
+           ok: Callable[[str], bool] = lambda out: True, lines: int = 12) -> str:
+    """Run ``kubectl ARGS`` as the user would, again until it succeeds and ``ok`` holds of its
+    output or ``timeout`` passes (0: once); print the command and what it printed (its last
+    ``lines``; 0: the command alone). Returns its stdout ("" when it failed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = cp.kubectl(*args, check=False)
+        if (out.returncode == 0 and ok(out.stdout)) or time.monotonic() >= deadline:
+            break
+        time.sleep(2)
+    print(f"$ kubectl {shlex.join(args)}", flush=True)
+    if out.returncode != 0:
+        print(out.stderr.rstrip(), f"(exit code {out.returncode})", sep="\n", flush=True)
+        return ""
+    text = out.stdout.rstrip().splitlines()
+    earlier = [f"... ({len(text) - lines} earlier lines)"] if lines and len(text) > lines else []
+    if lines:
+        print(*earlier, *text[-lines:], sep="\n", flush=True)
+    return out.stdout
+
+
+def _use_vm(cp: ControlPlane, iaas: _Iaas, uid: str, *, metrics: bool) -> None:
+    """What a kubelet user types next: logs, exec, top, the node's stats summary."""
+    status = json.loads(cp.kubectl("get", "vm", "demo", "-o", "json").stdout)["status"]
+    pod, node = status["podName"], status["nodeName"]
+    step(f"using the VM as a kubelet user would (`source .vmlet/env` after `make up`): its pod "
+         f"is {pod}, on node {node}; every call goes through the apiserver to the facade's "
+         "kubelet API at the node's address")
+    _shown(cp, "logs", pod, ok=bool, lines=10)
+    step(f"kubectl exec enters {iaas.guest}")
+    if iaas.hostname is not None:
+        want = iaas.hostname(uid, pod)
+        got = _shown(cp, "exec", pod, "--", "hostname", ok=lambda out: out.strip() == want)
+        if got.strip() != want:
+            raise SystemExit(f"exec answered {got.strip()!r}, not the guest's {want!r}")
+        _shown(cp, "exec", pod, "--", "sh", "-c", "exit 3", timeout=0)  # its exit code
+    step("the node's stats summary through the apiserver's node proxy (a few of its fields)")
+    raw = _shown(cp, "get", "--raw", f"/api/v1/nodes/{node}/proxy/stats/summary", lines=0)
+    figures = node_figures = False  # whether the provider reports the pod's, the node's usage
+    if raw:
+        summary = json.loads(raw)
+        n = summary["node"]
+        node_figures = bool(n.get("cpu", {}).get("usageNanoCores")
+                            and n.get("memory", {}).get("workingSetBytes"))
+        print(f"  node {n['nodeName']}: cpu {n.get('cpu', {}).get('usageNanoCores')} nanocores, "
+              f"memory working set {n.get('memory', {}).get('workingSetBytes')} bytes, "
+              f"{len(summary.get('pods', []))} pod(s)", flush=True)
+        for p in summary.get("pods", []):
+            if p["podRef"]["name"] != pod:
+                continue
+            cpu, memory = (p.get("cpu", {}).get("usageNanoCores"),
+                           p.get("memory", {}).get("workingSetBytes"))
+            figures = bool(cpu and memory)
+            print(f"  pod {p['podRef']['namespace']}/{pod}: cpu {cpu} nanocores, memory working "
+                  f"set {memory} bytes", flush=True)
+    if not metrics:
+        return
+    step("metrics-server scrapes every node's kubelet API (each node its own address); "
+         "figures show after its second scrape")
+    if not (figures and node_figures):
+        step("the provider reports zero usage here (a simulated IaaS measures none: vcsim's "
+             "quick stats of a VM are zero, Nova's fake driver reports no CPU), and "
+             "metrics-server leaves out a node or pod whose CPU or memory figure is zero")
+    _shown(cp, "top", "node", timeout=60 if node_figures else 0)
+    _shown(cp, "top", "pod", pod, timeout=30 if figures else 0)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -258,7 +380,7 @@ def _run(iaas_name: str) -> int:
             step(f"vcsim at {env.vcsim.url}: hosts {', '.join(hosts)}")
             iaas = _iaas_of(env)
             _show_pod(cp, iaas)
-            _show_vm(cp, iaas)
+            _show_vm(cp, iaas, metrics=env.metrics_server is not None)
         finally:
             env.stop()
             step("everything stopped")

@@ -7,9 +7,11 @@ starts a guest: Debian's OpenSSH server (/usr/sbin/sshd, from hack/install-test-
 network namespace of its own (`vmlet_localenv.netns.Netns`) and a UTS namespace whose hostname
 is the VM's name (shortened to 64 characters), so `kubectl exec <pod> -- hostname` answers
 which VM it reached. It then reports the namespace's address as the VM's guest IP the way
-VMware Tools would (SET.guest.ipAddress). The guest's filesystem is this machine's, as in
-tests/test_guest_access.py. When the VM is powered off or destroyed, its sshd and every process
-left in its namespace are killed and the namespace removed; `stop` does that for all of them.
+VMware Tools would (SET.guest.ipAddress), with the quick stats of an idle guest (vcsim reports
+zero usage, which metrics-server drops, so `kubectl top pod` would show nothing). The guest's
+filesystem is this machine's, as in tests/test_guest_access.py. When the VM is powered off or
+destroyed, its sshd and every process left in its namespace are killed and the namespace
+removed; `stop` does that for all of them.
 
 Every guest accepts one key pair and shows one host key, both made when the stand-in starts,
 as 0600 files in its directory: ``id_ed25519`` (root's login key), ``host_key``, and
@@ -54,6 +56,8 @@ SECRET_NAME = "vmlet-guest-ssh"
 SSHD = Path("/usr/sbin/sshd")
 HOSTNAME_MAX = 64
 _IDENTITY = 'config.extraConfig["vmlet.identity"]'
+#: What a guest reports using, as vSphere's quick stats: CPU in MHz, memory in MB.
+IDLE_USAGE = {"overallCpuUsage": 42, "guestMemoryUsage": 180, "hostMemoryUsage": 230}
 _PATHS = ("name", "runtime.powerState", "guest.ipAddress", _IDENTITY)
 
 
@@ -336,11 +340,15 @@ class GuestStandIn:
             time.sleep(0.1)
 
     def _report_ip(self, vm: Any, ip: str) -> None:
-        """Report ``ip`` as ``vm``'s guest address, as VMware Tools would."""
+        """Report ``ip`` as ``vm``'s guest address, as VMware Tools would, and the usage of an
+        idle guest (`IDLE_USAGE`) as the host's quick stats would, in one reconfiguration (each
+        one is a line of the VM's log)."""
         from pyVmomi import vim
 
-        task = vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(
-            extraConfig=[vim.option.OptionValue(key="SET.guest.ipAddress", value=ip)]))
+        task = vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(extraConfig=[
+            vim.option.OptionValue(key="SET.guest.ipAddress", value=ip),
+            *(vim.option.OptionValue(key=f"SET.summary.quickStats.{k}", value=v)
+              for k, v in IDLE_USAGE.items())]))
         deadline = time.monotonic() + 30
         while task.info.state not in ("success", "error"):
             if time.monotonic() > deadline:
