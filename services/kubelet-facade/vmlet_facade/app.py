@@ -58,7 +58,12 @@ class FacadeConfig:
 async def _node_loop(nc: NodeController, pods: PodController) -> None:
     """Register ``nc``'s nodes and keep the pod controller routing to them."""
     runner = asyncio.create_task(nc.run())
-    await nc.registered.wait()
+    registered = asyncio.create_task(nc.registered.wait())
+    await asyncio.wait({runner, registered}, return_when=asyncio.FIRST_COMPLETED)
+    if not nc.registered.is_set():  # the controller ended first: end the facade with it
+        registered.cancel()
+        await runner
+        raise RuntimeError(f"the node controller of {nc.provider.name} ended unregistered")
     await pods.adopt(nc.provider)
     while not runner.done():
         for name in list(nc.nodes):

@@ -13,7 +13,7 @@ import aiohttp
 from vmlet_facade.kube.config import KubeConfig
 from vmlet_facade.kube.paths import InvalidPath, check_path
 
-__all__ = ["PATCH_JSON", "PATCH_MERGE", "PATCH_STRATEGIC", "ApiError", "KubeClient"]
+__all__ = ["PATCH_JSON", "PATCH_MERGE", "PATCH_STRATEGIC", "UNREACHABLE", "ApiError", "KubeClient"]
 
 PATCH_MERGE = "application/merge-patch+json"
 PATCH_STRATEGIC = "application/strategic-merge-patch+json"
@@ -33,6 +33,9 @@ def _log_request(method: str, path: str, watch: bool, status: int) -> None:
         with open(target, "a") as out:
             out.write(json.dumps({"method": method, "path": path, "watch": watch,
                                   "status": status}) + "\n")
+
+
+UNREACHABLE = "Unreachable"  # the reason of an ApiError for an apiserver not reached
 
 
 class ApiError(Exception):
@@ -99,18 +102,25 @@ class KubeClient:
         self, method: str, path: str, *, params: Mapping[str, str] | None = None,
         body: Any = None, content_type: str = "application/json", request_timeout: float = 30.0,
     ) -> Obj:
-        """Send one request; return the decoded answer or raise ApiError."""
+        """Send one request; return the decoded answer or raise ApiError. An apiserver that
+        cannot be reached, or drops the connection, is ApiError 503 (`UNREACHABLE`): every
+        caller retries it as any answer it cannot use, and no controller loop dies of it."""
         data = None if body is None else json.dumps(body)
-        async with self._client().request(
-            method, self.config.server + _checked(path), params=params, data=data,
-            headers=self._headers(content_type if data is not None else None),
-            timeout=aiohttp.ClientTimeout(total=request_timeout),
-        ) as resp:
-            _log_request(method, path, False, resp.status)
-            raw = await resp.read()
-            if resp.status >= 300:
-                raise _api_error(resp.status, raw)
-            return json.loads(raw) if raw else {}
+        url = self.config.server + _checked(path)
+        try:
+            async with self._client().request(
+                method, url, params=params, data=data,
+                headers=self._headers(content_type if data is not None else None),
+                timeout=aiohttp.ClientTimeout(total=request_timeout),
+            ) as resp:
+                _log_request(method, path, False, resp.status)
+                raw = await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as err:
+            raise ApiError(503, UNREACHABLE, f"{method} {path}: the apiserver could not be "
+                           f"reached: {type(err).__name__}: {err}") from err
+        if resp.status >= 300:
+            raise _api_error(resp.status, raw)
+        return json.loads(raw) if raw else {}
 
     async def get(self, path: str, **params: str) -> Obj:
         return await self.request("GET", path, params=params or None)
