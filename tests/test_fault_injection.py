@@ -8,10 +8,6 @@ moments they land on follow the clock, so the interleaving may differ), ``VMLET_
 draws a new one (unset: `DEFAULT_SEED`, so `make test` is repeatable), ``VMLET_FAULT_OPS`` changes
 the number of operations (200 by default).
 
-The vSphere run is marked ``open_finding``: seed 1 still leaves Backups of VMs stopped right after
-them in Running (docs/fault-injection.md), so `make test` deselects it until that is fixed; run
-it with ``pytest -m open_finding tests/test_fault_injection.py``.
-
 The IaaS: the memory provider keeps its machines in its state file, so killing the provider kills
 its IaaS too. vcsim keeps its inventory in memory only (``-load`` reads a dump written by ``govc
 object.save``; nothing is journalled), so a killed vcsim loses every VM, which no real vCenter
@@ -295,7 +291,6 @@ def test_memory_provider_under_faults(memory_rig: Rig, cp: ControlPlane,
 
 
 @pytest.mark.vcsim
-@pytest.mark.open_finding
 @pytest.mark.timeout(1200)
 def test_vsphere_provider_under_faults(vsphere_rig: Rig, cp: ControlPlane,
                                        capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,8 +7,8 @@ workload kept. Each check returns the violations it finds, as sentences naming t
 - none powered off that should run, none running that should be stopped, at the size asked;
 - no VirtualMachine Failed (the IaaS here fails nothing on its own), none left Provisioning;
 - every VirtualMachine, Backup, Restore and Migration has a status current with its generation,
-  and every operation reached Succeeded or Failed (or is Pending on a VM the script stopped or
-  deleted: a Migration waits for its VM to run).
+  and every operation reached Succeeded or Failed (or is Pending on a VM the script deleted, a
+  Migration of a VM it stopped, a Backup of a VM never placed: `_may_wait`).
 """
 
 from __future__ import annotations
@@ -109,17 +109,32 @@ def check(api: KubeApi, ns: str, model: dict[str, VmModel], iaas: Iaas, sampler:
         for obj in api.get(f"{VM_API}/namespaces/{ns}/{plural}")["items"]:
             what = f"{obj['kind']} {obj['metadata']['name']}"
             state = (obj.get("status") or {}).get("state", "")
-            states[f"{obj['kind']} {state or 'no status'}"] += 1
+            failed = [c.get("reason") for c in (obj.get("status") or {}).get("conditions") or []
+                      if c.get("type") == "Failed" and c.get("status") == "True"]
+            why = f" ({failed[0]})" if failed else ""
+            states[f"{obj['kind']} {state or 'no status'}{why}"] += 1
             violations += _current(obj, what)
             vm = model.get((obj.get("spec") or {}).get("vmName", ""))
-            if state == "Pending" and vm is not None and (vm.deleted or vm.replicas == 0):
-                continue  # waits for its VM to run, as it should: the script stopped it
+            if state == "Pending" and vm is not None and _may_wait(obj, vm):
+                continue
             if state not in ("Succeeded", "Failed"):
                 said = [f"{c['type']}={c.get('reason')}: {c.get('message')}"
                         for c in (obj.get("status") or {}).get("conditions") or []]
                 violations.append(f"{what} of VM {obj['spec'].get('vmName', '?')}: state "
                                   f"{state or 'none'}, not finished {said}")
     return violations, dict(states)
+
+
+def _may_wait(operation: dict[str, Any], vm: VmModel) -> bool:
+    """Whether ``operation`` may rightly stay Pending: its VM was deleted; a Migration of a VM
+    the script stopped waits for it to run; a Backup waits only for a VM never placed (a
+    stopped VM is backed up where it rests)."""
+    if vm.deleted:
+        return True
+    if operation["kind"] == "VirtualMachineBackup":
+        return any(c.get("reason") == "VMNotPlaced"
+                   for c in (operation.get("status") or {}).get("conditions") or [])
+    return vm.replicas == 0
 
 
 def _vm(obj: dict[str, Any], want: VmModel) -> list[str]:
