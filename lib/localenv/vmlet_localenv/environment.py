@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import shlex
 import shutil
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from vmlet_localenv.guests import SECRET_NAME, GuestStandIn, GuestsUnavailable
 from vmlet_localenv.metricsserver import MetricsServer
 from vmlet_localenv.netns import Netns, NetnsUnavailable
 from vmlet_localenv.private import private_dir, write_private
+from vmlet_localenv.processes import wait_for
 from vmlet_localenv.providerpki import ProviderPki
 from vmlet_localenv.services import (
     FacadeProcess,
@@ -46,13 +48,21 @@ from vmlet_localenv.services import (
     facade_kubeconfig,
     vsphere_provider,
 )
-from vmlet_localenv.stack import kubelet_api_args
+from vmlet_localenv.stack import KUBELET_PORT, kubelet_api_args
 from vmlet_localenv.tools import K8S_VERSION
 from vmlet_localenv.vcsim import VcSim
 
 __all__ = ["DEFAULT_IAAS", "IAAS_CHOICES", "Environment"]
 
 IAAS_CHOICES = ("memory", "vsphere", "openstack")
+
+
+def _listens(address: str, port: int) -> bool:
+    try:
+        socket.create_connection((address, port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 DEFAULT_IAAS = "vsphere"
 
 
@@ -131,6 +141,16 @@ class Environment:
                                     facade_kubeconfig(self.control_plane), run / "facade",
                                     args=kubelet, pki=self.pki).start()
         self.env["VMLET_FACADE_METRICS"] = f"http://127.0.0.1:{self.facade.metrics_port}/metrics"
+        if self.kubelet_host is not None:
+            self._wait_kubelet_api(self.kubelet_host.ip)
+
+    def _wait_kubelet_api(self, address: str, timeout: float = 120.0) -> None:
+        """Return once the facade's kubelet API listens (it does once the approver let its
+        serving certificate through), so the first `kubectl logs` after `make up` works."""
+        assert self.facade is not None and self.facade.process is not None
+        wait_for(lambda: _listens(address, KUBELET_PORT), timeout=timeout,
+                 what=f"the kubelet API at {address}:{KUBELET_PORT}",
+                 alive=self.facade.process.check_alive)
 
     def _start_guests(self, run: Path) -> None:
         assert self.vcsim is not None and self.control_plane is not None
