@@ -257,6 +257,22 @@ def test_statuses() -> None:
     assert pod_status(pod, None).phase == pod_pb2.POD_PHASE_PENDING
 
 
+def test_an_error_server_fails_once_its_fault_is_read() -> None:
+    pod = _pod()
+    never_ran = _server(status="ERROR", **{"OS-SRV-USG:launched_at": None})
+    held = pod_status(pod, never_ran, fault_pending=True)
+    assert held.phase == pod_pb2.POD_PHASE_PENDING
+    assert held.container_statuses[0].waiting.reason == "ContainerCreating"
+    assert "reading the fault" in held.container_statuses[0].waiting.message
+    ran = pod_status(pod, _server(status="ERROR"), fault_pending=True)
+    ready = next(c for c in ran.conditions if c.type == "Ready")
+    assert ran.phase == pod_pb2.POD_PHASE_RUNNING and ready.reason == "Busy"
+    read = _server(status="ERROR", fault={"message": "No valid host was found"})
+    assert pod_status(pod, read, fault_pending=True).reason == "NoValidHost"
+    gave_up = pod_status(pod, never_ran)
+    assert gave_up.phase == pod_pb2.POD_PHASE_FAILED and gave_up.reason == "ServerError"
+
+
 def test_statuses_are_stable_between_lists() -> None:
     pod = _pod()
     for server in (_server(), _server(status="SHUTOFF"), _server(status="ERROR")):

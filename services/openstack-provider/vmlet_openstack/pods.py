@@ -225,6 +225,7 @@ class Pods:
             progress=entry.progress,
             vanished=entry.vanished,
             server_id=entry.server_id,
+            fault_pending=server is not None and server.id in self._reading_fault,
             node_name=self._nodes.node_of(host) if host else "",
             host_ip=self._nodes.host_ip(host),
         )
@@ -865,6 +866,12 @@ class Pods:
             return
         if not entry.server_id:
             entry.server_id = record.id
+        if (record.status == "ERROR" and record.fault is None
+                and record.id not in self._reading_fault):
+            # Nova's server list leaves the fault out: read it with the server itself, and
+            # hold the pod's Failed until then so it fails once, with Nova's reason.
+            self._reading_fault.add(record.id)
+            self._spawn(self._read_fault(record.id, entry.key))
         self._publish(entry)
         if (
             record.status == "VERIFY_RESIZE"
@@ -874,13 +881,8 @@ class Pods:
             self._kick(record.identity)  # heal a resize left unconfirmed (e.g. by a restart)
         if len(self._cache.of_identity(record.identity)) > 1:
             self._spawn(self._dedupe(record.identity))
-        if (record.status == "ERROR" and record.fault is None
-                and record.id not in self._reading_fault):
-            # Nova's server list leaves the fault out: read it with the server itself.
-            self._reading_fault.add(record.id)
-            self._spawn(self._read_fault(record.id))
 
-    async def _read_fault(self, server_id: str) -> None:
+    async def _read_fault(self, server_id: str, key: PodKey) -> None:
         """Nova records the fault just after the server turns ERROR: read until it shows."""
         try:
             # A minute in all: under load the conductor records it seconds after the status.
@@ -896,6 +898,9 @@ class Pods:
                     return
         finally:
             self._reading_fault.discard(server_id)
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._publish(entry)  # Failed now, with the fault or without one
 
     def _on_gone(self, old: ServerRecord) -> None:
         key = self._by_identity.get(old.identity)

@@ -9,7 +9,10 @@
 - SHUTOFF, SUSPENDED, PAUSED, SHELVED with nothing under way: Running with the container
   terminated (PoweredOff, Suspended, ...) and not ready, or Pending if it never ran. While the
   provider starts it: waiting with PoweringOn.
-- ERROR: Failed, with the reason and message of Nova's fault (see `faults.server_fault`).
+- ERROR: Failed, with the reason and message of Nova's fault (see `faults.server_fault`). While
+  the provider is still reading that fault (server lists leave it out; Nova records it just after
+  the status), the pod keeps the state it had: Pending if the server never ran, else Running and
+  not ready (Busy), so it fails once, with Nova's reason.
 - Gone (deleted behind the provider's back): Failed with VMVanished.
 """
 
@@ -88,6 +91,7 @@ def pod_status(
     progress: Progress | None = None,
     vanished: str = "",
     server_id: str = "",
+    fault_pending: bool = False,
     node_name: str = "",
     host_ip: str = "",
 ) -> pod_pb2.PodStatus:
@@ -100,6 +104,7 @@ def pod_status(
         progress=progress,
         vanished=vanished,
         server_id=server_id,
+        fault_pending=fault_pending,
         node_name=node_name,
         host_ip=host_ip,
     )
@@ -114,6 +119,7 @@ def _status(
     progress: Progress | None,
     vanished: str,
     server_id: str,
+    fault_pending: bool,
     node_name: str,
     host_ip: str,
 ) -> pod_pb2.PodStatus:
@@ -143,6 +149,14 @@ def _status(
         "host_ip": host_ip,
     }
     started = server.launched_at
+    if server.status == "ERROR" and server.fault is None and fault_pending:
+        said = f"Nova put server {server.name} in ERROR; reading the fault it recorded"
+        if started is None:
+            return podstatus.pending(pod, reason="ContainerCreating", message=said, **common)
+        status = podstatus.running(pod, ips=server.ips, started_at=started, **common)
+        _not_ready(status, "Busy", said)
+        status.message = said
+        return status
     if server.status == "ERROR":
         reason, message = server_fault(server.fault, server.name)
         return podstatus.failed(
