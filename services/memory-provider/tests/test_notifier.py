@@ -10,9 +10,7 @@ import pytest
 from vmlet.provider.v1 import pod_lifecycle_service_pb2 as pl
 from vmlet.provider.v1 import pod_notifier_service_pb2 as pn
 from vmlet.provider.v1 import pod_pb2
-from vmlet_contract import Unavailable
 from vmlet_memory.cloud import CloudOptions
-from vmlet_memory.fanout import Fanout
 from vmlet_memory.testing import Harness, make_pod, running_provider
 
 pytestmark = pytest.mark.timeout(60)
@@ -77,40 +75,3 @@ async def test_shutdown_ends_streams_with_unavailable() -> None:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await asyncio.wait_for(call.read(), 5)
         assert info.value.code() is grpc.StatusCode.UNAVAILABLE
-
-
-# The fan-out itself.
-
-
-async def test_fanout_coalesces_per_key_and_never_waits() -> None:
-    fanout: Fanout[str] = Fanout(limit=10)
-    slow, fast = fanout.subscribe(), fanout.subscribe([("k0", "initial")])
-    assert await fast.next_batch() == ["initial"]
-    for i in range(5):
-        fanout.publish("k1", f"v{i}")
-    fanout.publish("k2", "w")
-    assert await fast.next_batch() == ["v4", "w"]
-    assert await slow.next_batch() == ["v4", "w"]
-
-
-async def test_fanout_cuts_off_a_subscriber_that_falls_too_far_behind() -> None:
-    fanout: Fanout[int] = Fanout(limit=3)
-    lagging, keeping_up = fanout.subscribe(), fanout.subscribe()
-    for i in range(4):
-        fanout.publish(i, i)
-        assert await keeping_up.next_batch() == [i]
-    with pytest.raises(Unavailable):
-        await lagging.next_batch()
-    assert fanout.subscribers == 1
-
-
-async def test_fanout_close_ends_waiting_readers() -> None:
-    fanout: Fanout[int] = Fanout()
-    sub = fanout.subscribe()
-    waiter = asyncio.create_task(sub.next_batch())
-    await asyncio.sleep(0)
-    fanout.close("bye")
-    with pytest.raises(Unavailable, match="bye"):
-        await waiter
-    with pytest.raises(Unavailable):
-        await fanout.subscribe().next_batch()

@@ -3,7 +3,8 @@
 Every operation runs on the event loop without awaiting, so each one is atomic: twenty
 concurrent CreatePod calls for one identity see one machine. Look-ups are dict look-ups, so
 creating a pod costs O(1) however many run. Each change of a pod's status is published once to
-the `Fanout` that feeds NotifyPods, and `on_change` is called so the state file can follow.
+the `vmlet_contract.Hub` that feeds NotifyPods, and `on_change` is called so the state file can
+follow.
 
 Per-pod knobs, for tests of the facade (annotations on the pod):
   memory.vmlet.io/start-delay-seconds  how long this pod stays Pending (overrides the flag)
@@ -27,7 +28,9 @@ from vmlet.provider.v1 import pod_notifier_service_pb2, pod_pb2, virtual_machine
 from vmlet_contract import (
     AlreadyExists,
     FailedPrecondition,
+    Hub,
     InvalidArgument,
+    Mailbox,
     NotFound,
     ProviderError,
     check_namespace,
@@ -36,7 +39,6 @@ from vmlet_contract import (
 
 from .addresses import IpPool
 from .disks import Disk, DiskStore, disk_handles
-from .fanout import Fanout, Subscription
 from .hosts import Host, Usage, usage_of
 from .machines import LogLine, Machine, PodKey, Power, pod_key
 
@@ -110,7 +112,7 @@ class Cloud:
         self.flush: Callable[[], Awaitable[None]] = _nothing
         self._machines: dict[str, Machine] = {}
         self._by_pod: dict[PodKey, str] = {}
-        self._fanout: Fanout[PodUpdate] = Fanout(limit=options.subscriber_limit)
+        self._hub: Hub[PodUpdate] = Hub(limit=options.subscriber_limit)
         self._timers: dict[str, asyncio.TimerHandle] = {}
 
     # Look-ups.
@@ -159,23 +161,23 @@ class Cloud:
 
     # Notification.
 
-    def subscribe(self) -> Subscription[PodUpdate]:
+    def subscribe(self) -> Mailbox[PodUpdate]:
         """A subscription that first gets every pod's current status, then each change."""
         initial = [
             (pod_key(vm.pod.ref), PodUpdate(ref=vm.pod.ref, status=vm.status))
             for vm in self._machines.values()
             if vm.pod is not None and vm.status is not None
         ]
-        return self._fanout.subscribe(initial)
+        return self._hub.subscribe(initial)
 
-    def unsubscribe(self, sub: Subscription[PodUpdate]) -> None:
+    def unsubscribe(self, sub: Mailbox[PodUpdate]) -> None:
         """Ends interest in changes."""
-        self._fanout.unsubscribe(sub)
+        self._hub.unsubscribe(sub)
 
     def close(self) -> None:
         """Ends every stream: the provider is shutting down."""
         self.closing.set()
-        self._fanout.close("the provider is shutting down; reconnect")
+        self._hub.close("the provider is shutting down; reconnect")
         for timer in self._timers.values():
             timer.cancel()
         for vm in self._machines.values():
@@ -419,7 +421,7 @@ class Cloud:
                 host_ip=HOST_IP,
                 provider_id=vm.provider_id,
             )
-            self._fanout.publish(pod_key(old.ref), PodUpdate(ref=old.ref, status=gone))
+            self._hub.publish(pod_key(old.ref), PodUpdate(ref=old.ref, status=gone))
         self.disks.attach_exactly(disk_handles(pod), vm.identity)
         vm.pod = pod
         self._by_pod[new_key] = vm.identity
@@ -540,7 +542,7 @@ class Cloud:
     def _publish(self, vm: Machine) -> None:
         vm.status = self._status(vm)
         if vm.pod is not None and vm.status is not None:
-            self._fanout.publish(pod_key(vm.pod.ref), PodUpdate(ref=vm.pod.ref, status=vm.status))
+            self._hub.publish(pod_key(vm.pod.ref), PodUpdate(ref=vm.pod.ref, status=vm.status))
 
     # State on disk.
 

@@ -1,5 +1,5 @@
 """PodNotifierService: every pod's status on connect, then each change, for any number of
-subscribers; see `fanout` for why a slow subscriber holds up nobody."""
+subscribers; see `vmlet_contract.hub` for why a slow subscriber holds up nobody."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class PodNotifier(pb_grpc.PodNotifierServiceServicer):
         sub = self._cloud.subscribe()
         try:
             while True:
-                for update in await sub.next_batch():
+                for update in await sub.take():
                     yield update
         finally:
             self._cloud.unsubscribe(sub)

@@ -9,11 +9,12 @@ Modules, from the bottom up:
   sizing       container image -> Glance image, resources -> flavor
   networks     a pod's networks (names or IDs) -> Neutron network IDs, in order
   catalog      flavors, images and networks, cached briefly
-  locks        per-identity locks (stream fan-out: vmlet_contract.Hub)
   watch        one changes-since server list per interval for all servers
   nodes        compute hosts as nodes, polled and pushed on change
   status       a pod's status from its server
-  pods         create/update/delete by identity, the converger, status pushes
+  podtable     the pods the provider runs, their statuses and the push of every change
+  converger    one task per identity walks a server toward its pod (move, resize, start, disks)
+  pods         create/update/delete by identity
   disks        Cinder volumes as disks, attached through Nova's volume attachments
   snapshots    Glance image snapshots, rebuild, VMs by identity
   consolelog   console output (or instance actions) as a log

@@ -37,11 +37,11 @@ from vmlet.provider.v1 import pod_pb2
 from vmlet.provider.v1 import virtual_machine_service_pb2 as pb
 from vmlet_contract import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from vmlet_contract.diskrequests import check_create_disk
+from vmlet_contract.locks import KeyedLocks
 
 from . import naming
 from .cloud import COMPUTE_MV, Api, Cloud
 from .config import Settings
-from .locks import IdentityLocks
 from .watch import ServerCache
 
 __all__ = ["DISK_PARAMETERS", "Disks", "VolumeRecord", "pod_disk_handles"]
@@ -220,8 +220,8 @@ class Disks:
         self._cloud = cloud
         self._cache = cache
         self._settings = settings
-        self._name_locks = IdentityLocks()
-        self._disk_locks = IdentityLocks()
+        self._name_locks = KeyedLocks()
+        self._disk_locks = KeyedLocks()
 
     # -- reading -----
     async def find(self, handle: str) -> VolumeRecord | None:

@@ -35,7 +35,6 @@ from vmlet_contract import (
 from .cloud import Api, Cloud
 from .config import Settings
 from .faults import server_fault
-from .locks import IdentityLocks
 from .nodes import NodeBook
 from .pods import Pods
 from .records import ServerRecord, parse_time
@@ -95,7 +94,7 @@ class Snapshots:
         self._pods = pods
         self._nodes = nodes
         self._settings = settings
-        self._locks = IdentityLocks()
+        self._locks = pods.locks  # a revert and a pod's stop take turns
 
     async def check_owner(self, identity: str, namespace: str) -> None:
         """PermissionDenied when a server of `identity` belongs to another namespace."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +15,6 @@ from vmlet_vmware import faults
 from vmlet_vmware.cache import Cache, Change
 from vmlet_vmware.disks import pod_disk_handles
 from vmlet_vmware.inventory import NetworkRef
-from vmlet_vmware.locks import KeyedLocks
 from vmlet_vmware.naming import label_value, node_name, vm_name
 from vmlet_vmware.records import IDENTITY_KEY, POD_KEY, VmRecord
 from vmlet_vmware.sizing import cpu_millis, memory_bytes, template_of, vm_size
@@ -228,22 +226,6 @@ def test_pod_status_phases() -> None:
     vanished = pod_status(pod, None, failure=("VMVanished", "gone"), last_vm="vm-9")
     assert vanished.phase == pod_pb2.POD_PHASE_FAILED and vanished.reason == "VMVanished"
     assert vanished.provider_id == "vm-9"
-
-
-async def test_keyed_locks_serialize_one_key_only() -> None:
-    locks = KeyedLocks()
-    order: list[str] = []
-
-    async def work(key: str, name: str, pause: float) -> None:
-        async with locks.hold(key):
-            order.append(f"{name}+")
-            await asyncio.sleep(pause)
-            order.append(f"{name}-")
-
-    await asyncio.gather(work("x", "a", 0.05), work("x", "b", 0), work("y", "c", 0))
-    assert order.index("a-") < order.index("b+")
-    assert order.index("c+") < order.index("a-")
-    assert len(locks) == 0
 
 
 async def test_a_contradicted_refresh_asks_for_another_read() -> None:

@@ -9,7 +9,6 @@ Modules, from the bottom up:
   records      the watched properties and the host/VM records built from them
   cache        hosts and VMs as last seen, by ID, node name and identity
   watch        the WaitForUpdatesEx loop that keeps the cache current
-  locks        per-identity locks (stream fan-out: vmlet_contract.Hub)
   naming       node names, VM names, label values
   sizing       image -> template, resources -> vCPUs/MiB, quantities
   vms          clone, power, relocate, reconfigure, NICs, destroy; waiting for tasks

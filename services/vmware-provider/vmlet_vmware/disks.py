@@ -42,10 +42,10 @@ from vmlet.provider.v1 import pod_pb2
 from vmlet.provider.v1 import virtual_machine_service_pb2 as pb
 from vmlet_contract import FailedPrecondition, InvalidArgument, NotFound, ProviderError
 from vmlet_contract.diskrequests import check_create_disk
+from vmlet_contract.locks import KeyedLocks
 
 from .cache import Cache
 from .inventory import datastores
-from .locks import KeyedLocks
 from .nodes import NodeBook
 from .props import moid, retrieve_one
 from .records import DISKS_KEY, VmRecord

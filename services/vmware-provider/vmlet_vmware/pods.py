@@ -43,11 +43,11 @@ from vmlet_contract import (
     Unavailable,
     check_namespace,
 )
+from vmlet_contract.locks import KeyedLocks
 
 from .cache import Cache
 from .disks import Disks, pod_disk_handles
 from .inventory import NetworkRef
-from .locks import KeyedLocks
 from .naming import vm_name
 from .nodes import NodeBook, Placement
 from .podtable import PodEntry, PodTable, pod_key

@@ -19,9 +19,9 @@ from pyVmomi import vim
 
 from vmlet.provider.v1 import virtual_machine_service_pb2 as pb
 from vmlet_contract import InvalidArgument, NotFound, podstatus
+from vmlet_contract.locks import KeyedLocks
 
 from .cache import Cache
-from .locks import KeyedLocks
 from .props import moid, retrieve_one
 from .records import VmRecord
 from .session import Connection, Session
