@@ -48,6 +48,7 @@ from vmlet.provider.v1 import pod_lifecycle_service_pb2 as lifecycle
 from vmlet.provider.v1 import pod_lifecycle_service_pb2_grpc as lifecycle_grpc
 from vmlet.provider.v1 import virtual_machine_service_pb2 as vm_pb
 from vmlet.provider.v1 import virtual_machine_service_pb2_grpc as vm_grpc
+from vmlet_contract import READINESS_SERVICE
 from vmlet_facade.providerfile import follow_providers_file, parse_providers
 from vmlet_localenv.controlplane import ControlPlane
 from vmlet_localenv.processes import Process, free_port, wait_for
@@ -212,8 +213,14 @@ def test_overlay_is_restricted_and_least_privileged(overlay: str) -> None:
     provider = deployments[f"vmlet-provider-{overlay}"]["spec"]["template"]["spec"]
     assert provider["automountServiceAccountToken"] is False, "providers never call the apiserver"
     probes = provider["containers"][0]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert probes[probe]["grpc"]["port"] == 50050, "the plaintext health-only port"
+    # On the plaintext health-only port: liveness (and startup) the overall service, readiness
+    # the service that follows the IaaS.
+    for probe, name in (("startupProbe", ""), ("readinessProbe", READINESS_SERVICE),
+                        ("livenessProbe", "")):
+        assert probes[probe]["grpc"] == {"port": 50050, "service": name}, probe
+    service = next(d for d in docs if d["kind"] == "Service"
+                   and d["metadata"]["name"] == f"vmlet-provider-{overlay}")
+    assert service["spec"]["publishNotReadyAddresses"] is True, "the facade sees an IaaS outage"
     bindings = [d for d in docs if d["kind"] in ("RoleBinding", "ClusterRoleBinding")]
     assert sorted((b["kind"], b["roleRef"]["name"], str(b["subjects"])) for b in bindings) == [
         ("ClusterRoleBinding", "vmlet-facade",

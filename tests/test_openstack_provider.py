@@ -44,6 +44,7 @@ import openstack
 import openstack.config
 import openstack.connection
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vmlet.provider.v1 import (
     kubelet_endpoint_service_pb2,
@@ -58,6 +59,7 @@ from vmlet.provider.v1 import (
     virtual_machine_service_pb2,
     virtual_machine_service_pb2_grpc,
 )
+from vmlet_contract import READINESS_SERVICE
 from vmlet_contract.hostile import hostile_requests
 from vmlet_localenv.openstack import OpenStackEnv, installed
 from vmlet_localenv.openstack._mariadb import DB_PASSWORD
@@ -71,6 +73,8 @@ NAMESPACE = "vmlet-test"
 RUNNING = pod_pb2.POD_PHASE_RUNNING
 TRUE = pod_pb2.CONDITION_STATUS_TRUE
 UNKNOWN = pod_pb2.CONDITION_STATUS_UNKNOWN
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 MV = "2.79"
 OP_TIMEOUT = 300.0
 
@@ -239,6 +243,13 @@ class Provider:
             node_provider_service_pb2.PingRequest(), timeout=30
         )
         return pong
+
+    def health(self) -> tuple[int, int]:
+        """(liveness, readiness) as the provider's health service answers them."""
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        live = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        ready = stub.Check(health_pb2.HealthCheckRequest(service=READINESS_SERVICE), timeout=10)
+        return live.status, ready.status
 
     def list_nodes(self) -> list[Any]:
         request = node_provider_service_pb2.ListNodesRequest()
@@ -1042,6 +1053,7 @@ def test_nova_api_outage_is_unavailable_then_recovers(
     pod = make_pod(unique("outage"), node)
     try:
         stream.wait(lambda u: u.node.name == node, timeout=30, what="initial node")
+        eventually(lambda: provider.health() == (SERVING, SERVING), what="ready")
         openstack_env.stop_nova_api()
         try:
 
@@ -1053,6 +1065,8 @@ def test_nova_api_outage_is_unavailable_then_recovers(
                 return False
 
             eventually(unavailable, timeout=60, what="Ping UNAVAILABLE")
+            # Alive (the process works), not ready (Nova does not answer).
+            eventually(lambda: provider.health() == (SERVING, NOT_SERVING), what="not ready")
             with pytest.raises(grpc.RpcError) as caught:
                 provider.create(pod, timeout=60)
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -1069,6 +1083,7 @@ def test_nova_api_outage_is_unavailable_then_recovers(
         finally:
             openstack_env.start_nova_api()
         eventually(provider.ping, timeout=120, what="Ping answers again")
+        eventually(lambda: provider.health() == (SERVING, SERVING), what="ready again")
         stream.wait(
             lambda u: u.node.name == node and u.node.conditions[0].status == TRUE,
             timeout=60,

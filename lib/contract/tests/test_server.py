@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 from pathlib import Path
@@ -21,16 +22,21 @@ from vmlet.provider.v1 import pod_lifecycle_service_pb2_grpc as pl_grpc
 from vmlet.provider.v1 import pod_notifier_service_pb2 as pn
 from vmlet.provider.v1 import pod_notifier_service_pb2_grpc as pn_grpc
 from vmlet_contract import (
+    READINESS_SERVICE,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     ProviderServer,
+    Readiness,
     ResourceExhausted,
     Unavailable,
     serve,
 )
 
 pytestmark = pytest.mark.timeout(60)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 async def test_binds_port_zero_and_reports_the_port(toy_server: ProviderServer) -> None:
@@ -76,6 +82,53 @@ async def test_health_answers_serving_overall_and_per_service(channel: grpc.aio.
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
     assert info.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+async def _statuses(port: int) -> tuple[int, int]:
+    """(liveness, readiness) as the health service of the server on `port` answers them."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        live = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        ready = await stub.Check(
+            health_pb2.HealthCheckRequest(service=READINESS_SERVICE), timeout=5
+        )
+        return live.status, ready.status
+
+
+async def test_readiness_is_serving_without_a_provider_readiness(
+    toy_server: ProviderServer,
+) -> None:
+    assert await _statuses(toy_server.port) == (SERVING, SERVING)
+
+
+async def test_readiness_follows_the_provider_and_liveness_stays_serving(
+    make_servicers: Any, toy: Any, registry: CollectorRegistry
+) -> None:
+    readiness = Readiness(False, "vCenter not reached yet")
+    servicers = dataclasses.replace(make_servicers(toy), readiness=readiness)
+    server = ProviderServer(servicers, address="127.0.0.1:0", provider="toy", registry=registry)
+    await server.start()
+    try:
+        # Right from the start, not after a first change.
+        assert await _statuses(server.port) == (SERVING, NOT_SERVING)
+        for ready, expected in ((True, SERVING), (False, NOT_SERVING), (True, SERVING)):
+            readiness.set(ready, "why")
+            for _ in range(100):
+                if await _statuses(server.port) == (SERVING, expected):
+                    break
+                await asyncio.sleep(0.02)
+            assert await _statuses(server.port) == (SERVING, expected)
+        # Several changes at once end at the last one.
+        readiness.set(False)
+        readiness.set(True)
+        readiness.set(False)
+        for _ in range(100):
+            if (await _statuses(server.port))[1] == NOT_SERVING:
+                break
+            await asyncio.sleep(0.02)
+        assert await _statuses(server.port) == (SERVING, NOT_SERVING)
+    finally:
+        await server.stop(0)
 
 
 @pytest.mark.parametrize(

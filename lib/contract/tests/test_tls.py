@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,9 @@ from prometheus_client import CollectorRegistry
 from vmlet.provider.v1 import node_provider_service_pb2 as np
 from vmlet.provider.v1 import node_provider_service_pb2_grpc as np_grpc
 from vmlet_contract import (
+    READINESS_SERVICE,
     ProviderServer,
+    Readiness,
     TlsConfig,
     add_server_arguments,
     channel_credentials,
@@ -166,9 +169,11 @@ async def test_unreadable_rotation_keeps_serving_with_the_current_files(
 async def test_health_port_is_plaintext_and_serves_health_only(
     make_servicers: Any, toy: Any, pki: Pki
 ) -> None:
+    readiness = Readiness(True, "answers")
     async with ProviderServer(
-        make_servicers(toy), address="127.0.0.1:0", provider="toy", tls=_mutual(pki),
-        registry=CollectorRegistry(), health_address="127.0.0.1:0",
+        dataclasses.replace(make_servicers(toy), readiness=readiness), address="127.0.0.1:0",
+        provider="toy", tls=_mutual(pki), registry=CollectorRegistry(),
+        health_address="127.0.0.1:0",
     ) as server:
         assert server.health_port and server.health_port != server.port
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.health_port}") as ch:
@@ -178,10 +183,18 @@ async def test_health_port_is_plaintext_and_serves_health_only(
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await np_grpc.NodeProviderServiceStub(ch).Ping(np.PingRequest(), timeout=5)
             assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
-            await server.set_serving(False)
+            # Readiness, on the same port with the same statuses as the mutual TLS one.
+            readiness.set(False, "the IaaS went away")
+            request = health_pb2.HealthCheckRequest(service=READINESS_SERVICE)
+            for _ in range(100):
+                reply = await health_pb2_grpc.HealthStub(ch).Check(request, timeout=5)
+                if reply.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                    break
+                await asyncio.sleep(0.02)
+            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
             reply = await health_pb2_grpc.HealthStub(ch).Check(
                 health_pb2.HealthCheckRequest(), timeout=5)
-            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 async def test_server_only_tls(make_servicers: Any, toy: Any, pki: Pki) -> None:

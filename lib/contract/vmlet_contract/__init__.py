@@ -3,8 +3,9 @@
 The generated messages and stubs live in `vmlet.provider.v1`; this package holds what providers
 share around them: the error taxonomy of the boundary (`errors`), the server with health,
 reflection, TLS, metrics and error mapping (`server`), the flags and logging of a provider's
-command line (`cli`, `logs`), builders of pod statuses (`podstatus`), the checks of a
-CreateDisk request (`diskrequests`) and the options of a logs request (`containerlogs`).
+command line (`cli`, `logs`), what a provider knows of its IaaS for the readiness probe
+(`readiness`), builders of pod statuses (`podstatus`), per-identity locks (`locks`), the checks
+of a CreateDisk request (`diskrequests`) and the options of a logs request (`containerlogs`).
 """
 
 from . import containerlogs, podstatus
@@ -35,6 +36,7 @@ from .hub import Hub, Mailbox
 from .interceptor import BoundaryInterceptor
 from .logs import configure_logging, redact
 from .metrics import RpcMetrics
+from .readiness import READINESS_SERVICE, Readiness
 from .server import (
     DEFAULT_SERVER_OPTIONS,
     ProviderServer,
@@ -49,6 +51,7 @@ __all__ = [
     "DEFAULT_CLIENT_IDENTITY",
     "DEFAULT_LISTEN",
     "DEFAULT_SERVER_OPTIONS",
+    "READINESS_SERVICE",
     "AlreadyExists",
     "BoundaryInterceptor",
     "FailedPrecondition",
@@ -61,6 +64,7 @@ __all__ = [
     "ProviderError",
     "ProviderServer",
     "ProviderServicers",
+    "Readiness",
     "ResourceExhausted",
     "RpcMetrics",
     "ShutdownHook",

@@ -6,9 +6,11 @@ for all of them, so `grpcurl` works against any provider. With mutual TLS and a 
 (`TlsConfig`), every call, reflection and health included, is served only to that identity
 (`PeerIdentityInterceptor`). Kubernetes' gRPC probes speak no TLS: `health_address` serves
 grpc.health.v1 (and reflection naming only it), nothing else, in plaintext on a port of its own,
-with the same statuses. `serve`
-runs one until SIGTERM or SIGINT and shuts it down gracefully: health turns NOT_SERVING, the
-provider's shutdown hooks end its long-lived streams, and in-flight calls get `grace_seconds`.
+with the same statuses. Health says two things (`readiness`): the overall service ("") is
+liveness, SERVING from start to shutdown; `READINESS_SERVICE` mirrors the provider's `Readiness`
+(NOT_SERVING while its IaaS is unreachable). `serve` runs one until SIGTERM or SIGINT and shuts it
+down gracefully: health turns NOT_SERVING, the provider's shutdown hooks end its long-lived
+streams, and in-flight calls get `grace_seconds`.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from vmlet.provider.v1 import (
 
 from .interceptor import BoundaryInterceptor
 from .metrics import MetricsEndpoint, RpcMetrics, start_metrics_endpoint
+from .readiness import READINESS_SERVICE, Readiness
 from .tls import PeerIdentityInterceptor, TlsConfig
 
 __all__ = [
@@ -84,7 +87,8 @@ class ProviderServicers:
 
     `shutdown_hooks` run when the server begins to shut down, after health went NOT_SERVING and
     before in-flight calls are waited for: the place to end long-lived streams (NotifyPods,
-    followed logs) and to flush state.
+    followed logs) and to flush state. `readiness` is what the provider knows of its IaaS; None
+    means always ready once serving.
     """
 
     lifecycle: pod_lifecycle_service_pb2_grpc.PodLifecycleServiceServicer
@@ -93,6 +97,7 @@ class ProviderServicers:
     endpoints: kubelet_endpoint_service_pb2_grpc.KubeletEndpointServiceServicer | None = None
     vms: virtual_machine_service_pb2_grpc.VirtualMachineServiceServicer | None = None
     shutdown_hooks: Sequence[ShutdownHook] = ()
+    readiness: Readiness | None = None
 
     def register(self, server: grpc.aio.Server) -> list[str]:
         """Adds every servicer to `server`; returns the full names of the services added."""
@@ -167,6 +172,7 @@ class ProviderServer:
         self._services: list[str] = []
         self._port: int | None = None
         self._stopping: asyncio.Task[None] | None = None
+        self._readiness_task: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -221,6 +227,7 @@ class ProviderServer:
         self._server, self._port = server, int(port)
         for name in ("", *self._services):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._start_readiness()
         _log.info(
             "provider serving",
             extra={
@@ -248,15 +255,34 @@ class ProviderServer:
         await server.start()
         self._health_server, self._health_port = server, int(port)
 
-    async def set_serving(self, serving: bool, service: str = "") -> None:
-        """Reports the provider (or one service) as SERVING or NOT_SERVING to health checks, e.g.
-        while its IaaS is unreachable. Ignored once shutdown began."""
+    async def _set_ready(self, ready: bool) -> None:
         status = (
             health_pb2.HealthCheckResponse.SERVING
-            if serving
+            if ready
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        await self._health.set(service, status)
+        # Ignored by the health servicer once shutdown began: everything stays NOT_SERVING.
+        await self._health.set(READINESS_SERVICE, status)
+
+    async def _start_readiness(self) -> None:
+        """Sets the readiness status now and, with a provider `Readiness`, follows it."""
+        readiness = self.servicers.readiness
+        if readiness is None:
+            await self._set_ready(True)
+            return
+        changes = readiness.watch()
+        await self._set_ready(await anext(changes))
+
+        async def follow() -> None:
+            async for ready in changes:
+                _log.log(
+                    logging.INFO if ready else logging.WARNING,
+                    "provider readiness",
+                    extra={"provider": self.provider, "ready": ready, "reason": readiness.reason},
+                )
+                await self._set_ready(ready)
+
+        self._readiness_task = asyncio.create_task(follow(), name="provider-readiness")
 
     async def stop(self, grace: float | None = 5.0) -> None:
         """Shuts down: NOT_SERVING, shutdown hooks, then up to `grace` seconds for in-flight calls.
@@ -273,6 +299,10 @@ class ProviderServer:
             "provider shutting down", extra={"provider": self.provider, "grace_seconds": grace}
         )
         await self._health.enter_graceful_shutdown()
+        if self._readiness_task is not None:
+            self._readiness_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._readiness_task
         for hook in self.servicers.shutdown_hooks:
             try:
                 await hook()

@@ -75,10 +75,11 @@ async def test_sigterm_stops_gracefully_and_quickly(tmp_path: Path, cleanup: lis
     p = await _start(tmp_path)
     cleanup.append(p)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{p.port}") as ch:
-        reply = await health_pb2_grpc.HealthStub(ch).Check(
-            health_pb2.HealthCheckRequest(), timeout=5
-        )
-        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        for service in ("", vmlet_contract.READINESS_SERVICE):  # no IaaS to lose: ready
+            reply = await health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=5
+            )
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
         # An open NotifyPods stream must not hold the shutdown up.
         stream = pn_grpc.PodNotifierServiceStub(ch).NotifyPods(pn.NotifyPodsRequest())
         await asyncio.sleep(0.2)

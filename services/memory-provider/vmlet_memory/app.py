@@ -1,4 +1,7 @@
-"""Wiring: the cloud, its servicers, and the optional state file, as one provider."""
+"""Wiring: the cloud, its servicers, and the optional state file, as one provider.
+
+No IaaS to lose: the provider is ready (health's readiness service) as soon as it serves.
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 Threads: `workers` threads make every call to OpenStack (`cloud`). Background tasks: the server
 watch and the node poll; both start at once and keep going, whether OpenStack answers or not.
+The provider is ready (health's readiness service) once OpenStack answered, and while it answers.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from importlib import metadata
 
-from vmlet_contract import ProviderServicers
+from vmlet_contract import ProviderServicers, Readiness
 
 from .catalog import Catalog
 from .cloud import Cloud
@@ -92,6 +93,8 @@ def build(settings: Settings) -> OpenStackProvider:
     pods = Pods(cloud, cache, watch, book, catalog, settings, disks)
     snapshots = Snapshots(cloud, cache, watch, pods, book, settings)
     closing = asyncio.Event()
+    readiness = Readiness(False, "OpenStack has not answered yet")
+    cloud.listen(readiness.set)
     provider: OpenStackProvider
 
     async def shutdown() -> None:
@@ -104,6 +107,7 @@ def build(settings: Settings) -> OpenStackProvider:
         endpoints=KubeletEndpoints(cloud, pods, Stats(cloud, book, pods), settings, closing),
         vms=VirtualMachines(snapshots, disks),
         shutdown_hooks=(shutdown,),
+        readiness=readiness,
     )
     provider = OpenStackProvider(
         settings=settings,

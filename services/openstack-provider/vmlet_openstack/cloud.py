@@ -161,13 +161,6 @@ class Api:
             )
         )
 
-    def delete_metadata(self, server_id: str, key: str) -> None:
-        resp = self.conn.compute.delete(
-            f"/servers/{server_id}/metadata/{key}", microversion=COMPUTE_MV
-        )
-        if resp.status_code != 404:
-            _json(resp)
-
     def console_output(self, server_id: str, length: int | None) -> str:
         args: dict[str, Any] = {} if length is None else {"length": length}
         body = self.action(server_id, {"os-getConsoleOutput": args})

@@ -32,7 +32,6 @@ __all__ = [
     "META_POD_UID",
     "POD_KEYS",
     "PROVIDER_TAG",
-    "host_of_node_name",
     "identity_tag",
     "node_name",
     "server_name",
@@ -88,14 +87,6 @@ def node_name(prefix: str, host: str) -> str:
         digest = hashlib.sha256(host.encode()).hexdigest()[:6]
         label = f"{label[:56].rstrip('-')}-{digest}".lstrip("-")
     return f"{prefix}-{label}"
-
-
-def host_of_node_name(prefix: str, name: str, hosts: list[str]) -> str | None:
-    """The compute host among `hosts` whose node name is `name`, None when none is."""
-    for host in hosts:
-        if node_name(prefix, host) == name:
-            return host
-    return None
 
 
 def server_name(namespace: str, pod: str) -> str:

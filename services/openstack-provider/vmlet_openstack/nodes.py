@@ -261,10 +261,6 @@ class NodeBook:
             out.append(node)
         return sorted(out, key=lambda n: n.name)
 
-    def node_for_host(self, host: str) -> node_pb2.Node | None:
-        info = self.hosts.get(host)
-        return self._build(info) if info is not None else None
-
     # -- streams --------------------------------------------------------------------------
     def subscribe(self) -> Mailbox[NodeUpdate]:
         return self.hub.subscribe((n.name, NodeUpdate(node=n)) for n in self.nodes())

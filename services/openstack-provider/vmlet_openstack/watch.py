@@ -162,10 +162,6 @@ class Watch:
         finally:
             self._urgent -= 1
 
-    def nudge(self) -> None:
-        """Lists now rather than at the end of the interval."""
-        self._wake.set()
-
     async def run(self, closing: asyncio.Event) -> None:
         """Lists until `closing` is set; never raises."""
         while not closing.is_set():

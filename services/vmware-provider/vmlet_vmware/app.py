@@ -2,6 +2,7 @@
 
 Threads: `workers` threads make the calls to vCenter; one more thread holds the watch's long
 poll. Background tasks: the session's supervisor (connect, keep alive, reconnect) and the watch.
+The provider is ready (health's readiness service) while the session is connected.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
 
-from vmlet_contract import ProviderServicers
+from vmlet_contract import ProviderServicers, Readiness
 
 from .cache import Cache
 from .config import Settings
@@ -94,6 +95,8 @@ def build(settings: Settings) -> VSphereProvider:
     disks = Disks(session, cache, machines, book)
     pods = Pods(session, cache, machines, book, disks)
     closing = asyncio.Event()
+    readiness = Readiness(session.state.connected, session.state.message)
+    session.add_listener(lambda state: readiness.set(state.connected, state.message))
     provider: VSphereProvider
 
     async def shutdown() -> None:
@@ -106,6 +109,7 @@ def build(settings: Settings) -> VSphereProvider:
         endpoints=KubeletEndpoints(session, book, pods, closing),
         vms=VirtualMachines(pods, book, Snapshots(session, cache, machines, pods.locks), disks),
         shutdown_hooks=(shutdown,),
+        readiness=readiness,
     )
     provider = VSphereProvider(
         settings=settings,

@@ -100,10 +100,6 @@ class Cache:
         found = self.vms_of(identity)
         return found[0] if found else None
 
-    def managed_vms(self) -> list[VmRecord]:
-        """Every VM that carries an identity."""
-        return [vm for vm in self.vms.values() if vm.managed]
-
     # Updates.
 
     def apply(self, changes: Iterable[Change], *, resync: bool = False) -> None:
