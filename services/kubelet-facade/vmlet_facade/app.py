@@ -1,7 +1,8 @@
 """Wiring: providers, node controllers, the pod controller and metrics, in one process.
 
 Kept apart from the controllers (as virtual-kubelet's nodeutil): controllers know a provider only
-through `provider.Provider`; this module picks the implementation.
+through the small interfaces of `provider`; this module picks the implementation (`Provider`, all
+of them).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class FacadeConfig:
     providers_file: Path | None = None  # re-read while running: a changed address repoints
 
 
-async def _node_loop(nc: NodeController, pods: PodController) -> None:
+async def _node_loop(nc: NodeController[Provider], pods: PodController[Provider]) -> None:
     """Register ``nc``'s nodes and keep the pod controller routing to them."""
     runner = asyncio.create_task(nc.run())
     registered = asyncio.create_task(nc.registered.wait())
@@ -97,8 +98,9 @@ async def run(config: FacadeConfig, stop: asyncio.Event) -> None:
                                  for name, address in config.providers.items()]
     node_ip = config.kubelet.node_ip if config.kubelet else None
     pool = _address_pool(config.kubelet, client, events)
-    pods = PodController(client, Resolver(client), events, concurrency=config.pod_workers,
-                         status_concurrency=config.status_workers)
+    pods: PodController[Provider] = PodController(
+        client, Resolver(client), events, concurrency=config.pod_workers,
+        status_concurrency=config.status_workers)
     controllers = [NodeController(advertise(p, node_ip, pool), client, config.node_settings,
                                   events,
                                   on_outage=functools.partial(pods.set_outage, p.name))

@@ -16,7 +16,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from vmlet.provider.v1 import node_pb2
 from vmlet.provider.v1 import pod_pb2 as pb
@@ -24,7 +24,7 @@ from vmlet_contract import ProviderError
 from vmlet_facade.events import EventRecorder
 from vmlet_facade.kube import ApiError, KubeClient
 from vmlet_facade.outage import IAAS_UNAVAILABLE, PROVIDER_UNAVAILABLE, Outage
-from vmlet_facade.provider import Provider
+from vmlet_facade.provider import NodeSource
 
 __all__ = ["TAINT_KEY", "NodeController", "NodeSettings", "Taint"]
 
@@ -36,6 +36,7 @@ _COND = {pb.CONDITION_STATUS_TRUE: "True", pb.CONDITION_STATUS_FALSE: "False",
 _PRESSURE = ("MemoryPressure", "DiskPressure", "PIDPressure")
 
 Obj = dict[str, Any]
+N = TypeVar("N", bound=NodeSource)
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,11 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class NodeController:
-    """Registers and maintains the Nodes of one provider."""
+class NodeController(Generic[N]):
+    """Registers and maintains the Nodes of one provider (``provider``: typed as the wiring
+    has it, for the kubelet API, which reads it back)."""
 
-    def __init__(self, provider: Provider, client: KubeClient, settings: NodeSettings,
+    def __init__(self, provider: N, client: KubeClient, settings: NodeSettings,
                  events: EventRecorder,
                  on_outage: Callable[[Outage | None], None] | None = None) -> None:
         self.provider = provider

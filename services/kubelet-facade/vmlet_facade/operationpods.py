@@ -13,7 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from vmlet.provider.v1 import pod_pb2 as pb
 from vmlet_contract import ProviderError, is_retryable
-from vmlet_facade.provider import Provider
+from vmlet_facade.provider import VmOperations
 from vmlet_facade.vmapi import (
     OPERATION_ANNOTATION,
     SNAPSHOT_NAME_ANNOTATION,
@@ -52,7 +52,7 @@ def refused(pod: Obj, message: str) -> pb.PodStatus:
     return _ended(pod["spec"]["containers"][0]["name"], 3, "TargetNotInNamespace", message)
 
 
-async def run_operation(pod: Obj, provider: Provider) -> pb.PodStatus:
+async def run_operation(pod: Obj, provider: VmOperations) -> pb.PodStatus:
     """Carry out ``pod``'s operation; a retryable provider error propagates (try again)."""
     annotations = pod["metadata"].get("annotations") or {}
     container = pod["spec"]["containers"][0]["name"]

@@ -23,7 +23,7 @@ from vmlet_facade.events import EventRecorder
 from vmlet_facade.kube import ApiError, KubeClient
 from vmlet_facade.kube.informer import Informer, key_of, synced_gate
 from vmlet_facade.kube.paths import api_path
-from vmlet_facade.provider import Provider
+from vmlet_facade.provider import VmOperations
 from vmlet_facade.queueing import SerialWorkers
 from vmlet_facade.virtualmachines import VirtualMachineController
 from vmlet_facade.vmapi import (
@@ -91,7 +91,7 @@ def backup_job(backup: Obj, vm: Obj, node: str) -> Obj:
 class OperationsController:
     """Backups, restores and migrations, next to the VirtualMachine controller."""
 
-    def __init__(self, client: KubeClient, providers: Callable[[str], Provider | None],
+    def __init__(self, client: KubeClient, providers: Callable[[str], VmOperations | None],
                  events: EventRecorder, vms: VirtualMachineController) -> None:
         self._client = client
         self._providers = providers

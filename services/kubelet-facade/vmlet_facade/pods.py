@@ -19,7 +19,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from vmlet.provider.v1 import pod_pb2 as pb
 from vmlet_contract import ProviderError, is_retryable
@@ -30,7 +30,7 @@ from vmlet_facade.operationpods import operation_of, refused, run_operation
 from vmlet_facade.outage import Outage, during
 from vmlet_facade.ownership import Ownership, derive
 from vmlet_facade.podconvert import spec_fingerprint, status_to_k8s, to_provider_pod
-from vmlet_facade.provider import Provider
+from vmlet_facade.provider import PodHost
 from vmlet_facade.queueing import SerialWorkers
 from vmlet_facade.references import MissingReference, Resolved, Resolver
 from vmlet_facade.vmapi import TARGET_IDENTITY_ANNOTATION, path
@@ -40,14 +40,15 @@ __all__ = ["PodController", "Route"]
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
+P = TypeVar("P", bound=PodHost)
 OPERATION = "operation"  # marks an operation pod in PodController.created: no VM to delete
 
 
 @dataclass(frozen=True)
-class Route:
+class Route(Generic[P]):
     """Which provider backs a node, and the node's address (the pods' hostIP)."""
 
-    provider: Provider
+    provider: P
     host_ip: Callable[[], str]
 
 
@@ -73,7 +74,7 @@ def _waiting(reason: str, message: str) -> pb.PodStatus:
     return status
 
 
-class PodController:
+class PodController(Generic[P]):
     """Carries pods on vmlet nodes to providers and their status back."""
 
     def __init__(self, client: KubeClient, resolver: Resolver, events: EventRecorder, *,
@@ -81,7 +82,7 @@ class PodController:
         self._client = client
         self._resolver = resolver
         self._events = events
-        self.routes: dict[str, Route] = {}
+        self.routes: dict[str, Route[P]] = {}
         self.pods: dict[str, Obj] = {}
         self._gone: dict[str, Obj] = {}
         self._by_name: dict[tuple[str, str], str] = {}
@@ -102,7 +103,7 @@ class PodController:
 
     # -- wiring ------------------------------------------------------------------------------
 
-    async def adopt(self, provider: Provider) -> None:
+    async def adopt(self, provider: P) -> None:
         """Learn the pods ``provider`` already runs, so none is created twice."""
         attempt = 0
         while True:
@@ -121,7 +122,7 @@ class PodController:
                 self._latest[uid] = item.status
         log.info("adopted %d pods of provider %s", len(existing), provider.name)
 
-    def add_node(self, node: str, route: Route) -> None:
+    def add_node(self, node: str, route: Route[P]) -> None:
         """Start following the pods bound to ``node``."""
         if node in self.routes:
             self.routes[node] = route
@@ -275,7 +276,7 @@ class PodController:
         return bool(target) and any(vm["metadata"].get("uid") == target
                                     for vm in listing.get("items") or [])
 
-    async def _create(self, uid: str, pod: Obj, route: Route) -> None:
+    async def _create(self, uid: str, pod: Obj, route: Route[P]) -> None:
         if operation_of(pod):
             if await self._target_in_namespace(pod):
                 status = await run_operation(pod, route.provider)
@@ -303,7 +304,7 @@ class PodController:
         if uid not in self._written:
             self._set_status(uid, self._latest[uid])
 
-    async def _update(self, uid: str, pod: Obj, route: Route) -> None:
+    async def _update(self, uid: str, pod: Obj, route: Route[P]) -> None:
         pod = self._with_host_ip(pod, route)
         resolved = await self._resolver.resolve(pod)
         try:
@@ -317,7 +318,7 @@ class PodController:
         self._written.pop(uid, None)  # the spec changed: so does the status written from it
         self._set_status(uid, status)
 
-    async def _delete(self, uid: str, pod: Obj, route: Route) -> None:
+    async def _delete(self, uid: str, pod: Obj, route: Route[P]) -> None:
         if self.created.get(uid) == OPERATION:
             self.created.pop(uid, None)
         if uid in self.created:
@@ -365,7 +366,7 @@ class PodController:
             table.pop(uid, None)
 
     @staticmethod
-    def _with_host_ip(pod: Obj, route: Route) -> Obj:
+    def _with_host_ip(pod: Obj, route: Route[P]) -> Obj:
         host = route.host_ip()
         if not host or pod.get("status", {}).get("hostIP"):
             return pod
@@ -373,7 +374,7 @@ class PodController:
 
     # -- provider side -----------------------------------------------------------------------
 
-    async def _follow_provider(self, provider: Provider) -> None:
+    async def _follow_provider(self, provider: P) -> None:
         attempt = 0
         while True:
             try:

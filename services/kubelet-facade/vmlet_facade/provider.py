@@ -1,7 +1,15 @@
-"""The one small interface facade controllers know a provider by.
+"""The small interfaces facade components know a provider by, one per consumer.
 
-`grpcprovider.GrpcProvider` implements it over the generated stubs; unit tests implement it with
-a fake that counts calls. Failed calls raise `vmlet_contract.ProviderError` (with its gRPC code).
+Each controller is typed with the narrowest of them: the node controller with `NodeSource`, the
+pod controller with `PodHost` (pod lifecycle, and snapshots for operation pods), the
+VirtualMachine and operations controllers with `VmOperations`, the provisioner with `Disks`, the
+kubelet API with `KubeletEndpoints`. `Provider` is their composition, used only where the facade
+is wired (app.py, cluster.py) and by the kubelet API, which reaches a pod's provider through the
+pod controller.
+
+`grpcprovider.GrpcProvider` implements them over the generated stubs; unit tests implement them
+with an in-memory fake that records calls (services/kubelet-facade/tests/fakes/provider.py). Failed calls
+raise `vmlet_contract.ProviderError` (with its gRPC code).
 """
 
 from __future__ import annotations
@@ -18,13 +26,15 @@ from vmlet.provider.v1 import (
 )
 from vmlet.provider.v1 import pod_pb2 as pb
 
-__all__ = ["Provider"]
+__all__ = ["Disks", "KubeletEndpoints", "NodeSource", "PodHost", "PodLifecycle", "Provider",
+           "VmOperations"]
 
 
-class Provider(Protocol):
-    """What the node and pod controllers need from a provider."""
+class NodeSource(Protocol):
+    """The nodes a provider backs and its health (the node controller)."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     async def ping(self) -> None: ...
 
@@ -37,6 +47,13 @@ class Provider(Protocol):
 
     def watch_nodes(self) -> AsyncIterator[node_provider_service_pb2.NotifyNodeStatusResponse]: ...
 
+
+class PodLifecycle(Protocol):
+    """Pods carried to the provider and their status back."""
+
+    @property
+    def name(self) -> str: ...
+
     async def create_pod(self, pod: pb.Pod) -> pb.PodStatus: ...
 
     async def update_pod(self, pod: pb.Pod) -> pb.PodStatus: ...
@@ -47,8 +64,13 @@ class Provider(Protocol):
 
     def watch_pods(self) -> AsyncIterator[pod_notifier_service_pb2.NotifyPodsResponse]: ...
 
-    # ``namespace``: the VM's namespace as vmlet knows it; the provider refuses a VM it recorded
-    # for another namespace (PERMISSION_DENIED).
+
+class VmOperations(Protocol):
+    """What pods cannot express about a VM: look-up, destroy, snapshots.
+
+    ``namespace``: the VM's namespace as vmlet knows it; the provider refuses a VM it recorded
+    for another namespace (PERMISSION_DENIED).
+    """
 
     async def get_vm(self, identity: str,
                      namespace: str = "") -> virtual_machine_service_pb2.VirtualMachine: ...
@@ -64,6 +86,10 @@ class Provider(Protocol):
     async def delete_snapshot(self, identity: str, snapshot_id: str,
                               namespace: str = "") -> None: ...
 
+
+class Disks(Protocol):
+    """Disks behind PersistentVolumes (the provisioner)."""
+
     async def create_disk(self, name: str, size_bytes: int,
                           parameters: dict[str, str]) -> virtual_machine_service_pb2.Disk: ...
 
@@ -72,8 +98,12 @@ class Provider(Protocol):
     async def expand_disk(self, handle: str,
                           size_bytes: int) -> virtual_machine_service_pb2.Disk: ...
 
-    # -- kubelet endpoint streams (the kubelet API, vmlet_facade.kubeletapi) -----------------
-    # Streams end when the caller closes them (aclose): the provider's call is cancelled.
+
+class KubeletEndpoints(Protocol):
+    """The kubelet endpoint streams (the kubelet API, vmlet_facade.kubeletapi).
+
+    Streams end when the caller closes them (aclose): the provider's call is cancelled.
+    """
 
     def container_logs(
         self, request: kep.GetContainerLogsRequest,
@@ -92,3 +122,11 @@ class Provider(Protocol):
     ) -> AsyncGenerator[kep.PortForwardResponse, None]: ...
 
     async def stats_summary(self, node: str) -> kep.GetStatsSummaryResponse: ...
+
+
+class PodHost(PodLifecycle, VmOperations, Protocol):
+    """What the pod controller needs: pod lifecycle, and snapshots for operation pods."""
+
+
+class Provider(NodeSource, PodHost, Disks, KubeletEndpoints, Protocol):
+    """A whole provider: every interface above (the facade's wiring and the kubelet API)."""

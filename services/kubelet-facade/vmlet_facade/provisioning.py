@@ -20,7 +20,7 @@ from vmlet_facade.events import EventRecorder
 from vmlet_facade.kube import ApiError, KubeClient
 from vmlet_facade.kube.informer import Informer, key_of, synced_gate
 from vmlet_facade.kube.paths import api_path
-from vmlet_facade.provider import Provider
+from vmlet_facade.provider import Disks
 from vmlet_facade.quantity import memory_bytes
 from vmlet_facade.queueing import SerialWorkers
 
@@ -48,7 +48,7 @@ def _gib(size: int) -> str:
 class Provisioner:
     """Provisions, deletes and expands the disks behind vmlet's StorageClasses."""
 
-    def __init__(self, client: KubeClient, providers: Callable[[str], Provider | None],
+    def __init__(self, client: KubeClient, providers: Callable[[str], Disks | None],
                  events: EventRecorder) -> None:
         self._client = client
         self._providers = providers
@@ -79,7 +79,7 @@ class Provisioner:
         for pvc in self.claims.values():
             self._submit("pvc", pvc)
 
-    def _provider_of(self, class_name: str | None) -> tuple[Obj | None, Provider | None]:
+    def _provider_of(self, class_name: str | None) -> tuple[Obj | None, Disks | None]:
         sc = self.classes.get(class_name or "")
         name = provider_of_driver(str((sc or {}).get("provisioner", "")))
         if sc is None or name is None:
@@ -152,7 +152,7 @@ class Provisioner:
                                 f"disk {disk.handle} ({_gib(disk.size_bytes or size)}) "
                                 f"provisioned as {pv_name}")
 
-    async def _maybe_expand(self, pvc: Obj, sc: Obj, provider: Provider) -> None:
+    async def _maybe_expand(self, pvc: Obj, sc: Obj, provider: Disks) -> None:
         pv = self.volumes.get(pvc["spec"]["volumeName"])
         if pv is None or PROVISIONED_BY not in (pv["metadata"].get("annotations") or {}):
             return

@@ -24,7 +24,7 @@ from vmlet_facade.kube import ApiError, KubeClient
 from vmlet_facade.kube.client import PATCH_JSON, PATCH_STRATEGIC
 from vmlet_facade.kube.informer import Informer, key_of, synced_gate
 from vmlet_facade.ownership import claimed_vm, vm_pod_name
-from vmlet_facade.provider import Provider
+from vmlet_facade.provider import VmOperations
 from vmlet_facade.quantity import cpu_millis, memory_bytes
 from vmlet_facade.queueing import SerialWorkers
 from vmlet_facade.vmapi import (
@@ -59,7 +59,7 @@ def _size_differs(vm: Obj, pod: Obj) -> bool:
 class VirtualMachineController:
     """Reconciles VirtualMachines with their pods and the IaaS."""
 
-    def __init__(self, client: KubeClient, providers: Callable[[str], Provider | None],
+    def __init__(self, client: KubeClient, providers: Callable[[str], VmOperations | None],
                  events: EventRecorder) -> None:
         self._client = client
         self._providers = providers
