@@ -21,18 +21,15 @@ A provider author points the suite at another provider by adding a subject fixtu
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import queue
 import re
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -40,18 +37,22 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from pyVmomi import vim
 
+from tests.providers import (
+    eventually,
+    first_node,
+    memory_argv,
+    openstack_facts,
+    openstack_provider,
+    provider_process,
+    vsphere_provider,
+)
 from vmlet.provider.v1 import kubelet_endpoint_service_pb2 as kpb
 from vmlet.provider.v1 import kubelet_endpoint_service_pb2_grpc as kpb_grpc
-from vmlet.provider.v1 import node_provider_service_pb2 as npb
-from vmlet.provider.v1 import node_provider_service_pb2_grpc as npb_grpc
 from vmlet.provider.v1 import pod_lifecycle_service_pb2 as lpb
 from vmlet.provider.v1 import pod_lifecycle_service_pb2_grpc as lpb_grpc
 from vmlet.provider.v1 import pod_pb2
 from vmlet.provider.v1 import virtual_machine_service_pb2 as vpb
 from vmlet.provider.v1 import virtual_machine_service_pb2_grpc as vpb_grpc
-from vmlet_localenv.openstack import OpenStackEnv, installed
-from vmlet_localenv.processes import Process, wait_for
-from vmlet_localenv.providerpki import default_pki
 from vmlet_localenv.stack import vms_with_identity
 from vmlet_localenv.vcsim import VcSim, _wait_task
 
@@ -130,48 +131,7 @@ def when(response: kpb.GetContainerLogsResponse) -> datetime:
     return response.time.ToDatetime(tzinfo=UTC)
 
 
-def eventually(check: Callable[[], Any], *, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            if result := check():
-                return result
-        except grpc.RpcError as exc:
-            last = exc
-        time.sleep(0.5)
-    raise AssertionError(f"{what} did not happen in {timeout:.0f}s (last: {last!r})")
-
-
 # -- the providers -----------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def provider_process(name: str, argv: list[str], workdir: Path, env: dict[str, str]
-                     ) -> Iterator[grpc.Channel]:
-    """Runs a provider (argv without --listen/--port-file/TLS) and yields a channel to it."""
-    port_file = workdir / "port"
-    full = [sys.executable, "-m", *argv, "--listen", "127.0.0.1:0", "--port-file", str(port_file),
-            "--log-format", "text", *default_pki().provider_args()]
-    process = Process(name, full, log_dir=workdir, env=env).start()
-    try:
-        wait_for(port_file.exists, timeout=60, what=name, alive=process.check_alive)
-        channel = default_pki().channel(f"127.0.0.1:{int(port_file.read_text())}")
-        nodes = npb_grpc.NodeProviderServiceStub(channel)
-        eventually(lambda: nodes.Ping(npb.PingRequest(), timeout=10), timeout=60, what="ping")
-        try:
-            yield channel
-        finally:
-            channel.close()
-    finally:
-        process.stop(timeout=15)
-
-
-def first_node(channel: grpc.Channel) -> str:
-    nodes = npb_grpc.NodeProviderServiceStub(channel)
-    listed = eventually(lambda: nodes.ListNodes(npb.ListNodesRequest(), timeout=60).nodes,
-                        timeout=120, what="nodes listed")
-    return str(sorted(n.name for n in listed)[0])
 
 
 def vm_pod(node: str, image: str) -> pod_pb2.Pod:
@@ -208,8 +168,8 @@ def running_pod(channel: grpc.Channel, pod: pod_pb2.Pod, lines: int) -> Iterator
 @pytest.fixture(scope="module")
 def memory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LogSubject]:
     workdir = tmp_path_factory.mktemp("memory-logs")
-    argv = ["vmlet_memory", "--nodes", "1", "--state-file", str(workdir / "state.json")]
-    with provider_process("memory-provider", argv, workdir, dict(os.environ)) as channel:
+    with provider_process("memory-provider", memory_argv(workdir), workdir, dict(os.environ)
+                          ) as channel:
         pod = vm_pod(first_node(channel), "memory:debian-12")
         pods = lpb_grpc.PodLifecycleServiceStub(channel)
         serial = iter(range(1, 1000))
@@ -225,10 +185,7 @@ def memory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LogSubject]:
 @pytest.fixture(scope="module")
 def vsphere(vcsim: VcSim, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LogSubject]:
     workdir = tmp_path_factory.mktemp("vsphere-logs")
-    argv = ["vmlet_vmware", "--template-folder", "vmlet-templates", "--network", "VM Network",
-            "--log-poll-seconds", str(POLL)]
-    with provider_process("vmware-provider", argv, workdir, {**os.environ, **vcsim.env()}
-                          ) as channel:
+    with vsphere_provider(vcsim, workdir, "--log-poll-seconds", str(POLL)) as channel:
         pod = vm_pod(first_node(channel), "vsphere:template/debian-12")
         serial = iter(range(1, 1000))
 
@@ -246,30 +203,12 @@ def vsphere(vcsim: VcSim, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 def openstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LogSubject]:
     """The OpenStack of VMLET_OPENSTACK_FACTS (see tests/test_openstack_provider.py), or one
     started for this module."""
-    env: OpenStackEnv | None = None
-    facts_file = os.environ.get("VMLET_OPENSTACK_FACTS")
-    if facts_file:
-        facts = json.loads(Path(facts_file).read_text())
-    else:
-        why = installed()
-        if why is not None:
-            pytest.skip(f"{why}: run hack/openstack/install.sh")
-        env = OpenStackEnv(tmp_path_factory.mktemp("openstack"))
-        env.start()
-        facts = env.facts()
-    try:
-        workdir = tmp_path_factory.mktemp("openstack-logs")
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
-        environ.update(OS_CLIENT_CONFIG_FILE=str(facts["clouds_yaml"]), OS_CLOUD="vmlet")
-        argv = ["vmlet_openstack", "--poll-seconds", "1", "--fast-poll-seconds", "0.5",
-                "--log-poll-seconds", str(POLL), "--operation-timeout-seconds", "300"]
-        with provider_process("openstack-provider", argv, workdir, environ) as channel:
-            pod = vm_pod(first_node(channel), f"openstack:image/{facts['image']['name']}")
-            with running_pod(channel, pod, lines=3):
-                yield LogSubject(channel, pod, None)
-    finally:
-        if env is not None:
-            env.stop()
+    with openstack_facts(tmp_path_factory) as facts, openstack_provider(
+            facts, tmp_path_factory.mktemp("openstack-logs"), "--log-poll-seconds", str(POLL)
+    ) as channel:
+        pod = vm_pod(first_node(channel), f"openstack:image/{facts['image']['name']}")
+        with running_pod(channel, pod, lines=3):
+            yield LogSubject(channel, pod, None)
 
 
 @pytest.fixture(params=[

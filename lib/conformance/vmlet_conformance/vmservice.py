@@ -1,0 +1,150 @@
+"""VirtualMachineService: the documented codes (NOT_FOUND for an unknown identity or disk,
+success for deleting what is not there, PERMISSION_DENIED for a VM of another namespace),
+snapshots and disks idempotent by name, each namespace field set and unset."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from vmlet.provider.v1 import virtual_machine_service_pb2 as vpb
+
+from .registry import check
+from .subject import Subject, code_of
+
+OK = grpc.StatusCode.OK
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+GIB = 2**30
+
+
+def _calls(subject: Subject, identity: str, namespace: str, snapshot_id: str = "none"
+           ) -> dict[str, Callable[[], Any]]:
+    """Every VM call naming ``identity``, for ``namespace``."""
+    vms, timeout = subject.vms, subject.timeout
+    return {
+        "GetVirtualMachine": lambda: vms.GetVirtualMachine(vpb.GetVirtualMachineRequest(
+            identity=identity, namespace=namespace), timeout=timeout),
+        "ListSnapshots": lambda: vms.ListSnapshots(vpb.ListSnapshotsRequest(
+            identity=identity, namespace=namespace), timeout=timeout),
+        "CreateSnapshot": lambda: vms.CreateSnapshot(vpb.CreateSnapshotRequest(
+            identity=identity, name="conformance", namespace=namespace), timeout=timeout),
+        "RevertToSnapshot": lambda: vms.RevertToSnapshot(vpb.RevertToSnapshotRequest(
+            identity=identity, snapshot_id=snapshot_id, namespace=namespace), timeout=timeout),
+        "DeleteSnapshot": lambda: vms.DeleteSnapshot(vpb.DeleteSnapshotRequest(
+            identity=identity, snapshot_id=snapshot_id, namespace=namespace), timeout=timeout),
+        "DeleteVirtualMachine": lambda: vms.DeleteVirtualMachine(vpb.DeleteVirtualMachineRequest(
+            identity=identity, namespace=namespace), timeout=timeout),
+    }
+
+
+@check
+def vm_calls_for_an_unknown_identity(subject: Subject) -> None:
+    """For an identity with no VM: GetVirtualMachine, CreateSnapshot and RevertToSnapshot are
+    NOT_FOUND; DeleteVirtualMachine succeeds; ListSnapshots is NOT_FOUND or empty; DeleteSnapshot
+    succeeds or is NOT_FOUND. None of them makes a VM."""
+    identity = str(uuid.uuid4())
+    allowed = {"GetVirtualMachine": {NOT_FOUND}, "ListSnapshots": {OK, NOT_FOUND},
+               "CreateSnapshot": {NOT_FOUND}, "RevertToSnapshot": {NOT_FOUND},
+               "DeleteSnapshot": {OK, NOT_FOUND}, "DeleteVirtualMachine": {OK}}
+    for namespace in ("", subject.namespace):
+        codes = {name: code_of(call) for name, call in _calls(subject, identity, namespace).items()}
+        wrong = {name: code for name, code in codes.items() if code not in allowed[name]}
+        assert not wrong, (namespace, wrong)
+        if codes["ListSnapshots"] == OK:
+            listed = subject.vms.ListSnapshots(vpb.ListSnapshotsRequest(identity=identity),
+                                               timeout=60)
+            assert not listed.snapshots
+    assert code_of(lambda: subject.vm(identity)) == NOT_FOUND
+
+
+@check
+def another_namespace_is_permission_denied(subject: Subject) -> None:
+    """A VM recorded for one namespace: every VM call for another namespace is PERMISSION_DENIED
+    and changes nothing; a pod of another namespace with its identity is refused
+    (PERMISSION_DENIED) and neither adopts, moves nor deletes it; an empty namespace skips the
+    check."""
+    pod = subject.pod(keep=True)
+    other = f"{subject.namespace}-other"
+    with subject.cleanup(pod.identity):
+        subject.create(pod)
+        vm_id = subject.wait_running(pod).provider_id
+        codes = {name: code_of(call) for name, call in _calls(subject, pod.identity, other).items()}
+        assert codes == dict.fromkeys(codes, DENIED), codes
+        assert subject.vm(pod.identity, pod.ref.namespace).provider_id == vm_id
+        assert subject.vm(pod.identity, "").provider_id == vm_id
+        intruder = subject.pod(namespace=other, identity=pod.identity, keep=False,
+                               node=subject.node_names()[-1])
+        assert code_of(lambda: subject.create(intruder)) == DENIED
+        assert code_of(lambda: subject.delete(intruder)) in (OK, DENIED)
+        assert not subject.listed_named(intruder.ref.name)
+        vm = subject.vm(pod.identity)
+        assert (vm.provider_id, vm.power_state) == (vm_id, vpb.POWER_STATE_ON)
+        assert subject.status(pod).provider_id == vm_id
+
+
+@check
+def snapshots_by_name(subject: Subject) -> None:
+    """CreateSnapshot is idempotent by name; ListSnapshots lists it;
+    an unknown snapshot ID is NOT_FOUND to revert and fine to delete; a deleted snapshot is gone
+    and deleting it again succeeds."""
+    pod = subject.pod(keep=True)
+    with subject.cleanup(pod.identity):
+        subject.create(pod)
+        subject.wait_running(pod)
+        ns, timeout = pod.ref.namespace, subject.timeout
+        request = vpb.CreateSnapshotRequest(identity=pod.identity, name="conf-1",
+                                            description="before ü", namespace=ns)
+        made = subject.vms.CreateSnapshot(request, timeout=timeout).snapshot
+        assert (made.name, made.identity) == ("conf-1", pod.identity)
+        assert made.id and made.kind
+        assert subject.vms.CreateSnapshot(request, timeout=timeout).snapshot.id == made.id
+        bare = vpb.CreateSnapshotRequest(identity=pod.identity, name="conf-2")  # optional unset
+        second = subject.vms.CreateSnapshot(bare, timeout=timeout).snapshot
+        assert second.id != made.id
+        listed = subject.vms.ListSnapshots(vpb.ListSnapshotsRequest(identity=pod.identity),
+                                           timeout=60).snapshots
+        assert [s.id for s in listed] == [made.id, second.id]
+        unknown = _calls(subject, pod.identity, ns, snapshot_id="no-such-snapshot")
+        assert code_of(unknown["RevertToSnapshot"]) == NOT_FOUND
+        assert code_of(unknown["DeleteSnapshot"]) == OK
+        for snap in (made, second):
+            gone = _calls(subject, pod.identity, ns, snapshot_id=snap.id)["DeleteSnapshot"]
+            assert code_of(gone) == OK and code_of(gone) == OK
+        assert not subject.vms.ListSnapshots(vpb.ListSnapshotsRequest(identity=pod.identity),
+                                             timeout=60).snapshots
+
+
+@check
+def disks_by_name(subject: Subject) -> None:
+    """CreateDisk is idempotent by name; GetDisk reports it unattached; ExpandDisk grows it and
+    refuses to shrink it (INVALID_ARGUMENT); DeleteDisk removes it and succeeds again; an
+    unknown handle is NOT_FOUND to get and to expand."""
+    vms = subject.vms
+    name = f"pvc-{uuid.uuid4()}"
+    made = vms.CreateDisk(vpb.CreateDiskRequest(name=name, size_bytes=GIB),
+                          timeout=subject.timeout).disk
+    try:
+        assert made.handle and made.name == name and made.size_bytes >= GIB
+        assert not made.attached_to
+        again = vms.CreateDisk(vpb.CreateDiskRequest(name=name, size_bytes=GIB),
+                               timeout=subject.timeout).disk
+        assert again.handle == made.handle
+        got = vms.GetDisk(vpb.GetDiskRequest(handle=made.handle), timeout=60).disk
+        assert (got.handle, got.name, got.attached_to) == (made.handle, name, "")
+        grown = vms.ExpandDisk(vpb.ExpandDiskRequest(handle=made.handle, size_bytes=2 * GIB),
+                               timeout=subject.timeout).disk
+        assert grown.size_bytes >= 2 * GIB
+        shrink = vpb.ExpandDiskRequest(handle=made.handle, size_bytes=GIB)
+        assert code_of(lambda: vms.ExpandDisk(shrink, timeout=60)) \
+            == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        vms.DeleteDisk(vpb.DeleteDiskRequest(handle=made.handle), timeout=subject.timeout)
+    vms.DeleteDisk(vpb.DeleteDiskRequest(handle=made.handle), timeout=subject.timeout)
+    assert code_of(lambda: vms.GetDisk(vpb.GetDiskRequest(handle=made.handle), timeout=60)) \
+        == NOT_FOUND
+    unknown = vpb.ExpandDiskRequest(handle=made.handle, size_bytes=4 * GIB)
+    assert code_of(lambda: vms.ExpandDisk(unknown, timeout=60)) == NOT_FOUND

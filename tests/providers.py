@@ -1,0 +1,116 @@
+"""Providers as their own processes, for tests that call them over gRPC as the facade does
+(tests/test_provider_logs.py, tests/test_conformance.py): start one with mutual TLS on loopback,
+and the OpenStack to run the OpenStack provider on."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from vmlet.provider.v1 import node_provider_service_pb2 as npb
+from vmlet.provider.v1 import node_provider_service_pb2_grpc as npb_grpc
+from vmlet_localenv.openstack import OpenStackEnv, installed
+from vmlet_localenv.processes import Process, wait_for
+from vmlet_localenv.providerpki import default_pki
+from vmlet_localenv.vcsim import VcSim
+
+__all__ = ["eventually", "first_node", "memory_argv", "openstack_facts", "openstack_provider",
+           "provider_process", "vsphere_provider"]
+
+
+def eventually(check: Callable[[], Any], *, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            if result := check():
+                return result
+        except grpc.RpcError as exc:
+            last = exc
+        time.sleep(0.5)
+    raise AssertionError(f"{what} did not happen in {timeout:.0f}s (last: {last!r})")
+
+
+@contextlib.contextmanager
+def provider_process(name: str, argv: list[str], workdir: Path, env: dict[str, str]
+                     ) -> Iterator[grpc.Channel]:
+    """Runs a provider (argv without --listen/--port-file/TLS) and yields a channel to it."""
+    port_file = workdir / "port"
+    full = [sys.executable, "-m", *argv, "--listen", "127.0.0.1:0", "--port-file", str(port_file),
+            "--log-format", "text", *default_pki().provider_args()]
+    process = Process(name, full, log_dir=workdir, env=env).start()
+    try:
+        wait_for(port_file.exists, timeout=60, what=name, alive=process.check_alive)
+        channel = default_pki().channel(f"127.0.0.1:{int(port_file.read_text())}")
+        nodes = npb_grpc.NodeProviderServiceStub(channel)
+        eventually(lambda: nodes.Ping(npb.PingRequest(), timeout=10), timeout=60, what="ping")
+        try:
+            yield channel
+        finally:
+            channel.close()
+    finally:
+        process.stop(timeout=15)
+
+
+def first_node(channel: grpc.Channel) -> str:
+    nodes = npb_grpc.NodeProviderServiceStub(channel)
+    listed = eventually(lambda: nodes.ListNodes(npb.ListNodesRequest(), timeout=60).nodes,
+                        timeout=120, what="nodes listed")
+    return str(sorted(n.name for n in listed)[0])
+
+
+def memory_argv(workdir: Path, nodes: int = 1) -> list[str]:
+    return ["vmlet_memory", "--nodes", str(nodes), "--state-file", str(workdir / "state.json")]
+
+
+@contextlib.contextmanager
+def vsphere_provider(vcsim: VcSim, workdir: Path, *extra: str) -> Iterator[grpc.Channel]:
+    """The vSphere provider on ``vcsim``, its templates in vmlet-templates."""
+    argv = ["vmlet_vmware", "--template-folder", "vmlet-templates", "--network", "VM Network",
+            *extra]
+    with provider_process("vmware-provider", argv, workdir, {**os.environ, **vcsim.env()}
+                          ) as channel:
+        yield channel
+
+
+@contextlib.contextmanager
+def openstack_facts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The facts of the OpenStack of VMLET_OPENSTACK_FACTS (see tests/test_openstack_provider.py),
+    or of one started here and stopped afterwards."""
+    env: OpenStackEnv | None = None
+    facts_file = os.environ.get("VMLET_OPENSTACK_FACTS")
+    if facts_file:
+        facts = json.loads(Path(facts_file).read_text())
+    else:
+        why = installed()
+        if why is not None:
+            pytest.skip(f"{why}: run hack/openstack/install.sh")
+        env = OpenStackEnv(tmp_path_factory.mktemp("openstack"))
+        env.start()
+        facts = env.facts()
+    try:
+        yield facts
+    finally:
+        if env is not None:
+            env.stop()
+
+
+@contextlib.contextmanager
+def openstack_provider(facts: dict[str, Any], workdir: Path, *extra: str
+                       ) -> Iterator[grpc.Channel]:
+    """The OpenStack provider on the OpenStack of ``facts``."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+    environ.update(OS_CLIENT_CONFIG_FILE=str(facts["clouds_yaml"]), OS_CLOUD="vmlet")
+    argv = ["vmlet_openstack", "--poll-seconds", "1", "--fast-poll-seconds", "0.5",
+            "--operation-timeout-seconds", "300", *extra]
+    with provider_process("openstack-provider", argv, workdir, environ) as channel:
+        yield channel
