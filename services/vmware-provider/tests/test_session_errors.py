@@ -37,3 +37,26 @@ def test_a_delete_after_a_broken_clone_names_the_delete() -> None:
     assert delete.startswith("destroy VM web-1: vCenter https://127.0.0.1:1")
     assert delete.endswith("vCenter refused the connection")
     assert "clone" not in delete and "clone" not in state
+
+
+def test_a_long_poll_that_times_out_is_neither_lost_nor_an_error(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The watch's long poll (slow_ok) timing out keeps the session and logs nothing at ERROR."""
+
+    def slow(conn: Any) -> None:
+        raise TimeoutError("timed out")
+
+    async def scenario() -> bool:
+        with ThreadPoolExecutor(2) as pool:
+            settings = Settings(address=VCenterAddress("127.0.0.1", 1), username="u",
+                                password=Secret("p"))
+            session = Session(settings, pool)
+            session._conn = Connection(si=None, generation=1, inventory=None)  # type: ignore[arg-type]
+            with pytest.raises(Unavailable):
+                await session.call(slow, doing="watch vCenter", slow_ok=True)
+            return session.connection is not None
+
+    with caplog.at_level("DEBUG"):
+        kept = asyncio.run(scenario())
+    assert kept
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

@@ -183,7 +183,9 @@ class Session:
         self, conn: Connection, exc: BaseException, doing: str, slow_ok: bool = False
     ) -> ProviderError:
         error = faults.to_provider_error(exc, doing)
-        if faults.is_connection_error(exc) and not (slow_ok and faults.is_timeout(exc)):
+        if faults.is_connection_error(exc):
+            if slow_ok and faults.is_timeout(exc):
+                return error  # a long poll that timed out: expected, vCenter is not lost
             # The state keeps why vCenter went away, not what this call was doing: later
             # calls (a delete) must not quote this one (a clone).
             self.lost(conn, faults.to_provider_error(exc).message)
