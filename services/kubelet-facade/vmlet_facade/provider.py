@@ -8,8 +8,8 @@ is wired (app.py, cluster.py) and by the kubelet API, which reaches a pod's prov
 pod controller.
 
 `grpcprovider.GrpcProvider` implements them over the generated stubs; unit tests implement them
-with an in-memory fake that records calls (services/kubelet-facade/tests/fakes/provider.py). Failed calls
-raise `vmlet_contract.ProviderError` (with its gRPC code).
+with an in-memory fake that records calls (services/kubelet-facade/tests/fakes/provider.py).
+Failed calls raise `vmlet_contract.ProviderError` (with its gRPC code).
 """
 
 from __future__ import annotations
