@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the real peers vmlet is tested against, from the Go module proxy, into a cache outside
 # the repo keyed by version: kube-apiserver, kube-scheduler, kube-controller-manager, kubectl, etcd,
-# vcsim, metrics-server. `kubectl-into DIR` also links kubectl into DIR (the virtualenv's bin).
+# vcsim, metrics-server, and buf (hack/lint.sh checks the contract with it). `kubectl-into DIR`
+# also links kubectl into DIR (the virtualenv's bin); `buf-path` prints buf's path.
 # A second run finds every binary in place and returns at once.
 set -euo pipefail
 
@@ -9,6 +10,7 @@ K8S_VERSION="${K8S_VERSION:-v1.34.4}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 GOVMOMI_VERSION="${GOVMOMI_VERSION:-v0.46.3}"
 METRICS_SERVER_VERSION="${METRICS_SERVER_VERSION:-v0.8.0}"
+BUF_VERSION="${BUF_VERSION:-v1.75.0}"
 CACHE="${VMLET_CACHE:-$HOME/.cache/vmlet}"
 BIN="$CACHE/bin"
 export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=local
@@ -82,6 +84,15 @@ build_metrics_server() {
   log "built metrics-server"
 }
 
+build_buf() {
+  have "buf-$BUF_VERSION" && return 0
+  local dir="$CACHE/build/buf-$BUF_VERSION" t0=$SECONDS
+  log "building buf $BUF_VERSION"
+  GOBIN="$dir" go install -trimpath -ldflags "-s -w" "github.com/bufbuild/buf/cmd/buf@$BUF_VERSION"
+  mv "$dir/buf" "$BIN/buf-$BUF_VERSION"
+  log "built buf in $((SECONDS - t0)) s"
+}
+
 # Links the cached kubectl into $1, so that the virtualenv's bin/ (first on PATH for make test,
 # and for `kubectl vm`) has the kubectl of the control plane's version.
 link_kubectl() {
@@ -90,11 +101,13 @@ link_kubectl() {
 }
 
 case "${1:-all}" in
-  all) build_vcsim; build_etcd; build_metrics_server; build_k8s ;;
+  all) build_buf; build_vcsim; build_etcd; build_metrics_server; build_k8s ;;
   kubectl-into) link_kubectl "${2:?usage: $0 kubectl-into DIR}" ;;
   k8s) build_k8s ;;
   etcd) build_etcd ;;
   vcsim) build_vcsim ;;
   metrics-server) build_metrics_server ;;
-  *) echo "usage: $0 [all|k8s|etcd|vcsim|metrics-server|kubectl-into DIR]" >&2; exit 2 ;;
+  buf) build_buf ;;
+  buf-path) build_buf; echo "$BIN/buf-$BUF_VERSION" ;;
+  *) echo "usage: $0 [all|k8s|etcd|vcsim|metrics-server|buf|buf-path|kubectl-into DIR]" >&2; exit 2 ;;
 esac
