@@ -14,7 +14,7 @@ object.save``; nothing is journalled), so a killed vcsim loses every VM, which n
 does: its inventory lives in a database. Here a restart of vCenter is a restart of its service
 endpoint: a TCP front (`vmlet_localenv.faults.tcpfront`) the provider reaches vcsim through is
 killed and restarted, connections reset and refused, the inventory kept. The loss of a whole
-inventory is tested apart (tests/test_vsphere_e2e.py, test_vcenter_restart_relogin_and_recovery).
+inventory is tested apart (tests/vsphere_e2e/test_vcenter_restart.py).
 """
 
 from __future__ import annotations

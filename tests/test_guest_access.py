@@ -7,7 +7,7 @@ its own (`vmlet_localenv.netns`), on a veth address from 198.18.0.0/15. vcsim re
 address as the VM's guest IP the way VMware Tools would (SET.guest.ipAddress). The address is
 not a loopback one on purpose: the provider never uses a loopback or link-local address a guest
 reports, for pod IPs or to reach the guest (a guest could otherwise point exec and port-forward
-at the provider's own host). As in tests/test_kubelet_api.py, the facade's kubelet listener
+at the provider's own host). As in tests/kubelet_api/, the facade's kubelet listener
 lives in a second namespace, since the apiserver will not proxy to a loopback node address.
 
 A VirtualMachine names the SSH Secret in spec.access.sshSecretName; the Secret holds the

@@ -16,10 +16,10 @@ from vmlet_vmware.cache import Cache, Change
 from vmlet_vmware.disks import pod_disk_handles
 from vmlet_vmware.inventory import NetworkRef
 from vmlet_vmware.naming import label_value, node_name, vm_name
+from vmlet_vmware.nics import nic_changes
 from vmlet_vmware.records import IDENTITY_KEY, POD_KEY, VmRecord
 from vmlet_vmware.sizing import cpu_millis, memory_bytes, template_of, vm_size
 from vmlet_vmware.status import Progress, pod_ips, pod_status
-from vmlet_vmware.vms import _nic_changes
 
 MI = 1024 * 1024
 
@@ -302,16 +302,16 @@ def test_nic_changes_put_nic_i_on_network_i() -> None:
     conn: Any = _Conn()
 
     # The template's NIC is on VM Network already: nothing to do for it; a second is added.
-    changes = _nic_changes(conn, [disk, _nic(4000, "network-6")], (net, dvpg), exact=True)
+    changes = nic_changes(conn, [disk, _nic(4000, "network-6")], (net, dvpg), exact=True)
     assert [(c.operation, type(c.device).__name__) for c in changes] == [
         ("add", "vim.vm.device.VirtualVmxnet3")
     ]
     assert changes[0].device.backing.port.portgroupKey == "dvportgroup-12"
 
     # Edited in place, and with exact networks the NICs beyond them go.
-    changes = _nic_changes(conn, [_nic(4000, "network-9"), _nic(4001, "x")], (net,), exact=True)
+    changes = nic_changes(conn, [_nic(4000, "network-9"), _nic(4001, "x")], (net,), exact=True)
     assert [(c.operation, c.device.key) for c in changes] == [("edit", 4000), ("remove", 4001)]
     assert changes[0].device.backing.deviceName == "VM Network"
     # The provider's default network only moves the first NIC; the others stay.
-    changes = _nic_changes(conn, [_nic(4000, "network-6"), _nic(4001, "x")], (net,), exact=False)
+    changes = nic_changes(conn, [_nic(4000, "network-6"), _nic(4001, "x")], (net,), exact=False)
     assert changes == []

@@ -11,12 +11,15 @@ Modules, from the bottom up:
   watch        the WaitForUpdatesEx loop that keeps the cache current
   naming       node names, VM names, label values
   sizing       image -> template, resources -> vCPUs/MiB, quantities
-  vms          clone, power, relocate, reconfigure, NICs, destroy; waiting for tasks
+  tasks        waiting for vSphere tasks without holding a thread; the base of what runs them
+  nics         NIC i of a VM on network i of its pod: the device changes
+  vms          clone, power, relocate, reconfigure, destroy; template and network look-ups
   nodes        hosts as nodes, placement of pods on hosts
   disks        first-class disks: create, grow, delete, attach, detach
   status       a pod's status from its VM
   podtable     the pods the provider runs, their statuses and the push of every change
-  pods         create/update/delete/destroy by identity (networks and disks included)
+  vmbuilder    a pod's VM: clone (or adopt), move, label, re-network, resize; its extraConfig
+  pods         create/update/delete/destroy by identity (disks included), under identity locks
   snapshots    snapshots by identity
   events       VM events and tasks as log lines
   stats        quick stats as the stats summary

@@ -1,18 +1,9 @@
-"""VM operations on vCenter: clone, power, relocate, reconfigure, destroy, and waiting for tasks.
+"""VM operations on vCenter: clone, power, relocate, reconfigure, destroy, look-ups of templates
+and networks.
 
-Each operation starts a vSphere task in a worker thread and waits for it from the loop (reading
-the task's state at once, then after a pause that starts at 10 ms and doubles up to 1 s: power
-and reconfigure tasks often end within milliseconds, and the second look should not come long
-after; a task of minutes costs one read a second), so a long task holds no thread. The
-state is read through the PropertyCollector (info.state, info.result, info.error), not as the
-whole TaskInfo: the TaskInfo of a first-class-disk task names the VStorageObjectManager as its
-entity, which pyVmomi refuses to read. After a change the VM's properties are read back into the
-cache (read-after-write), so the next look-up by identity already sees it.
-
-NICs: a VM joins the networks of its pod in order, NIC i on network i. A clone edits the
-template's NICs and adds the missing ones (vmxnet3); when the networks come from the pod (rather
-than the provider's default --network), NICs beyond them are removed, so the VM has exactly the
-pod's networks. A VM made earlier is brought in line the same way when a pod adopts it.
+Each operation starts a vSphere task and waits for it without holding a thread (see `tasks`).
+After a change the VM's properties are read back into the cache (read-after-write), so the next
+look-up by identity already sees it. NICs follow the pod's networks (see `nics`).
 
 Power operations are idempotent: powering on a running VM or off a stopped one is not an error.
 Destroying a VM that is already gone is not an error either.
@@ -23,39 +14,25 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 from pyVmomi import vim
 
-from vmlet_contract import FailedPrecondition, NotFound, ProviderError, Unavailable
+from vmlet_contract import FailedPrecondition, NotFound, ProviderError
 
-from . import faults
 from .cache import Cache, Kind
 from .inventory import NetworkRef, find_networks, find_template
+from .nics import nic_changes, read_devices
 from .props import extra_config_path, moid, retrieve_one
 from .records import IDENTITY_KEY, VM_PATHS, VmRecord
 from .session import Connection, Session
 from .sizing import VmSize
+from .tasks import TaskFailed, TaskRunner
 
 __all__ = ["ClonePlan", "Machines", "TaskFailed"]
 
 _log = logging.getLogger(__name__)
-
-#: The pause before a task's state is read again after it was first read (at once); it then
-#: doubles up to 1 s.
-FIRST_PAUSE_SECONDS = 0.01
-
-
-class TaskFailed(Exception):
-    """A vSphere task ended in error; `fault` is vCenter's fault, `error` its boundary error."""
-
-    def __init__(self, fault: Any, error: ProviderError) -> None:
-        super().__init__(error.message)
-        self.fault = fault
-        self.error = error
 
 
 @dataclass(frozen=True)
@@ -74,59 +51,6 @@ class ClonePlan:
     template_devices: tuple[Any, ...] | None = None  # as last read; None: read them now
 
 
-def _backing(net: NetworkRef, conn: Connection) -> Any:
-    if net.distributed:
-        port = vim.dvs.PortConnection(switchUuid=net.switch_uuid, portgroupKey=net.portgroup_key)
-        return vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo(port=port)
-    return vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(
-        deviceName=net.name, network=conn.mo(vim.Network, net.moid)
-    )
-
-
-def _on_network(device: Any, net: NetworkRef) -> bool:
-    backing = device.backing
-    if net.distributed:
-        port = getattr(backing, "port", None)
-        return bool(port is not None and str(port.portgroupKey) == net.portgroup_key)
-    network = getattr(backing, "network", None)
-    return network is not None and moid(network) == net.moid
-
-
-def _nic_changes(
-    conn: Connection, devices: Any, nets: tuple[NetworkRef, ...], *, exact: bool
-) -> list[Any]:
-    """The device changes that put NIC i on network i (adding NICs that are missing, and with
-    `exact` removing NICs beyond the networks)."""
-    nics = [d for d in devices or () if isinstance(d, vim.vm.device.VirtualEthernetCard)]
-    changes: list[Any] = []
-    for index, net in enumerate(nets):
-        if index < len(nics):
-            device = nics[index]
-            if _on_network(device, net):
-                continue
-            device.backing = _backing(net, conn)
-            changes.append(vim.vm.device.VirtualDeviceSpec(operation="edit", device=device))
-            continue
-        nic = vim.vm.device.VirtualVmxnet3(
-            key=-100 - index,
-            backing=_backing(net, conn),
-            addressType="generated",
-            connectable=vim.vm.device.VirtualDevice.ConnectInfo(
-                startConnected=True, allowGuestControl=True, connected=True
-            ),
-        )
-        changes.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=nic))
-    if exact:
-        for device in nics[len(nets) :]:
-            changes.append(vim.vm.device.VirtualDeviceSpec(operation="remove", device=device))
-    return changes
-
-
-def _devices(conn: Connection, obj: Any) -> Any:
-    found = retrieve_one(conn.si, obj, ["config.hardware.device"]) or {}
-    return found.get("config.hardware.device") or ()
-
-
 def _start_clone(conn: Connection, plan: ClonePlan) -> str:
     template = conn.mo(vim.VirtualMachine, plan.template)
     config = vim.vm.ConfigSpec(
@@ -139,12 +63,12 @@ def _start_clone(conn: Connection, plan: ClonePlan) -> str:
     if plan.networks:
         devices = plan.template_devices
         if devices is None:
-            devices = tuple(_devices(conn, template))
+            devices = tuple(read_devices(conn, template))
         # The template's devices are shared between clones: each edits copies of its NICs.
         nics = [
             copy.deepcopy(d) for d in devices if isinstance(d, vim.vm.device.VirtualEthernetCard)
         ]
-        changes = _nic_changes(conn, nics, plan.networks, exact=plan.exact_networks)
+        changes = nic_changes(conn, nics, plan.networks, exact=plan.exact_networks)
         if changes:
             config.deviceChange = changes
     location = vim.vm.RelocateSpec(
@@ -155,22 +79,6 @@ def _start_clone(conn: Connection, plan: ClonePlan) -> str:
     spec = vim.vm.CloneSpec(location=location, config=config, powerOn=False, template=False)
     folder = conn.mo(vim.Folder, conn.inventory.vm_folder)
     return moid(template.CloneVM_Task(folder=folder, name=plan.name, spec=spec))
-
-
-_TASK_PATHS = ("info.state", "info.result", "info.error")
-
-
-def _task_state(
-    conn: Connection, task: str, convert: Callable[[Any], Any] | None
-) -> tuple[str, Any, Any]:
-    found = retrieve_one(conn.si, conn.mo(vim.Task, task), _TASK_PATHS)
-    if found is None:
-        raise vim.fault.NotFound(msg=f"task {task} no longer exists")
-    state = str(found.get("info.state") or "queued")
-    result = found.get("info.result")
-    if state == "success" and convert is not None:
-        result = convert(result)
-    return state, result, found.get("info.error")
 
 
 def _vm(conn: Connection, vm: str) -> Any:
@@ -215,11 +123,11 @@ def _find_named(conn: Connection, name: str) -> tuple[str, str] | None:
     return moid(found), str(props.get(extra_config_path(IDENTITY_KEY)) or "")
 
 
-class Machines:
+class Machines(TaskRunner):
     """The VM operations of the provider; see the module docstring."""
 
     def __init__(self, session: Session, cache: Cache) -> None:
-        self._session = session
+        super().__init__(session)
         self._cache = cache
         self._templates: dict[tuple[int, str], str] = {}
         self._template_devices: dict[tuple[int, str], tuple[Any, ...]] = {}
@@ -240,51 +148,6 @@ class Machines:
                 self._rechecks.pop(moid, None)
 
         self._rechecks[moid] = asyncio.get_running_loop().create_task(reread())
-
-    async def _call(self, fn: Any, *args: Any, doing: str) -> Any:
-        def run(conn: Connection) -> Any:
-            return fn(conn, *args)
-
-        return await self._session.call(run, doing=doing)
-
-    # Tasks.
-
-    async def wait_task(
-        self, task: str, doing: str, convert: Callable[[Any], Any] | None = None
-    ) -> Any:
-        """Waits for `task`; returns its result (a managed object as its ID; other results
-        through `convert`, called in the worker thread), raises TaskFailed when it fails."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._session.settings.task_timeout_seconds
-        delay = FIRST_PAUSE_SECONDS
-        while True:
-            try:
-                state, result, fault = await self._call(_task_state, task, convert, doing=doing)
-            except NotFound:
-                raise Unavailable(f"{doing}: vCenter lost track of task {task}; retry") from None
-            if state == "success":
-                return result
-            if state == "error":
-                raise TaskFailed(fault, faults.to_provider_error(fault, doing))
-            if loop.time() > deadline:
-                raise ProviderError(
-                    f"{doing}: task {task} is still {state} after "
-                    f"{self._session.settings.task_timeout_seconds:.0f}s",
-                    code=grpc.StatusCode.DEADLINE_EXCEEDED,
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
-
-    async def run_task(
-        self, fn: Any, *args: Any, doing: str, convert: Callable[[Any], Any] | None = None
-    ) -> Any:
-        """Starts a task with `fn(connection, *args)` (which returns the task's ID) and waits
-        for it; a failed task raises its boundary error."""
-        task = await self._call(fn, *args, doing=doing)
-        try:
-            return await self.wait_task(task, doing, convert)
-        except TaskFailed as failed:
-            raise failed.error from None
 
     # Reads.
 
@@ -352,7 +215,7 @@ class Machines:
         if found is None:
 
             def read(c: Connection) -> tuple[Any, ...]:
-                return tuple(_devices(c, c.mo(vim.VirtualMachine, template)))
+                return tuple(read_devices(c, c.mo(vim.VirtualMachine, template)))
 
             found = await self._session.call(read, doing=f"read template {template}")
             self._template_devices[key] = found
@@ -493,7 +356,7 @@ class Machines:
 
         def start(conn: Connection) -> str | None:
             target = _vm(conn, vm.moid)
-            changes = _nic_changes(conn, _devices(conn, target), nets, exact=True)
+            changes = nic_changes(conn, read_devices(conn, target), nets, exact=True)
             if not changes:
                 return None
             return moid(target.ReconfigVM_Task(spec=vim.vm.ConfigSpec(deviceChange=changes)))

@@ -15,7 +15,8 @@ import threading
 import time
 from types import FrameType
 
-from .env import DEFAULT_COMPUTE_HOSTS, OpenStackEnv, OpenStackNotInstalled, installed
+from ._install import OpenStackNotInstalled, installed
+from .env import DEFAULT_COMPUTE_HOSTS, OpenStackEnv
 
 
 def _progress(msg: str) -> None:

@@ -24,7 +24,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,86 +35,21 @@ from ._cinder import cinder_service_env, volume_service_ready
 from ._cinder import gunicorn_conf as cinder_gunicorn_conf
 from ._cinder import write_files as write_cinder_files
 from ._config import REGION, SERVICE_USERS, Layout
+from ._credentials import Credentials
 from ._databases import copy_template, ensure_template
-from ._mariadb import DB_USER, MariaDB, mariadbd_path
+from ._install import OPENSTACK_RELEASE, OpenStackNotInstalled, default_venv, installed
+from ._mariadb import DB_USER, MariaDB
 from ._networking import agent_conf, networks_unsupported, rpc_server_conf
 from ._process import Service, Spawner, free_ports, run_command, wait_until
-from ._rabbit import Rabbit, rabbitmq_server_path
+from ._rabbit import Rabbit
+from ._readiness import wait_computes, wait_network_agents
 from ._rest import Session, answers
 
-__all__ = [
-    "OPENSTACK_RELEASE",
-    "Credentials",
-    "OpenStackEnv",
-    "OpenStackNotInstalled",
-    "default_venv",
-    "installed",
-]
+__all__ = ["DEFAULT_COMPUTE_HOSTS", "OpenStackEnv"]
 
-OPENSTACK_RELEASE = "2025.2"
 DEFAULT_COMPUTE_HOSTS = ("vmlet-compute-1", "vmlet-compute-2")
 _HERE = Path(__file__).resolve().parent
 _LOG = logging.getLogger("vmlet_localenv.openstack")
-
-
-class OpenStackNotInstalled(RuntimeError):
-    """The OpenStack virtualenv, rabbitmq-server or mariadb-server is missing.
-
-    hack/openstack/install.sh installs all three.
-    """
-
-
-def default_venv() -> Path:
-    """Where hack/openstack/install.sh puts the OpenStack virtualenv."""
-    if v := os.environ.get("VMLET_OPENSTACK_VENV"):
-        return Path(v)
-    cache = Path(os.environ.get("VMLET_CACHE", Path.home() / ".cache" / "vmlet"))
-    return cache / f"openstack-{OPENSTACK_RELEASE}"
-
-
-def installed(venv: Path | None = None) -> str | None:
-    """None when the env can start; otherwise why not, in a sentence."""
-    venv = venv or default_venv()
-    if not (venv / ".vmlet-installed").is_file():
-        return f"the OpenStack {OPENSTACK_RELEASE} virtualenv is not at {venv}"
-    if not (venv / "bin" / "cinder-volume").is_file():
-        return f"the OpenStack {OPENSTACK_RELEASE} virtualenv at {venv} predates Cinder"
-    if rabbitmq_server_path() is None:
-        return "rabbitmq-server is not installed"
-    if mariadbd_path() is None:
-        return "mariadb-server is not installed"
-    return None
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """A Keystone v3 password identity, project-scoped, in the env's only region."""
-
-    auth_url: str
-    username: str
-    password: str
-    project_name: str
-    region_name: str = REGION
-    user_domain_name: str = "Default"
-    project_domain_name: str = "Default"
-
-    def as_dict(self) -> dict[str, str]:
-        """Keyword arguments for ``openstack.connect(**creds.as_dict())``."""
-        return {
-            "auth_url": self.auth_url,
-            "username": self.username,
-            "password": self.password,
-            "project_name": self.project_name,
-            "user_domain_name": self.user_domain_name,
-            "project_domain_name": self.project_domain_name,
-            "region_name": self.region_name,
-        }
-
-    def as_cloud(self) -> dict[str, Any]:
-        """One entry of a clouds.yaml."""
-        auth = {k: v for k, v in self.as_dict().items() if k != "region_name"}
-        return {"auth": auth, "region_name": self.region_name, "identity_api_version": 3,
-                "interface": "public"}
 
 
 class OpenStackEnv:
@@ -410,13 +344,16 @@ class OpenStackEnv:
         self._say("flavors and image created")
         if binds:
             self._make_networks()
-        self._wait_computes(left)
+        wait_computes(lay, self.compute_hosts,
+                      [self._bin("nova-manage"), *self._nova_conf("nova-manage.conf")], self._run,
+                      left=left, alive=self._alive, say=self._say)
         admin = Session(lay.auth_url, "admin", lay.admin_password, "admin")
         wait_until(partial(volume_service_ready, admin, lay), timeout=left(),
                    what="cinder-volume and its pool in the scheduler", alive=self._alive)
         self._say("cinder-volume up, its pool known to cinder-scheduler")
         if binds:
-            self._wait_network_agents(left)
+            wait_network_agents(lay, self.compute_hosts, left=left, alive=self._alive,
+                                say=self._say)
         self._write_clouds_yaml()
         write_private(lay.state_dir / "facts.json", json.dumps(self.facts(), indent=2))
 
@@ -455,18 +392,6 @@ class OpenStackEnv:
         self._networks = json.loads(out.strip().splitlines()[-1])["networks"]
         self._say("networks: " + ", ".join(f"{n['name']} ({n['cidr']})" for n in self._networks))
 
-    def _wait_network_agents(self, left: Callable[[], float]) -> None:
-        """A live macvtap agent on every compute host: ML2 binds a port only there."""
-        lay = self.layout
-        admin = Session(lay.auth_url, "admin", lay.admin_password, "admin")
-        want = set(self.compute_hosts)
-
-        def alive() -> bool:
-            body = admin.get(f"{lay.url('neutron')}/v2.0/agents?binary=neutron-macvtap-agent")
-            return want <= {a["host"] for a in body["agents"] if a["alive"]}
-
-        wait_until(alive, timeout=left(), what="macvtap agents", alive=self._alive)
-        self._say("a macvtap agent alive on every compute host")
 
     def _keystone_setup(self) -> None:
         lay = self.layout
@@ -512,43 +437,6 @@ class OpenStackEnv:
         return self._run(f"bootstrap-{phase}", [self._bin("python"), str(_HERE / "_bootstrap.py"),
                                                 phase], stdin=json.dumps(self._bootstrap_facts()))
 
-    def _wait_computes(self, left: Callable[[], float]) -> None:
-        """Every compute up in Nova, in Placement, mapped to cell1 and listed as a hypervisor."""
-        lay = self.layout
-        admin = Session(lay.auth_url, "admin", lay.admin_password, "admin")
-        nova = lay.endpoints["compute"]
-        want = set(self.compute_hosts)
-        mv = {"OpenStack-API-Version": "compute 2.53"}
-
-        def computes_up() -> bool:
-            svcs = admin.get(f"{nova}/os-services?binary=nova-compute", mv)["services"]
-            return want <= {s["host"] for s in svcs if s["state"] == "up"}
-
-        def hypervisors() -> bool:
-            hvs = admin.get(f"{nova}/os-hypervisors/detail", mv)["hypervisors"]
-            return want <= {h["service"]["host"] for h in hvs if h["state"] == "up"}
-
-        def in_placement() -> bool:
-            rps = admin.get(f"{lay.url('placement')}/resource_providers",
-                            {"OpenStack-API-Version": "placement 1.14"})["resource_providers"]
-            return want <= {rp["name"] for rp in rps}
-
-        # Nova lists a compute node as a hypervisor only once its host is mapped to a cell, and
-        # discover_hosts maps only nodes that exist: so services, Placement, mapping, hypervisors.
-        wait_until(computes_up, timeout=left(), what="nova-compute services", alive=self._alive)
-        wait_until(in_placement, timeout=left(), what="resource providers", alive=self._alive)
-        self._say("computes up and in Placement: " + ", ".join(self.compute_hosts))
-        nm = [self._bin("nova-manage"), *self._nova_conf("nova-manage.conf")]
-        mapped: set[str] = set()
-
-        def discover() -> bool:
-            out = self._run("nova-manage", [*nm, "cell_v2", "discover_hosts", "--verbose"])
-            mapped.update(h for h in want if f"for compute host '{h}'" in out)
-            return want <= mapped
-
-        wait_until(discover, timeout=left(), what="host mappings", alive=self._alive, interval=2)
-        wait_until(hypervisors, timeout=left(), what="hypervisors", alive=self._alive)
-        self._say("hosts mapped to cell1 and listed as hypervisors")
 
     def _write_clouds_yaml(self) -> None:
         clouds = {"clouds": {"vmlet": self.vmlet.as_cloud(), "vmlet-admin": self.admin.as_cloud()}}
