@@ -1,6 +1,7 @@
 """Providers as their own processes, for tests that call them over gRPC as the facade does
-(tests/test_provider_logs.py, tests/test_conformance.py): start one with mutual TLS on loopback,
-and the OpenStack to run the OpenStack provider on."""
+(tests/test_provider_logs.py, tests/test_conformance.py): start one with mutual TLS on loopback
+(and kill it and start it again: `RunningProvider`), and the OpenStack to run the OpenStack
+provider on."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,9 @@ from vmlet_localenv.processes import Process, wait_for
 from vmlet_localenv.providerpki import default_pki
 from vmlet_localenv.vcsim import VcSim
 
-__all__ = ["eventually", "first_node", "memory_argv", "openstack_facts", "openstack_provider",
-           "provider_process", "vsphere_provider"]
+__all__ = ["RunningProvider", "eventually", "first_node", "memory_argv", "openstack_facts",
+           "openstack_provider", "openstack_run", "provider_process", "provider_run",
+           "vsphere_provider", "vsphere_run"]
 
 
 def eventually(check: Callable[[], Any], *, timeout: float, what: str) -> Any:
@@ -40,25 +43,63 @@ def eventually(check: Callable[[], Any], *, timeout: float, what: str) -> Any:
     raise AssertionError(f"{what} did not happen in {timeout:.0f}s (last: {last!r})")
 
 
+@dataclass
+class RunningProvider:
+    """A provider process (`provider_run`) and a channel to it, which a test may kill and start
+    again on the same state (its flags, its state file, its IaaS)."""
+
+    name: str
+    process: Process
+    port_file: Path
+    channel: grpc.Channel
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no shutdown hook runs, nothing is flushed."""
+        self.process.kill()
+        self.channel.close()
+
+    def restart(self) -> grpc.Channel:
+        """Starts the process again as it was started; returns the channel to the new one."""
+        self.port_file.unlink(missing_ok=True)
+        self.process.restart()
+        self.channel = _connect(self.name, self.process, self.port_file)
+        return self.channel
+
+
+def _connect(name: str, process: Process, port_file: Path) -> grpc.Channel:
+    """A channel to the provider once it has written its port and answers Ping."""
+    wait_for(port_file.exists, timeout=60, what=name, alive=process.check_alive)
+    channel = default_pki().channel(f"127.0.0.1:{int(port_file.read_text())}")
+    nodes = npb_grpc.NodeProviderServiceStub(channel)
+    eventually(lambda: nodes.Ping(npb.PingRequest(), timeout=10), timeout=60, what="ping")
+    return channel
+
+
 @contextlib.contextmanager
-def provider_process(name: str, argv: list[str], workdir: Path, env: dict[str, str]
-                     ) -> Iterator[grpc.Channel]:
-    """Runs a provider (argv without --listen/--port-file/TLS) and yields a channel to it."""
+def provider_run(name: str, argv: list[str], workdir: Path, env: dict[str, str]
+                 ) -> Iterator[RunningProvider]:
+    """Runs a provider (argv without --listen/--port-file/TLS) until the block ends."""
     port_file = workdir / "port"
     full = [sys.executable, "-m", *argv, "--listen", "127.0.0.1:0", "--port-file", str(port_file),
             "--log-format", "text", *default_pki().provider_args()]
     process = Process(name, full, log_dir=workdir, env=env).start()
     try:
-        wait_for(port_file.exists, timeout=60, what=name, alive=process.check_alive)
-        channel = default_pki().channel(f"127.0.0.1:{int(port_file.read_text())}")
-        nodes = npb_grpc.NodeProviderServiceStub(channel)
-        eventually(lambda: nodes.Ping(npb.PingRequest(), timeout=10), timeout=60, what="ping")
+        running = RunningProvider(name, process, port_file,
+                                  _connect(name, process, port_file))
         try:
-            yield channel
+            yield running
         finally:
-            channel.close()
+            running.channel.close()
     finally:
         process.stop(timeout=15)
+
+
+@contextlib.contextmanager
+def provider_process(name: str, argv: list[str], workdir: Path, env: dict[str, str]
+                     ) -> Iterator[grpc.Channel]:
+    """Runs a provider (argv without --listen/--port-file/TLS) and yields a channel to it."""
+    with provider_run(name, argv, workdir, env) as running:
+        yield running.channel
 
 
 def first_node(channel: grpc.Channel) -> str:
@@ -68,18 +109,29 @@ def first_node(channel: grpc.Channel) -> str:
     return str(sorted(n.name for n in listed)[0])
 
 
-def memory_argv(workdir: Path, nodes: int = 1) -> list[str]:
-    return ["vmlet_memory", "--nodes", str(nodes), "--state-file", str(workdir / "state.json")]
+def memory_argv(workdir: Path, nodes: int = 1, images: tuple[str, ...] = ("debian-12",)
+                ) -> list[str]:
+    """The memory provider's flags: ``nodes`` nodes, state in ``workdir``, the IaaS holding
+    ``images`` (so another image is missing, as on a real IaaS)."""
+    return ["vmlet_memory", "--nodes", str(nodes), "--state-file", str(workdir / "state.json"),
+            "--images", ",".join(images)]
+
+
+@contextlib.contextmanager
+def vsphere_run(vcsim: VcSim, workdir: Path, *extra: str) -> Iterator[RunningProvider]:
+    """The vSphere provider on ``vcsim``, its templates in vmlet-templates."""
+    argv = ["vmlet_vmware", "--template-folder", "vmlet-templates", "--network", "VM Network",
+            *extra]
+    with provider_run("vmware-provider", argv, workdir, {**os.environ, **vcsim.env()}
+                      ) as running:
+        yield running
 
 
 @contextlib.contextmanager
 def vsphere_provider(vcsim: VcSim, workdir: Path, *extra: str) -> Iterator[grpc.Channel]:
-    """The vSphere provider on ``vcsim``, its templates in vmlet-templates."""
-    argv = ["vmlet_vmware", "--template-folder", "vmlet-templates", "--network", "VM Network",
-            *extra]
-    with provider_process("vmware-provider", argv, workdir, {**os.environ, **vcsim.env()}
-                          ) as channel:
-        yield channel
+    """The vSphere provider on ``vcsim`` (see `vsphere_run`), as a channel."""
+    with vsphere_run(vcsim, workdir, *extra) as running:
+        yield running.channel
 
 
 @contextlib.contextmanager
@@ -105,12 +157,21 @@ def openstack_facts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[s
 
 
 @contextlib.contextmanager
-def openstack_provider(facts: dict[str, Any], workdir: Path, *extra: str
-                       ) -> Iterator[grpc.Channel]:
+def openstack_run(facts: dict[str, Any], workdir: Path, *extra: str
+                  ) -> Iterator[RunningProvider]:
     """The OpenStack provider on the OpenStack of ``facts``."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
     environ.update(OS_CLIENT_CONFIG_FILE=str(facts["clouds_yaml"]), OS_CLOUD="vmlet")
     argv = ["vmlet_openstack", "--poll-seconds", "1", "--fast-poll-seconds", "0.5",
             "--operation-timeout-seconds", "300", *extra]
-    with provider_process("openstack-provider", argv, workdir, environ) as channel:
-        yield channel
+    with provider_run("openstack-provider", argv, workdir, environ) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def openstack_provider(facts: dict[str, Any], workdir: Path, *extra: str
+                       ) -> Iterator[grpc.Channel]:
+    """The OpenStack provider on the OpenStack of ``facts`` (see `openstack_run`), as a
+    channel."""
+    with openstack_run(facts, workdir, *extra) as running:
+        yield running.channel

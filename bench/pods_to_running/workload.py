@@ -42,7 +42,7 @@ def pod_manifest(namespace: str, index: int, nodes: list[str]) -> Obj:
         "metadata": {"name": f"p-{index:05d}", "namespace": namespace,
                      "labels": {"app": "pods-to-running"}},
         "spec": {
-            "containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10",
+            "containers": [{"name": "main", "image": "debian-12",
                             "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}],
             "tolerations": [{"key": TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
             # Both phases' pods carry the same affinity, so the scheduler does the same work.

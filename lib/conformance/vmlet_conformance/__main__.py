@@ -27,6 +27,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
     parser.add_argument("--image", required=True,
                         help="what a VM pod boots from, in the provider's form "
                              "(e.g. vsphere:template/debian-12)")
+    parser.add_argument("--missing-image",
+                        help="an image of the provider's form that names nothing (default: "
+                             "--image with a random suffix)")
     parser.add_argument("--tls-ca", help="CA of the provider's serving certificate (PEM)")
     parser.add_argument("--tls-cert", help="client certificate to present (PEM), as the facade")
     parser.add_argument("--tls-key", help="its private key (PEM)")
@@ -82,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     subject = Subject(channel_from_args(args), args.image, nodes=tuple(args.node),
                       namespace=args.namespace, annotations=annotations,
                       cpu_millis=args.cpu_millis, memory_bytes=args.memory_bytes,
-                      timeout=args.timeout_seconds)
+                      timeout=args.timeout_seconds, missing_image=args.missing_image or "")
     suite = Path(__file__).with_name("suite.py")
     # Our own rootdir and no ini file: the suite runs the same from any directory.
     pytest_args = [str(suite), "--rootdir", str(suite.parent), "-c", str(suite.parent /

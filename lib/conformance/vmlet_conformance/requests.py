@@ -1,10 +1,12 @@
 """Requests at the edges: every optional field of a pod set and unset is accepted; malformed
-requests (empty, empty identity, oversized or unicode names, negative or absurd sizes) are
-INVALID_ARGUMENT (or the documented code), never INTERNAL or UNKNOWN, never a crash, never a VM."""
+requests (empty, empty identity, oversized or unicode names, negative or absurd sizes, bodies that
+are not protobuf, malformed images) are INVALID_ARGUMENT (or the documented code), never INTERNAL
+or UNKNOWN, never a crash, never a VM; an image naming nothing is FAILED_PRECONDITION."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -153,3 +155,99 @@ def unknown_fields_are_ignored(subject: Subject) -> None:
         request_serializer=lambda r: r.SerializeToString() + b"\xf8\x06\x2a",  # field 111 = 42
         response_deserializer=lpb.GetPodsResponse.FromString)
     assert isinstance(call(request, timeout=60), lpb.GetPodsResponse)
+
+
+#: Bodies no request message parses from: a length past the end, a truncated field.
+_CORRUPT = {"overlong length": b"\x0a\xff\xff\xff\xff\x0f", "truncated field": b"\x0a\x05ab"}
+#: A string field (field 1 of GetPodRequest and GetVirtualMachineRequest) that is not UTF-8.
+_NOT_UTF8 = {"string not UTF-8": b"\x0a\x02\xff\xfe"}
+_CORRUPT_CALLS = (("PodLifecycleService", "CreatePod", "CreatePodRequest", False, _CORRUPT),
+                  ("PodLifecycleService", "GetPod", "GetPodRequest", False,
+                   {**_CORRUPT, **_NOT_UTF8}),
+                  ("VirtualMachineService", "GetVirtualMachine", "GetVirtualMachineRequest", False,
+                   {**_CORRUPT, **_NOT_UTF8}),
+                  ("PodNotifierService", "NotifyPods", "NotifyPodsRequest", True, _CORRUPT))
+
+
+def _raw_call(subject: Subject, service: str, method: str, body: bytes, streaming: bool
+              ) -> tuple[grpc.StatusCode, str]:
+    """Sends ``body`` as the request of ``service/method`` and returns the code and details."""
+    path = f"/vmlet.provider.v1.{service}/{method}"
+    identity: Callable[[bytes], bytes] = lambda b: b  # noqa: E731
+    try:
+        if streaming:
+            for _ in subject.channel.unary_stream(path, request_serializer=identity,
+                                                  response_deserializer=identity)(body, timeout=30):
+                pass
+        else:
+            subject.channel.unary_unary(path, request_serializer=identity,
+                                        response_deserializer=identity)(body, timeout=30)
+    except grpc.RpcError as exc:
+        return exc.code(), exc.details() or ""
+    return OK, ""
+
+
+@check
+def corrupt_request_bodies_are_invalid_argument(subject: Subject) -> None:
+    """A request body that is no protobuf message of the method's request type (a length past
+    the end, a truncated field, a string that is not UTF-8), to a unary and a streaming method:
+    INVALID_ARGUMENT whose message names the request type, never UNKNOWN or INTERNAL; the
+    provider answers Ping after each."""
+    wrong: dict[str, str] = {}
+    for service, method, message, streaming, bodies in _CORRUPT_CALLS:
+        for what, body in bodies.items():
+            code, details = _raw_call(subject, service, method, body, streaming)
+            if code != INVALID or message not in details or "Traceback" in details:
+                wrong[f"{method}, {what}"] = f"{code.name}: {details[:200]}"
+            subject.ping()
+    assert not wrong, wrong
+
+
+def _scheme(image: str) -> str:
+    """The part of ``image`` before its name (``vsphere:template/`` of
+    ``vsphere:template/debian-12``), empty when it has none."""
+    cut = max(image.rfind(":"), image.rfind("/"))
+    return image[:cut + 1] if cut > 0 else ""
+
+
+def _refused(subject: Subject, images: dict[str, str], codes: set[grpc.StatusCode],
+             *, named: bool) -> None:
+    """CreatePod of a pod with each image ends with one of ``codes`` and a message (naming the
+    image's name when ``named``), and leaves no pod and no VM."""
+    wrong: dict[str, str] = {}
+    pods = {what: subject.pod() for what in images}
+    with subject.cleanup(*(p.identity for p in pods.values())):
+        for what, pod in pods.items():
+            pod.containers[0].image = images[what]
+            try:
+                subject.create(pod)
+                code, details = OK, ""
+            except grpc.RpcError as exc:
+                code, details = exc.code(), exc.details() or ""
+            name = images[what][len(_scheme(images[what])):]
+            if code not in codes or not details or (named and name not in details):
+                wrong[f"{what} {images[what]!r}"] = f"{code.name}: {details[:200]}"
+        assert not wrong, wrong
+        names = {p.ref.name for p in pods.values()}
+        assert not [p.pod.ref.name for p in subject.listed() if p.pod.ref.name in names]
+        leaked = [p.identity for p in pods.values() if subject.has_vm(p.identity)]
+        assert not leaked, leaked
+
+
+@check
+def malformed_images_are_invalid_argument(subject: Subject) -> None:
+    """An image reference not of the provider's form (empty, blank, the subject image's scheme
+    with no name, a container image from a registry) is INVALID_ARGUMENT with a message, and
+    makes no pod and no VM."""
+    images = {"empty": "", "blank": "   ", "container image": "docker.io/library/nginx:1.27"}
+    if _scheme(subject.image):
+        images["scheme without a name"] = _scheme(subject.image)
+    _refused(subject, images, {INVALID}, named=False)
+
+
+@check
+def missing_image_is_failed_precondition(subject: Subject) -> None:
+    """A well-formed image reference that names nothing the IaaS has (`Subject.missing_image`,
+    by default the subject's image with a random suffix) is FAILED_PRECONDITION with a message
+    naming it, and makes no pod and no VM."""
+    _refused(subject, {"missing": subject.missing()}, {PRECONDITION}, named=True)

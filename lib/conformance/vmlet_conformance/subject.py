@@ -62,6 +62,9 @@ class Subject:
     memory_bytes: int = 256 * 2**20
     #: How long a create, delete or a pod reaching Running may take.
     timeout: float = 300.0
+    #: An image of the provider's form that names nothing the IaaS has; empty means ``image``
+    #: with a random suffix.
+    missing_image: str = ""
 
     def __post_init__(self) -> None:
         self.pods = pod_lifecycle_service_pb2_grpc.PodLifecycleServiceStub(self.channel)
@@ -99,6 +102,10 @@ class Subject:
         for key, value in self.annotations.items():
             pod.annotations.setdefault(key, value)
         return pod
+
+    def missing(self) -> str:
+        """An image reference of the provider's form that names nothing."""
+        return self.missing_image or f"{self.image}-absent-{uuid.uuid4().hex[:8]}"
 
     # -- calls ---------------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """VirtualMachineService: the documented codes (NOT_FOUND for an unknown identity or disk,
 success for deleting what is not there, PERMISSION_DENIED for a VM of another namespace),
-snapshots and disks idempotent by name, each namespace field set and unset."""
+snapshots and disks idempotent by name, snapshot descriptions kept, each namespace field set and
+unset."""
 
 from __future__ import annotations
 
@@ -116,6 +117,26 @@ def snapshots_by_name(subject: Subject) -> None:
             assert code_of(gone) == OK and code_of(gone) == OK
         assert not subject.vms.ListSnapshots(vpb.ListSnapshotsRequest(identity=pod.identity),
                                              timeout=60).snapshots
+
+
+@check
+def snapshot_descriptions(subject: Subject) -> None:
+    """A snapshot's description, set (unicode) and unset, comes back as given from
+    CreateSnapshot, from CreateSnapshot again and from ListSnapshots."""
+    pod = subject.pod(keep=True)
+    with subject.cleanup(pod.identity):
+        subject.create(pod)
+        subject.wait_running(pod)
+        given = {"described": "before the upgrade: naïve ☃ 雪", "bare": ""}
+        for name, description in given.items():
+            request = vpb.CreateSnapshotRequest(identity=pod.identity, name=name,
+                                                description=description)
+            first = subject.vms.CreateSnapshot(request, timeout=subject.timeout).snapshot
+            again = subject.vms.CreateSnapshot(request, timeout=subject.timeout).snapshot
+            assert (first.description, again.description) == (description, description), name
+        listed = subject.vms.ListSnapshots(vpb.ListSnapshotsRequest(identity=pod.identity),
+                                           timeout=60).snapshots
+        assert {s.name: s.description for s in listed} == given
 
 
 @check

@@ -197,6 +197,42 @@ async def test_unexpected_errors_in_a_stream(toy: Any, channel: grpc.aio.Channel
     assert "oops" not in (info.value.details() or "")
 
 
+@pytest.mark.parametrize(
+    ("method", "streaming", "body"),
+    [
+        ("ListNodes", False, b"\x0a\xff\xff\xff\xff\x0f"),  # a length past the end
+        ("NotifyNodeStatus", True, b"\x0a\x05ab"),  # a truncated field
+    ],
+    ids=["unary", "stream"],
+)
+async def test_a_body_that_is_no_request_message_is_invalid_argument(
+    toy: Any, channel: grpc.aio.Channel, registry: CollectorRegistry,
+    method: str, streaming: bool, body: bytes,
+) -> None:
+    toy.error = RuntimeError("the servicer must not see it")  # it would be INTERNAL
+    path = f"/vmlet.provider.v1.NodeProviderService/{method}"
+    kind = channel.unary_stream if streaming else channel.unary_unary
+    call = kind(path, request_serializer=bytes, response_deserializer=bytes)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        if streaming:
+            async for _ in call(body):
+                pass
+        else:
+            await call(body)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    request = f"{method}Request"
+    assert info.value.details() == (
+        f"the request is not a valid vmlet.provider.v1.{request} message "
+        "(Wire format was corrupt)"
+    )
+    await np_grpc.NodeProviderServiceStub(channel).Ping(np.PingRequest())
+    handled = registry.get_sample_value("grpc_server_handled_total", {
+        "grpc_type": "server_stream" if streaming else "unary",
+        "grpc_service": "vmlet.provider.v1.NodeProviderService",
+        "grpc_method": method, "grpc_code": "INVALID_ARGUMENT"})
+    assert handled == 1
+
+
 async def test_metrics_count_rpcs_by_method_and_code(
     toy: Any, channel: grpc.aio.Channel, registry: CollectorRegistry
 ) -> None:

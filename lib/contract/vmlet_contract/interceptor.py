@@ -6,6 +6,9 @@ reader/writer streams, async generator for generator streams); gRPC dispatches o
 Synchronous handlers (only the generated UNIMPLEMENTED stubs, in practice) are wrapped as async
 ones. The wrapper is made once per method and cached.
 
+A request body that does not parse as the method's request message reaches the wrapper as
+`_Undecodable` (the handler's deserializer is wrapped too; gRPC itself would answer UNKNOWN with
+the parser's exception) and ends the call with INVALID_ARGUMENT naming the message type.
 Inside the wrapper, every request message (each one of a request stream too) is checked against
 the contract's bounds first (`requestbounds.check_request`): out of bounds is INVALID_ARGUMENT
 before the provider's code runs. Then:
@@ -29,7 +32,7 @@ from typing import Any, NoReturn
 
 import grpc
 
-from .errors import ProviderError
+from .errors import InvalidArgument, ProviderError
 from .metrics import RpcMetrics, RpcName
 from .requestbounds import check_request
 
@@ -116,9 +119,46 @@ def _sync_as_async(behaviour: Callable[..., Any], *, streaming: bool) -> Callabl
     return unary
 
 
+class _Undecodable:
+    """A request body its deserializer refused, with why."""
+
+    __slots__ = ("message", "reason")
+
+    def __init__(self, message: str, reason: str) -> None:
+        self.message = message
+        self.reason = reason
+
+    def refuse(self) -> NoReturn:
+        raise InvalidArgument(
+            f"the request is not a valid {self.message} message ({self.reason})"
+        )
+
+
+def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """``deserializer``, answering `_Undecodable` instead of raising."""
+    owner = getattr(deserializer, "__self__", None)
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    message = str(getattr(descriptor, "full_name", "") or "request")
+
+    def deserialize(body: bytes) -> Any:
+        try:
+            return deserializer(body)
+        except Exception as exc:  # whatever the parser raises, the body is the client's fault
+            reason = str(exc).rpartition("': ")[2] or type(exc).__name__
+            return _Undecodable(message, reason)
+
+    return deserialize
+
+
+def _check(request: Any) -> None:
+    if isinstance(request, _Undecodable):
+        request.refuse()
+    check_request(request)
+
+
 async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
     async for request in requests:
-        check_request(request)
+        _check(request)
         yield request
 
 
@@ -126,7 +166,7 @@ def _checked(request: Any, request_streaming: bool) -> Any:
     """The request, checked against the bounds; a stream is checked message by message."""
     if request_streaming:
         return _checked_stream(aiter(request))
-    check_request(request)
+    _check(request)
     return request
 
 
@@ -203,6 +243,8 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             for kind in _KINDS
             if getattr(handler, kind) is not None
         }
+        if handler.request_deserializer is not None:
+            changes["request_deserializer"] = _tolerant(handler.request_deserializer)
         wrapped = handler._replace(**changes)
         self._wrapped[method] = (handler, wrapped)
         return wrapped

@@ -11,7 +11,8 @@ from vmlet.provider.v1 import pod_lifecycle_service_pb2 as pl
 from vmlet.provider.v1 import pod_notifier_service_pb2 as pn
 from vmlet.provider.v1 import pod_pb2
 from vmlet.provider.v1 import virtual_machine_service_pb2 as vmpb
-from vmlet_memory.cloud import FAIL_CREATE_ANNOTATION, START_DELAY_ANNOTATION, CloudOptions
+from vmlet_memory.cloud import CloudOptions
+from vmlet_memory.podrules import FAIL_CREATE_ANNOTATION, START_DELAY_ANNOTATION
 from vmlet_memory.testing import Harness, make_pod, running_provider
 
 pytestmark = pytest.mark.timeout(60)
@@ -173,6 +174,38 @@ async def test_create_errors(mp: Harness, pod: pod_pb2.Pod, code: grpc.StatusCod
     assert info.value.details()
     assert list(mp.provider.cloud.machines()) == []
     assert mp.provider.cloud.ips.in_use == 0
+
+
+def _with_image(image: str) -> pod_pb2.Pod:
+    pod = make_pod("x")
+    pod.containers[0].image = image
+    return pod
+
+
+@pytest.mark.parametrize(
+    "image", ["", "   ", "memory:", "docker.io/library/nginx:1.27", "nginx:1.27", "a b"]
+)
+async def test_a_malformed_image_is_invalid_argument(mp: Harness, image: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await _create(mp, _with_image(image))
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert f"image {image!r} does not name a memory image" in (info.value.details() or "")
+    assert list(mp.provider.cloud.machines()) == []
+
+
+async def test_images_are_any_name_or_the_given_ones(mp: Harness) -> None:
+    for image in ("memory:debian-12", "debian-12", "ubuntu-24.04"):
+        assert (await _create(mp, _with_image(image))).phase == RUNNING
+        await mp.lifecycle.DeletePod(pl.DeletePodRequest(pod=_with_image(image)))
+    async with running_provider(CloudOptions(images=("debian-12",))) as few:
+        assert (await _create(few, _with_image("memory:debian-12"))).phase == RUNNING
+        await few.lifecycle.DeletePod(pl.DeletePodRequest(pod=make_pod("x")))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await _create(few, _with_image("memory:debian-13"))
+        assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert info.value.details() == (
+            "image 'debian-13' does not exist in the memory IaaS; it has debian-12")
+        assert list(few.provider.cloud.machines()) == []
 
 
 async def test_a_pod_name_cannot_run_two_identities(mp: Harness) -> None:

@@ -21,11 +21,11 @@ async def test_snapshots(mp: Harness) -> None:
         await mp.vms.CreateSnapshot(vms.CreateSnapshotRequest(identity="vm-1", name="daily"))
     ).snapshot
     assert first == again and first.identity == "vm-1" and first.kind == "memory-snapshot"
-    second = (
-        await mp.vms.CreateSnapshot(vms.CreateSnapshotRequest(identity="vm-1", name="b"))
-    ).snapshot
+    described = vms.CreateSnapshotRequest(identity="vm-1", name="b", description="før ☃")
+    second = (await mp.vms.CreateSnapshot(described)).snapshot
+    assert second.description == "før ☃" and first.description == ""
     listed = (await mp.vms.ListSnapshots(vms.ListSnapshotsRequest(identity="vm-1"))).snapshots
-    assert [s.name for s in listed] == ["daily", "b"]
+    assert [(s.name, s.description) for s in listed] == [("daily", ""), ("b", "før ☃")]
 
     await mp.vms.RevertToSnapshot(
         vms.RevertToSnapshotRequest(identity="vm-1", snapshot_id=first.id)

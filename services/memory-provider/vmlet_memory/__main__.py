@@ -55,6 +55,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--ip-base", default="10.88.0.0/16", help="the network pod addresses come from"
     )
     cloud.add_argument(
+        "--images",
+        default="",
+        help="the images the IaaS has, comma-separated (default: every well-formed name)",
+    )
+    cloud.add_argument(
         "--state-file",
         type=Path,
         default=None,
@@ -74,6 +79,7 @@ async def _serve(args: argparse.Namespace) -> None:
         pods=args.pods,
         start_delay_seconds=args.start_delay_seconds,
         ip_base=args.ip_base,
+        images=tuple(name.strip() for name in args.images.split(",") if name.strip()),
     )
     provider = build(options, state_file=args.state_file)
     await serve_from_args(args, provider.servicers, provider=PROVIDER_KIND)

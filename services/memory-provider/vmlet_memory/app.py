@@ -13,6 +13,7 @@ from pathlib import Path
 from vmlet_contract import ProviderServicers
 
 from .cloud import Cloud, CloudOptions
+from .cloudstate import dump, restore
 from .endpoints import KubeletEndpoints
 from .lifecycle import PodLifecycle
 from .nodes import PROVIDER_KIND, NodeProvider
@@ -52,12 +53,12 @@ def build(options: CloudOptions, *, state_file: Path | None = None) -> MemoryPro
     if state_file is not None:
         saved = read_state(state_file)
         if saved is not None:
-            cloud.load_state(saved)
+            restore(cloud, saved)
             _log.info(
                 "state restored",
                 extra={"path": str(state_file), "machines": len(saved.get("machines", []))},
             )
-        store = StateFile(state_file, cloud.to_state)
+        store = StateFile(state_file, lambda: dump(cloud))
         cloud.on_change = store.mark_dirty
         cloud.flush = store.flush
 

@@ -6,23 +6,19 @@ creating a pod costs O(1) however many run. Each change of a pod's status is pub
 the `vmlet_contract.Hub` that feeds NotifyPods, and `on_change` is called so the state file can
 follow.
 
-Per-pod knobs, for tests of the facade (annotations on the pod):
-  memory.vmlet.io/start-delay-seconds  how long this pod stays Pending (overrides the flag)
-  memory.vmlet.io/fail-create          "CODE: message" makes CreatePod fail with that gRPC code
+What a pod must be and the per-pod knobs for tests of the facade are in `podrules`; what a
+restart keeps, in `cloudstate`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
-
-import grpc
 
 from vmlet.provider.v1 import pod_notifier_service_pb2, pod_pb2, virtual_machine_service_pb2
 from vmlet_contract import (
@@ -38,18 +34,17 @@ from vmlet_contract import (
 )
 
 from .addresses import IpPool
-from .disks import Disk, DiskStore, disk_handles
+from .disks import DiskStore, disk_handles
 from .hosts import Host, Usage, usage_of
-from .machines import LogLine, Machine, PodKey, Power, pod_key
+from .images import check_image_exists, image_name
+from .machines import Machine, PodKey, Power, pod_key
+from .podrules import injected_failure, start_delay, validate
 
 __all__ = ["Cloud", "CloudOptions", "PodUpdate"]
 
 _log = logging.getLogger(__name__)
 
-START_DELAY_ANNOTATION = "memory.vmlet.io/start-delay-seconds"
-FAIL_CREATE_ANNOTATION = "memory.vmlet.io/fail-create"
 HOST_IP = "127.0.0.1"
-STATE_VERSION = 1
 
 PodUpdate: TypeAlias = pod_notifier_service_pb2.NotifyPodsResponse
 
@@ -66,6 +61,8 @@ class CloudOptions:
     start_delay_seconds: float = 0.0
     ip_base: str = "10.88.0.0/16"
     subscriber_limit: int = 65536
+    #: The images the IaaS has; empty means every well-formed name.
+    images: tuple[str, ...] = ()
 
 
 def _now() -> datetime:
@@ -75,20 +72,6 @@ def _now() -> datetime:
 def _same_pod(a: pod_pb2.PodRef, b: pod_pb2.PodRef) -> bool:
     return (a.namespace, a.name) == (b.namespace, b.name) and (
         not a.uid or not b.uid or a.uid == b.uid
-    )
-
-
-def _injected_failure(pod: pod_pb2.Pod) -> ProviderError | None:
-    spec = pod.annotations.get(FAIL_CREATE_ANNOTATION)
-    if not spec:
-        return None
-    name, _, message = spec.partition(":")
-    try:
-        code = grpc.StatusCode[name.strip().upper()]
-    except KeyError:
-        code = grpc.StatusCode.INVALID_ARGUMENT
-    return ProviderError(
-        message.strip() or f"failure injected by {FAIL_CREATE_ANNOTATION}", code=code
     )
 
 
@@ -124,10 +107,17 @@ class Cloud:
     def machine(self, identity: str, namespace: str = "") -> Machine:
         """The machine of `identity`; NotFound otherwise, PermissionDenied when it belongs to
         another namespace than `namespace` (when given)."""
-        vm = self._machines.get(identity)
+        vm = self.find(identity, namespace)
         if vm is None:
             raise NotFound(f"no VM with identity {identity}")
-        check_namespace(vm.namespace, namespace, identity)
+        return vm
+
+    def find(self, identity: str, namespace: str = "") -> Machine | None:
+        """The machine of `identity`, None when there is none; PermissionDenied when it belongs
+        to another namespace than `namespace` (when given)."""
+        vm = self._machines.get(identity)
+        if vm is not None:
+            check_namespace(vm.namespace, namespace, identity)
         return vm
 
     def pod_machine(self, namespace: str, name: str) -> Machine:
@@ -188,7 +178,7 @@ class Cloud:
     def create_pod(self, pod: pod_pb2.Pod) -> pod_pb2.PodStatus:
         """Makes the pod's machine, or finds it by identity (moving or powering it on as
         needed). Idempotent."""
-        self._validate(pod)
+        validate(pod)
         host = self.hosts.get(pod.node_name)
         if host is None:
             raise FailedPrecondition(f"node {pod.node_name} is not served by this provider")
@@ -204,9 +194,10 @@ class Cloud:
             vm.namespace = vm.namespace or pod.ref.namespace
             vm.keep = vm.keep or pod.keep_on_delete
         if vm is None:
-            failure = _injected_failure(pod)
+            failure = injected_failure(pod)
             if failure is not None:
                 raise failure
+            check_image_exists(image_name(pod.containers[0].image), self.options.images)
             vm = self._make(pod, host)
         elif vm.pod is not None and _same_pod(vm.pod.ref, pod.ref):
             if vm.node != host.name:
@@ -295,85 +286,7 @@ class Cloud:
         self._destroy(vm)
         self.on_change()
 
-    # Snapshots and disks.
-
-    def create_snapshot(
-        self, identity: str, name: str, description: str, namespace: str = ""
-    ) -> virtual_machine_service_pb2.Snapshot:
-        """Snapshots a machine; the same name again returns the first snapshot."""
-        vm = self.machine(identity, namespace)
-        if not name:
-            raise InvalidArgument("a snapshot needs a name")
-        for snap in vm.snapshots.values():
-            if snap.name == name:
-                return snap
-        snap = virtual_machine_service_pb2.Snapshot(
-            id=f"memory-snap-{uuid.uuid4()}",
-            name=name,
-            create_time=podstatus.timestamp(),
-            kind="memory-snapshot",
-            identity=identity,
-        )
-        vm.snapshots[snap.id] = snap
-        vm.record(f"snapshot {name} taken" + (f": {description}" if description else ""))
-        self.on_change()
-        return snap
-
-    def revert_to_snapshot(self, identity: str, snapshot_id: str, namespace: str = "") -> None:
-        """Puts a machine back to a snapshot (its power state is kept)."""
-        vm = self.machine(identity, namespace)
-        snap = vm.snapshots.get(snapshot_id)
-        if snap is None:
-            raise NotFound(f"VM {identity} has no snapshot {snapshot_id}")
-        vm.record(f"reverted to snapshot {snap.name}")
-        self.on_change()
-
-    def delete_snapshot(self, identity: str, snapshot_id: str, namespace: str = "") -> None:
-        """Removes a snapshot; unknown machines and snapshots succeed."""
-        vm = self._machines.get(identity)
-        if vm is not None:
-            check_namespace(vm.namespace, namespace, identity)
-        if vm is not None and vm.snapshots.pop(snapshot_id, None) is not None:
-            vm.record(f"snapshot {snapshot_id} deleted")
-            self.on_change()
-
-    def create_disk(self, name: str, size_bytes: int, parameters: dict[str, str]) -> Disk:
-        """See `DiskStore.create`."""
-        disk = self.disks.create(name, size_bytes, parameters)
-        self.on_change()
-        return disk
-
-    def delete_disk(self, handle: str) -> None:
-        """See `DiskStore.delete`."""
-        self.disks.delete(handle)
-        self.on_change()
-
-    def expand_disk(self, handle: str, size_bytes: int) -> Disk:
-        """See `DiskStore.expand`."""
-        disk = self.disks.expand(handle, size_bytes)
-        self.on_change()
-        return disk
-
     # Transitions.
-
-    def _validate(self, pod: pod_pb2.Pod) -> None:
-        where = f"pod {pod.ref.namespace}/{pod.ref.name}"
-        if not pod.ref.namespace or not pod.ref.name:
-            raise InvalidArgument("a pod needs a namespace and a name")
-        if not pod.identity:
-            raise InvalidArgument(f"{where} has no identity")
-        if not pod.node_name:
-            raise InvalidArgument(f"{where} is not bound to a node")
-        if len(pod.containers) != 1:
-            raise InvalidArgument(f"{where} has {len(pod.containers)} containers; a VM pod has one")
-        delay = pod.annotations.get(START_DELAY_ANNOTATION)
-        if delay is not None:
-            try:
-                float(delay)
-            except ValueError:
-                raise InvalidArgument(
-                    f"{where}: {START_DELAY_ANNOTATION} is not a number"
-                ) from None
 
     def _make(self, pod: pod_pb2.Pod, host: Host) -> Machine:
         handles = disk_handles(pod)
@@ -470,9 +383,7 @@ class Cloud:
 
     def _power_on(self, vm: Machine) -> None:
         assert vm.pod is not None
-        delay = float(
-            vm.pod.annotations.get(START_DELAY_ANNOTATION, self.options.start_delay_seconds)
-        )
+        delay = start_delay(vm.pod, self.options.start_delay_seconds)
         vm.generation += 1
         if delay <= 0:
             self._running(vm)
@@ -544,93 +455,34 @@ class Cloud:
         if vm.pod is not None and vm.status is not None:
             self._hub.publish(pod_key(vm.pod.ref), PodUpdate(ref=vm.pod.ref, status=vm.status))
 
-    # State on disk.
+    # Restart.
 
-    def to_state(self) -> dict[str, Any]:
-        """Everything needed to come back after a restart, as JSON-ready data."""
-        return {
-            "version": STATE_VERSION,
-            "machines": [
-                {
-                    "identity": vm.identity,
-                    "uuid": vm.uuid,
-                    "node": vm.node,
-                    "ip": vm.ip,
-                    "created_at": vm.created_at.isoformat(),
-                    "namespace": vm.namespace,
-                    "keep": vm.keep,
-                    "power": vm.power.value,
-                    "started_at": vm.started_at.isoformat() if vm.started_at else None,
-                    "pod": _b64(vm.pod) if vm.pod is not None else None,
-                    "snapshots": [_b64(s) for s in vm.snapshots.values()],
-                    "log": [[line.time.isoformat(), line.text] for line in vm.log],
-                }
-                for vm in self._machines.values()
-            ],
-            "disks": [
-                {
-                    "handle": d.handle,
-                    "name": d.name,
-                    "size_bytes": d.size_bytes,
-                    "parameters": d.parameters,
-                    "attached_to": d.attached_to,
-                }
-                for d in self.disks
-            ],
-        }
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        """Restores what `to_state` saved (into an empty cloud, on the event loop)."""
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"state version {state.get('version')!r} is not {STATE_VERSION}")
-        for d in state.get("disks", []):
-            self.disks.add(Disk(**d))
-        for m in state.get("machines", []):
-            vm = Machine(
-                identity=m["identity"],
-                uuid=m["uuid"],
-                node=m["node"],
-                ip=m["ip"],
-                created_at=datetime.fromisoformat(m["created_at"]),
-                namespace=m.get("namespace", ""),
-                keep=bool(m.get("keep", False)),
-                power=Power(m["power"]),
-                started_at=datetime.fromisoformat(m["started_at"]) if m["started_at"] else None,
-            )
-            if m["pod"] is not None:
-                vm.pod = pod_pb2.Pod.FromString(base64.b64decode(m["pod"]))
-                self._by_pod[pod_key(vm.pod.ref)] = vm.identity
-            for raw in m["snapshots"]:
-                snap = virtual_machine_service_pb2.Snapshot.FromString(base64.b64decode(raw))
-                vm.snapshots[snap.id] = snap
-            for when, text in m["log"]:
-                vm.log_seq += 1
-                vm.log.append(LogLine(vm.log_seq, datetime.fromisoformat(when), text))
-            self.ips.claim(vm.ip)
-            if vm.pod is None:
-                vm.power = Power.STOPPED
+    def restore_machine(self, vm: Machine) -> None:
+        """Takes back a machine `cloudstate` saved (into a cloud being restored): its address,
+        its pod, its share of its host, its pending power-on."""
+        if vm.pod is not None:
+            self._by_pod[pod_key(vm.pod.ref)] = vm.identity
+        self.ips.claim(vm.ip)
+        if vm.pod is None:
+            vm.power = Power.STOPPED
+        else:
+            vm.usage = usage_of(vm.pod)
+            host = self.hosts.get(vm.node)
+            if host is not None:
+                host.take(vm.usage)
             else:
-                vm.usage = usage_of(vm.pod)
-                host = self.hosts.get(vm.node)
-                if host is not None:
-                    host.take(vm.usage)
-                else:
-                    _log.warning(
-                        "VM on a node this provider no longer serves",
-                        extra={"identity": vm.identity, "node": vm.node},
-                    )
-            self._machines[vm.identity] = vm
-            if vm.power is Power.POWERING_ON:
-                self._schedule_power_on(vm, self.options.start_delay_seconds)
-            vm.status = self._status(vm)
+                _log.warning(
+                    "VM on a node this provider no longer serves",
+                    extra={"identity": vm.identity, "node": vm.node},
+                )
+        self._machines[vm.identity] = vm
+        if vm.power is Power.POWERING_ON:
+            self._schedule_power_on(vm, self.options.start_delay_seconds)
+        vm.status = self._status(vm)
 
 
 async def _nothing() -> None:
     return None
-
-
-def _b64(message: Any) -> str:
-    return base64.b64encode(message.SerializeToString(deterministic=True)).decode("ascii")
 
 
 def _filled_in(pod: pod_pb2.Pod, *, identity: str, node_name: str) -> pod_pb2.Pod:

@@ -7,6 +7,7 @@ from typing import Any
 from vmlet.provider.v1 import virtual_machine_service_pb2 as pb
 from vmlet.provider.v1 import virtual_machine_service_pb2_grpc as pb_grpc
 
+from . import snapshots
 from .cloud import Cloud
 
 __all__ = ["VirtualMachines"]
@@ -34,24 +35,28 @@ class VirtualMachines(pb_grpc.VirtualMachineServiceServicer):
     async def CreateSnapshot(
         self, request: pb.CreateSnapshotRequest, context: Any
     ) -> pb.CreateSnapshotResponse:
-        snap = self._cloud.create_snapshot(
-            request.identity, request.name, request.description, request.namespace
-        )
+        vm = self._cloud.machine(request.identity, request.namespace)
+        snap = snapshots.take(vm, request.name, request.description)
+        self._cloud.on_change()
         await self._cloud.flush()
         return pb.CreateSnapshotResponse(snapshot=snap)
 
     async def RevertToSnapshot(
         self, request: pb.RevertToSnapshotRequest, context: Any
     ) -> pb.RevertToSnapshotResponse:
-        self._cloud.revert_to_snapshot(request.identity, request.snapshot_id, request.namespace)
+        snapshots.revert(self._cloud.machine(request.identity, request.namespace),
+                         request.snapshot_id)
+        self._cloud.on_change()
         await self._cloud.flush()
         return pb.RevertToSnapshotResponse()
 
     async def DeleteSnapshot(
         self, request: pb.DeleteSnapshotRequest, context: Any
     ) -> pb.DeleteSnapshotResponse:
-        self._cloud.delete_snapshot(request.identity, request.snapshot_id, request.namespace)
-        await self._cloud.flush()
+        vm = self._cloud.find(request.identity, request.namespace)  # unknown ones succeed
+        if vm is not None and snapshots.drop(vm, request.snapshot_id):
+            self._cloud.on_change()
+            await self._cloud.flush()
         return pb.DeleteSnapshotResponse()
 
     async def ListSnapshots(
@@ -63,14 +68,17 @@ class VirtualMachines(pb_grpc.VirtualMachineServiceServicer):
     async def CreateDisk(
         self, request: pb.CreateDiskRequest, context: Any
     ) -> pb.CreateDiskResponse:
-        disk = self._cloud.create_disk(request.name, request.size_bytes, dict(request.parameters))
+        disk = self._cloud.disks.create(request.name, request.size_bytes,
+                                        dict(request.parameters))
+        self._cloud.on_change()
         await self._cloud.flush()
         return pb.CreateDiskResponse(disk=disk.as_message())
 
     async def DeleteDisk(
         self, request: pb.DeleteDiskRequest, context: Any
     ) -> pb.DeleteDiskResponse:
-        self._cloud.delete_disk(request.handle)
+        self._cloud.disks.delete(request.handle)
+        self._cloud.on_change()
         await self._cloud.flush()
         return pb.DeleteDiskResponse()
 
@@ -80,6 +88,7 @@ class VirtualMachines(pb_grpc.VirtualMachineServiceServicer):
     async def ExpandDisk(
         self, request: pb.ExpandDiskRequest, context: Any
     ) -> pb.ExpandDiskResponse:
-        disk = self._cloud.expand_disk(request.handle, request.size_bytes)
+        disk = self._cloud.disks.expand(request.handle, request.size_bytes)
+        self._cloud.on_change()
         await self._cloud.flush()
         return pb.ExpandDiskResponse(disk=disk.as_message())

@@ -2,8 +2,9 @@
 needs them.
 
 Flavors are listed once a minute (and again when a named one is missing). Images are looked up
-by name or ID in Glance, active ones only, and remembered for half a minute; a name that several
-images share is refused (name the image by ID instead). Networks (for --network names) are looked
+by name or ID in Glance, active ones only, and remembered for half a minute; none (or none
+active) is FAILED_PRECONDITION, as a missing template is on vSphere; a name that several images
+share is INVALID_ARGUMENT (name the image by ID instead). Networks (for --network names) are looked
 up once and kept; a pod's own networks resolve through `networks` (`Catalog.networks`).
 """
 
@@ -13,7 +14,7 @@ import asyncio
 import time
 from typing import Any, Final
 
-from vmlet_contract import InvalidArgument, NotFound, ProviderError
+from vmlet_contract import FailedPrecondition, InvalidArgument, NotFound, ProviderError
 
 from .cloud import Api, Cloud
 from .networks import Networks
@@ -78,8 +79,8 @@ class Catalog:
         if not active:
             if found:
                 states = ", ".join(sorted({str(i.get("status")) for i in found}))
-                raise InvalidArgument(f"Glance image {ref!r} is not active ({states})")
-            raise InvalidArgument(f"there is no Glance image named {ref!r}")
+                raise FailedPrecondition(f"Glance image {ref!r} is not active ({states})")
+            raise FailedPrecondition(f"there is no Glance image named {ref!r}")
         if len(active) > 1:
             ids = ", ".join(str(i["id"]) for i in active)
             raise InvalidArgument(

@@ -29,9 +29,12 @@ GRPC_VERSION: str
 class PodLifecycleServiceStub:
     """PodLifecycleService turns pods into VMs and back, as virtual-kubelet's PodLifecycleHandler.
     Every call is idempotent: the facade retries on UNAVAILABLE and after restarts.
-    Errors: NOT_FOUND, ALREADY_EXISTS, INVALID_ARGUMENT (the pod cannot become a VM as written),
-    FAILED_PRECONDITION, RESOURCE_EXHAUSTED (no room on the host), UNAVAILABLE (the IaaS is
-    unreachable: retry), each with a message a user can act on.
+    Errors: NOT_FOUND (a pod the provider does not run), ALREADY_EXISTS, INVALID_ARGUMENT (the pod
+    cannot become a VM as written, whatever the IaaS holds: e.g. an image not of the provider's
+    form; also a request body that is not the method's message), FAILED_PRECONDITION (the IaaS
+    lacks what the pod names, such as its node, image or disk, or is in a state that refuses the
+    call), RESOURCE_EXHAUSTED (no room on the host), UNAVAILABLE (the IaaS is unreachable: retry),
+    each with a message a user can act on.
     """
 
     @_typing.overload
@@ -57,9 +60,12 @@ class PodLifecycleServiceStub:
 class PodLifecycleServiceAsyncStub(PodLifecycleServiceStub):
     """PodLifecycleService turns pods into VMs and back, as virtual-kubelet's PodLifecycleHandler.
     Every call is idempotent: the facade retries on UNAVAILABLE and after restarts.
-    Errors: NOT_FOUND, ALREADY_EXISTS, INVALID_ARGUMENT (the pod cannot become a VM as written),
-    FAILED_PRECONDITION, RESOURCE_EXHAUSTED (no room on the host), UNAVAILABLE (the IaaS is
-    unreachable: retry), each with a message a user can act on.
+    Errors: NOT_FOUND (a pod the provider does not run), ALREADY_EXISTS, INVALID_ARGUMENT (the pod
+    cannot become a VM as written, whatever the IaaS holds: e.g. an image not of the provider's
+    form; also a request body that is not the method's message), FAILED_PRECONDITION (the IaaS
+    lacks what the pod names, such as its node, image or disk, or is in a state that refuses the
+    call), RESOURCE_EXHAUSTED (no room on the host), UNAVAILABLE (the IaaS is unreachable: retry),
+    each with a message a user can act on.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -81,9 +87,12 @@ class PodLifecycleServiceAsyncStub(PodLifecycleServiceStub):
 class PodLifecycleServiceServicer(metaclass=_abc_1.ABCMeta):
     """PodLifecycleService turns pods into VMs and back, as virtual-kubelet's PodLifecycleHandler.
     Every call is idempotent: the facade retries on UNAVAILABLE and after restarts.
-    Errors: NOT_FOUND, ALREADY_EXISTS, INVALID_ARGUMENT (the pod cannot become a VM as written),
-    FAILED_PRECONDITION, RESOURCE_EXHAUSTED (no room on the host), UNAVAILABLE (the IaaS is
-    unreachable: retry), each with a message a user can act on.
+    Errors: NOT_FOUND (a pod the provider does not run), ALREADY_EXISTS, INVALID_ARGUMENT (the pod
+    cannot become a VM as written, whatever the IaaS holds: e.g. an image not of the provider's
+    form; also a request body that is not the method's message), FAILED_PRECONDITION (the IaaS
+    lacks what the pod names, such as its node, image or disk, or is in a state that refuses the
+    call), RESOURCE_EXHAUSTED (no room on the host), UNAVAILABLE (the IaaS is unreachable: retry),
+    each with a message a user can act on.
     """
 
     @_abc_1.abstractmethod

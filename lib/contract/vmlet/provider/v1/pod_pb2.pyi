@@ -295,7 +295,12 @@ class Container(_message.Message):
     name: _builtins.str
     """The container's name."""
     image: _builtins.str
-    """The image reference. For a VM it names a template or image in the provider's own form."""
+    """The image reference. For a VM it names a template or image in the provider's own form
+    (vsphere:template/<name>, openstack:image/<name or ID>, memory:<name>, or the bare name).
+    CreatePod answers a reference not of that form (empty, a container image such as
+    docker.io/library/nginx:1.27) INVALID_ARGUMENT, and one of that form that names nothing the
+    IaaS has FAILED_PRECONDITION.
+    """
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The entrypoint, as in the pod spec."""
