@@ -36,5 +36,5 @@ check_contract() {
 check_contract
 bash hack/genproto.sh --check
 ruff check .
-mypy lib/localenv/vmlet_localenv lib/contract/vmlet_contract lib/conformance/vmlet_conformance services/*/vmlet_* tools/*/vmlet_*
+mypy lib/api/vmlet_api lib/localenv/vmlet_localenv lib/contract/vmlet_contract lib/conformance/vmlet_conformance services/*/vmlet_* tools/*/vmlet_*
 lint-imports --no-cache

@@ -34,6 +34,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from vmlet_api.names import PROVIDER_LABEL
 from vmlet_localenv.services import FACADE_USER
 
 __all__ = ["SIGNER", "CsrApprover", "Verdict", "decide", "facade_nodes", "pending"]
@@ -61,7 +62,7 @@ def facade_nodes(nodes: Iterable[Obj]) -> list[Obj]:
     """The Nodes the facade registered: those carrying its labels."""
     return [n for n in nodes
             if (n.get("metadata", {}).get("labels") or {}).get("type") == "virtual-kubelet"
-            and (n.get("metadata", {}).get("labels") or {}).get("vmlet.io/provider")]
+            and (n.get("metadata", {}).get("labels") or {}).get(PROVIDER_LABEL)]
 
 
 def pending(csr: Obj) -> bool:

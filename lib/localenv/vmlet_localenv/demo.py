@@ -26,6 +26,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from vmlet_api.names import (
+    API_VERSION,
+    PROVIDER_TAINT,
+    STATE_RUNNING,
+    STATE_STOPPED,
+    VIRTUAL_MACHINE,
+    VIRTUAL_MACHINE_MIGRATION,
+)
 from vmlet_localenv.controlplane import ControlPlane
 from vmlet_localenv.environment import DEFAULT_IAAS, IAAS_CHOICES, Environment
 from vmlet_localenv.guests import SECRET_NAME, guest_hostname
@@ -42,7 +50,7 @@ def step(text: str) -> None:
 _POD = {
     "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "demo-vm", "namespace": "default"},
     "spec": {
-        "tolerations": [{"key": "virtual-kubelet.io/provider", "operator": "Exists",
+        "tolerations": [{"key": PROVIDER_TAINT, "operator": "Exists",
                          "effect": "NoSchedule"}],
         "containers": [{"name": "vm", "image": "IMAGE",
                         "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}}],
@@ -238,39 +246,39 @@ def _show_vm(cp: ControlPlane, iaas: _Iaas, *, metrics: bool) -> None:
          + (f", networks {[n['name'] for n in iaas.vm_spec['networks']]})"
             if iaas.vm_spec.get("networks") else ")"))
     cp.kubectl("apply", "-f", "-", input=json.dumps({
-        "apiVersion": "vmlet.io/v1alpha1", "kind": "VirtualMachine",
+        "apiVersion": API_VERSION, "kind": VIRTUAL_MACHINE.kind,
         "metadata": {"name": "demo", "namespace": "default"},
         "spec": {"provider": iaas.provider, "image": iaas.image, **_SIZE, **iaas.vm_spec}}))
     uid = json.loads(cp.kubectl("get", "vm", "demo", "-o", "json").stdout)["metadata"]["uid"]
     if iaas.booted is not None:
         iaas.booted(uid)
-    vm = _wait_vm(cp, "demo", "Running",
+    vm = _wait_vm(cp, "demo", STATE_RUNNING,
                   "Running with an IP on a host's node" if iaas.has_ip else
                   "Running on a host's node", with_ip)
     iaas.show(uid)
     step("stopping it (spec.replicas 0): the VM powers off and keeps its disks")
     cp.kubectl("patch", "vm", "demo", "--type=merge", "-p", '{"spec":{"replicas":0}}')
-    _wait_vm(cp, "demo", "Stopped", "stopped")
+    _wait_vm(cp, "demo", STATE_STOPPED, "stopped")
     iaas.show(uid)
     step("starting it again (spec.replicas 1): the same VM powers on")
     cp.kubectl("patch", "vm", "demo", "--type=merge", "-p", '{"spec":{"replicas":1}}')
-    _wait_vm(cp, "demo", "Running", "running again", with_ip)
+    _wait_vm(cp, "demo", STATE_RUNNING, "running again", with_ip)
     iaas.show(uid)
     step(f"resizing it to {_RESIZED['cpu']} CPU, {_RESIZED['memory']}")
     cp.kubectl("patch", "vm", "demo", "--type=merge", "-p",
                json.dumps({"spec": _RESIZED}))
-    _wait_vm(cp, "demo", "Running", "resized",
+    _wait_vm(cp, "demo", STATE_RUNNING, "resized",
              lambda vm: vm["status"].get("cpu") == _RESIZED["cpu"] and with_ip(vm))
     iaas.show(uid)
     source = vm["status"]["nodeName"]
     step(f"migrating it away from {source} (a VirtualMachineMigration; the scheduler picks)")
     cp.kubectl("apply", "-f", "-", input=json.dumps({
-        "apiVersion": "vmlet.io/v1alpha1", "kind": "VirtualMachineMigration",
+        "apiVersion": API_VERSION, "kind": VIRTUAL_MACHINE_MIGRATION.kind,
         "metadata": {"name": "demo-move", "namespace": "default"}, "spec": {"vmName": "demo"}}))
-    _wait_vm(cp, "demo", "Running", "migrated",
+    _wait_vm(cp, "demo", STATE_RUNNING, "migrated",
              lambda vm: vm["status"].get("nodeName") not in (None, source) and with_ip(vm))
     iaas.show(uid)
-    events = _events(cp, "involvedObject.kind=VirtualMachine,involvedObject.name=demo")
+    events = _events(cp, f"involvedObject.kind={VIRTUAL_MACHINE.kind},involvedObject.name=demo")
     step(f"the VirtualMachine's events, in time order:\n{events}")
     _use_vm(cp, iaas, uid, metrics=metrics)
 

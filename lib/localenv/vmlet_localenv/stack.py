@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import grpc
 from cryptography import x509
 
+from vmlet_api.names import PROVIDER_LABEL, PROVIDER_TAINT
 from vmlet_localenv.controlplane import ControlPlane
 from vmlet_localenv.csrapprover import SIGNER, decide, pending
 from vmlet_localenv.netns import Netns
@@ -299,7 +300,7 @@ class Stack:
         return json.loads(self.cp.kubectl(*args, "-o", "json").stdout)
 
     def nodes(self, provider: str) -> list[dict[str, Any]]:
-        items = self.kubectl_json("get", "nodes", "-l", f"vmlet.io/provider={provider}")["items"]
+        items = self.kubectl_json("get", "nodes", "-l", f"{PROVIDER_LABEL}={provider}")["items"]
         return list(items)
 
     def ready_nodes(self, provider: str) -> list[str]:
@@ -313,8 +314,8 @@ class Stack:
         pod: dict[str, Any] = {
             "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
             "spec": {
-                "nodeSelector": {"vmlet.io/provider": provider},
-                "tolerations": [{"key": "virtual-kubelet.io/provider", "operator": "Equal",
+                "nodeSelector": {PROVIDER_LABEL: provider},
+                "tolerations": [{"key": PROVIDER_TAINT, "operator": "Equal",
                                  "value": provider, "effect": "NoSchedule"}],
                 "containers": [{"name": "vm", "image": "debian-12", "env": env or [],
                                 "resources": {"requests": {"cpu": "1", "memory": "1Gi"},

@@ -11,13 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vmlet.provider.v1 import pod_pb2 as pb
+from vmlet_api.names import REASON_IAAS_UNAVAILABLE, REASON_PROVIDER_UNAVAILABLE
 
 __all__ = ["IAAS_UNAVAILABLE", "PROVIDER_UNAVAILABLE", "REASONS", "Outage", "during"]
 
 #: The facade gets no answer from the provider (killed, stopped, cut off).
-PROVIDER_UNAVAILABLE = "ProviderUnavailable"
+PROVIDER_UNAVAILABLE = REASON_PROVIDER_UNAVAILABLE
 #: The provider answers, but not its IaaS (vCenter, Nova): it says so to Ping.
-IAAS_UNAVAILABLE = "IaaSUnavailable"
+IAAS_UNAVAILABLE = REASON_IAAS_UNAVAILABLE
 REASONS = frozenset({PROVIDER_UNAVAILABLE, IAAS_UNAVAILABLE})
 
 _MARKED = ("ContainersReady", "Ready")

@@ -22,11 +22,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["VM_GROUP", "Ownership", "claimed_vm", "derive", "prove", "vm_pod_name"]
+from vmlet_api.names import GROUP, VIRTUAL_MACHINE
+
+__all__ = ["Ownership", "claimed_vm", "derive", "prove", "vm_pod_name"]
 
 Obj = dict[str, Any]
-VM_GROUP = "vmlet.io"
-VM_KIND = "VirtualMachine"
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 
 #: Looks up a VirtualMachine by namespace and name: None when there is none.
@@ -55,7 +55,7 @@ def claimed_vm(pod: Obj) -> Obj | None:
     """The controller ownerReference of ``pod`` when it names a vmlet.io VirtualMachine."""
     for ref in pod["metadata"].get("ownerReferences") or []:
         group = str(ref.get("apiVersion", "")).split("/")[0]
-        if ref.get("controller") and group == VM_GROUP and ref.get("kind") == VM_KIND:
+        if ref.get("controller") and group == GROUP and ref.get("kind") == VIRTUAL_MACHINE.kind:
             return dict(ref)
     return None
 

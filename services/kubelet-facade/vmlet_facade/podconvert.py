@@ -11,20 +11,16 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from vmlet.provider.v1 import pod_pb2 as pb
+from vmlet_api.names import NETWORKS_ANNOTATION, PREFIX
 from vmlet_facade.ownership import Ownership
 from vmlet_facade.quantity import cpu_millis, memory_bytes
 from vmlet_facade.references import Resolved
 
 __all__ = [
-    "IDENTITY_ANNOTATION",
     "spec_fingerprint",
     "status_to_k8s",
     "to_provider_pod",
 ]
-
-#: Written on VM pods for people to read; never read by vmlet (``ownership`` derives identity).
-IDENTITY_ANNOTATION = "vmlet.io/identity"
-NETWORKS_ANNOTATION = "vmlet.io/networks"
 
 Obj = dict[str, Any]
 
@@ -115,7 +111,7 @@ def spec_fingerprint(pod: Obj) -> str:
                        for c in spec.get("containers", [])],
         "volumes": spec.get("volumes"),
         "annotations": {k: v for k, v in (meta.get("annotations") or {}).items()
-                        if k.startswith("vmlet.io/")},
+                        if k.startswith(PREFIX)},
     }
     return json.dumps(relevant, sort_keys=True, separators=(",", ":"))
 

@@ -21,6 +21,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmlet_api.names import (
+    USER_DATA_ANNOTATION,
+    USER_DATA_KEY_ANNOTATION,
+    USER_DATA_KEY_DEFAULT,
+)
 from vmlet_facade.kube import ApiError, KubeClient
 from vmlet_facade.kube.paths import InvalidName, api_path, valid_label, valid_name
 from vmlet_facade.quantity import cpu_millis, memory_bytes
@@ -33,9 +38,6 @@ __all__ = [
     "Resolver",
 ]
 
-USER_DATA_ANNOTATION = "vmlet.io/user-data-secret"
-USER_DATA_KEY_ANNOTATION = "vmlet.io/user-data-key"
-USER_DATA_KEY = "userdata"
 #: The Event reason of a reference that is no valid name: refused before anything is read.
 INVALID_REFERENCE = "InvalidReference"
 #: The keys of a Secret or ConfigMap (k8s.io/apimachinery IsConfigMapKey).
@@ -172,7 +174,7 @@ class Resolver:
         secret_name = annotations.get(USER_DATA_ANNOTATION)
         if secret_name:
             valid_name(secret_name, f"annotation {USER_DATA_ANNOTATION}:")
-            key = annotations.get(USER_DATA_KEY_ANNOTATION, USER_DATA_KEY)
+            key = annotations.get(USER_DATA_KEY_ANNOTATION, USER_DATA_KEY_DEFAULT)
             _valid_key(key, f"annotation {USER_DATA_KEY_ANNOTATION}: Secret")
             user_data = await value("Secret", secret_name, key, optional=False)
             out.user_data = user_data or ""

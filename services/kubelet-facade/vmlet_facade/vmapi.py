@@ -1,5 +1,6 @@
-"""The VirtualMachine API (vmlet.io/v1alpha1): names, the VM pod a VirtualMachine asks for, and
-condition helpers the cluster controllers share.
+"""The VirtualMachine API (vmlet.io/v1alpha1): the VM pod a VirtualMachine asks for, and the
+paths and condition helpers the cluster controllers share. The names themselves are
+`vmlet_api.names`; the ones below are re-exported for the controllers that import them from here.
 """
 
 from __future__ import annotations
@@ -7,10 +8,22 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from vmlet_api import names
+from vmlet_api.names import (
+    API_VERSION,
+    GROUP,
+    MIGRATION_ANNOTATION,
+    MIGRATION_SOURCE_ANNOTATION,
+    MIGRATION_TARGET_ANNOTATION,
+    OPERATION_ANNOTATION,
+    SNAPSHOT_NAME_ANNOTATION,
+    TARGET_IDENTITY_ANNOTATION,
+    VERSION,
+    VM_LABEL,
+    VM_UID_LABEL,
+)
 from vmlet_facade.kube.paths import api_path
 from vmlet_facade.ownership import vm_pod_name
-from vmlet_facade.podconvert import IDENTITY_ANNOTATION, NETWORKS_ANNOTATION
-from vmlet_facade.references import USER_DATA_ANNOTATION, USER_DATA_KEY_ANNOTATION
 
 __all__ = [
     "API_VERSION",
@@ -26,25 +39,15 @@ __all__ = [
     "VM_LABEL",
     "VM_UID_LABEL",
     "now",
+    "owner_ref",
     "path",
+    "provider_tolerations",
     "set_condition",
     "vm_pod",
 ]
 
-GROUP = "vmlet.io"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-FINALIZER = "vmlet.io/destroy-vm"
-VM_LABEL = "vmlet.io/vm"
-VM_UID_LABEL = "vmlet.io/vm-uid"
-MIGRATION_ANNOTATION = "vmlet.io/migration"
-MIGRATION_SOURCE_ANNOTATION = "vmlet.io/migration-source"
-MIGRATION_TARGET_ANNOTATION = "vmlet.io/migration-target"
-SSH_SECRET_ANNOTATION = "vmlet.io/ssh-secret"
-OPERATION_ANNOTATION = "vmlet.io/operation"
-TARGET_IDENTITY_ANNOTATION = "vmlet.io/target-identity"
-SNAPSHOT_NAME_ANNOTATION = "vmlet.io/snapshot-name"
-PROVIDER_TAINT = "virtual-kubelet.io/provider"
+#: Re-exported, like the names imported above, for the controllers that import it from here.
+FINALIZER = names.DESTROY_VM_FINALIZER
 
 Obj = dict[str, Any]
 
@@ -58,6 +61,7 @@ def path(plural: str, namespace: str | None = None, name: str | None = None,
 
 
 def now() -> str:
+    """The time now, as Kubernetes writes it in a status."""
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -73,6 +77,7 @@ def set_condition(conditions: list[Obj], ctype: str, status: str, reason: str, m
 
 
 def owner_ref(obj: Obj, kind: str) -> Obj:
+    """A controller ownerReference to ``obj``, a vmlet.io object of ``kind``."""
     return {"apiVersion": API_VERSION, "kind": kind, "name": obj["metadata"]["name"],
             "uid": obj["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
 
@@ -81,7 +86,8 @@ def provider_tolerations(provider: str) -> list[Obj]:
     """The provider's taint, and the node-problem taints forever: a VM is not evicted from an
     unreachable host; its VirtualMachine shows Unknown instead."""
     return [
-        {"key": PROVIDER_TAINT, "operator": "Equal", "value": provider, "effect": "NoSchedule"},
+        {"key": names.PROVIDER_TAINT, "operator": "Equal", "value": provider,
+         "effect": "NoSchedule"},
         {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute"},
         {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"},
     ]
@@ -91,19 +97,20 @@ def vm_pod(vm: Obj) -> Obj:
     """The pod that runs ``vm``: named after it and owned by it (its controller reference)."""
     meta, spec = vm["metadata"], vm["spec"]
     name, uid = meta["name"], meta["uid"]
-    annotations = {IDENTITY_ANNOTATION: uid}
+    annotations = {names.IDENTITY_ANNOTATION: uid}
     user_data = spec.get("userData")
     if user_data:
-        annotations[USER_DATA_ANNOTATION] = user_data["secretName"]
-        annotations[USER_DATA_KEY_ANNOTATION] = user_data.get("key", "userdata")
+        annotations[names.USER_DATA_ANNOTATION] = user_data["secretName"]
+        annotations[names.USER_DATA_KEY_ANNOTATION] = user_data.get("key",
+                                                                    names.USER_DATA_KEY_DEFAULT)
     networks = [n["name"] for n in spec.get("networks") or []]
     if networks:
-        annotations[NETWORKS_ANNOTATION] = ",".join(networks)
+        annotations[names.NETWORKS_ANNOTATION] = ",".join(networks)
     ssh = (spec.get("access") or {}).get("sshSecretName")
     if ssh:
-        annotations[SSH_SECRET_ANNOTATION] = ssh
+        annotations[names.SSH_SECRET_ANNOTATION] = ssh
     placement = spec.get("placement") or {}
-    selector = {"vmlet.io/provider": spec["provider"], **(placement.get("nodeSelector") or {})}
+    selector = {names.PROVIDER_LABEL: spec["provider"], **(placement.get("nodeSelector") or {})}
     if placement.get("nodeName"):
         selector["kubernetes.io/hostname"] = placement["nodeName"]
     affinity: Obj = dict(placement.get("affinity") or {})
@@ -126,7 +133,7 @@ def vm_pod(vm: Obj) -> Obj:
             # The VM's labels carry over, so ordinary selector Services find VM pods.
             "labels": {**(meta.get("labels") or {}), VM_LABEL: name, VM_UID_LABEL: uid},
             "annotations": annotations,
-            "ownerReferences": [owner_ref(vm, "VirtualMachine")],
+            "ownerReferences": [owner_ref(vm, names.VIRTUAL_MACHINE.kind)],
         },
         "spec": {
             "containers": [{

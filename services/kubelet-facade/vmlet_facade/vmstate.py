@@ -1,14 +1,16 @@
 """A VirtualMachine's printable state, from its spec and its VM pods as last seen.
 
-The states: Stopped, Provisioning, Starting, Running, Stopping, Migrating, Failed, Unknown.
+The states (`vmlet_api.names.VM_STATES`): Stopped, Provisioning, Starting, Running, Stopping,
+Migrating, Failed, Unknown. Its reasons are named there too, but for a provider's waiting reasons,
+which are passed on.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from vmlet_api import names as n
 from vmlet_facade.outage import REASONS as OUTAGE_REASONS
-from vmlet_facade.vmapi import MIGRATION_ANNOTATION
 
 __all__ = ["PROGRESS_REASONS", "observe"]
 
@@ -41,7 +43,8 @@ def _unseen(pod: Obj) -> tuple[str, str] | None:
     containers = status.get("containerStatuses") or []
     if containers and all(c.get("ready") and "running" in (c.get("state") or {})
                           for c in containers):
-        return "NodeNotReady", f"the VM's host {pod['spec'].get('nodeName')} does not report"
+        host = pod["spec"].get("nodeName")
+        return n.REASON_NODE_NOT_READY, f"the VM's host {host} does not report"
     return None
 
 
@@ -66,44 +69,44 @@ def observe(vm: Obj, pods: list[Obj], deleting: bool,
     """(state, reason, message, pod) of ``vm`` whose VM pods are ``pods``; ``blocked`` says why
     the VM may not run (a disk another VM holds)."""
     if blocked:
-        return "Failed", "DiskInUse", blocked, None
+        return n.STATE_FAILED, n.REASON_DISK_IN_USE, blocked, None
     live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-    migrating = bool((vm["metadata"].get("annotations") or {}).get(MIGRATION_ANNOTATION))
+    migrating = bool((vm["metadata"].get("annotations") or {}).get(n.MIGRATION_ANNOTATION))
     desired = int(vm["spec"].get("replicas", 1))
     if deleting:
-        return "Stopping", "Deleting", "the VM pod is being deleted", None
+        return n.STATE_STOPPING, n.REASON_DELETING, "the VM pod is being deleted", None
     if desired == 0:
         if pods:
-            return "Stopping", "PoweringOff", "the VM is powering off", pods[0]
-        return "Stopped", "Stopped", "the VM is powered off; its disks are kept", None
+            return n.STATE_STOPPING, n.REASON_POWERING_OFF, "the VM is powering off", pods[0]
+        return n.STATE_STOPPED, n.REASON_STOPPED, "the VM is powered off; its disks are kept", None
     if not live:
         if migrating:
-            return "Migrating", "Migrating", "the VM is leaving its host", None
-        return "Provisioning", "PodPending", "waiting for the VM pod", None
+            return n.STATE_MIGRATING, n.REASON_MIGRATING, "the VM is leaving its host", None
+        return n.STATE_PROVISIONING, n.REASON_POD_PENDING, "waiting for the VM pod", None
     pod = live[0]
     phase = pod.get("status", {}).get("phase", "Pending")
     node = pod["spec"].get("nodeName")
     if phase == "Failed":
         status = pod.get("status", {})
-        return ("Failed", status.get("reason") or "VMFailed",
+        return (n.STATE_FAILED, status.get("reason") or n.REASON_VM_FAILED,
                 status.get("message") or "the VM failed", pod)
     if phase == "Unknown":
-        return "Unknown", "NodeUnreachable", "the VM's host does not answer", pod
+        return n.STATE_UNKNOWN, n.REASON_NODE_UNREACHABLE, "the VM's host does not answer", pod
     if phase == "Running" and _ready(pod):
-        return "Running", "Running", f"the VM runs on {node}", pod
+        return n.STATE_RUNNING, n.REASON_RUNNING, f"the VM runs on {node}", pod
     unseen = _unseen(pod)
     if unseen is not None:
-        return "Unknown", unseen[0], unseen[1], pod
+        return n.STATE_UNKNOWN, unseen[0], unseen[1], pod
     waiting = _waiting(pod)
     if not node:
-        return (("Migrating" if migrating else "Provisioning"), "Unscheduled",
+        return ((n.STATE_MIGRATING if migrating else n.STATE_PROVISIONING), n.REASON_UNSCHEDULED,
                 _unscheduled(pod), pod)
     reason = (waiting or {}).get("reason")
     said = str((waiting or {}).get("message") or reason)
     if reason and reason not in PROGRESS_REASONS:
-        return "Provisioning", str(reason), said, pod
+        return n.STATE_PROVISIONING, str(reason), said, pod
     moving = migrating or reason in _MOVING_REASONS
     if reason in (None, "ContainerCreating", "PoweringOn"):
-        return ("Migrating" if moving else "Starting"), "Starting", \
+        return (n.STATE_MIGRATING if moving else n.STATE_STARTING), n.REASON_STARTING, \
             f"the VM is starting on {node}", pod
-    return ("Migrating" if moving else "Starting"), str(reason), said, pod
+    return (n.STATE_MIGRATING if moving else n.STATE_STARTING), str(reason), said, pod

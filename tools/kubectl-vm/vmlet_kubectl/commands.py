@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vmlet_api import names as n
 from vmlet_kubectl.invocation import Invocation
 from vmlet_kubectl.kubectl import Forbidden, NotFound, Obj
 from vmlet_kubectl.session import (
-    API_VERSION,
     BACKUP,
     MIGRATION,
     RESTORE,
@@ -65,10 +65,10 @@ def wait(session: Session, what: str, goal: str, timeout: float, deadline: float
 def _why(status: Obj) -> str:
     """The reason for the VM's state, from its conditions: a failure first, then Ready."""
     obj = {"status": status}
-    failure = condition(obj, "Failure")
+    failure = condition(obj, n.CONDITION_FAILURE)
     if failure and failure.get("status") == "True":
         return f"{failure.get('reason', '')}: {failure.get('message', '')}".strip(": ")
-    ready = condition(obj, "Ready")
+    ready = condition(obj, n.CONDITION_READY)
     if ready and ready.get("message"):
         return f"{ready.get('reason', '')}: {ready['message']}".strip(": ")
     return ""
@@ -92,7 +92,7 @@ def _look_vm(session: Session, name: str, generation: int, goal: str,
                         "(is the vmlet facade running?)")
         why = _why(status)
         detail = f"{state} ({why})" if why else state
-        if state == "Failed" and goal == "Running":
+        if state == n.STATE_FAILED and goal == n.STATE_RUNNING:
             return Seen(False, state, detail,
                         error=f'VirtualMachine "{name}" Failed: {why or "no reason given"}')
         if state != goal:
@@ -121,7 +121,7 @@ def _wait_vm(session: Session, inv: Invocation, generation: int, goal: str, dead
 
 
 def _power(session: Session, inv: Invocation, replicas: int, deadline: float | None) -> None:
-    goal, doing = ("Running", "starting") if replicas else ("Stopped", "stopping")
+    goal, doing = (n.STATE_RUNNING, "starting") if replicas else (n.STATE_STOPPED, "stopping")
     vm = session.patch(VM, inv.name, {"spec": {"replicas": replicas}})
     generation = int(vm["metadata"].get("generation") or 1)
     name = ref(VM, inv.name)
@@ -174,10 +174,10 @@ def resize(session: Session, inv: Invocation) -> None:
     def sized(current: Obj) -> str | None:
         return _size_pending(session, spec, current, running)
 
-    vm = _wait_vm(session, inv, generation, "Running" if running else "Stopped",
+    vm = _wait_vm(session, inv, generation, n.STATE_RUNNING if running else n.STATE_STOPPED,
                   _deadline(session, inv), sized)
     session.say(f"{ref(VM, inv.name)} resized to {wanted}, "
-                f"{'Running' + _where(vm) if running else 'Stopped'}")
+                f"{n.STATE_RUNNING + _where(vm) if running else n.STATE_STOPPED}")
 
 
 def _size_pending(session: Session, spec: Obj, vm: Obj, running: bool) -> str | None:
@@ -217,7 +217,7 @@ def _size_pending(session: Session, spec: Obj, vm: Obj, running: bool) -> str | 
 def _operation(kind: str, name: str | None, generate: str, spec: Obj) -> Obj:
     # generateName keeps 58 characters of the prefix and adds 5 random ones.
     meta = {"name": name} if name else {"generateName": f"{generate[:57]}-"}
-    return {"apiVersion": API_VERSION, "kind": kind, "metadata": meta, "spec": spec}
+    return {"apiVersion": n.API_VERSION, "kind": kind, "metadata": meta, "spec": spec}
 
 
 def _look_operation(session: Session, resource: str, name: str,
@@ -230,16 +230,16 @@ def _look_operation(session: Session, resource: str, name: str,
         except NotFound:
             return Seen(False, "gone", error=f"{ref(resource, name)} was deleted")
         status = obj.get("status") or {}
-        state = str(status.get("state") or "Pending")
-        progress = condition(obj, "Complete") or {}
+        state = str(status.get("state") or n.STATE_PENDING)
+        progress = condition(obj, n.CONDITION_COMPLETE) or {}
         why = f"{progress.get('reason', '')}: {progress.get('message', '')}".strip(": ")
         detail = f"{state} ({why})" if why else state
-        if state == "Failed":
-            failed = condition(obj, "Failed") or progress
+        if state == n.STATE_FAILED:
+            failed = condition(obj, n.CONDITION_FAILED) or progress
             reason = f"{failed.get('reason', '')}: {failed.get('message', '')}".strip(": ")
             return Seen(False, state, detail,
                         error=f"{ref(resource, name)} Failed: {reason or 'no reason given'}")
-        return Seen(state == "Succeeded", f"{state}{describe(obj)}", detail)
+        return Seen(state == n.STATE_SUCCEEDED, f"{state}{describe(obj)}", detail)
 
     return look
 
@@ -262,7 +262,7 @@ def migrate(session: Session, inv: Invocation) -> None:
     spec: Obj = {"vmName": inv.name}
     if inv.target_node:
         spec["targetNode"] = inv.target_node
-    mig = session.api.create(_operation("VirtualMachineMigration", None, inv.name, spec))
+    mig = session.api.create(_operation(n.VIRTUAL_MACHINE_MIGRATION.kind, None, inv.name, spec))
     mname = mig["metadata"]["name"]
     session.say(f"{ref(MIGRATION, mname)} created: {inv.name} from "
                 f"{status.get('nodeName') or '?'} to {inv.target_node or 'another node'}")
@@ -275,7 +275,7 @@ def migrate(session: Session, inv: Invocation) -> None:
             return ""
         return f" ({st['sourceNode']} -> {st.get('targetNode') or 'another node'})"
 
-    wait(session, ref(MIGRATION, mname), "Succeeded", inv.timeout, _deadline(session, inv),
+    wait(session, ref(MIGRATION, mname), n.STATE_SUCCEEDED, inv.timeout, _deadline(session, inv),
          _look_operation(session, MIGRATION, mname, nodes))
     st = session.get(MIGRATION, mname).get("status") or {}
     session.say(f"{ref(VM, inv.name)} migrated from {st.get('sourceNode')} to "
@@ -284,13 +284,13 @@ def migrate(session: Session, inv: Invocation) -> None:
 
 def backup(session: Session, inv: Invocation) -> None:
     session.get(VM, inv.name)
-    made = session.api.create(_operation("VirtualMachineBackup", inv.resource_name, inv.name,
+    made = session.api.create(_operation(n.VIRTUAL_MACHINE_BACKUP.kind, inv.resource_name, inv.name,
                                          {"vmName": inv.name}))
     bname = made["metadata"]["name"]
     session.say(f"{ref(BACKUP, bname)} created")
     if not inv.wait:
         return
-    wait(session, ref(BACKUP, bname), "Succeeded", inv.timeout, _deadline(session, inv),
+    wait(session, ref(BACKUP, bname), n.STATE_SUCCEEDED, inv.timeout, _deadline(session, inv),
          _look_operation(session, BACKUP, bname, lambda _: ""))
     st = session.get(BACKUP, bname).get("status") or {}
     session.say(f"{ref(BACKUP, bname)} Succeeded: snapshot {st.get('snapshotID')}")
@@ -305,22 +305,22 @@ def restore(session: Session, inv: Invocation) -> None:
     if of != inv.name:
         raise Failure(f'VirtualMachineBackup "{inv.backup}" is a backup of "{of}", '
                       f'not of "{inv.name}"')
-    state = (source.get("status") or {}).get("state") or "Pending"
-    if state == "Failed":
+    state = (source.get("status") or {}).get("state") or n.STATE_PENDING
+    if state == n.STATE_FAILED:
         raise Failure(f'VirtualMachineBackup "{inv.backup}" Failed; it cannot be restored')
-    if state != "Succeeded":
+    if state != n.STATE_SUCCEEDED:
         if not inv.wait:
             raise Failure(f'VirtualMachineBackup "{inv.backup}" is {state}; restore it once it '
                           "has Succeeded, or pass --wait to wait for it")
-        wait(session, ref(BACKUP, inv.backup), "Succeeded", inv.timeout, deadline,
+        wait(session, ref(BACKUP, inv.backup), n.STATE_SUCCEEDED, inv.timeout, deadline,
              _look_operation(session, BACKUP, inv.backup, lambda _: ""))
-    made = session.api.create(_operation("VirtualMachineRestore", inv.resource_name, inv.name,
-                                         {"backupName": inv.backup}))
+    made = session.api.create(_operation(n.VIRTUAL_MACHINE_RESTORE.kind, inv.resource_name,
+                                         inv.name, {"backupName": inv.backup}))
     rname = made["metadata"]["name"]
     session.say(f"{ref(RESTORE, rname)} created: {inv.name} back to backup {inv.backup}")
     if not inv.wait:
         return
-    wait(session, ref(RESTORE, rname), "Succeeded", inv.timeout, deadline,
+    wait(session, ref(RESTORE, rname), n.STATE_SUCCEEDED, inv.timeout, deadline,
          _look_operation(session, RESTORE, rname, lambda _: ""))
     snapshot = (session.get(BACKUP, inv.backup).get("status") or {}).get("snapshotID")
     session.say(f"{ref(VM, inv.name)} restored from backup {inv.backup}"

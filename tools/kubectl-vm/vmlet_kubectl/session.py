@@ -7,10 +7,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from vmlet_api.names import (
+    GROUP,
+    KINDS,
+    VIRTUAL_MACHINE,
+    VIRTUAL_MACHINE_BACKUP,
+    VIRTUAL_MACHINE_MIGRATION,
+    VIRTUAL_MACHINE_RESTORE,
+)
 from vmlet_kubectl.kubectl import Api, NotFound, Obj
 
 __all__ = [
-    "API_VERSION",
     "BACKUP",
     "MIGRATION",
     "RESTORE",
@@ -21,14 +28,12 @@ __all__ = [
     "ref",
 ]
 
-API_VERSION = "vmlet.io/v1alpha1"
 # Fully qualified, so that another API's `vm` (KubeVirt's, say) is never the one edited.
-VM = "virtualmachines.vmlet.io"
-BACKUP = "virtualmachinebackups.vmlet.io"
-RESTORE = "virtualmachinerestores.vmlet.io"
-MIGRATION = "virtualmachinemigrations.vmlet.io"
-_KINDS = {VM: "VirtualMachine", BACKUP: "VirtualMachineBackup", RESTORE: "VirtualMachineRestore",
-          MIGRATION: "VirtualMachineMigration"}
+VM = VIRTUAL_MACHINE.qualified
+BACKUP = VIRTUAL_MACHINE_BACKUP.qualified
+RESTORE = VIRTUAL_MACHINE_RESTORE.qualified
+MIGRATION = VIRTUAL_MACHINE_MIGRATION.qualified
+_KINDS = {k.qualified: k for k in KINDS}
 
 
 class Failure(Exception):
@@ -37,8 +42,15 @@ class Failure(Exception):
 
 def ref(resource: str, name: str) -> str:
     """``virtualmachine.vmlet.io/web``, as kubectl names what it acted on."""
-    plural, _, group = resource.partition(".")
-    return f"{plural.removesuffix('s')}.{group}/{name}"
+    kind = _KINDS.get(resource)
+    if kind is None:
+        return f"{resource}/{name}"
+    return f"{kind.singular}.{GROUP}/{name}"
+
+
+def _kind(resource: str) -> str:
+    kind = _KINDS.get(resource)
+    return kind.kind if kind else resource
 
 
 def condition(obj: Obj, ctype: str) -> Obj | None:
@@ -72,12 +84,12 @@ class Session:
         try:
             return self.api.get(resource, name)
         except NotFound:
-            raise Failure(f'{_KINDS.get(resource, resource)} "{name}" not found in namespace '
+            raise Failure(f'{_kind(resource)} "{name}" not found in namespace '
                           f'"{self.namespace()}"') from None
 
     def patch(self, resource: str, name: str, body: Obj) -> Obj:
         try:
             return self.api.patch(resource, name, body)
         except NotFound:
-            raise Failure(f'{_KINDS.get(resource, resource)} "{name}" not found in namespace '
+            raise Failure(f'{_kind(resource)} "{name}" not found in namespace '
                           f'"{self.namespace()}"') from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
+from vmlet_api.names import MIGRATION_ANNOTATION, STATE_PENDING
 from vmlet_kubectl.kubectl import KubectlError, Obj
 from vmlet_kubectl.session import BACKUP, MIGRATION, RESTORE, VM, Session
 from vmlet_kubectl.units import age
@@ -74,7 +75,7 @@ def render_status(vm: Obj, backups: list[Obj], restores: list[Obj], migrations: 
         ("Provider ID", status.get("providerID") or "<none>"),
         ("Age", _age(meta.get("creationTimestamp"), now)),
     ]
-    migrating = (meta.get("annotations") or {}).get("vmlet.io/migration")
+    migrating = (meta.get("annotations") or {}).get(MIGRATION_ANNOTATION)
     if migrating:
         fields.append(("Migration", migrating))
     width = max(len(k) for k, _ in fields) + 2
@@ -89,7 +90,7 @@ def render_status(vm: Obj, backups: list[Obj], restores: list[Obj], migrations: 
 
     lines.append("Backups:")
     lines += table([["NAME", "STATE", "SNAPSHOT", "COMPLETED", "AGE"]] + [
-        [b["metadata"]["name"], str((b.get("status") or {}).get("state") or "Pending"),
+        [b["metadata"]["name"], str((b.get("status") or {}).get("state") or STATE_PENDING),
          str((b.get("status") or {}).get("snapshotID") or "-"),
          _age((b.get("status") or {}).get("completionTime"), now)
          if (b.get("status") or {}).get("completionTime") else "-",
@@ -101,13 +102,13 @@ def render_status(vm: Obj, backups: list[Obj], restores: list[Obj], migrations: 
         lines.append("Restores:")
         lines += table([["NAME", "BACKUP", "STATE", "AGE"]] + [
             [r["metadata"]["name"], str((r.get("spec") or {}).get("backupName", "")),
-             str((r.get("status") or {}).get("state") or "Pending"),
+             str((r.get("status") or {}).get("state") or STATE_PENDING),
              _age(r["metadata"].get("creationTimestamp"), now)]
             for r in sorted(restores, key=lambda o: str(o["metadata"].get("creationTimestamp")))])
     if migrations:
         lines.append("Migrations:")
         lines += table([["NAME", "STATE", "SOURCE", "TARGET", "AGE"]] + [
-            [m["metadata"]["name"], str((m.get("status") or {}).get("state") or "Pending"),
+            [m["metadata"]["name"], str((m.get("status") or {}).get("state") or STATE_PENDING),
              str((m.get("status") or {}).get("sourceNode") or "-"),
              str((m.get("status") or {}).get("targetNode")
                  or (m.get("spec") or {}).get("targetNode") or "-"),

@@ -17,14 +17,15 @@ import urllib.parse
 from collections import Counter, defaultdict
 from typing import Any
 
+from vmlet_api import names as n
 from vmlet_localenv.faults.iaas import Iaas, Machine, Sampler
 from vmlet_localenv.faults.kubeapi import KubeApi
-from vmlet_localenv.faults.workload import VM_API, VM_UID_LABEL, VmModel
+from vmlet_localenv.faults.workload import VmModel
 
 __all__ = ["OPERATION_PLURALS", "check", "mebibytes"]
 
-OPERATION_PLURALS = ("virtualmachinebackups", "virtualmachinerestores",
-                     "virtualmachinemigrations")
+OPERATION_PLURALS = tuple(k.plural for k in (n.VIRTUAL_MACHINE_BACKUP, n.VIRTUAL_MACHINE_RESTORE,
+                                             n.VIRTUAL_MACHINE_MIGRATION))
 _UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "": 1}
 
 
@@ -61,7 +62,7 @@ def check(api: KubeApi, ns: str, model: dict[str, VmModel], iaas: Iaas, sampler:
     violations += [f"VM {v.name}: never created (no uid)" for v in model.values() if not v.uid]
 
     vms = {o["metadata"]["name"]: o for o in
-           api.get(f"{VM_API}/namespaces/{ns}/virtualmachines")["items"]}
+           api.get(f"{n.API_PATH}/namespaces/{ns}/{n.VIRTUAL_MACHINE.plural}")["items"]}
     for want in live.values():
         obj = vms.pop(want.name, None)
         if obj is None or obj["metadata"]["uid"] != want.uid:
@@ -106,18 +107,18 @@ def check(api: KubeApi, ns: str, model: dict[str, VmModel], iaas: Iaas, sampler:
 
     states: Counter[str] = Counter()
     for plural in OPERATION_PLURALS:
-        for obj in api.get(f"{VM_API}/namespaces/{ns}/{plural}")["items"]:
+        for obj in api.get(f"{n.API_PATH}/namespaces/{ns}/{plural}")["items"]:
             what = f"{obj['kind']} {obj['metadata']['name']}"
             state = (obj.get("status") or {}).get("state", "")
             failed = [c.get("reason") for c in (obj.get("status") or {}).get("conditions") or []
-                      if c.get("type") == "Failed" and c.get("status") == "True"]
+                      if c.get("type") == n.CONDITION_FAILED and c.get("status") == "True"]
             why = f" ({failed[0]})" if failed else ""
             states[f"{obj['kind']} {state or 'no status'}{why}"] += 1
             violations += _current(obj, what)
             vm = model.get((obj.get("spec") or {}).get("vmName", ""))
-            if state == "Pending" and vm is not None and _may_wait(obj, vm):
+            if state == n.STATE_PENDING and vm is not None and _may_wait(obj, vm):
                 continue
-            if state not in ("Succeeded", "Failed"):
+            if state not in n.OPERATION_ENDED:
                 said = [f"{c['type']}={c.get('reason')}: {c.get('message')}"
                         for c in (obj.get("status") or {}).get("conditions") or []]
                 violations.append(f"{what} of VM {obj['spec'].get('vmName', '?')}: state "
@@ -131,8 +132,8 @@ def _may_wait(operation: dict[str, Any], vm: VmModel) -> bool:
     stopped VM is backed up where it rests)."""
     if vm.deleted:
         return True
-    if operation["kind"] == "VirtualMachineBackup":
-        return any(c.get("reason") == "VMNotPlaced"
+    if operation["kind"] == n.VIRTUAL_MACHINE_BACKUP.kind:
+        return any(c.get("reason") == n.REASON_VM_NOT_PLACED
                    for c in (operation.get("status") or {}).get("conditions") or [])
     return vm.replicas == 0
 
@@ -142,18 +143,18 @@ def _vm(obj: dict[str, Any], want: VmModel) -> list[str]:
     status = obj.get("status") or {}
     state = status.get("state")
     out = _current(obj, what)
-    expected = "Running" if want.replicas == 1 else "Stopped"
+    expected = n.STATE_RUNNING if want.replicas == 1 else n.STATE_STOPPED
     if state != expected:
         ready: dict[str, Any] = next(
-            (c for c in status.get("conditions") or [] if c["type"] == "Ready"), {})
+            (c for c in status.get("conditions") or [] if c["type"] == n.CONDITION_READY), {})
         out.append(f"{what}: state {state} ({ready.get('reason')}: {ready.get('message')}), "
                    f"want {expected}")
     spec = obj["spec"]
     if (int(spec["cpu"]), mebibytes(spec["memory"])) != (want.cpu, mebibytes(want.memory)):
         out.append(f"{what}: spec size {spec['cpu']}/{spec['memory']}, the workload asked "
                    f"{want.cpu}/{want.memory}")
-    if state == "Running" and (str(status.get("cpu")), mebibytes(status.get("memory", 0))) != (
-            str(want.cpu), mebibytes(want.memory)):
+    size = (str(status.get("cpu")), mebibytes(status.get("memory", 0)))
+    if state == n.STATE_RUNNING and size != (str(want.cpu), mebibytes(want.memory)):
         out.append(f"{what}: status size {status.get('cpu')}/{status.get('memory')}, want "
                    f"{want.cpu}/{want.memory}")
     return out
@@ -161,11 +162,11 @@ def _vm(obj: dict[str, Any], want: VmModel) -> list[str]:
 
 def _pods(api: KubeApi, ns: str, live: dict[str, VmModel],
           deleted: dict[str, VmModel]) -> list[str]:
-    selector = urllib.parse.quote(VM_UID_LABEL)
+    selector = urllib.parse.quote(n.VM_UID_LABEL)
     pods = api.get(f"/api/v1/namespaces/{ns}/pods?labelSelector={selector}")["items"]
     by_uid: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for pod in pods:
-        by_uid[pod["metadata"]["labels"][VM_UID_LABEL]].append(pod)
+        by_uid[pod["metadata"]["labels"][n.VM_UID_LABEL]].append(pod)
     out = []
     for uid, want in live.items():
         have = by_uid.pop(uid, [])

@@ -17,12 +17,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmlet_api.names import (
+    API_PATH,
+    API_VERSION,
+    VIRTUAL_MACHINE,
+    VIRTUAL_MACHINE_BACKUP,
+    VIRTUAL_MACHINE_MIGRATION,
+    VIRTUAL_MACHINE_RESTORE,
+    VM_UID_LABEL,
+)
 from vmlet_localenv.faults.kubeapi import ApiRefused, KubeApi
 
-__all__ = ["KINDS", "VM_API", "Op", "VmModel", "Workload", "plan"]
+__all__ = ["KINDS", "Op", "VmModel", "Workload", "plan"]
 
-VM_API = "/apis/vmlet.io/v1alpha1"
-VM_UID_LABEL = "vmlet.io/vm-uid"
 KINDS = ("create", "stop", "start", "resize", "migrate", "backup", "restore", "delete",
          "attach", "detach", "force-delete-pod")
 _WEIGHTS = {"create": 4, "stop": 3, "start": 4, "resize": 3, "migrate": 2, "backup": 2,
@@ -166,7 +173,8 @@ class Workload:
             self.error = err
 
     def _vm_path(self, name: str = "") -> str:
-        return f"{VM_API}/namespaces/{self.ns}/virtualmachines" + (f"/{name}" if name else "")
+        return (f"{API_PATH}/namespaces/{self.ns}/{VIRTUAL_MACHINE.plural}"
+                + (f"/{name}" if name else ""))
 
     def _create(self, path: str, body: dict[str, Any]) -> Any:
         try:
@@ -185,7 +193,7 @@ class Workload:
                 "cpu": int(cpu), "memory": memory,
                 "disks": [{"name": c, "claimName": c} for c in claims.split(",") if c]}
             made = self._create(self._vm_path(), {
-                "apiVersion": "vmlet.io/v1alpha1", "kind": "VirtualMachine",
+                "apiVersion": API_VERSION, "kind": VIRTUAL_MACHINE.kind,
                 "metadata": {"name": op.vm}, "spec": spec})
             vm.uid = made["metadata"]["uid"]
         elif op.kind in ("stop", "start"):
@@ -225,16 +233,13 @@ class Workload:
 
     def _operation(self, op: Op) -> None:
         if op.kind == "migrate":
-            kind, plural, name, spec = ("VirtualMachineMigration", "virtualmachinemigrations",
-                                        op.arg, {"vmName": op.vm})
+            kind, name, spec = VIRTUAL_MACHINE_MIGRATION, op.arg, {"vmName": op.vm}
         elif op.kind == "backup":
-            kind, plural, name, spec = ("VirtualMachineBackup", "virtualmachinebackups", op.arg,
-                                        {"vmName": op.vm})
+            kind, name, spec = VIRTUAL_MACHINE_BACKUP, op.arg, {"vmName": op.vm}
         else:
             name, backup = op.arg.split(":")
-            kind, plural, spec = ("VirtualMachineRestore", "virtualmachinerestores",
-                                  {"backupName": backup})
-        self._create(f"{VM_API}/namespaces/{self.ns}/{plural}", {
-            "apiVersion": "vmlet.io/v1alpha1", "kind": kind, "metadata": {"name": name},
+            kind, spec = VIRTUAL_MACHINE_RESTORE, {"backupName": backup}
+        self._create(f"{API_PATH}/namespaces/{self.ns}/{kind.plural}", {
+            "apiVersion": API_VERSION, "kind": kind.kind, "metadata": {"name": name},
             "spec": spec})
 

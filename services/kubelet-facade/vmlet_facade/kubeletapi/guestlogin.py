@@ -27,9 +27,9 @@ from typing import Any, Protocol
 import aiohttp
 
 from vmlet.provider.v1 import kubelet_endpoint_service_pb2 as kep
+from vmlet_api.names import SSH_SECRET_ANNOTATION
 from vmlet_facade.kube import ApiError
 from vmlet_facade.kube.paths import InvalidName, api_path, valid_label, valid_name
-from vmlet_facade.vmapi import SSH_SECRET_ANNOTATION
 
 __all__ = ["DEFAULT_USERNAME", "GuestLoginError", "SecretReader", "guest_credentials"]
 
