@@ -3,67 +3,39 @@ an EndpointSlice with its addresses, ready only while it runs, both removed when
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
+import itertools
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from fakes import FakeKube, fire_retries, settle, until
+from fakes import Background, FakeKube, fire_retries, running_vm_pod, settle, until, vm_object
 
 from vmlet_facade.events import EventRecorder
 from vmlet_facade.exposure import ExposureController
 from vmlet_facade.kube import ApiError
 from vmlet_facade.virtualmachines import VirtualMachineController
-from vmlet_facade.vmapi import FINALIZER, path, vm_pod
+from vmlet_facade.vmapi import path
 
 Obj = dict[str, Any]
 VM_PATH = path("virtualmachines", "ns", "web")
+POD_PATH = "/api/v1/namespaces/ns/pods/web"
 SERVICE_PATH = "/api/v1/namespaces/ns/services/web"
 SLICE_PATH = "/apis/discovery.k8s.io/v1/namespaces/ns/endpointslices/web-vmlet"
-
-VM: Obj = {"apiVersion": "vmlet.io/v1alpha1", "kind": "VirtualMachine",
-           "metadata": {"name": "web", "namespace": "ns", "uid": "vm-uid",
-                        "finalizers": [FINALIZER]},
-           "spec": {"provider": "fake", "image": "debian-12", "cpu": 1, "memory": "1Gi",
-                    "replicas": 1, "expose": {"ports": [{"port": 80, "targetPort": 8080}]}}}
-
-
-def running_pod() -> Obj:
-    pod = vm_pod(VM)
-    pod["metadata"]["uid"] = "pod-uid"
-    pod["spec"]["nodeName"] = "node-1"
-    pod["status"] = {"phase": "Running", "podIPs": [{"ip": "10.0.0.5"}],
-                     "conditions": [{"type": "Ready", "status": "True"}],
-                     "containerStatuses": [{"name": "vm", "ready": True,
-                                            "containerID": "fake://vm-1",
-                                            "state": {"running": {}}}]}
-    return pod
+VM = vm_object("web", expose={"ports": [{"port": 80, "targetPort": 8080}]})
+Start = Callable[[], ExposureController]
 
 
 @pytest.fixture
-def kube() -> FakeKube:
-    return FakeKube()
-
-
-@pytest.fixture
-async def start(kube: FakeKube) -> AsyncIterator[Any]:
-    """Start the VirtualMachine controller (no provider) with the exposure controller on it, as
+def start(kube: FakeKube, background: Background) -> Start:
+    """Run the VirtualMachine controller (no provider) with the exposure controller on it, as
     cluster.py does, once the test has seeded the apiserver."""
-    made: list[tuple[VirtualMachineController, ExposureController, asyncio.Task[None]]] = []
-
     def go() -> ExposureController:
         client = kube.client
         vms = VirtualMachineController(client, lambda name: None, EventRecorder(client))
         controller = ExposureController(client, vms)
-        made.append((vms, controller, asyncio.create_task(vms.run())))
+        background.run(vms.run(), controller.stop, vms.stop)
         return controller
-
-    yield go
-    for vms, controller, task in made:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await controller.stop()
-        await vms.stop()
+    return go
 
 
 def endpoints(kube: FakeKube) -> list[Obj]:
@@ -71,9 +43,9 @@ def endpoints(kube: FakeKube) -> list[Obj]:
 
 
 async def test_a_running_exposed_vm_gets_a_service_and_ready_endpoints(
-        kube: FakeKube, start: Any) -> None:
+        kube: FakeKube, start: Start) -> None:
     kube.seed(VM_PATH, VM)
-    kube.seed("/api/v1/namespaces/ns/pods/web", running_pod())
+    kube.seed(POD_PATH, running_vm_pod(VM))
     start()
     await until(lambda: [e for e in endpoints(kube) if e["conditions"]["ready"]])
     service = kube.get_obj(SERVICE_PATH)
@@ -88,9 +60,9 @@ async def test_a_running_exposed_vm_gets_a_service_and_ready_endpoints(
 
 
 async def test_exposure_is_removed_when_the_vm_stops_asking(
-        kube: FakeKube, start: Any) -> None:
+        kube: FakeKube, start: Start) -> None:
     kube.seed(VM_PATH, VM)
-    kube.seed("/api/v1/namespaces/ns/pods/web", running_pod())
+    kube.seed(POD_PATH, running_vm_pod(VM))
     start()
     await until(lambda: kube.get_obj(SERVICE_PATH) is not None)
     await settle()
@@ -98,11 +70,13 @@ async def test_exposure_is_removed_when_the_vm_stops_asking(
     await until(lambda: kube.get_obj(SERVICE_PATH) is None and kube.get_obj(SLICE_PATH) is None)
 
 
-async def test_a_failed_apply_is_tried_again(kube: FakeKube, start: Any) -> None:
-    """The fault: the apiserver refuses the Service (a conflict) while the VM changes nothing:
-    it is applied again after the fixed 5 s wait, until it goes through."""
+async def test_a_failed_apply_is_tried_again_after_a_back_off_that_doubles(
+        kube: FakeKube, start: Start) -> None:
+    """The fault: the apiserver refuses the Service (a conflict) six times. Once the VM has
+    settled (its own start runs the exposure too), each retry waits twice as long as the one
+    before, until the apply goes through."""
     kube.fail("APPLY", SERVICE_PATH, ApiError(409, "Conflict", "field manager conflict"),
-              times=4)
+              times=6)
     kube.seed(VM_PATH, VM)
     exposure = start()
     await until(lambda: kube.writes("APPLY", SERVICE_PATH))
@@ -111,6 +85,7 @@ async def test_a_failed_apply_is_tried_again(kube: FakeKube, start: Any) -> None
     while kube.get_obj(SERVICE_PATH) is None:
         delays += fire_retries(exposure._workers).values()
         await settle()
-    assert delays and all(4.0 < d <= 5.0 for d in delays)
-    assert len(kube.writes("APPLY", SERVICE_PATH)) == 5
+    assert len(delays) >= 2
+    assert all(round(b) == 2 * round(a) for a, b in itertools.pairwise(delays))
+    assert len(kube.writes("APPLY", SERVICE_PATH)) == 7
     assert endpoints(kube) == []  # no pod yet: nothing to send traffic to

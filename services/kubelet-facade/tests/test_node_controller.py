@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from fakes import FakeKube, FakeProvider, settle, until
+from fakes import Background, FakeKube, FakeProvider, settle, until
 
 from vmlet.provider.v1 import node_pb2
 from vmlet_facade.events import EventRecorder
@@ -19,41 +17,25 @@ NODE_PATH = "/api/v1/nodes/node-1"
 
 
 @pytest.fixture
-def kube() -> FakeKube:
-    return FakeKube()
-
-
-@pytest.fixture
-def provider() -> FakeProvider:
-    return FakeProvider()
-
-
-@pytest.fixture
 def outages() -> list[Outage | None]:
     return []
 
 
 @pytest.fixture
-async def controller(kube: FakeKube, provider: FakeProvider,
-                     outages: list[Outage | None]) -> AsyncIterator[NodeController[FakeProvider]]:
+async def controller(kube: FakeKube, provider: FakeProvider, outages: list[Outage | None],
+                     background: Background) -> NodeController[FakeProvider]:
     """A running controller that pings at every loop turn and sends no timed heartbeat."""
     client = kube.client
     nc = NodeController(provider, client, NodeSettings(ping_interval=0.0, status_interval=3600),
                         EventRecorder(client), on_outage=outages.append)
-    task = asyncio.create_task(nc.run())
-    yield nc
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    background.run(nc.run())
+    return nc
 
 
 def ready(kube: FakeKube) -> Obj:
     node = kube.get_obj(NODE_PATH) or {}
     return next((c for c in (node.get("status") or {}).get("conditions") or []
                  if c["type"] == "Ready"), {})
-
-
-def events(kube: FakeKube) -> list[str]:
-    return [c.body["reason"] for c in kube.writes("POST", "/events")]
 
 
 async def test_a_listed_node_is_registered_tainted_and_ready(
@@ -67,7 +49,7 @@ async def test_a_listed_node_is_registered_tainted_and_ready(
                                        "effect": "NoSchedule"}]
     assert node["status"]["capacity"] == {"cpu": "8"}
     assert node["status"]["addresses"] == [{"type": "InternalIP", "address": "192.0.2.1"}]
-    assert "RegisteredNode" in events(kube)
+    assert "RegisteredNode" in kube.event_reasons()
     assert controller.uids == {"node-1": node["metadata"]["uid"]}
     assert controller.address("node-1") == "192.0.2.1"
 
@@ -117,5 +99,5 @@ async def test_an_iaas_outage_and_a_provider_outage_are_told_apart_and_recover(
     await until(lambda: ready(kube).get("status") == "True")
     await settle()
     assert outages[-1] is None and controller.healthy
-    assert events(kube).count("NodeNotReady") == 2 and "NodeReady" in events(kube)
+    assert kube.event_reasons().count("NodeNotReady") == 2 and "NodeReady" in kube.event_reasons()
     assert kube.get_obj(NODE_PATH) is not None

@@ -3,24 +3,36 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from fakes import FakeKube, FakeProvider, fire_retries, running, settle, until
+from fakes import (
+    Background,
+    FakeKube,
+    FakeProvider,
+    fire_retries,
+    running,
+    settle,
+    until,
+    vm_object,
+)
 
 from vmlet.provider.v1 import pod_pb2 as pb
 from vmlet.provider.v1 import virtual_machine_service_pb2 as vmpb
+from vmlet_contract import ProviderError
 from vmlet_contract.errors import InvalidArgument, Unavailable
 from vmlet_facade.events import EventRecorder
 from vmlet_facade.kube import ApiError
 from vmlet_facade.pods import PodController, Route
 from vmlet_facade.references import Resolver
-from vmlet_facade.vmapi import FINALIZER, path, vm_pod
+from vmlet_facade.vmapi import path, vm_pod
 
 Obj = dict[str, Any]
-NODE = "node-1"
+NODE = "node-1"  # the fake provider's one node
 POD_PATH = "/api/v1/namespaces/ns/pods/web"
+VM = vm_object()
+Start = Callable[[], Awaitable[PodController[FakeProvider]]]
 
 
 def bare_pod(name: str = "web", uid: str = "pod-uid") -> Obj:
@@ -30,13 +42,6 @@ def bare_pod(name: str = "web", uid: str = "pod-uid") -> Obj:
                 "name": "vm", "image": "debian-12",
                 "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]},
             "status": {"phase": "Pending"}}
-
-
-VM: Obj = {"apiVersion": "vmlet.io/v1alpha1", "kind": "VirtualMachine",
-           "metadata": {"name": "db", "namespace": "ns", "uid": "vm-uid",
-                        "finalizers": [FINALIZER]},
-           "spec": {"provider": "fake", "image": "debian-12", "cpu": 1, "memory": "1Gi",
-                    "replicas": 1}}
 
 
 def seeded_vm_pod(kube: FakeKube) -> Obj:
@@ -53,45 +58,37 @@ def provider_pod(uid: str, identity: str, name: str = "web") -> pb.Pod:
 
 
 @pytest.fixture
-def kube() -> FakeKube:
-    return FakeKube()
-
-
-@pytest.fixture
-def provider() -> FakeProvider:
-    return FakeProvider(nodes=[NODE])
-
-
-@pytest.fixture
-async def start(kube: FakeKube,
-                provider: FakeProvider) -> AsyncIterator[Any]:
+def start(kube: FakeKube, provider: FakeProvider, background: Background) -> Start:
     """Start the controller as app.py does: adopt the provider's pods, then follow the node."""
-    started: list[PodController[FakeProvider]] = []
-
     async def go() -> PodController[FakeProvider]:
         client = kube.client
         controller: PodController[FakeProvider] = PodController(
             client, Resolver(client), EventRecorder(client))
+        background.at_end(controller.stop)
         await controller.adopt(provider)
         controller.add_node(NODE, Route(provider, lambda: "192.0.2.1"))
-        started.append(controller)
         return controller
+    return go
 
-    yield go
-    for controller in started:
-        await controller.stop()
+
+async def failed_create(kube: FakeKube, provider: FakeProvider, start: Start,
+                        error: ProviderError) -> PodController[FakeProvider]:
+    """The controller after the pod's CreatePod failed with ``error``, its status written and
+    come back through the watch."""
+    provider.fail("create_pod", error)
+    kube.seed(POD_PATH, bare_pod())
+    controller = await start()
+    await until(lambda: status_writes(kube))
+    await settle()
+    return controller
 
 
 def status_writes(kube: FakeKube, name: str = "web") -> list[Obj]:
     return [c.body["status"] for c in kube.writes("PATCH", f"/pods/{name}/status")]
 
 
-def event_reasons(kube: FakeKube) -> list[str]:
-    return [c.body["reason"] for c in kube.writes("POST", "/events")]
-
-
 async def test_a_bound_pod_becomes_one_provider_pod_and_its_status_is_written(
-        kube: FakeKube, provider: FakeProvider, start: Any) -> None:
+        kube: FakeKube, provider: FakeProvider, start: Start) -> None:
     kube.seed(POD_PATH, bare_pod())
     await start()
     await until(lambda: status_writes(kube))
@@ -108,7 +105,7 @@ async def test_a_bound_pod_becomes_one_provider_pod_and_its_status_is_written(
 
 
 async def test_a_vm_the_provider_runs_is_adopted_not_created_again(
-        kube: FakeKube, provider: FakeProvider, start: Any) -> None:
+        kube: FakeKube, provider: FakeProvider, start: Start) -> None:
     kube.seed(POD_PATH, bare_pod())
     provider.run_pod(provider_pod("pod-uid", "pod-uid"))
     await start()
@@ -121,7 +118,7 @@ async def test_a_vm_the_provider_runs_is_adopted_not_created_again(
 
 
 async def test_orphans_are_settled_a_bare_pods_vm_destroyed_a_vm_pods_vm_kept(
-        kube: FakeKube, provider: FakeProvider, start: Any) -> None:
+        kube: FakeKube, provider: FakeProvider, start: Start) -> None:
     provider.run_pod(provider_pod("gone-bare", "gone-bare", "old"))
     vm_pod_gone = provider_pod("gone-vm-pod", "vm-uid", "db")
     vm_pod_gone.keep_on_delete = False  # recorded before keep-on-delete was: still a VM's
@@ -135,7 +132,7 @@ async def test_orphans_are_settled_a_bare_pods_vm_destroyed_a_vm_pods_vm_kept(
 
 
 async def test_nothing_is_decided_before_the_nodes_pods_are_listed(
-        kube: FakeKube, provider: FakeProvider, start: Any) -> None:
+        kube: FakeKube, provider: FakeProvider, start: Start) -> None:
     """The fault: the pod list is slow. The provider's pod that Kubernetes has must not be
     taken for an orphan, and no pod is created, until the list is complete."""
     listed = kube.hold_list("/api/v1/pods")
@@ -154,14 +151,14 @@ async def test_nothing_is_decided_before_the_nodes_pods_are_listed(
 
 
 async def test_a_provider_error_is_shown_and_backed_off_then_retried(
-        kube: FakeKube, provider: FakeProvider, start: Any) -> None:
+        kube: FakeKube, provider: FakeProvider, start: Start) -> None:
     provider.fail("create_pod", Unavailable("the IaaS is down"))
     kube.seed(POD_PATH, bare_pod())
     controller = await start()
     await until(lambda: status_writes(kube))
     waiting = status_writes(kube)[0]["containerStatuses"][0]["state"]["waiting"]
     assert waiting == {"reason": "ProviderUnavailable", "message": "the IaaS is down"}
-    assert "ProviderCreateFailed" in event_reasons(kube)
+    assert "ProviderCreateFailed" in kube.event_reasons()
     await settle()
     # The facade's own status write came back through the watch: the back-off stands.
     assert len(provider.called("create_pod")) == 1
@@ -175,36 +172,29 @@ async def test_a_provider_error_is_shown_and_backed_off_then_retried(
     assert kube.get_obj(POD_PATH)["status"]["phase"] == "Running"  # type: ignore[index]
 
 
-@pytest.mark.open_finding
 async def test_the_status_a_retried_create_returns_is_written(
-        kube: FakeKube, provider: FakeProvider, start: Any) -> None:
-    """Open finding (issue 17): after a failed CreatePod, the status the retried CreatePod
-    returns is dropped (``_create`` keeps the failure's status with ``setdefault``): the pod
-    shows the old error until the provider's NotifyPods stream says otherwise."""
-    provider.fail("create_pod", Unavailable("the IaaS is down"))
-    kube.seed(POD_PATH, bare_pod())
-    controller = await start()
-    await until(lambda: status_writes(kube))
-    await settle()
+        kube: FakeKube, provider: FakeProvider, start: Start) -> None:
+    """Issue 17: after a failed CreatePod, the status the retried CreatePod returned was
+    dropped (``_create`` kept the failure's status): the pod showed the old error until the
+    provider's NotifyPods stream said otherwise."""
+    controller = await failed_create(kube, provider, start, Unavailable("the IaaS is down"))
     fire_retries(controller._sync)
     await until(lambda: len(provider.called("create_pod")) == 2)
     await settle()
-    assert kube.get_obj(POD_PATH)["status"]["phase"] == "Running"  # type: ignore[index]
+    status = kube.get_obj(POD_PATH)["status"]  # type: ignore[index]
+    assert status["phase"] == "Running" and status["podIP"] == "10.0.0.5"
+    assert "waiting" not in status["containerStatuses"][0]["state"]
 
 
 async def test_a_permanent_provider_error_backs_off_longer(
-        kube: FakeKube, provider: FakeProvider, start: Any) -> None:
-    provider.fail("create_pod", InvalidArgument("no such image"))
-    kube.seed(POD_PATH, bare_pod())
-    controller = await start()
-    await until(lambda: status_writes(kube))
-    await settle()
+        kube: FakeKube, provider: FakeProvider, start: Start) -> None:
+    controller = await failed_create(kube, provider, start, InvalidArgument("no such image"))
     assert fire_retries(controller._sync)["pod-uid"] > 7.0
     await until(lambda: len(provider.called("create_pod")) == 2)
 
 
 async def test_deleting_a_bare_pod_destroys_its_vm_and_releases_the_pod(
-        kube: FakeKube, provider: FakeProvider, start: Any) -> None:
+        kube: FakeKube, provider: FakeProvider, start: Start) -> None:
     kube.seed(POD_PATH, bare_pod())
     await start()
     await until(lambda: status_writes(kube))
@@ -219,7 +209,7 @@ async def test_deleting_a_bare_pod_destroys_its_vm_and_releases_the_pod(
 
 
 async def test_deleting_a_vm_pod_stops_the_vm_and_keeps_it(
-        kube: FakeKube, provider: FakeProvider, start: Any) -> None:
+        kube: FakeKube, provider: FakeProvider, start: Start) -> None:
     seeded_vm_pod(kube)
     await start()
     await until(lambda: provider.called("create_pod"))
@@ -232,14 +222,14 @@ async def test_deleting_a_vm_pod_stops_the_vm_and_keeps_it(
 
 
 async def test_a_failed_provider_delete_keeps_the_pod_until_it_succeeds(
-        kube: FakeKube, provider: FakeProvider, start: Any) -> None:
+        kube: FakeKube, provider: FakeProvider, start: Start) -> None:
     kube.seed(POD_PATH, bare_pod())
     controller = await start()
     await until(lambda: status_writes(kube))
     await settle()  # the status write has come back through the watch
     provider.fail("delete_pod", Unavailable("the IaaS is down"))
     await kube.delete(POD_PATH)
-    await until(lambda: "ProviderDeleteFailed" in event_reasons(kube))
+    await until(lambda: "ProviderDeleteFailed" in kube.event_reasons())
     await settle()
     assert kube.get_obj(POD_PATH) is not None  # not released while its VM may still run
     assert "pod-uid" in provider.vms
@@ -249,7 +239,7 @@ async def test_a_failed_provider_delete_keeps_the_pod_until_it_succeeds(
 
 
 async def test_a_conflict_on_the_final_delete_is_a_pod_already_replaced(
-        kube: FakeKube, provider: FakeProvider, start: Any) -> None:
+        kube: FakeKube, provider: FakeProvider, start: Start) -> None:
     """The fault: the final delete meets 409 (the name now belongs to a new pod, the uid
     precondition fails). Nothing is retried and the new pod is left alone."""
     kube.seed(POD_PATH, bare_pod())
@@ -264,7 +254,7 @@ async def test_a_conflict_on_the_final_delete_is_a_pod_already_replaced(
 
 
 async def test_a_force_deleted_pod_is_removed_from_the_provider(
-        kube: FakeKube, provider: FakeProvider, start: Any) -> None:
+        kube: FakeKube, provider: FakeProvider, start: Start) -> None:
     kube.seed(POD_PATH, bare_pod())
     await start()
     await until(lambda: status_writes(kube))
@@ -275,7 +265,7 @@ async def test_a_force_deleted_pod_is_removed_from_the_provider(
 
 
 async def test_a_spec_change_is_an_update_not_a_second_create(
-        kube: FakeKube, provider: FakeProvider, start: Any) -> None:
+        kube: FakeKube, provider: FakeProvider, start: Start) -> None:
     kube.seed(POD_PATH, bare_pod())
     await start()
     await until(lambda: status_writes(kube))
@@ -289,7 +279,7 @@ async def test_a_spec_change_is_an_update_not_a_second_create(
 
 
 async def test_status_from_the_provider_stream_reaches_only_its_own_pod(
-        kube: FakeKube, provider: FakeProvider, start: Any) -> None:
+        kube: FakeKube, provider: FakeProvider, start: Start) -> None:
     kube.seed(POD_PATH, bare_pod())
     await start()
     await until(lambda: status_writes(kube))

@@ -3,12 +3,10 @@ goes with its disk (Delete) or stays (Retain), a claim that grows grows its disk
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from fakes import FakeKube, FakeProvider, fire_retries, settle, until
+from fakes import Background, FakeKube, FakeProvider, fire_retries, settle, until
 
 from vmlet_contract.errors import Unavailable
 from vmlet_facade.events import EventRecorder
@@ -46,28 +44,17 @@ def volume(phase: str = "Bound", policy: str = "Delete", size: str = "10Gi") -> 
 
 
 @pytest.fixture
-def kube() -> FakeKube:
-    return FakeKube()
+async def provisioner(kube: FakeKube, provider: FakeProvider,
+                      background: Background) -> Provisioner:
+    return start(kube, provider, background)
 
 
-@pytest.fixture
-def provider() -> FakeProvider:
-    return FakeProvider()
-
-
-@pytest.fixture
-async def provisioner(kube: FakeKube, provider: FakeProvider) -> AsyncIterator[Provisioner]:
+def start(kube: FakeKube, provider: FakeProvider, background: Background) -> Provisioner:
+    """Run the provisioner with "fake" as its one provider."""
     client = kube.client
     disks = Provisioner(client, {"fake": provider}.get, EventRecorder(client))
-    task = asyncio.create_task(disks.run())
-    yield disks
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    await disks.stop()
-
-
-def events(kube: FakeKube) -> list[str]:
-    return [c.body["reason"] for c in kube.writes("POST", "/events")]
+    background.run(disks.run(), disks.stop)
+    return disks
 
 
 async def test_a_pending_claim_becomes_a_disk_and_a_volume_bound_to_it(
@@ -82,7 +69,7 @@ async def test_a_pending_claim_becomes_a_disk_and_a_volume_bound_to_it(
     assert pv["spec"]["csi"] == {"driver": "fake.vmlet.io",
                                  "volumeHandle": "disk-pvc-claim-uid"}
     assert pv["spec"]["capacity"] == {"storage": "10Gi"}
-    await until(lambda: "ProvisioningSucceeded" in events(kube))
+    await until(lambda: "ProvisioningSucceeded" in kube.event_reasons())
 
 
 async def test_a_claim_of_another_provisioner_or_shared_access_gets_no_disk(
@@ -95,32 +82,25 @@ async def test_a_claim_of_another_provisioner_or_shared_access_gets_no_disk(
     foreign["metadata"].update(name="foreign", uid="foreign-uid")
     foreign["spec"]["storageClassName"] = "other"
     kube.seed("/api/v1/namespaces/ns/persistentvolumeclaims/foreign", foreign)
-    await until(lambda: "ProvisioningFailed" in events(kube))
+    await until(lambda: "ProvisioningFailed" in kube.event_reasons())
     await settle()
     assert not provider.called("create_disk")
     assert kube.items("/api/v1/persistentvolumes") == []
-    assert events(kube) == ["ProvisioningFailed"]  # said once
+    assert kube.event_reasons() == ["ProvisioningFailed"]  # said once
 
 
 async def test_nothing_is_provisioned_before_the_volumes_are_listed(
-        kube: FakeKube, provider: FakeProvider) -> None:
+        kube: FakeKube, provider: FakeProvider, background: Background) -> None:
     """The fault: the volume list is slow. The claim's volume may be in it: no disk before."""
     listed = kube.hold_list("/api/v1/persistentvolumes")
     kube.seed(CLASS_PATH, storage_class())
     kube.seed(CLAIM_PATH, claim())
-    client = kube.client
-    disks = Provisioner(client, {"fake": provider}.get, EventRecorder(client))
-    task = asyncio.create_task(disks.run())
-    try:
-        await settle()
-        assert disks.claims.has_synced and not disks.volumes.has_synced
-        assert not provider.called("create_disk")
-        listed.set()
-        await until(lambda: kube.get_obj(PV_PATH) is not None)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await disks.stop()
+    disks = start(kube, provider, background)
+    await settle()
+    assert disks.claims.has_synced and not disks.volumes.has_synced
+    assert not provider.called("create_disk")
+    listed.set()
+    await until(lambda: kube.get_obj(PV_PATH) is not None)
 
 
 async def test_a_volume_already_there_is_not_made_twice(
@@ -134,7 +114,7 @@ async def test_a_volume_already_there_is_not_made_twice(
     await until(lambda: provider.called("create_disk"))
     await settle()
     assert list(provider.disks) == ["pvc-claim-uid"]
-    assert "ProvisioningSucceeded" not in events(kube)
+    assert "ProvisioningSucceeded" not in kube.event_reasons()
     assert not provisioner._workers.retry_pending("pvc:ns/data")
 
 
@@ -158,7 +138,7 @@ async def test_a_disk_that_cannot_be_deleted_keeps_its_volume(
     kube.seed(CLASS_PATH, storage_class())
     provider.fail("delete_disk", Unavailable("the IaaS is down"))
     kube.seed(PV_PATH, volume(phase="Released"))
-    await until(lambda: "VolumeFailedDelete" in events(kube))
+    await until(lambda: "VolumeFailedDelete" in kube.event_reasons())
     await settle()
     assert kube.get_obj(PV_PATH) is not None
     assert fire_retries(provisioner._workers)["pv:pvc-claim-uid"] > 0.5
@@ -175,4 +155,4 @@ async def test_a_claim_that_grows_grows_its_disk(
         "capacity") == {"storage": "20Gi"})
     assert provider.called("expand_disk") == [("disk-pvc-claim-uid", 20 * GIB)]
     assert kube.get_obj(PV_PATH)["spec"]["capacity"] == {"storage": "20Gi"}  # type: ignore[index]
-    assert "VolumeResizeSuccessful" in events(kube)
+    assert "VolumeResizeSuccessful" in kube.event_reasons()

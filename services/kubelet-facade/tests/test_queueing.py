@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
-from vmlet_facade import queueing
-from vmlet_facade.queueing import SerialWorkers
+from vmlet_facade.queueing import Backoff, SerialWorkers, status_only_change
 
 
 async def _ready(_key: str) -> None:
@@ -87,10 +87,8 @@ async def test_nothing_runs_before_the_gate_opens() -> None:
     await workers.stop()
 
 
-async def test_a_key_whose_handler_raises_is_run_again_until_it_succeeds(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_key_whose_handler_raises_is_run_again_until_it_succeeds() -> None:
     # What an apiserver SIGKILL does to a reconcile: a connection error no controller expected.
-    monkeypatch.setattr(queueing, "MAX_RETRY_SECONDS", 0.01)
     seen: list[int] = []
 
     async def handler(key: str) -> None:
@@ -98,7 +96,7 @@ async def test_a_key_whose_handler_raises_is_run_again_until_it_succeeds(
         if len(seen) <= 3:
             raise ConnectionResetError("Connection reset by peer")
 
-    workers = SerialWorkers(handler, ready=_ready)
+    workers = SerialWorkers(handler, ready=_ready, backoff=Backoff(base=0.001, cap=0.01))
     workers.submit("k")
     for _ in range(100):
         if len(seen) == 4:
@@ -107,4 +105,105 @@ async def test_a_key_whose_handler_raises_is_run_again_until_it_succeeds(
     assert seen == [0, 1, 2, 3]
     await asyncio.sleep(0.05)
     assert seen == [0, 1, 2, 3] and not workers.retry_pending("k")
+    assert workers.backoff.failures("k") == 0  # forgotten on success
     await workers.stop()
+
+
+def test_the_back_off_doubles_per_key_up_to_its_cap_and_a_success_forgets_it() -> None:
+    backoff = Backoff(base=1.0, cap=10.0)
+    assert [backoff.failed("a") for _ in range(6)] == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    assert backoff.failed("b") == 1.0  # per key
+    assert backoff.failed("c", penalty=3) == 8.0 and backoff.failed("c") == 10.0
+    backoff.forget("a")
+    assert backoff.failures("a") == 0 and backoff.failed("a") == 1.0
+    waits = [backoff.failed("b") for _ in range(5000)]  # no overflow however long it fails
+    assert waits[:4] == [2.0, 4.0, 8.0, 10.0] and set(waits[3:]) == {10.0}
+
+
+def test_jitter_only_shortens_a_wait_and_bad_settings_are_refused() -> None:
+    backoff = Backoff(base=4.0, cap=60.0, jitter=0.25)
+    waits = [backoff.failed(str(n)) for n in range(200)]
+    assert all(3.0 <= w <= 4.0 for w in waits) and len(set(waits)) > 1
+    for bad in ({"base": 0.0}, {"base": 2.0, "cap": 1.0}, {"jitter": 1.0}):
+        with pytest.raises(ValueError):
+            Backoff(**bad)
+
+
+async def test_retry_waits_its_back_off_and_a_status_change_does_not_cut_it_short() -> None:
+    """A run that asks for a retry waits; ``submit(wake=False)`` (the controller's own status
+    write coming back) leaves the wait alone, ``submit()`` (a real change) runs at once, and its
+    success cancels the wait and forgets the failures."""
+    fail = [True]
+    seen: list[str] = []
+
+    async def handler(key: str) -> None:
+        seen.append(key)
+        if fail[0]:
+            workers.retry(key)
+
+    workers = SerialWorkers(handler, ready=_ready)
+    workers.submit("k")
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert seen == ["k"] and workers.retry_pending("k")
+    assert 0.9 < workers.pending()["k"] <= 1.0
+    workers.submit("k", wake=False)
+    await asyncio.sleep(0.01)
+    assert seen == ["k"]
+    workers.submit("k")  # a change that asks for something new
+    await asyncio.sleep(0.01)
+    assert seen == ["k", "k"] and 1.9 < workers.pending()["k"] <= 2.0  # doubled
+    fail[0] = False
+    workers.submit("k")
+    await asyncio.sleep(0.01)
+    assert seen == ["k", "k", "k"] and not workers.retry_pending("k")
+    assert workers.backoff.failures("k") == 0
+    await workers.stop()
+
+
+async def test_a_status_change_during_a_failing_run_does_not_run_it_again() -> None:
+    release = asyncio.Event()
+    seen: list[str] = []
+
+    async def handler(key: str) -> None:
+        seen.append(key)
+        await release.wait()
+        workers.retry(key)
+
+    workers = SerialWorkers(handler, ready=_ready)
+    workers.submit("k")
+    await asyncio.sleep(0)
+    workers.submit("k", wake=False)  # its own status write, while it runs
+    release.set()
+    await asyncio.sleep(0.01)
+    assert seen == ["k"] and workers.retry_pending("k")
+    await workers.stop()
+
+
+async def test_a_poll_is_not_a_failure_and_survives_the_success_that_set_it() -> None:
+    seen: list[str] = []
+
+    async def handler(key: str) -> None:
+        seen.append(key)
+        workers.submit_after(key, 5.0)  # look again later: not a failure
+
+    workers = SerialWorkers(handler, ready=_ready)
+    workers.submit("k")
+    await asyncio.sleep(0.01)
+    assert workers.retry_pending("k") and workers.backoff.failures("k") == 0
+    workers.submit("k", wake=False)  # a poll pending is no back-off: this runs
+    await asyncio.sleep(0.01)
+    assert seen == ["k", "k"]
+    await workers.stop()
+
+
+def test_a_status_only_change_is_told_from_a_change_of_intent() -> None:
+    old: dict[str, Any] = {"metadata": {"name": "a", "resourceVersion": "1", "generation": 1},
+           "spec": {"replicas": 1}, "status": {"state": "Running"}}
+    status = {**old, "metadata": {**old["metadata"], "resourceVersion": "2"},
+              "status": {"state": "Failed"}}
+    spec = {**old, "spec": {"replicas": 0}}
+    deleted = {**old, "metadata": {**old["metadata"], "deletionTimestamp": "now"}}
+    assert status_only_change(old, status)
+    assert not status_only_change(old, spec) and not status_only_change(old, deleted)
+    assert not status_only_change(None, old) and not status_only_change(old, None)

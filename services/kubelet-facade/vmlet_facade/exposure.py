@@ -53,8 +53,8 @@ class ExposureController:
             await self._apply(vm, ports)
             self._exposed.add(key)
         except ApiError as err:
-            log.warning("exposing %s: %s", key, err)
-            self._workers.submit_after(key, 5.0)
+            delay = self._workers.retry(key)
+            log.warning("exposing %s: %s (again in %.0f s)", key, err, delay)
 
     async def _apply(self, vm: Obj, ports: list[Obj]) -> None:
         meta = vm["metadata"]

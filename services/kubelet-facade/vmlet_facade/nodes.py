@@ -25,6 +25,7 @@ from vmlet_facade.events import EventRecorder
 from vmlet_facade.kube import ApiError, KubeClient
 from vmlet_facade.outage import IAAS_UNAVAILABLE, PROVIDER_UNAVAILABLE, Outage
 from vmlet_facade.provider import NodeSource
+from vmlet_facade.queueing import Backoff
 
 __all__ = ["TAINT_KEY", "NodeController", "NodeSettings", "Taint"]
 
@@ -231,7 +232,7 @@ class NodeController(Generic[N]):
 
     async def run(self) -> None:
         """Register the nodes, then follow the provider until cancelled."""
-        attempt = 0
+        backoff = Backoff(base=0.5, cap=30.0)
         while True:
             try:
                 listed = await self.provider.list_nodes()
@@ -242,17 +243,16 @@ class NodeController(Generic[N]):
             except (ProviderError, ApiError) as err:
                 log.warning("nodes of provider %s not registered yet: %s",
                             self.provider.name, err)
-                await asyncio.sleep(min(30.0, 0.5 * 2 ** attempt))
-                attempt += 1
+                await asyncio.sleep(backoff.failed(self.provider.name))
         self.registered.set()
         await asyncio.gather(self._follow(), self._ping(), self._heartbeat())
 
     async def _follow(self) -> None:
-        attempt = 0
+        backoff = Backoff(base=0.5, cap=10.0)
         while True:
             try:
                 async for msg in self.provider.watch_nodes():
-                    attempt = 0
+                    backoff.forget(self.provider.name)
                     node = msg.node
                     if msg.removed:
                         cond = node_pb2.Node(name=node.name)
@@ -274,8 +274,7 @@ class NodeController(Generic[N]):
                         await self.register(node)
             except (ProviderError, ApiError) as err:
                 log.info("node stream of %s ended: %s", self.provider.name, err)
-            await asyncio.sleep(min(10.0, 0.5 * 2 ** attempt))
-            attempt += 1
+            await asyncio.sleep(backoff.failed(self.provider.name))
 
     async def _ping(self) -> None:
         while True:

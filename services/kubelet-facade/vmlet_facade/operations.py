@@ -24,7 +24,7 @@ from vmlet_facade.kube import ApiError, KubeClient
 from vmlet_facade.kube.informer import Informer, key_of, synced_gate
 from vmlet_facade.kube.paths import api_path
 from vmlet_facade.provider import VmOperations
-from vmlet_facade.queueing import SerialWorkers
+from vmlet_facade.queueing import SerialWorkers, status_only_change
 from vmlet_facade.virtualmachines import VirtualMachineController
 from vmlet_facade.vmapi import (
     MIGRATION_ANNOTATION,
@@ -112,7 +112,6 @@ class OperationsController:
             self._reconcile, concurrency=8, name="vmops",
             ready=synced_gate(self.backups, self.restores, self.migrations, self.jobs,
                               self.job_pods, self.nodes, vms.vms, vms.pods))
-        self._attempts: dict[str, int] = {}
         self.migration_timeout = 600.0
 
     async def run(self) -> None:
@@ -129,12 +128,13 @@ class OperationsController:
             await asyncio.sleep(1.0)
             for mig in self.migrations.values():
                 if (mig.get("status") or {}).get("state") in (None, "Pending", "Running"):
-                    self._workers.submit(f"migration:{key_of(mig)}")
+                    self._workers.submit(f"migration:{key_of(mig)}", wake=False)
 
     def _submit(self, kind: str, old: Obj | None, new: Obj | None) -> None:
         obj = new or old
         if obj is not None:
-            self._workers.submit(f"{kind}:{key_of(obj)}")
+            # Its own status write (a restore still Running) does not cut a back-off short.
+            self._workers.submit(f"{kind}:{key_of(obj)}", wake=not status_only_change(old, new))
 
     def _backup_changed(self, old: Obj | None, new: Obj | None) -> None:
         self._submit("backup", old, new)
@@ -170,12 +170,9 @@ class OperationsController:
                 await self._restore(ref)
             elif kind == "migration":
                 await self._migration(ref)
-            self._attempts.pop(key, None)
         except (ApiError, ProviderError) as err:
-            attempt = self._attempts.get(key, 0)
-            self._attempts[key] = attempt + 1
-            log.warning("%s: %s (retry %d)", key, err, attempt)
-            self._workers.submit_after(key, min(60.0, 2.0 ** attempt))
+            delay = self._workers.retry(key)
+            log.warning("%s: %s (again in %.0f s)", key, err, delay)
 
     async def _status(self, plural: str, obj: Obj, status: Obj, reason: str,
                       message: str) -> None:
@@ -326,8 +323,9 @@ class OperationsController:
             await self._status("virtualmachinerestores", restore, {"state": "Failed"},
                                "VMNotFound", "the backup's VirtualMachine or provider is gone")
             return
+        started = (restore.get("status") or {}).get("startTime") or now()  # kept on a retry
         await self._status("virtualmachinerestores", restore, {
-            "state": "Running", "startTime": now(), "vmName": vm["metadata"]["name"],
+            "state": "Running", "startTime": started, "vmName": vm["metadata"]["name"],
             "snapshotID": bstatus["snapshotID"]},
             "Restoring", f"reverting the VM to snapshot {bstatus['snapshotID']}")
         try:

@@ -31,7 +31,7 @@ from vmlet_facade.outage import Outage, during
 from vmlet_facade.ownership import Ownership, derive
 from vmlet_facade.podconvert import spec_fingerprint, status_to_k8s, to_provider_pod
 from vmlet_facade.provider import PodHost
-from vmlet_facade.queueing import SerialWorkers
+from vmlet_facade.queueing import Backoff, SerialWorkers
 from vmlet_facade.references import MissingReference, Resolved, Resolver
 from vmlet_facade.vmapi import TARGET_IDENTITY_ANNOTATION, path
 
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 P = TypeVar("P", bound=PodHost)
 OPERATION = "operation"  # marks an operation pod in PodController.created: no VM to delete
+PERMANENT_PENALTY = 3  # back-off doublings added for an error the provider calls permanent
 
 
 @dataclass(frozen=True)
@@ -54,10 +55,6 @@ class Route(Generic[P]):
 
 def _key(pod: Obj) -> tuple[str, str]:
     return pod["metadata"]["namespace"], pod["metadata"]["name"]
-
-
-def _backoff(attempt: int) -> float:
-    return float(min(300.0, 1.0 * 2 ** min(attempt, 9)))
 
 
 def _same_intent(old: Obj, new: Obj) -> bool:
@@ -90,13 +87,15 @@ class PodController(Generic[P]):
         self._adopted: dict[str, pb.Pod] = {}  # uid -> pod the provider had at start
         self._latest: dict[str, pb.PodStatus] = {}
         self._written: dict[str, bytes] = {}
-        self._attempts: dict[str, int] = {}
         self._owners: dict[str, Ownership] = {}  # uid -> ownership, decided once per pod
         self._node_ready: dict[str, asyncio.Event] = {}  # node -> first list and orphans done
+        # A pod's VM may take minutes to become possible (an IaaS outage, a missing image):
+        # long waits, with jitter, as many pods fail together. A status write waits little.
         self._sync = SerialWorkers(self._handle, ready=self._pod_ready, concurrency=concurrency,
-                                   name="podsync")
+                                   name="podsync", backoff=Backoff(cap=300.0, jitter=0.1))
         self._status = SerialWorkers(self._write_status, ready=self._pod_ready,
-                                     concurrency=status_concurrency, name="podstatus")
+                                     concurrency=status_concurrency, name="podstatus",
+                                     backoff=Backoff(cap=10.0))
         self._tasks: list[asyncio.Task[None]] = []
         self._providers: set[str] = set()
         self._outages: dict[str, Outage] = {}  # provider name -> the outage its pods show
@@ -105,15 +104,14 @@ class PodController(Generic[P]):
 
     async def adopt(self, provider: P) -> None:
         """Learn the pods ``provider`` already runs, so none is created twice."""
-        attempt = 0
+        backoff = Backoff(cap=300.0)
         while True:
             try:
                 existing = await provider.get_pods()
                 break
             except ProviderError as err:
                 log.warning("pods of %s not listed yet: %s", provider.name, err)
-                await asyncio.sleep(_backoff(attempt))
-                attempt += 1
+                await asyncio.sleep(backoff.failed(provider.name))
         for item in existing:
             uid = item.pod.ref.uid
             if uid:
@@ -173,10 +171,10 @@ class PodController(Generic[P]):
                 old = self.pods.get(uid)
                 self.pods[uid] = pod
                 self._by_name[_key(pod)] = uid
-                if old is not None and self._sync.retry_pending(uid) and _same_intent(old, pod):
-                    # Only its status moved (the facade's own write of the failure): the
-                    # backoff stands, or a failing create would be retried at every write.
-                    continue
+                # Only its status moved (the facade's own write of a failure): a back-off
+                # stands, or a failing create would be retried at every write.
+                self._sync.submit(uid, wake=old is None or not _same_intent(old, pod))
+                continue
             self._sync.submit(uid)
 
     async def _remove_orphans(self, node: str) -> None:
@@ -229,8 +227,6 @@ class PodController(Generic[P]):
                 self.created[uid] = spec_fingerprint(pod)
             elif self.created[uid] != spec_fingerprint(pod):
                 await self._update(uid, pod, route)
-            self._attempts.pop(uid, None)
-            self._sync.cancel_retry(uid)
         except MissingReference as err:
             await self._events.emit(pod, err.reason, err.message, warning=True)
             self._set_status(uid, _waiting("CreateContainerConfigError", err.message))
@@ -251,9 +247,7 @@ class PodController(Generic[P]):
             self._retry(uid, permanent=True)
 
     def _retry(self, uid: str, permanent: bool = False) -> None:
-        attempt = self._attempts.get(uid, 0) + (3 if permanent else 0)
-        self._attempts[uid] = attempt + 1
-        self._sync.submit_after(uid, _backoff(attempt))
+        self._sync.retry(uid, penalty=PERMANENT_PENALTY if permanent else 0)
 
     async def _lookup_vm(self, namespace: str, name: str) -> Obj | None:
         """The VirtualMachine ``namespace/name`` as the apiserver has it now, or None."""
@@ -292,6 +286,7 @@ class PodController(Generic[P]):
         for reason, message in resolved.warnings:
             await self._events.emit(pod, reason, message, warning=True)
         request = to_provider_pod(pod, resolved, ownership)
+        before = self._latest.get(uid)  # a failure's status, or nothing yet
         try:
             with metrics.provider_call("CreatePod"):
                 status = await route.provider.create_pod(request)
@@ -300,9 +295,8 @@ class PodController(Generic[P]):
             self._set_status(uid, _waiting(err.reason, err.message))
             raise
         self.created[uid] = spec_fingerprint(pod)
-        self._latest.setdefault(uid, status)
-        if uid not in self._written:
-            self._set_status(uid, self._latest[uid])
+        if self._latest.get(uid) is before:  # else NotifyPods said something newer meanwhile
+            self._set_status(uid, status)
 
     async def _update(self, uid: str, pod: Obj, route: Route[P]) -> None:
         pod = self._with_host_ip(pod, route)
@@ -361,8 +355,7 @@ class PodController(Generic[P]):
                         self._retry(uid)
                         return
                     log.warning("pod %s not deleted at the provider: %s", uid, err)
-        for table in (self.created, self._latest, self._written, self._attempts, self._adopted,
-                      self._owners):
+        for table in (self.created, self._latest, self._written, self._adopted, self._owners):
             table.pop(uid, None)
 
     @staticmethod
@@ -375,19 +368,18 @@ class PodController(Generic[P]):
     # -- provider side -----------------------------------------------------------------------
 
     async def _follow_provider(self, provider: P) -> None:
-        attempt = 0
+        backoff = Backoff(base=0.2, cap=10.0)
         while True:
             try:
                 async for msg in provider.watch_pods():
-                    attempt = 0
+                    backoff.forget(provider.name)
                     uid = self._by_name.get((msg.ref.namespace, msg.ref.name))
                     if uid is None or (msg.ref.uid and msg.ref.uid != uid):
                         continue
                     self._set_status(uid, msg.status)
             except ProviderError as err:
                 log.info("pod stream of %s ended: %s", provider.name, err)
-            await asyncio.sleep(min(10.0, 0.2 * 2 ** attempt))
-            attempt += 1
+            await asyncio.sleep(backoff.failed(provider.name))
 
     def set_outage(self, provider: str, outage: Outage | None) -> None:
         """Show ``outage`` on the pods of ``provider``'s nodes (None: it is over; they show
@@ -427,6 +419,6 @@ class PodController(Generic[P]):
             if err.not_found:
                 return
             log.warning("status of %s/%s not written: %s", ns, name, err)
-            self._status.submit_after(uid, 1.0)
+            self._status.retry(uid)
             return
         self._written[uid] = raw  # the watch brings the updated pod

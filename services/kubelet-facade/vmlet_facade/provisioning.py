@@ -22,7 +22,7 @@ from vmlet_facade.kube.informer import Informer, key_of, synced_gate
 from vmlet_facade.kube.paths import api_path
 from vmlet_facade.provider import Disks
 from vmlet_facade.quantity import memory_bytes
-from vmlet_facade.queueing import SerialWorkers
+from vmlet_facade.queueing import Backoff, SerialWorkers
 
 __all__ = ["PROVISIONER_SUFFIX", "Provisioner", "provider_of_driver"]
 
@@ -61,8 +61,8 @@ class Provisioner:
                                 on_change=lambda o, n: self._submit("pv", n or o))
         self._workers = SerialWorkers(
             self._reconcile, concurrency=8, name="provisioner",
-            ready=synced_gate(self.classes, self.claims, self.volumes))
-        self._attempts: dict[str, int] = {}
+            ready=synced_gate(self.classes, self.claims, self.volumes),
+            backoff=Backoff(cap=120.0))
         self._refused: set[str] = set()
 
     async def run(self) -> None:
@@ -93,12 +93,9 @@ class Provisioner:
                 await self._claim(ref)
             else:
                 await self._volume(ref)
-            self._attempts.pop(key, None)
         except (ApiError, ProviderError) as err:
-            attempt = self._attempts.get(key, 0)
-            self._attempts[key] = attempt + 1
-            log.warning("%s: %s (retry %d)", key, err, attempt)
-            self._workers.submit_after(key, min(120.0, 2.0 ** attempt))
+            delay = self._workers.retry(key)
+            log.warning("%s: %s (again in %.0f s)", key, err, delay)
 
     # -- claims ------------------------------------------------------------------------------
 

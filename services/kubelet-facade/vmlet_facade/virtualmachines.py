@@ -26,7 +26,7 @@ from vmlet_facade.kube.informer import Informer, key_of, synced_gate
 from vmlet_facade.ownership import claimed_vm, vm_pod_name
 from vmlet_facade.provider import VmOperations
 from vmlet_facade.quantity import cpu_millis, memory_bytes
-from vmlet_facade.queueing import SerialWorkers
+from vmlet_facade.queueing import SerialWorkers, status_only_change
 from vmlet_facade.vmapi import (
     FINALIZER,
     MIGRATION_ANNOTATION,
@@ -70,7 +70,6 @@ class VirtualMachineController:
         self._workers = SerialWorkers(self._reconcile, ready=synced_gate(self.vms, self.pods),
                                       concurrency=16, name="vm")
         self._expect: dict[str, float] = {}  # VM UID -> until when a created pod is expected
-        self._attempts: dict[str, int] = {}
         self.listeners: list[Callable[[Obj], None]] = []  # told of every VM after a reconcile
 
     async def run(self) -> None:
@@ -80,7 +79,8 @@ class VirtualMachineController:
         await self._workers.stop()
 
     def _vm_changed(self, old: Obj | None, new: Obj | None) -> None:
-        self._workers.submit(key_of(new or old or {}))
+        # Its own status write (DestroyPending, a failure) does not cut a back-off short.
+        self._workers.submit(key_of(new or old or {}), wake=not status_only_change(old, new))
 
     def _pod_changed(self, old: Obj | None, new: Obj | None) -> None:
         pod = new or old
@@ -123,12 +123,9 @@ class VirtualMachineController:
             except InvalidSpec as invalid:
                 # Said in status and an Event; tried again when the spec changes, not before.
                 await self._write_status(vm, invalid=invalid.message)
-            self._attempts.pop(key, None)
         except (ApiError, ProviderError) as err:
-            attempt = self._attempts.get(key, 0)
-            self._attempts[key] = attempt + 1
-            log.warning("VirtualMachine %s: %s (retry %d)", key, err, attempt)
-            self._workers.submit_after(key, min(60.0, 2.0 ** attempt))
+            delay = self._workers.retry(key)
+            log.warning("VirtualMachine %s: %s (again in %.0f s)", key, err, delay)
 
     async def _converge(self, vm: Obj) -> None:
         meta, spec = vm["metadata"], vm["spec"]

@@ -197,6 +197,18 @@ class FakeKube:
         return [c for c in self.calls if c.method not in ("GET", "WATCH")
                 and (method is None or c.method == method) and path_part in c.path]
 
+    def status(self, path: str) -> Obj:
+        """The status of the object at ``path`` ({} if it has none or is gone)."""
+        return dict((self.get_obj(path) or {}).get("status") or {})
+
+    def events(self) -> list[tuple[str, str]]:
+        """(reason, type) of every Event posted, in order."""
+        return [(c.body["reason"], c.body["type"]) for c in self.writes("POST", "/events")]
+
+    def event_reasons(self) -> list[str]:
+        """The reason of every Event posted, in order."""
+        return [reason for reason, _ in self.events()]
+
     def fail(self, method: str, path_part: str, error: ApiError, times: int = 1) -> None:
         """Answer the next ``times`` calls of ``method`` on a path containing ``path_part``
         with ``error`` (nothing written)."""

@@ -112,21 +112,10 @@ class FakeProvider:
         self._call("list_nodes")
         return [_copy(n) for n in self.nodes]
 
-    async def watch_nodes(
+    def watch_nodes(
         self,
     ) -> AsyncIterator[node_provider_service_pb2.NotifyNodeStatusResponse]:
-        self._call("watch_nodes")
-        queue: asyncio.Queue[node_provider_service_pb2.NotifyNodeStatusResponse
-                             | ProviderError] = asyncio.Queue()
-        self._node_streams.append(queue)
-        try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, ProviderError):
-                    raise item
-                yield item
-        finally:
-            self._node_streams.remove(queue)
+        return self._stream("watch_nodes", self._node_streams)
 
     # -- PodLifecycle ------------------------------------------------------------------------
 
@@ -159,11 +148,15 @@ class FakeProvider:
         self._call("get_pods")
         return [_copy(p) for p in self.pods.values()]
 
-    async def watch_pods(self) -> AsyncIterator[pod_notifier_service_pb2.NotifyPodsResponse]:
-        self._call("watch_pods")
-        queue: asyncio.Queue[pod_notifier_service_pb2.NotifyPodsResponse
-                             | ProviderError] = asyncio.Queue()
-        self._pod_streams.append(queue)
+    def watch_pods(self) -> AsyncIterator[pod_notifier_service_pb2.NotifyPodsResponse]:
+        return self._stream("watch_pods", self._pod_streams)
+
+    async def _stream(self, method: str,
+                      streams: list[asyncio.Queue[Any]]) -> AsyncGenerator[Any, None]:
+        """One notification stream: what a test pushes into ``streams``, until an error."""
+        self._call(method)
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        streams.append(queue)
         try:
             while True:
                 item = await queue.get()
@@ -171,7 +164,7 @@ class FakeProvider:
                     raise item
                 yield item
         finally:
-            self._pod_streams.remove(queue)
+            streams.remove(queue)
 
     # -- VmOperations ------------------------------------------------------------------------
 
@@ -238,28 +231,24 @@ class FakeProvider:
         for line in self.log_lines:
             yield line
 
-    async def exec(
+    def exec(
         self, requests: AsyncIterator[kep.ExecRequest],
     ) -> AsyncGenerator[kep.ExecResponse, None]:
-        self._call("exec")
-        async for _ in requests:
-            pass
-        return
-        yield
+        return self._drain("exec", requests)
 
-    async def attach(
+    def attach(
         self, requests: AsyncIterator[kep.AttachRequest],
     ) -> AsyncGenerator[kep.AttachResponse, None]:
-        self._call("attach")
-        async for _ in requests:
-            pass
-        return
-        yield
+        return self._drain("attach", requests)
 
-    async def port_forward(
+    def port_forward(
         self, requests: AsyncIterator[kep.PortForwardRequest],
     ) -> AsyncGenerator[kep.PortForwardResponse, None]:
-        self._call("port_forward")
+        return self._drain("port_forward", requests)
+
+    async def _drain(self, method: str, requests: AsyncIterator[Any]) -> AsyncGenerator[Any, None]:
+        """A stream that reads every request and answers nothing."""
+        self._call(method)
         async for _ in requests:
             pass
         return
