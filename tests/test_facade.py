@@ -230,9 +230,9 @@ def test_watch_relists_after_410(stack: Stack, control_plane: ControlPlane, ns: 
             stream = list_and_watch(client, f"/api/v1/namespaces/{ns}/configmaps",
                                     resource_version="1")
             async for event in stream:
-                seen.append(event.type if event.type == "RELISTED"
+                seen.append(event.type if event.type == "SYNCED"
                             else f"{event.type}:{event.object['metadata']['name']}")
-                if event.type == "RELISTED" and "late" not in str(seen):
+                if event.type == "SYNCED" and "late" not in str(seen):
                     await client.create(f"/api/v1/namespaces/{ns}/configmaps", {
                         "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "late"}})
                 if "ADDED:late" in seen:
@@ -245,7 +245,7 @@ def test_watch_relists_after_410(stack: Stack, control_plane: ControlPlane, ns: 
                               "metadata": {"name": "early"}})
     control_plane.compact_etcd()
     seen = asyncio.run(asyncio.wait_for(scenario(), 60))
-    assert seen.index("ADDED:early") < seen.index("RELISTED") < seen.index("ADDED:late")
+    assert seen.index("ADDED:early") < seen.index("SYNCED") < seen.index("ADDED:late")
 
 
 def test_reflection_and_health(stack: Stack) -> None:

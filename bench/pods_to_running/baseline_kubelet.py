@@ -138,7 +138,7 @@ class BaselineKubelet:
     async def watch(self, node: str, listening: asyncio.Event) -> None:
         async for event in list_and_watch(self.client, "/api/v1/pods",
                                           {"fieldSelector": f"spec.nodeName={node}"}):
-            if event.type == "RELISTED":
+            if event.type == "SYNCED":
                 listening.set()
                 continue
             pod = event.object

@@ -88,7 +88,7 @@ class Progress:
 async def _watch(client: KubeClient, namespace: str, count: int, progress: Progress,
                  listening: asyncio.Event, done: asyncio.Event) -> None:
     async for event in list_and_watch(client, f"/api/v1/namespaces/{namespace}/pods"):
-        if event.type == "RELISTED":
+        if event.type == "SYNCED":
             listening.set()
             continue
         progress.events += 1

@@ -154,7 +154,7 @@ async def _vmlet(kubeconfig: Path, namespace: str, count: int, concurrency: int,
 
     async def watch() -> None:
         async for event in list_and_watch(watcher, f"/api/v1/namespaces/{namespace}/pods"):
-            if event.type == "RELISTED":
+            if event.type == "SYNCED":
                 listening.set()
                 continue
             pod, now = event.object, time.monotonic()

@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from kubeletapi_server.server_env import Pods, Route
 
 from vmlet.provider.v1 import kubelet_endpoint_service_pb2 as kep
 from vmlet.provider.v1 import node_pb2, node_provider_service_pb2
@@ -151,17 +152,6 @@ class StatsProvider:
 
     async def stats_summary(self, node: str) -> kep.GetStatsSummaryResponse:
         return kep.GetStatsSummaryResponse(node_cpu=kep.CpuStats(usage_nano_cores=1))
-
-
-@dataclass
-class Route:
-    provider: Any
-
-
-@dataclass
-class Pods:
-    pods: dict[str, Any] = field(default_factory=dict)
-    routes: dict[str, Route] = field(default_factory=dict)
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -18,12 +19,14 @@ from fakes import (
     vm_object,
 )
 
+from vmlet.provider.v1 import node_pb2
 from vmlet.provider.v1 import pod_pb2 as pb
 from vmlet.provider.v1 import virtual_machine_service_pb2 as vmpb
 from vmlet_contract import ProviderError
 from vmlet_contract.errors import InvalidArgument, Unavailable
 from vmlet_facade.events import EventRecorder
 from vmlet_facade.kube import ApiError
+from vmlet_facade.kubeletapi.directory import Directory
 from vmlet_facade.pods import PodController, Route
 from vmlet_facade.references import Resolver
 from vmlet_facade.vmapi import path, vm_pod
@@ -291,3 +294,32 @@ async def test_status_from_the_provider_stream_reaches_only_its_own_pod(
     await until(lambda: len(status_writes(kube)) == 2)
     await settle()
     assert [s["podIP"] for s in status_writes(kube)] == ["10.0.0.5", "10.0.0.7"]
+
+
+async def test_the_kubelet_api_reads_the_pods_through_the_controller(
+        kube: FakeKube, provider: FakeProvider, start: Start) -> None:
+    kube.seed(POD_PATH, bare_pod())
+    controller = await start()
+    await until(lambda: status_writes(kube))
+    assert [p["metadata"]["uid"] for p in controller.pods_named("ns", "web")] == ["pod-uid"]
+    assert controller.pods_named("ns", "db") == []
+    assert [p["metadata"]["name"] for p in controller.pods_on({NODE})] == ["web"]
+    assert controller.pods_on({"node-2"}) == []
+    assert controller.provider_of(NODE) is provider and controller.provider_of("node-2") is None
+    nodes = SimpleNamespace(provider=provider, nodes={NODE: node_pb2.Node(name=NODE)})
+    directory = Directory(controller, [nodes])
+    found = directory.pod("ns", "web")
+    assert found is not None and found["metadata"]["uid"] == "pod-uid"
+    assert directory.provider_of(NODE) is provider
+
+
+async def test_nothing_is_kept_of_a_pod_once_it_is_gone_from_both_sides(
+        kube: FakeKube, provider: FakeProvider, start: Start) -> None:
+    kube.seed(POD_PATH, bare_pod())
+    controller = await start()
+    await until(lambda: status_writes(kube))
+    await kube.delete(POD_PATH, {"gracePeriodSeconds": 0})
+    await until(lambda: "pod-uid" not in provider.vms)
+    await settle()
+    assert controller.pods_named("ns", "web") == []
+    assert "pod-uid" not in controller._states

@@ -20,13 +20,12 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from vmlet_api.names import GROUP, VIRTUAL_MACHINE
+from vmlet_facade.kube.objects import Obj
 
-__all__ = ["Ownership", "claimed_vm", "derive", "prove", "vm_pod_name"]
+__all__ = ["Ownership", "claimed_vm", "derive", "keeps_vm", "prove", "vm_pod_name"]
 
-Obj = dict[str, Any]
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 
 #: Looks up a VirtualMachine by namespace and name: None when there is none.
@@ -44,6 +43,14 @@ class Ownership:
     @property
     def bare(self) -> bool:
         return not self.owner
+
+
+def keeps_vm(identity: str, pod_uid: str, *, recorded: bool = False) -> bool:
+    """Whether deleting the pod of UID ``pod_uid``, whose VM has ``identity``, keeps that VM: the
+    one keep-on-delete rule. A bare pod's VM has the pod's own UID as identity and goes with the
+    pod; any other identity is a VirtualMachine's, whose VM outlives its pods (a stop).
+    ``recorded`` is a keep a provider recorded for the pod: once decided, it stands."""
+    return recorded or identity != pod_uid
 
 
 def vm_pod_name(vm: Obj) -> str:
@@ -64,7 +71,8 @@ def prove(pod: Obj, vm: Obj | None) -> Ownership:
     """The ownership of ``pod`` given the VirtualMachine its ownerReference names, as read from
     the apiserver in the pod's namespace (None when there is none)."""
     meta = pod["metadata"]
-    bare = Ownership(identity=str(meta["uid"]), keep_on_delete=False)
+    uid = str(meta["uid"])
+    bare = Ownership(identity=uid, keep_on_delete=keeps_vm(uid, uid))
     ref = claimed_vm(pod)
     if ref is None or vm is None:
         return bare
@@ -73,7 +81,9 @@ def prove(pod: Obj, vm: Obj | None) -> Ownership:
             or vmeta.get("namespace") != meta.get("namespace")
             or meta.get("name") != vm_pod_name(vm)):
         return bare
-    return Ownership(identity=str(vmeta["uid"]), keep_on_delete=True, owner=str(vmeta["name"]))
+    identity = str(vmeta["uid"])
+    return Ownership(identity=identity, keep_on_delete=keeps_vm(identity, uid),
+                     owner=str(vmeta["name"]))
 
 
 async def derive(pod: Obj, lookup: VmLookup) -> Ownership:

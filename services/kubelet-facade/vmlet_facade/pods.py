@@ -17,19 +17,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 from vmlet.provider.v1 import pod_pb2 as pb
 from vmlet_contract import ProviderError, is_retryable
 from vmlet_facade import metrics
 from vmlet_facade.events import EventRecorder
-from vmlet_facade.kube import ApiError, KubeClient, list_and_watch
+from vmlet_facade.kube import SYNCED, ApiError, KubeClient, list_and_watch
+from vmlet_facade.kube.objects import Obj, Pod, VirtualMachine
 from vmlet_facade.operationpods import operation_of, refused, run_operation
 from vmlet_facade.outage import Outage, during
 from vmlet_facade.ownership import Ownership, derive
 from vmlet_facade.podconvert import spec_fingerprint, status_to_k8s, to_provider_pod
+from vmlet_facade.podstate import PodState
 from vmlet_facade.provider import PodHost
 from vmlet_facade.queueing import Backoff, SerialWorkers
 from vmlet_facade.references import MissingReference, Resolved, Resolver
@@ -39,9 +41,7 @@ __all__ = ["PodController", "Route"]
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 P = TypeVar("P", bound=PodHost)
-OPERATION = "operation"  # marks an operation pod in PodController.created: no VM to delete
 PERMANENT_PENALTY = 3  # back-off doublings added for an error the provider calls permanent
 
 
@@ -72,7 +72,9 @@ def _waiting(reason: str, message: str) -> pb.PodStatus:
 
 
 class PodController(Generic[P]):
-    """Carries pods on vmlet nodes to providers and their status back."""
+    """Carries pods on vmlet nodes to providers and their status back.
+
+    Implements kubeletapi's ``PodDirectory``: the kubelet API reads pods through it."""
 
     def __init__(self, client: KubeClient, resolver: Resolver, events: EventRecorder, *,
                  concurrency: int = 64, status_concurrency: int = 32) -> None:
@@ -80,14 +82,8 @@ class PodController(Generic[P]):
         self._resolver = resolver
         self._events = events
         self.routes: dict[str, Route[P]] = {}
-        self.pods: dict[str, Obj] = {}
-        self._gone: dict[str, Obj] = {}
-        self._by_name: dict[tuple[str, str], str] = {}
-        self.created: dict[str, str | None] = {}  # uid -> spec fingerprint sent to the provider
-        self._adopted: dict[str, pb.Pod] = {}  # uid -> pod the provider had at start
-        self._latest: dict[str, pb.PodStatus] = {}
-        self._written: dict[str, bytes] = {}
-        self._owners: dict[str, Ownership] = {}  # uid -> ownership, decided once per pod
+        self._states: dict[str, PodState] = {}  # uid -> state; dropped once all of it is gone
+        self._by_name: dict[tuple[str, str], str] = {}  # (namespace, name) -> uid of the pod
         self._node_ready: dict[str, asyncio.Event] = {}  # node -> first list and orphans done
         # A pod's VM may take minutes to become possible (an IaaS outage, a missing image):
         # long waits, with jitter, as many pods fail together. A status write waits little.
@@ -115,9 +111,11 @@ class PodController(Generic[P]):
         for item in existing:
             uid = item.pod.ref.uid
             if uid:
-                self.created.setdefault(uid, None)
-                self._adopted[uid] = item.pod
-                self._latest[uid] = item.status
+                state = self._state(uid)
+                if not state.created:
+                    state.created, state.fingerprint = True, None
+                state.adopted = item.pod
+                state.latest = item.status
         log.info("adopted %d pods of provider %s", len(existing), provider.name)
 
     def add_node(self, node: str, route: Route[P]) -> None:
@@ -141,11 +139,48 @@ class PodController(Generic[P]):
         await self._sync.stop()
         await self._status.stop()
 
+    # -- the kubelet API's view (kubeletapi.directory.PodDirectory) -------------------------
+
+    def pods_named(self, namespace: str, name: str) -> list[Pod]:
+        """The pods ``namespace/name`` Kubernetes has (a deleted one and its successor may
+        both be there for a while)."""
+        return [cast(Pod, s.pod) for s in self._states.values() if s.pod is not None
+                and s.pod["metadata"].get("namespace") == namespace
+                and s.pod["metadata"].get("name") == name]
+
+    def pods_on(self, nodes: Collection[str]) -> list[Pod]:
+        """The pods Kubernetes has bound to any of ``nodes``."""
+        return [cast(Pod, s.pod) for s in self._states.values() if s.pod is not None
+                and s.pod.get("spec", {}).get("nodeName") in nodes]
+
+    def provider_of(self, node: str) -> P | None:
+        """The provider backing ``node``, once its pods are followed."""
+        route = self.routes.get(node)
+        return route.provider if route is not None else None
+
+    # -- state -------------------------------------------------------------------------------
+
+    def _state(self, uid: str) -> PodState:
+        state = self._states.get(uid)
+        if state is None:
+            state = self._states[uid] = PodState()
+        return state
+
+    def _pod(self, uid: str) -> Obj | None:
+        state = self._states.get(uid)
+        return state.pod if state is not None else None
+
+    def _prune(self, uid: str) -> None:
+        state = self._states.get(uid)
+        if state is not None and state.empty:
+            del self._states[uid]
+
     # -- Kubernetes side ---------------------------------------------------------------------
 
     async def _pod_ready(self, uid: str) -> None:
         """The readiness gate: the pod's node has been listed and its orphans settled."""
-        pod = self.pods.get(uid) or self._gone.get(uid)
+        state = self._states.get(uid)
+        pod = (state.pod or state.gone) if state is not None else None
         node = (pod or {}).get("spec", {}).get("nodeName", "")
         ready = self._node_ready.get(node)
         if ready is not None and not ready.is_set():
@@ -155,7 +190,7 @@ class PodController(Generic[P]):
         ready = self._node_ready.setdefault(node, asyncio.Event())
         async for event in list_and_watch(self._client, "/api/v1/pods",
                                           {"fieldSelector": f"spec.nodeName={node}"}):
-            if event.type == "RELISTED":
+            if event.type == SYNCED:
                 if not ready.is_set():
                     await self._remove_orphans(node)
                     ready.set()
@@ -164,12 +199,13 @@ class PodController(Generic[P]):
             uid = pod["metadata"]["uid"]
             if event.type == "DELETED":
                 # A relist reports only the names of what vanished: keep the pod as last seen.
-                self._gone[uid] = self.pods.pop(uid, pod)
+                state = self._state(uid)
+                state.gone, state.pod = state.pod or pod, None
                 if self._by_name.get(_key(pod)) == uid:
                     self._by_name.pop(_key(pod), None)
             else:
-                old = self.pods.get(uid)
-                self.pods[uid] = pod
+                state = self._state(uid)
+                old, state.pod = state.pod, pod
                 self._by_name[_key(pod)] = uid
                 # Only its status moved (the facade's own write of a failure): a back-off
                 # stands, or a failing create would be retried at every write.
@@ -183,10 +219,11 @@ class PodController(Generic[P]):
         of a VirtualMachine is stopped and kept (a VM pod deleted is a stop, never a destroy), and
         the VirtualMachine's next pod, if its replicas ask for one, adopts it and starts it."""
         route = self.routes[node]
-        for uid, pod in list(self._adopted.items()):
-            if pod.node_name != node or uid in self.pods:
+        for uid, state in list(self._states.items()):
+            adopted = state.adopted
+            if adopted is None or adopted.node_name != node or state.pod is not None:
                 continue
-            self._adopted.pop(uid, None)
+            state.adopted, pod = None, adopted
             # A bare pod's VM has the pod's UID as identity; any other is a VirtualMachine's
             # (also when the provider recorded no keep: a VM made before it recorded one).
             if pod.keep_on_delete or pod.identity != uid:
@@ -200,14 +237,14 @@ class PodController(Generic[P]):
                 log.info("removing orphan %s/%s from provider", pod.ref.namespace, pod.ref.name)
             try:
                 await route.provider.delete_pod(pod)
-                self.created.pop(uid, None)
-                self._latest.pop(uid, None)
-                self._owners.pop(uid, None)
+                state.forget_provider_side()
+                state.latest = state.owner = None
             except ProviderError as err:
                 log.warning("orphan %s/%s not removed: %s", pod.ref.namespace, pod.ref.name, err)
+            self._prune(uid)
 
     async def _handle(self, uid: str) -> None:
-        pod = self.pods.get(uid)
+        pod = self._pod(uid)
         if pod is None:
             await self._forget(uid)
             return
@@ -217,16 +254,18 @@ class PodController(Generic[P]):
         try:
             if pod["metadata"].get("deletionTimestamp"):
                 await self._delete(uid, pod, route)
-            elif uid not in self.created:
-                if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
-                    return
-                await self._create(uid, pod, route)
-            elif self.created[uid] == OPERATION:
-                pass
-            elif self.created[uid] is None:
-                self.created[uid] = spec_fingerprint(pod)
-            elif self.created[uid] != spec_fingerprint(pod):
-                await self._update(uid, pod, route)
+            else:
+                state = self._state(uid)
+                if not state.created:
+                    if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+                        return
+                    await self._create(uid, pod, route)
+                elif state.operation:
+                    pass
+                elif state.fingerprint is None:
+                    state.fingerprint = spec_fingerprint(pod)
+                elif state.fingerprint != spec_fingerprint(pod):
+                    await self._update(uid, pod, route)
         except MissingReference as err:
             await self._events.emit(pod, err.reason, err.message, warning=True)
             self._set_status(uid, _waiting("CreateContainerConfigError", err.message))
@@ -258,17 +297,17 @@ class PodController(Generic[P]):
 
     async def _ownership(self, uid: str, pod: Obj) -> Ownership:
         """The ownership of ``pod``: as decided before (at its create), else derived now."""
-        known = self._owners.get(uid)
-        if known is None:
-            known = self._owners[uid] = await derive(pod, self._lookup_vm)
-        return known
+        state = self._state(uid)
+        if state.owner is None:
+            state.owner = await derive(pod, self._lookup_vm)
+        return state.owner
 
     async def _target_in_namespace(self, pod: Obj) -> bool:
         """Whether the VM an operation pod aims at belongs to a VirtualMachine of its namespace."""
         target = (pod["metadata"].get("annotations") or {}).get(TARGET_IDENTITY_ANNOTATION, "")
         listing = await self._client.get(path("virtualmachines", pod["metadata"]["namespace"]))
-        return bool(target) and any(vm["metadata"].get("uid") == target
-                                    for vm in listing.get("items") or [])
+        vms: list[VirtualMachine] = listing.get("items") or []
+        return bool(target) and any(vm["metadata"].get("uid") == target for vm in vms)
 
     async def _create(self, uid: str, pod: Obj, route: Route[P]) -> None:
         if operation_of(pod):
@@ -277,7 +316,8 @@ class PodController(Generic[P]):
             else:
                 status = refused(pod, "the operation's target is not a VirtualMachine of "
                                  f"namespace {pod['metadata']['namespace']}")
-            self.created[uid] = OPERATION
+            state = self._state(uid)
+            state.created, state.operation, state.fingerprint = True, True, None
             self._set_status(uid, status)
             return
         pod = self._with_host_ip(pod, route)
@@ -286,7 +326,8 @@ class PodController(Generic[P]):
         for reason, message in resolved.warnings:
             await self._events.emit(pod, reason, message, warning=True)
         request = to_provider_pod(pod, resolved, ownership)
-        before = self._latest.get(uid)  # a failure's status, or nothing yet
+        state = self._state(uid)
+        before = state.latest  # a failure's status, or nothing yet
         try:
             with metrics.provider_call("CreatePod"):
                 status = await route.provider.create_pod(request)
@@ -294,8 +335,8 @@ class PodController(Generic[P]):
             await self._events.emit(pod, "ProviderCreateFailed", err.message, warning=True)
             self._set_status(uid, _waiting(err.reason, err.message))
             raise
-        self.created[uid] = spec_fingerprint(pod)
-        if self._latest.get(uid) is before:  # else NotifyPods said something newer meanwhile
+        state.created, state.fingerprint = True, spec_fingerprint(pod)
+        if state.latest is before:  # else NotifyPods said something newer meanwhile
             self._set_status(uid, status)
 
     async def _update(self, uid: str, pod: Obj, route: Route[P]) -> None:
@@ -308,14 +349,16 @@ class PodController(Generic[P]):
         except ProviderError as err:
             await self._events.emit(pod, "ProviderUpdateFailed", err.message, warning=True)
             raise
-        self.created[uid] = spec_fingerprint(pod)
-        self._written.pop(uid, None)  # the spec changed: so does the status written from it
+        state = self._state(uid)
+        state.fingerprint = spec_fingerprint(pod)
+        state.written = None  # the spec changed: so does the status written from it
         self._set_status(uid, status)
 
     async def _delete(self, uid: str, pod: Obj, route: Route[P]) -> None:
-        if self.created.get(uid) == OPERATION:
-            self.created.pop(uid, None)
-        if uid in self.created:
+        state = self._state(uid)
+        if state.operation:
+            state.forget_provider_side()
+        if state.created:
             ownership = await self._ownership(uid, pod)
             try:
                 with metrics.provider_call("DeletePod"):
@@ -324,7 +367,7 @@ class PodController(Generic[P]):
             except ProviderError as err:
                 await self._events.emit(pod, "ProviderDeleteFailed", err.message, warning=True)
                 raise
-            self.created.pop(uid, None)
+            state.forget_provider_side()
         ns, name = _key(pod)
         try:
             await self._client.delete(f"/api/v1/namespaces/{ns}/pods/{name}", {
@@ -336,8 +379,9 @@ class PodController(Generic[P]):
 
     async def _forget(self, uid: str) -> None:
         """The pod is gone from Kubernetes (force-deleted or deletion finished)."""
-        pod = self._gone.pop(uid, None)
-        if uid in self.created and self.created[uid] != OPERATION and pod is not None:
+        state = self._state(uid)
+        pod, state.gone = state.gone, None
+        if state.created and not state.operation and pod is not None:
             route = self.routes.get(pod["spec"].get("nodeName", ""))
             if route is not None:
                 try:
@@ -346,17 +390,18 @@ class PodController(Generic[P]):
                         await route.provider.delete_pod(to_provider_pod(pod, Resolved(), ownership,
                                                                         with_json=False))
                 except ApiError:
-                    self._gone[uid] = pod
+                    state.gone = pod
                     self._retry(uid)
                     return
                 except ProviderError as err:
                     if is_retryable(err.code):
-                        self._gone[uid] = pod
+                        state.gone = pod
                         self._retry(uid)
                         return
                     log.warning("pod %s not deleted at the provider: %s", uid, err)
-        for table in (self.created, self._latest, self._written, self._adopted, self._owners):
-            table.pop(uid, None)
+        state.forget_provider_side()
+        state.latest = state.written = state.adopted = state.owner = None
+        self._prune(uid)
 
     @staticmethod
     def _with_host_ip(pod: Obj, route: Route[P]) -> Obj:
@@ -390,17 +435,22 @@ class PodController(Generic[P]):
             self._outages.pop(provider, None)
         else:
             self._outages[provider] = outage
-        for uid, pod in list(self.pods.items()):
-            route = self.routes.get(pod["spec"].get("nodeName", ""))
+        for uid, state in list(self._states.items()):
+            if state.pod is None:
+                continue
+            route = self.routes.get(state.pod["spec"].get("nodeName", ""))
             if route is not None and route.provider.name == provider:
                 self._status.submit(uid)
 
     def _set_status(self, uid: str, status: pb.PodStatus) -> None:
-        self._latest[uid] = status
+        self._state(uid).latest = status
         self._status.submit(uid)
 
     async def _write_status(self, uid: str) -> None:
-        status, pod = self._latest.get(uid), self.pods.get(uid)
+        state = self._states.get(uid)
+        if state is None:
+            return
+        status, pod = state.latest, state.pod
         if status is None or pod is None or pod["metadata"].get("deletionTimestamp"):
             return
         route = self.routes.get(pod["spec"].get("nodeName", ""))
@@ -408,7 +458,7 @@ class PodController(Generic[P]):
         if outage is not None:
             status = during(status, outage)
         raw = status.SerializeToString(deterministic=True)
-        if self._written.get(uid) == raw:
+        if state.written == raw:
             return
         body = {"status": status_to_k8s(status, pod, route.host_ip() if route else "")}
         ns, name = _key(pod)
@@ -421,4 +471,4 @@ class PodController(Generic[P]):
             log.warning("status of %s/%s not written: %s", ns, name, err)
             self._status.retry(uid)
             return
-        self._written[uid] = raw  # the watch brings the updated pod
+        state.written = raw  # the watch brings the updated pod

@@ -27,6 +27,7 @@ from vmlet_api.names import (
     USER_DATA_KEY_DEFAULT,
 )
 from vmlet_facade.kube import ApiError, KubeClient
+from vmlet_facade.kube.objects import Obj
 from vmlet_facade.kube.paths import InvalidName, api_path, valid_label, valid_name
 from vmlet_facade.quantity import cpu_millis, memory_bytes
 
@@ -42,8 +43,6 @@ __all__ = [
 INVALID_REFERENCE = "InvalidReference"
 #: The keys of a Secret or ConfigMap (k8s.io/apimachinery IsConfigMapKey).
 _KEY = re.compile(r"[-._a-zA-Z0-9]+")
-
-Obj = dict[str, Any]
 
 
 class MissingReference(Exception):

@@ -6,7 +6,6 @@ paths and condition helpers the cluster controllers share. The names themselves 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
 from vmlet_api import names
 from vmlet_api.names import (
@@ -22,6 +21,7 @@ from vmlet_api.names import (
     VM_LABEL,
     VM_UID_LABEL,
 )
+from vmlet_facade.kube.objects import Obj
 from vmlet_facade.kube.paths import api_path
 from vmlet_facade.ownership import vm_pod_name
 
@@ -48,8 +48,6 @@ __all__ = [
 
 #: Re-exported, like the names imported above, for the controllers that import it from here.
 FINALIZER = names.DESTROY_VM_FINALIZER
-
-Obj = dict[str, Any]
 
 
 def path(plural: str, namespace: str | None = None, name: str | None = None,

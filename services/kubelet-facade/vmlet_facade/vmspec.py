@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from vmlet_facade.kube.objects import Obj
 from vmlet_facade.quantity import cpu_millis, memory_bytes
 
 __all__ = [
@@ -23,7 +24,6 @@ __all__ = [
     "spec_problem",
 ]
 
-Obj = dict[str, Any]
 
 #: A VM's name is the value of its pods' vmlet.io/vm label and the base of their names.
 MAX_NAME_LENGTH = 63

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,8 +133,21 @@ class Route:
 
 @dataclass
 class Pods:
+    """A PodDirectory (the pod controller's side of the kubelet API) over fixed pods."""
+
     pods: dict[str, Any] = field(default_factory=dict)
     routes: dict[str, Route] = field(default_factory=dict)
+
+    def pods_named(self, namespace: str, name: str) -> list[Any]:
+        return [p for p in self.pods.values()
+                if (p["metadata"]["namespace"], p["metadata"]["name"]) == (namespace, name)]
+
+    def pods_on(self, nodes: Collection[str]) -> list[Any]:
+        return [p for p in self.pods.values() if p["spec"]["nodeName"] in nodes]
+
+    def provider_of(self, node: str) -> Any:
+        route = self.routes.get(node)
+        return route.provider if route is not None else None
 
 
 @dataclass

@@ -2,6 +2,9 @@
 
 from vmlet_facade.kube.client import ApiError, KubeClient
 from vmlet_facade.kube.config import KubeConfig
-from vmlet_facade.kube.watching import WatchEvent, list_and_watch
+from vmlet_facade.kube.watching import SYNCED, WatchEvent, WatchEventType, list_and_watch
 
-__all__ = ["ApiError", "KubeClient", "KubeConfig", "WatchEvent", "list_and_watch"]
+__all__ = [
+    "SYNCED", "ApiError", "KubeClient", "KubeConfig", "WatchEvent", "WatchEventType",
+    "list_and_watch",
+]

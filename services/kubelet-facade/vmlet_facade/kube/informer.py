@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
 
 from vmlet_facade.kube.client import KubeClient
-from vmlet_facade.kube.watching import list_and_watch
+from vmlet_facade.kube.objects import Obj
+from vmlet_facade.kube.watching import SYNCED, list_and_watch
 
 __all__ = ["Informer", "key_of", "synced_gate"]
-
-Obj = dict[str, Any]
 
 
 def key_of(obj: Obj) -> str:
@@ -40,7 +38,7 @@ class Informer:
 
     async def run(self) -> None:
         async for event in list_and_watch(self._client, self._path, self._params):
-            if event.type == "RELISTED":
+            if event.type == SYNCED:
                 self.synced.set()
                 continue
             key = key_of(event.object)

@@ -1,5 +1,8 @@
 """List-then-watch that never loses an event: resumes from the last resourceVersion and relists
 after 410 Gone, reporting objects that vanished while it was not watching.
+
+Event types are the watch's own (ADDED, MODIFIED, DELETED; BOOKMARK and ERROR are handled here,
+never yielded) and SYNCED, which this module adds: a (re)list is complete.
 """
 
 from __future__ import annotations
@@ -7,15 +10,21 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, Literal, cast, get_args
 
 import aiohttp
 
 from vmlet_facade.kube.client import ApiError, KubeClient, sleep_backoff
 
-__all__ = ["WatchEvent", "list_and_watch"]
+__all__ = ["SYNCED", "WatchEvent", "WatchEventType", "list_and_watch"]
 
 log = logging.getLogger(__name__)
+
+#: What a ``WatchEvent`` reports: an object added, modified or deleted, or SYNCED.
+WatchEventType = Literal["ADDED", "MODIFIED", "DELETED", "SYNCED"]
+#: The (re)list is complete: the events before it, applied in order, are the collection as listed.
+SYNCED: Final = "SYNCED"
+_CHANGES: Final[frozenset[str]] = frozenset(get_args(WatchEventType)) - {SYNCED}
 
 
 def _slim(obj: dict[str, Any]) -> dict[str, Any]:
@@ -32,9 +41,10 @@ def _skeleton(obj: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class WatchEvent:
-    """ADDED, MODIFIED or DELETED with the object; RELISTED once a (re)list is complete."""
+    """ADDED, MODIFIED or DELETED with the object; SYNCED (with only the list's
+    resourceVersion) once a (re)list is complete."""
 
-    type: str
+    type: WatchEventType
     object: dict[str, Any]
 
 
@@ -45,7 +55,7 @@ async def list_and_watch(
     """Yield every change of the collection at ``path`` forever.
 
     A (re)list yields ADDED for each object, DELETED for each object seen before that is gone
-    (only its metadata's names: callers keep what else they need), then RELISTED. The watch
+    (only its metadata's names: callers keep what else they need), then SYNCED. The watch
     resumes from the last resourceVersion (bookmarks keep it fresh) and relists only after
     410 Gone. ``resource_version`` starts with a watch from there instead of a list.
     """
@@ -66,7 +76,7 @@ async def list_and_watch(
                 known = {o["metadata"]["uid"]: _skeleton(o) for o in items}
                 for obj in items:
                     yield WatchEvent("ADDED", obj)
-                yield WatchEvent("RELISTED", {"metadata": {"resourceVersion": rv}})
+                yield WatchEvent(SYNCED, {"metadata": {"resourceVersion": rv}})
             async for raw in client.stream_watch(path, {**params, "resourceVersion": rv},
                                                  timeout_seconds):
                 kind, obj = raw["type"], raw["object"]
@@ -78,7 +88,10 @@ async def list_and_watch(
                     raise ApiError(int(obj.get("code", 500)), str(obj.get("reason", "")),
                                    str(obj.get("message", "")))
                 rv = obj["metadata"]["resourceVersion"]
-                if kind == "BOOKMARK":
+                if kind not in _CHANGES:  # BOOKMARK: only its resourceVersion counts
+                    if kind != "BOOKMARK":
+                        log.warning("watch event of unknown type %r ignored", kind,
+                                    extra={"path": path})
                     continue
                 obj = _slim(obj)
                 uid = obj["metadata"]["uid"]
@@ -86,7 +99,7 @@ async def list_and_watch(
                     known.pop(uid, None)
                 else:
                     known[uid] = _skeleton(obj)
-                yield WatchEvent(kind, obj)
+                yield WatchEvent(cast(WatchEventType, kind), obj)
             attempt = 0
         except ApiError as err:
             if err.gone:

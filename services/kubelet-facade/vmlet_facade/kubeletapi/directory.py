@@ -2,36 +2,37 @@
 
 The pod controller already follows every pod bound to the facade's nodes and knows which
 provider backs each node; the node controllers know the nodes as the providers describe them.
-The kubelet API reads both through these small protocols (the controllers satisfy them as they
-are), so it needs no watch of its own and never disagrees with them.
+The kubelet API reads both through these small protocols (the controllers implement them), so
+it needs no watch of its own and never disagrees with them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Collection, Mapping, Sequence
+from typing import Protocol
 
 from vmlet.provider.v1 import node_pb2
+from vmlet_facade.kube.objects import Pod
 from vmlet_facade.provider import Provider
 
-__all__ = ["Directory", "NodeIndex", "PodIndex"]
-
-Obj = dict[str, Any]
+__all__ = ["Directory", "NodeIndex", "PodDirectory"]
 
 
-class _Route(Protocol):
-    @property
-    def provider(self) -> Provider: ...
+class PodDirectory(Protocol):
+    """The pods Kubernetes has bound to the facade's nodes, and the provider of each node whose
+    pods are followed (the pod controller)."""
 
+    def pods_named(self, namespace: str, name: str) -> list[Pod]:
+        """Every pod ``namespace/name`` (a deleted one and its successor may both be there)."""
+        ...
 
-class PodIndex(Protocol):
-    """Pods by UID and the provider route of each node (the pod controller)."""
+    def pods_on(self, nodes: Collection[str]) -> list[Pod]:
+        """The pods bound to any of ``nodes``."""
+        ...
 
-    @property
-    def pods(self) -> Mapping[str, Obj]: ...
-
-    @property
-    def routes(self) -> Mapping[str, _Route]: ...
+    def provider_of(self, node: str) -> Provider | None:
+        """The provider backing ``node``, or None when its pods are not followed."""
+        ...
 
 
 class NodeIndex(Protocol):
@@ -47,7 +48,7 @@ class NodeIndex(Protocol):
 class Directory:
     """Lookups over the controllers' state."""
 
-    def __init__(self, pods: PodIndex, nodes: Sequence[NodeIndex]) -> None:
+    def __init__(self, pods: PodDirectory, nodes: Sequence[NodeIndex]) -> None:
         self._pods = pods
         self._nodes = nodes
 
@@ -61,33 +62,31 @@ class Directory:
         return None
 
     def provider_of(self, node: str) -> Provider | None:
-        route = self._pods.routes.get(node)
-        if route is not None:
-            return route.provider
+        provider = self._pods.provider_of(node)
+        if provider is not None:
+            return provider
         for index in self._nodes:
             if node in index.nodes:
                 return index.provider
         return None
 
-    def pod(self, namespace: str, name: str) -> Obj | None:
-        """The pod ``namespace/name`` when it is bound to one of our nodes."""
+    def pod(self, namespace: str, name: str) -> Pod | None:
+        """The pod ``namespace/name`` when it is bound to one of our nodes (the one not being
+        deleted, if another of that name is)."""
         ours = set(self.node_names())
-        found: Obj | None = None
-        for pod in self._pods.pods.values():
-            meta = pod.get("metadata", {})
-            if meta.get("namespace") != namespace or meta.get("name") != name:
-                continue
+        found: Pod | None = None
+        for pod in self._pods.pods_named(namespace, name):
             if pod.get("spec", {}).get("nodeName") not in ours:
                 continue
-            if found is None or not meta.get("deletionTimestamp"):
+            if found is None or not pod["metadata"].get("deletionTimestamp"):
                 found = pod
         return found
 
-    def pods_on(self, nodes: Sequence[str]) -> list[Obj]:
-        wanted = set(nodes)
-        return sorted((p for p in self._pods.pods.values()
-                       if p.get("spec", {}).get("nodeName") in wanted),
-                      key=lambda p: (p["metadata"]["namespace"], p["metadata"]["name"]))
+    def pods_on(self, nodes: Sequence[str]) -> list[Pod]:
+        """The pods bound to ``nodes``, by namespace and name."""
+        return sorted(self._pods.pods_on(set(nodes)),
+                      key=lambda p: (p["metadata"].get("namespace", ""),
+                                     p["metadata"].get("name", "")))
 
     def containers(self, namespace: str, name: str) -> list[str]:
         pod = self.pod(namespace, name)

@@ -22,18 +22,18 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any, Protocol
+from typing import Protocol
 
 import aiohttp
 
 from vmlet.provider.v1 import kubelet_endpoint_service_pb2 as kep
 from vmlet_api.names import SSH_SECRET_ANNOTATION
 from vmlet_facade.kube import ApiError
+from vmlet_facade.kube.objects import Obj, Pod
 from vmlet_facade.kube.paths import InvalidName, api_path, valid_label, valid_name
 
 __all__ = ["DEFAULT_USERNAME", "GuestLoginError", "SecretReader", "guest_credentials"]
 
-Obj = dict[str, Any]
 
 #: The user when the Secret names none.
 DEFAULT_USERNAME = "root"
@@ -61,7 +61,7 @@ def _data(secret: Obj) -> dict[str, bytes]:
     return out
 
 
-async def guest_credentials(client: SecretReader, pod: Obj) -> kep.GuestCredentials | None:
+async def guest_credentials(client: SecretReader, pod: Pod) -> kep.GuestCredentials | None:
     """The login of the pod's SSH Secret; None when the pod names none."""
     meta = pod.get("metadata") or {}
     name = str((meta.get("annotations") or {}).get(SSH_SECRET_ANNOTATION) or "").strip()

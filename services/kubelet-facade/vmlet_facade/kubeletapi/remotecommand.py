@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from vmlet.provider.v1 import kubelet_endpoint_service_pb2 as kep
 from vmlet_contract import ProviderError
+from vmlet_facade.kube.objects import Obj
 from vmlet_facade.kubeletapi import metrics
 from vmlet_facade.kubeletapi.guestlogin import GuestLoginError
 from vmlet_facade.kubeletapi.httpserver import Request
@@ -46,7 +47,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 #: What a kubelet accepts in X-Stream-Protocol-Version, best first.
 SPDY_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io", "v3.channel.k8s.io",

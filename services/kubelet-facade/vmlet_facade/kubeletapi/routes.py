@@ -17,12 +17,13 @@ import contextlib
 import functools
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from vmlet.provider.v1 import pod_pb2
 from vmlet_contract import ProviderError
+from vmlet_facade.kube.objects import Obj, Pod
 from vmlet_facade.kubeletapi import metrics, portforward, remotecommand
 from vmlet_facade.kubeletapi.auth import Authenticator, Authorizer
 from vmlet_facade.kubeletapi.auth import bearer_token as _bearer
@@ -45,7 +46,6 @@ __all__ = ["Router"]
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 _FORWARDED = re.compile(r"^/api/v1/nodes/([^/:]+)(?::\d+)?/proxy(?:/|$)")
 _PHASE_RUNNING = pod_pb2.POD_PHASE_RUNNING
 
@@ -104,7 +104,7 @@ def _spdy_protocol(request: Request, supported: tuple[str, ...]) -> str:
                     [("X-Accept-Stream-Protocol-Version", p) for p in supported])
 
 
-def _pod_list(items: list[Obj]) -> Obj:
+def _pod_list(items: Sequence[Mapping[str, object]]) -> Obj:
     return {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}
 
 
@@ -197,14 +197,14 @@ class Router:
             raise HttpError(503, f"no provider serves node {node} right now")
         return provider
 
-    def _pod(self, namespace: str, name: str) -> tuple[Obj, Provider]:
+    def _pod(self, namespace: str, name: str) -> tuple[Pod, Provider]:
         pod = self.directory.pod(namespace, name)
         if pod is None:
             raise HttpError(404, f"pod does not exist: {namespace}/{name}")
         return pod, self._provider(str(pod["spec"]["nodeName"]))
 
     @staticmethod
-    def _container(pod: Obj, name: str) -> str:
+    def _container(pod: Pod, name: str) -> str:
         names = [c.get("name") for c in pod.get("spec", {}).get("containers", [])]
         if name not in names:
             raise HttpError(404, f"container not found ({name!r})")

@@ -31,7 +31,7 @@ from vmlet_facade.kubeletapi.addressing import local_address
 from vmlet_facade.kubeletapi.admission import Admission, ConnectionLimits, Slot, Stage
 from vmlet_facade.kubeletapi.auth import ApiReviews, Authenticator, Authorizer, Reviews
 from vmlet_facade.kubeletapi.certs import CsrCertificates, FileCertificates, ServingNames
-from vmlet_facade.kubeletapi.directory import Directory, NodeIndex, PodIndex
+from vmlet_facade.kubeletapi.directory import Directory, NodeIndex, PodDirectory
 from vmlet_facade.kubeletapi.httpserver import HttpConnection
 from vmlet_facade.kubeletapi.listener import listen, raise_nofile
 from vmlet_facade.kubeletapi.routes import Router
@@ -65,7 +65,7 @@ class KubeletApiConfig:
 class KubeletApi:
     """Serves the kubelet API of the facade's nodes until cancelled."""
 
-    def __init__(self, config: KubeletApiConfig, client: KubeClient, pods: PodIndex,
+    def __init__(self, config: KubeletApiConfig, client: KubeClient, pods: PodDirectory,
                  nodes: Sequence[NodeIndex], *, reviews: Reviews | None = None) -> None:
         self.config = config
         self.tls = ServerTls()

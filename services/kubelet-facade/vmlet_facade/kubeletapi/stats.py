@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from vmlet.provider.v1 import kubelet_endpoint_service_pb2 as kep
+from vmlet_facade.kube.objects import Obj
 
 __all__ = ["COUNTERS", "CpuCounters", "resource_metrics", "summary"]
 
-Obj = dict[str, Any]
 ContainerNames = Callable[[str, str], list[str]]
 
 _FORGET_AFTER = 600.0  # seconds without a report before a made-up counter is dropped
