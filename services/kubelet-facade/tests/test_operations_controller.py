@@ -198,6 +198,52 @@ async def test_a_migration_to_a_node_not_ready_fails_and_leaves_the_vm_alone(
     assert not kube.writes("DELETE", "/api/v1/namespaces/ns/pods/db")
 
 
+POD_PATH = "/api/v1/namespaces/ns/pods/db"
+
+
+async def test_a_migration_ends_as_its_vm_runs_elsewhere_without_waiting_for_a_poll(
+        kube: FakeKube, provider: FakeProvider, start: Start) -> None:
+    """Issue 17 item 6: migrations were looked at again every second. Now the VM's change (its
+    new pod running on the target) ends the migration at once; only its timeout is a timer."""
+    seed_running_vm(kube)
+    provider.vms["vm-uid"] = vmpb.VirtualMachine(identity="vm-uid")  # the VM the pod ran
+    kube.seed("/api/v1/nodes/node-2", ready_node("node-2"))
+    kube.seed(MIGRATION_PATH, {"metadata": {"name": "m1", "namespace": "ns"},
+                               "spec": {"vmName": "db", "targetNode": "node-2"}})
+    ops = await start()
+    await until(lambda: kube.writes("DELETE", POD_PATH))  # the VM pod leaves node-1
+    assert kube.status(MIGRATION_PATH)["state"] == "Running"
+    assert ops._workers.retry_pending("migration:ns/m1")  # its timeout
+    # The old pod ends; the scheduler binds the VM controller's new pod to node-2; it runs.
+    await kube.delete(POD_PATH, {"gracePeriodSeconds": 0})
+    await until(lambda: (kube.get_obj(POD_PATH) or {}).get("metadata", {}).get("uid")
+                not in (None, "pod-uid"))
+    running = running_vm_pod(VM, "node-2", ip="10.0.0.9")
+    await kube.patch(POD_PATH, {"spec": {"nodeName": "node-2"}})
+    await kube.patch(POD_PATH + "/status", {"status": running["status"]})
+    await until(lambda: kube.status(MIGRATION_PATH).get("state") == "Succeeded")
+    assert kube.status(MIGRATION_PATH)["targetNode"] == "node-2"
+    assert not (kube.get_obj(VM_PATH) or {})["metadata"].get("annotations")
+    await until(lambda: not ops._workers.retry_pending("migration:ns/m1"))  # no timeout left
+
+
+async def test_a_migration_waiting_for_its_vm_starts_when_the_vm_runs(
+        kube: FakeKube, start: Start) -> None:
+    kube.seed(VM_PATH, VM)  # its pod is not there yet: the VM is not Running
+    kube.seed("/api/v1/nodes/node-2", ready_node("node-2"))
+    kube.seed(MIGRATION_PATH, {"metadata": {"name": "m1", "namespace": "ns"},
+                               "spec": {"vmName": "db", "targetNode": "node-2"}})
+    await start()
+    await until(lambda: kube.status(MIGRATION_PATH).get("state") == "Pending"
+                and kube.get_obj(POD_PATH) is not None)
+    assert {c["reason"] for c in kube.status(MIGRATION_PATH)["conditions"]} == {"WaitingForVM"}
+    running = running_vm_pod(VM, "node-1")
+    await kube.patch(POD_PATH, {"spec": {"nodeName": "node-1"}})
+    await kube.patch(POD_PATH + "/status", {"status": running["status"]})
+    await until(lambda: kube.status(MIGRATION_PATH).get("state") == "Running")
+    assert kube.status(MIGRATION_PATH)["sourceNode"] == "node-1"
+
+
 def operation_pod(identity: str = "vm-uid") -> Obj:
     return {"metadata": {"name": "b1-backup-x", "namespace": "ns", "annotations": {
         vmapi.OPERATION_ANNOTATION: "backup", vmapi.TARGET_IDENTITY_ANNOTATION: identity,

@@ -323,3 +323,33 @@ async def test_nothing_is_kept_of_a_pod_once_it_is_gone_from_both_sides(
     await settle()
     assert controller.pods_named("ns", "web") == []
     assert "pod-uid" not in controller._states
+
+
+async def test_a_quantity_vmlet_cannot_read_is_invalid_pod_spec_on_the_pod(
+        kube: FakeKube, provider: FakeProvider, start: Start) -> None:
+    pod = bare_pod()
+    pod["spec"]["containers"][0]["resources"]["limits"]["memory"] = "lots"
+    kube.seed(POD_PATH, pod)
+    await start()
+    await until(lambda: status_writes(kube))
+    waiting = status_writes(kube)[-1]["containerStatuses"][0]["state"]["waiting"]
+    assert waiting["reason"] == "InvalidPodSpec"
+    assert "invalid quantity 'lots'" in waiting["message"]
+    assert not provider.called("create_pod")
+
+
+async def test_a_fault_of_vmlet_is_no_invalid_pod_spec_and_is_retried(
+        kube: FakeKube, provider: FakeProvider, start: Start,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A KeyError raised inside vmlet (here by the provider client) is vmlet's fault: it is
+    logged as an error with its traceback and retried, never blamed on the pod."""
+    provider.fail("create_pod", KeyError("bug"))  # type: ignore[arg-type]
+    kube.seed(POD_PATH, bare_pod())
+    controller = await start()
+    await until(lambda: any(r.levelname == "ERROR" and r.exc_info for r in caplog.records))
+    await settle()
+    assert not status_writes(kube)
+    assert "pod-uid" in fire_retries(controller._sync)
+    await until(lambda: status_writes(kube))
+    assert len(provider.called("create_pod")) == 2
+    assert kube.get_obj(POD_PATH)["status"]["phase"] == "Running"  # type: ignore[index]

@@ -57,7 +57,8 @@ class FacadeConfig:
 
 
 async def _node_loop(nc: NodeController[Provider], pods: PodController[Provider]) -> None:
-    """Register ``nc``'s nodes and keep the pod controller routing to them."""
+    """Register ``nc``'s nodes and keep the pod controller routing to them: to each node as the
+    node controller comes to know it (``NodeController.added``)."""
     runner = asyncio.create_task(nc.run())
     registered = asyncio.create_task(nc.registered.wait())
     await asyncio.wait({runner, registered}, return_when=asyncio.FIRST_COMPLETED)
@@ -66,10 +67,13 @@ async def _node_loop(nc: NodeController[Provider], pods: PodController[Provider]
         await runner
         raise RuntimeError(f"the node controller of {nc.provider.name} ended unregistered")
     await pods.adopt(nc.provider)
-    while not runner.done():
-        for name in list(nc.nodes):
-            pods.add_node(name, Route(nc.provider, functools.partial(nc.address, name)))
-        await asyncio.wait({runner}, timeout=5)
+
+    def route(name: str) -> None:
+        pods.add_node(name, Route(nc.provider, functools.partial(nc.address, name)))
+
+    for name in list(nc.nodes):
+        route(name)
+    nc.added.append(route)  # the later ones (nothing awaited since the loop above: none missed)
     await runner
 
 

@@ -6,10 +6,11 @@ it stops. (Ordinary selector Services over VM pods work without this: VM pods ca
 from __future__ import annotations
 
 import logging
-from typing import Any
 
+from vmlet_api import names
 from vmlet_facade.kube import ApiError, KubeClient
 from vmlet_facade.kube.informer import key_of, synced_gate
+from vmlet_facade.kube.objects import Obj
 from vmlet_facade.kube.paths import api_path
 from vmlet_facade.queueing import SerialWorkers
 from vmlet_facade.virtualmachines import VirtualMachineController
@@ -18,10 +19,6 @@ from vmlet_facade.vmapi import VM_LABEL, owner_ref
 __all__ = ["ExposureController"]
 
 log = logging.getLogger(__name__)
-
-Obj = dict[str, Any]
-MANAGED_BY = "vmlet.io"
-
 
 def _slice_name(vm: Obj) -> str:
     return f"{vm['metadata']['name']}-vmlet"
@@ -59,7 +56,7 @@ class ExposureController:
     async def _apply(self, vm: Obj, ports: list[Obj]) -> None:
         meta = vm["metadata"]
         ns, name = meta["namespace"], meta["name"]
-        owner = [owner_ref(vm, "VirtualMachine")]
+        owner = [owner_ref(vm, names.VIRTUAL_MACHINE.kind)]
         svc_ports = [{"name": p.get("name") or f"p{p['port']}", "port": p["port"],
                       "targetPort": p.get("targetPort", p["port"]),
                       "protocol": p.get("protocol", "TCP")} for p in ports]
@@ -70,7 +67,7 @@ class ExposureController:
             "spec": {"ports": svc_ports},
         })
         status = vm.get("status") or {}
-        ready = status.get("state") == "Running"
+        ready = status.get("state") == names.STATE_RUNNING
         endpoints = [{"addresses": [ip], "conditions": {"ready": ready, "serving": ready,
                                                         "terminating": False},
                       **({"nodeName": status["nodeName"]} if status.get("nodeName") else {})}
@@ -81,7 +78,7 @@ class ExposureController:
                 "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                 "metadata": {"name": slice_name, "namespace": ns, "ownerReferences": owner,
                              "labels": {"kubernetes.io/service-name": name,
-                                        "endpointslice.kubernetes.io/managed-by": MANAGED_BY,
+                                        "endpointslice.kubernetes.io/managed-by": names.MANAGED_BY,
                                         VM_LABEL: name}},
                 "addressType": "IPv4",
                 "endpoints": endpoints,

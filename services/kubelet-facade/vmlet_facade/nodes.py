@@ -16,27 +16,27 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from vmlet.provider.v1 import node_pb2
 from vmlet.provider.v1 import pod_pb2 as pb
+from vmlet_api import names
 from vmlet_contract import ProviderError
 from vmlet_facade.events import EventRecorder
 from vmlet_facade.kube import ApiError, KubeClient
+from vmlet_facade.kube.objects import Obj
 from vmlet_facade.outage import IAAS_UNAVAILABLE, PROVIDER_UNAVAILABLE, Outage
 from vmlet_facade.provider import NodeSource
 from vmlet_facade.queueing import Backoff
 
-__all__ = ["TAINT_KEY", "NodeController", "NodeSettings", "Taint"]
+__all__ = ["NodeController", "NodeSettings", "Taint"]
 
 log = logging.getLogger(__name__)
 
-TAINT_KEY = "virtual-kubelet.io/provider"
 _COND = {pb.CONDITION_STATUS_TRUE: "True", pb.CONDITION_STATUS_FALSE: "False",
          pb.CONDITION_STATUS_UNKNOWN: "Unknown"}
 _PRESSURE = ("MemoryPressure", "DiskPressure", "PIDPressure")
 
-Obj = dict[str, Any]
 N = TypeVar("N", bound=NodeSource)
 
 
@@ -85,6 +85,8 @@ class NodeController(Generic[N]):
         self._on_outage = on_outage
         self._transitions: dict[tuple[str, str], tuple[str, str]] = {}
         self.registered = asyncio.Event()
+        #: Told the name of each node as the controller comes to know it (none twice).
+        self.added: list[Callable[[str], None]] = []
 
     # -- what the Node looks like ------------------------------------------------------------
 
@@ -92,7 +94,7 @@ class NodeController(Generic[N]):
         s = self._settings
         own: list[Obj] = []
         if not s.no_taint:
-            taint = s.taint or Taint(TAINT_KEY, self.provider.name, "NoSchedule")
+            taint = s.taint or Taint(names.PROVIDER_TAINT, self.provider.name, "NoSchedule")
             own.append(taint.as_k8s())
         own += [{"key": t.key, "value": t.value, "effect": t.effect} for t in node.taints]
         return own
@@ -145,11 +147,11 @@ class NodeController(Generic[N]):
             "type": "virtual-kubelet", "kubernetes.io/role": "agent",
             "kubernetes.io/hostname": node.name, "kubernetes.io/os": "linux",
             "kubernetes.io/arch": node.info.architecture or "amd64",
-            "vmlet.io/provider": self.provider.name,
+            names.PROVIDER_LABEL: self.provider.name,
             **self._settings.extra_labels, **dict(node.labels),
         }
         return {"name": node.name, "labels": labels,
-                "annotations": {"vmlet.io/provider-address": getattr(
+                "annotations": {names.PROVIDER_ADDRESS_ANNOTATION: getattr(
                     self.provider, "address", "")}}
 
     def address(self, node_name: str) -> str:
@@ -181,7 +183,7 @@ class NodeController(Generic[N]):
                                     f"Node {node.name} registered by vmlet "
                                     f"(provider {self.provider.name})")
         else:
-            ours = {t["key"] for t in self.taints(node)} | {TAINT_KEY}
+            ours = {t["key"] for t in self.taints(node)} | {names.PROVIDER_TAINT}
             others = [t for t in current.get("spec", {}).get("taints") or []
                       if t["key"] not in ours]
             await self._client.patch(path, {
@@ -190,8 +192,15 @@ class NodeController(Generic[N]):
                          "unschedulable": node.unschedulable},
             })
         self.uids[node.name] = current["metadata"]["uid"]
-        self.nodes[node.name] = node
+        self._remember(node)
         await self.write_status(node.name)
+
+    def _remember(self, node: node_pb2.Node) -> None:
+        new = node.name not in self.nodes
+        self.nodes[node.name] = node
+        if new:
+            for listener in self.added:
+                listener(node.name)
 
     async def write_status(self, name: str) -> None:
         node = self.nodes[name]
@@ -282,7 +291,8 @@ class NodeController(Generic[N]):
                 await self.provider.ping()
                 if not self.healthy:
                     # Back: refresh what may have changed while it was away.
-                    self.nodes.update({n.name: n for n in await self.provider.list_nodes()})
+                    for node in await self.provider.list_nodes():
+                        self._remember(node)
                 await self._set_health(None)
             except ProviderError as err:
                 await self._set_health(await self._diagnose(err))

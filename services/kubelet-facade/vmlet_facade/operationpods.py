@@ -7,12 +7,13 @@ result as the termination message.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from vmlet.provider.v1 import pod_pb2 as pb
+from vmlet_api.names import BACKUP_OPERATION
 from vmlet_contract import ProviderError, is_retryable
+from vmlet_facade.kube.objects import Obj
 from vmlet_facade.provider import VmOperations
 from vmlet_facade.vmapi import (
     OPERATION_ANNOTATION,
@@ -21,8 +22,6 @@ from vmlet_facade.vmapi import (
 )
 
 __all__ = ["operation_of", "refused", "run_operation"]
-
-Obj = dict[str, Any]
 
 
 def operation_of(pod: Obj) -> str | None:
@@ -58,7 +57,7 @@ async def run_operation(pod: Obj, provider: VmOperations) -> pb.PodStatus:
     container = pod["spec"]["containers"][0]["name"]
     operation = operation_of(pod)
     identity = annotations.get(TARGET_IDENTITY_ANNOTATION, "")
-    if operation != "backup" or not identity:
+    if operation != BACKUP_OPERATION or not identity:
         return _ended(container, 2, "UnknownOperation",
                       f"vmlet cannot carry out operation {operation!r} on {identity!r}")
     name = annotations.get(SNAPSHOT_NAME_ANNOTATION) or pod["metadata"]["name"]

@@ -16,12 +16,13 @@ import asyncio
 import datetime as dt
 import logging
 from collections.abc import Callable
-from typing import Any
 
+from vmlet_api import names
 from vmlet_contract import ProviderError, is_retryable
 from vmlet_facade.events import EventRecorder
 from vmlet_facade.kube import ApiError, KubeClient
 from vmlet_facade.kube.informer import Informer, key_of, synced_gate
+from vmlet_facade.kube.objects import Obj
 from vmlet_facade.kube.paths import api_path
 from vmlet_facade.provider import VmOperations
 from vmlet_facade.queueing import SerialWorkers, status_only_change
@@ -45,9 +46,11 @@ __all__ = ["OperationsController"]
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
-BACKUP_LABEL = "vmlet.io/backup"
 PLACEMENT_POLL_SECONDS = 5.0  # a Backup of a VM not yet placed looks again this often
+MIGRATION_RESYNC_SECONDS = 60.0  # unfinished migrations are looked at again this often
+_BACKUPS = names.VIRTUAL_MACHINE_BACKUP.plural
+_RESTORES = names.VIRTUAL_MACHINE_RESTORE.plural
+_MIGRATIONS = names.VIRTUAL_MACHINE_MIGRATION.plural
 
 
 def _age_seconds(stamp: str | None) -> float:
@@ -62,24 +65,24 @@ def backup_job(backup: Obj, vm: Obj, node: str) -> Obj:
     meta = backup["metadata"]
     uid = vm["metadata"]["uid"]
     provider = vm["spec"]["provider"]
-    labels = {BACKUP_LABEL: meta["name"]}
+    labels = {names.BACKUP_LABEL: meta["name"]}
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": f"{meta['name']}-backup", "namespace": meta["namespace"],
-                     "labels": labels, "ownerReferences": [owner_ref(backup,
-                                                                     "VirtualMachineBackup")]},
+                     "labels": labels, "ownerReferences": [owner_ref(
+                         backup, names.VIRTUAL_MACHINE_BACKUP.kind)]},
         "spec": {
             "backoffLimit": 3, "ttlSecondsAfterFinished": 86400,
             "template": {
                 "metadata": {"labels": labels, "annotations": {
-                    OPERATION_ANNOTATION: "backup", TARGET_IDENTITY_ANNOTATION: uid,
+                    OPERATION_ANNOTATION: names.BACKUP_OPERATION, TARGET_IDENTITY_ANNOTATION: uid,
                     SNAPSHOT_NAME_ANNOTATION: f"{meta['namespace']}-{meta['name']}"}},
                 "spec": {
                     "restartPolicy": "Never",
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
-                    "containers": [{"name": "backup", "image": "vmlet.io/operation:backup"}],
-                    "nodeSelector": {"vmlet.io/provider": provider,
+                    "containers": [{"name": "backup", "image": names.BACKUP_IMAGE}],
+                    "nodeSelector": {names.PROVIDER_LABEL: provider,
                                      "kubernetes.io/hostname": node},
                     "tolerations": provider_tolerations(provider),
                 },
@@ -97,15 +100,15 @@ class OperationsController:
         self._providers = providers
         self._events = events
         self._vms = vms
-        self.backups = Informer(client, path("virtualmachinebackups"),
+        self.backups = Informer(client, path(_BACKUPS),
                                 on_change=self._backup_changed)
-        self.restores = Informer(client, path("virtualmachinerestores"),
+        self.restores = Informer(client, path(_RESTORES),
                                  on_change=lambda o, n: self._submit("restore", o, n))
-        self.migrations = Informer(client, path("virtualmachinemigrations"),
+        self.migrations = Informer(client, path(_MIGRATIONS),
                                    on_change=lambda o, n: self._submit("migration", o, n))
-        self.jobs = Informer(client, "/apis/batch/v1/jobs", {"labelSelector": BACKUP_LABEL},
+        self.jobs = Informer(client, "/apis/batch/v1/jobs", {"labelSelector": names.BACKUP_LABEL},
                              on_change=self._job_changed)
-        self.job_pods = Informer(client, "/api/v1/pods", {"labelSelector": BACKUP_LABEL},
+        self.job_pods = Informer(client, "/api/v1/pods", {"labelSelector": names.BACKUP_LABEL},
                                  on_change=self._job_changed)
         self.nodes = Informer(client, "/api/v1/nodes")
         self._workers = SerialWorkers(
@@ -113,22 +116,37 @@ class OperationsController:
             ready=synced_gate(self.backups, self.restores, self.migrations, self.jobs,
                               self.job_pods, self.nodes, vms.vms, vms.pods))
         self.migration_timeout = 600.0
+        vms.changes.append(self._vm_changed)
 
     async def run(self) -> None:
         await asyncio.gather(self.backups.run(), self.restores.run(), self.migrations.run(),
                              self.jobs.run(), self.job_pods.run(), self.nodes.run(),
-                             self._follow_vms())
+                             self._resync_migrations())
 
     async def stop(self) -> None:
         await self._workers.stop()
 
-    async def _follow_vms(self) -> None:
-        # Migrations finish when the VM's new pod runs: look again whenever VMs change.
+    def _vm_changed(self, old: Obj | None, new: Obj | None) -> None:
+        """A migration waits for its VM (Running to start; on another node to end): look at the
+        VM's unfinished migrations whenever the VM changes."""
+        vm = new or old
+        if vm is None:
+            return
+        ns, name = vm["metadata"]["namespace"], vm["metadata"]["name"]
+        for mig in self.migrations.values():
+            if mig["metadata"]["namespace"] == ns and mig["spec"].get("vmName") == name:
+                self._submit_unfinished(mig)
+
+    def _submit_unfinished(self, mig: Obj) -> None:
+        if (mig.get("status") or {}).get("state") not in names.OPERATION_ENDED:
+            self._workers.submit(f"migration:{key_of(mig)}", wake=False)
+
+    async def _resync_migrations(self) -> None:
+        """A safety net only: migrations follow their VM's changes (``_vm_changed``)."""
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(MIGRATION_RESYNC_SECONDS)
             for mig in self.migrations.values():
-                if (mig.get("status") or {}).get("state") in (None, "Pending", "Running"):
-                    self._workers.submit(f"migration:{key_of(mig)}", wake=False)
+                self._submit_unfinished(mig)
 
     def _submit(self, kind: str, old: Obj | None, new: Obj | None) -> None:
         obj = new or old
@@ -150,7 +168,7 @@ class OperationsController:
         obj = new or old
         if obj is None:
             return
-        name = obj["metadata"].get("labels", {}).get(BACKUP_LABEL)
+        name = obj["metadata"].get("labels", {}).get(names.BACKUP_LABEL)
         if name:
             self._workers.submit(f"backup:{obj['metadata']['namespace']}/{name}")
 
@@ -180,10 +198,11 @@ class OperationsController:
         generation = int(obj["metadata"].get("generation", 1))
         state = status.get("state", old.get("state"))
         conditions = set_condition(
-            old.get("conditions") or [], "Complete",
-            "True" if state == "Succeeded" else "False", reason, message, generation)
-        if state == "Failed":
-            conditions = set_condition(conditions, "Failed", "True", reason, message, generation)
+            old.get("conditions") or [], names.CONDITION_COMPLETE,
+            "True" if state == names.STATE_SUCCEEDED else "False", reason, message, generation)
+        if state == names.STATE_FAILED:
+            conditions = set_condition(conditions, names.CONDITION_FAILED, "True", reason, message,
+                                       generation)
         new = {**old, **status, "conditions": conditions, "observedGeneration": generation}
         if new == old:
             return
@@ -191,28 +210,29 @@ class OperationsController:
         await self._client.patch(path(plural, meta["namespace"], meta["name"], "status"),
                                  {"status": new})
         if old.get("state") != state:
-            await self._events.emit(obj, reason, message, warning=state == "Failed")
+            await self._events.emit(obj, reason, message, warning=state == names.STATE_FAILED)
 
     # -- backups -----------------------------------------------------------------------------
 
     async def _backup(self, ref: str) -> None:
         backup = self.backups.get(ref)
-        if backup is None or (backup.get("status") or {}).get("state") in ("Succeeded",
-                                                                           "Failed"):
+        if backup is None or (backup.get("status") or {}).get("state") in names.OPERATION_ENDED:
             return
         ns = backup["metadata"]["namespace"]
         vm = self._vms.vms.get(f"{ns}/{backup['spec']['vmName']}")
         if vm is None:
-            await self._status("virtualmachinebackups", backup, {"state": "Failed"},
-                               "VMNotFound", f"no VirtualMachine {backup['spec']['vmName']}")
+            await self._status(_BACKUPS, backup, {"state": names.STATE_FAILED},
+                               names.REASON_VM_NOT_FOUND,
+                               f"no VirtualMachine {backup['spec']['vmName']}")
             return
         job_name = f"{backup['metadata']['name']}-backup"
         job = self.jobs.get(f"{ns}/{job_name}")
         if job is None:
             node = self._vm_node(vm)
             if not node:
-                await self._status("virtualmachinebackups", backup, {"state": "Pending"},
-                                   "VMNotPlaced", f"VirtualMachine {vm['metadata']['name']} "
+                await self._status(_BACKUPS, backup, {"state": names.STATE_PENDING},
+                                   names.REASON_VM_NOT_PLACED,
+                                   f"VirtualMachine {vm['metadata']['name']} "
                                    "has not been placed on a node yet")
                 self._workers.submit_after(f"backup:{ref}", PLACEMENT_POLL_SECONDS)
                 return
@@ -223,10 +243,11 @@ class OperationsController:
                 if not err.conflict:
                     raise
                 return
-            await self._status("virtualmachinebackups", backup, {
-                "state": "Pending", "jobName": job_name, "identity": vm["metadata"]["uid"],
+            await self._status(_BACKUPS, backup, {
+                "state": names.STATE_PENDING, "jobName": job_name,
+                "identity": vm["metadata"]["uid"],
                 "snapshotName": f"{ns}-{backup['metadata']['name']}"},
-                "JobCreated", f"job {job_name} takes the backup on the VM's node")
+                names.REASON_JOB_CREATED, f"job {job_name} takes the backup on the VM's node")
             await self._events.emit(vm, "BackingUp", f"backup {backup['metadata']['name']} "
                                      f"started (job {job_name})")
             return
@@ -239,27 +260,27 @@ class OperationsController:
             snapshot = self._snapshot_of(ns, backup["metadata"]["name"])
             if not snapshot:
                 return  # the pod that says which snapshot is not in the cache yet
-            status.update(state="Succeeded", snapshotID=snapshot,
+            status.update(state=names.STATE_SUCCEEDED, snapshotID=snapshot,
                           completionTime=js.get("completionTime") or now())
-            await self._status("virtualmachinebackups", backup, status, "BackupSucceeded",
+            await self._status(_BACKUPS, backup, status, names.REASON_BACKUP_SUCCEEDED,
                                f"snapshot {snapshot} taken")
             await self._events.emit(vm, "BackedUp",
                                     f"backup {backup['metadata']['name']}: snapshot {snapshot}")
         elif "Failed" in conds:
-            status.update(state="Failed", completionTime=now())
-            await self._status("virtualmachinebackups", backup, status,
-                               conds["Failed"].get("reason", "JobFailed"),
+            status.update(state=names.STATE_FAILED, completionTime=now())
+            await self._status(_BACKUPS, backup, status,
+                               conds["Failed"].get("reason", names.REASON_JOB_FAILED),
                                conds["Failed"].get("message", "the backup job failed"))
         elif js.get("active"):
             unbound = self._unbound_job_pod(ns, backup["metadata"]["name"])
             if unbound is not None:
-                status["state"] = "Pending"
-                await self._status("virtualmachinebackups", backup, status, "JobPodPending",
+                status["state"] = names.STATE_PENDING
+                await self._status(_BACKUPS, backup, status, names.REASON_JOB_POD_PENDING,
                                    f"job {job_name}'s pod is not on the VM's node yet: "
                                    f"{unbound or 'waiting for the scheduler'}")
                 return
-            status["state"] = "Running"
-            await self._status("virtualmachinebackups", backup, status, "JobRunning",
+            status["state"] = names.STATE_RUNNING
+            await self._status(_BACKUPS, backup, status, names.REASON_JOB_RUNNING,
                                f"job {job_name} is running")
 
     def _vm_node(self, vm: Obj) -> str:
@@ -276,7 +297,8 @@ class OperationsController:
         it said nothing); None when every live one is bound (or none is known yet)."""
         for pod in self.job_pods.values():
             meta = pod["metadata"]
-            if meta["namespace"] != ns or (meta.get("labels") or {}).get(BACKUP_LABEL) != backup \
+            labels = meta.get("labels") or {}
+            if meta["namespace"] != ns or labels.get(names.BACKUP_LABEL) != backup \
                     or meta.get("deletionTimestamp") or pod["spec"].get("nodeName"):
                 continue
             if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
@@ -290,7 +312,7 @@ class OperationsController:
     def _snapshot_of(self, ns: str, backup: str) -> str:
         for pod in self.job_pods.values():
             meta = pod["metadata"]
-            if meta["namespace"] != ns or meta.get("labels", {}).get(BACKUP_LABEL) != backup:
+            if meta["namespace"] != ns or meta.get("labels", {}).get(names.BACKUP_LABEL) != backup:
                 continue
             for cs in pod.get("status", {}).get("containerStatuses") or []:
                 term = cs.get("state", {}).get("terminated") or {}
@@ -302,42 +324,42 @@ class OperationsController:
 
     async def _restore(self, ref: str) -> None:
         restore = self.restores.get(ref)
-        if restore is None or (restore.get("status") or {}).get("state") in ("Succeeded",
-                                                                             "Failed"):
+        if restore is None or (restore.get("status") or {}).get("state") in names.OPERATION_ENDED:
             return
         ns = restore["metadata"]["namespace"]
         backup = self.backups.get(f"{ns}/{restore['spec']['backupName']}")
         bstatus = (backup or {}).get("status") or {}
-        if backup is None or bstatus.get("state") == "Failed":
-            await self._status("virtualmachinerestores", restore, {"state": "Failed"},
-                               "BackupNotUsable",
+        if backup is None or bstatus.get("state") == names.STATE_FAILED:
+            await self._status(_RESTORES, restore, {"state": names.STATE_FAILED},
+                               names.REASON_BACKUP_NOT_USABLE,
                                f"backup {restore['spec']['backupName']} is missing or failed")
             return
-        if bstatus.get("state") != "Succeeded":
-            await self._status("virtualmachinerestores", restore, {"state": "Pending"},
-                               "WaitingForBackup", "the backup has not completed yet")
+        if bstatus.get("state") != names.STATE_SUCCEEDED:
+            await self._status(_RESTORES, restore, {"state": names.STATE_PENDING},
+                               names.REASON_WAITING_FOR_BACKUP, "the backup has not completed yet")
             return
         vm = self._vms.vms.get(f"{ns}/{backup['spec']['vmName']}")
         provider = self._providers(vm["spec"]["provider"]) if vm else None
         if vm is None or provider is None:
-            await self._status("virtualmachinerestores", restore, {"state": "Failed"},
-                               "VMNotFound", "the backup's VirtualMachine or provider is gone")
+            await self._status(_RESTORES, restore, {"state": names.STATE_FAILED},
+                               names.REASON_VM_NOT_FOUND,
+                               "the backup's VirtualMachine or provider is gone")
             return
         started = (restore.get("status") or {}).get("startTime") or now()  # kept on a retry
-        await self._status("virtualmachinerestores", restore, {
-            "state": "Running", "startTime": started, "vmName": vm["metadata"]["name"],
+        await self._status(_RESTORES, restore, {
+            "state": names.STATE_RUNNING, "startTime": started, "vmName": vm["metadata"]["name"],
             "snapshotID": bstatus["snapshotID"]},
-            "Restoring", f"reverting the VM to snapshot {bstatus['snapshotID']}")
+            names.REASON_RESTORING, f"reverting the VM to snapshot {bstatus['snapshotID']}")
         try:
             await provider.revert_to_snapshot(bstatus["identity"], bstatus["snapshotID"], ns)
         except ProviderError as err:
             if is_retryable(err.code):
                 raise
-            await self._status("virtualmachinerestores", restore, {
-                "state": "Failed", "completionTime": now()}, err.reason, err.message)
+            await self._status(_RESTORES, restore, {
+                "state": names.STATE_FAILED, "completionTime": now()}, err.reason, err.message)
             return
-        await self._status("virtualmachinerestores", restore, {
-            "state": "Succeeded", "completionTime": now()}, "Restored",
+        await self._status(_RESTORES, restore, {
+            "state": names.STATE_SUCCEEDED, "completionTime": now()}, names.REASON_RESTORED,
             f"the VM is back to snapshot {bstatus['snapshotID']}")
         await self._events.emit(vm, "Restored",
                                 f"restored from backup {backup['metadata']['name']}")
@@ -346,48 +368,50 @@ class OperationsController:
 
     async def _migration(self, ref: str) -> None:
         mig = self.migrations.get(ref)
-        if mig is None:
-            return
-        status = mig.get("status") or {}
-        if status.get("state") in ("Succeeded", "Failed"):
+        status = (mig or {}).get("status") or {}
+        if mig is None or status.get("state") in names.OPERATION_ENDED:
+            self._workers.cancel_retry(f"migration:{ref}")  # its timeout: nothing left to time
             return
         ns = mig["metadata"]["namespace"]
         vm = self._vms.vms.get(f"{ns}/{mig['spec']['vmName']}")
         if vm is None:
-            await self._status("virtualmachinemigrations", mig, {"state": "Failed"},
-                               "VMNotFound", f"no VirtualMachine {mig['spec']['vmName']}")
+            await self._status(_MIGRATIONS, mig, {"state": names.STATE_FAILED},
+                               names.REASON_VM_NOT_FOUND,
+                               f"no VirtualMachine {mig['spec']['vmName']}")
             return
         annotations = vm["metadata"].get("annotations") or {}
-        vm_path = path("virtualmachines", ns, vm["metadata"]["name"])
+        vm_path = path(names.VIRTUAL_MACHINE.plural, ns, vm["metadata"]["name"])
         name = mig["metadata"]["name"]
-        if not status.get("state") or status.get("state") == "Pending":
+        if not status.get("state") or status.get("state") == names.STATE_PENDING:
             source = (vm.get("status") or {}).get("nodeName")
-            if (vm.get("status") or {}).get("state") != "Running" or not source:
-                await self._status("virtualmachinemigrations", mig, {"state": "Pending"},
-                                   "WaitingForVM", "the VM must be Running to migrate")
+            if (vm.get("status") or {}).get("state") != names.STATE_RUNNING or not source:
+                await self._status(_MIGRATIONS, mig, {"state": names.STATE_PENDING},
+                                   names.REASON_WAITING_FOR_VM, "the VM must be Running to migrate")
                 return
             if annotations.get(MIGRATION_ANNOTATION) not in (None, name):
-                await self._status("virtualmachinemigrations", mig, {"state": "Pending"},
-                                   "AnotherMigration", "another migration of the VM runs")
+                await self._status(_MIGRATIONS, mig, {"state": names.STATE_PENDING},
+                                   names.REASON_ANOTHER_MIGRATION,
+                                   "another migration of the VM runs")
                 return
             target = mig["spec"].get("targetNode", "")
             if target and not self._schedulable(target):
-                await self._status("virtualmachinemigrations", mig, {
-                    "state": "Failed", "sourceNode": source, "targetNode": target},
-                    "TargetNotReady", f"node {target} does not exist or is not Ready and "
-                    "schedulable: the VM stays where it is")
+                await self._status(_MIGRATIONS, mig, {
+                    "state": names.STATE_FAILED, "sourceNode": source, "targetNode": target},
+                    names.REASON_TARGET_NOT_READY,
+                    f"node {target} does not exist or is not Ready and schedulable: the VM stays "
+                    "where it is")
                 return
             if target == source:
-                await self._status("virtualmachinemigrations", mig, {
-                    "state": "Failed", "sourceNode": source, "targetNode": target},
-                    "SameNode", f"the VM already runs on {source}")
+                await self._status(_MIGRATIONS, mig, {
+                    "state": names.STATE_FAILED, "sourceNode": source, "targetNode": target},
+                    names.REASON_SAME_NODE, f"the VM already runs on {source}")
                 return
             await self._client.patch(vm_path, {"metadata": {"annotations": {
                 MIGRATION_ANNOTATION: name, MIGRATION_SOURCE_ANNOTATION: source,
                 MIGRATION_TARGET_ANNOTATION: target}}})
-            await self._status("virtualmachinemigrations", mig, {
-                "state": "Running", "sourceNode": source, "targetNode": target,
-                "startTime": now()}, "Migrating",
+            await self._status(_MIGRATIONS, mig, {
+                "state": names.STATE_RUNNING, "sourceNode": source, "targetNode": target,
+                "startTime": now()}, names.REASON_MIGRATING,
                 f"moving the VM from {source} to {target or 'another node'}")
             return
         vstatus = vm.get("status") or {}
@@ -398,8 +422,8 @@ class OperationsController:
             await self._client.patch(vm_path, {"metadata": {"annotations": {
                 MIGRATION_ANNOTATION: None, MIGRATION_SOURCE_ANNOTATION: None,
                 MIGRATION_TARGET_ANNOTATION: None}}})
-            await self._status("virtualmachinemigrations", mig, {
-                "state": "Failed", "completionTime": now()}, "VMStopped",
+            await self._status(_MIGRATIONS, mig, {
+                "state": names.STATE_FAILED, "completionTime": now()}, names.REASON_VM_STOPPED,
                 f"the VM was stopped before it moved; it stays on {status.get('sourceNode')}")
             return
         if _age_seconds(status.get("startTime")) > self.migration_timeout:
@@ -407,17 +431,23 @@ class OperationsController:
             await self._client.patch(vm_path, {"metadata": {"annotations": {
                 MIGRATION_ANNOTATION: None, MIGRATION_SOURCE_ANNOTATION: None,
                 MIGRATION_TARGET_ANNOTATION: None}}})
-            await self._status("virtualmachinemigrations", mig, {
-                "state": "Failed", "completionTime": now()}, "MigrationTimedOut",
+            await self._status(_MIGRATIONS, mig, {
+                "state": names.STATE_FAILED, "completionTime": now()},
+                names.REASON_MIGRATION_TIMED_OUT,
                 f"the VM did not run elsewhere within {self.migration_timeout:.0f}s; it is "
                 "scheduled as usual again")
             return
-        if vstatus.get("state") == "Running" and node and node != status.get("sourceNode"):
+        if vstatus.get("state") == names.STATE_RUNNING and node \
+                and node != status.get("sourceNode"):
             await self._client.patch(vm_path, {"metadata": {"annotations": {
                 MIGRATION_ANNOTATION: None, MIGRATION_SOURCE_ANNOTATION: None,
                 MIGRATION_TARGET_ANNOTATION: None}}})
-            await self._status("virtualmachinemigrations", mig, {
-                "state": "Succeeded", "targetNode": node, "completionTime": now()},
-                "Migrated", f"the VM moved from {status.get('sourceNode')} to {node}")
+            await self._status(_MIGRATIONS, mig, {
+                "state": names.STATE_SUCCEEDED, "targetNode": node, "completionTime": now()},
+                names.REASON_MIGRATED, f"the VM moved from {status.get('sourceNode')} to {node}")
             await self._events.emit(vm, "Migrated",
                                     f"moved from {status.get('sourceNode')} to {node}")
+            return
+        # Still moving: the VM's changes bring it back; its timeout, if nothing else does.
+        self._workers.submit_after(f"migration:{ref}", max(
+            0.0, self.migration_timeout - _age_seconds(status.get("startTime"))) + 1.0)

@@ -29,10 +29,11 @@ from vmlet_facade.kube import SYNCED, ApiError, KubeClient, list_and_watch
 from vmlet_facade.kube.objects import Obj, Pod, VirtualMachine
 from vmlet_facade.operationpods import operation_of, refused, run_operation
 from vmlet_facade.outage import Outage, during
-from vmlet_facade.ownership import Ownership, derive
+from vmlet_facade.ownership import Ownership, derive, keeps_vm
 from vmlet_facade.podconvert import spec_fingerprint, status_to_k8s, to_provider_pod
 from vmlet_facade.podstate import PodState
 from vmlet_facade.provider import PodHost
+from vmlet_facade.quantity import InvalidQuantity
 from vmlet_facade.queueing import Backoff, SerialWorkers
 from vmlet_facade.references import MissingReference, Resolved, Resolver
 from vmlet_facade.vmapi import TARGET_IDENTITY_ANNOTATION, path
@@ -224,9 +225,8 @@ class PodController(Generic[P]):
             if adopted is None or adopted.node_name != node or state.pod is not None:
                 continue
             state.adopted, pod = None, adopted
-            # A bare pod's VM has the pod's UID as identity; any other is a VirtualMachine's
-            # (also when the provider recorded no keep: a VM made before it recorded one).
-            if pod.keep_on_delete or pod.identity != uid:
+            # Also a VM whose provider recorded no keep (made before it recorded one).
+            if keeps_vm(pod.identity, uid, recorded=pod.keep_on_delete):
                 kept = pb.Pod()
                 kept.CopyFrom(pod)
                 kept.keep_on_delete = True
@@ -276,11 +276,12 @@ class PodController(Generic[P]):
             if not err.not_found:
                 log.warning("pod %s: %s", uid, err)
                 self._retry(uid)
-        except (ValueError, KeyError, TypeError) as err:
-            # A pod the facade cannot read (a quantity or reference it does not understand):
-            # say so on the pod instead of failing silently, and look again later.
-            log.exception("pod %s/%s cannot be handled", *_key(pod))
-            message = f"vmlet cannot handle this pod: {type(err).__name__}: {err}"
+        except InvalidQuantity as err:
+            # A pod the facade cannot read (a quantity the apiserver took and vmlet does not):
+            # say so on the pod, and look again later. Anything else raised here is a fault of
+            # vmlet: it reaches SerialWorkers, which logs it with its traceback and retries.
+            log.warning("pod %s/%s cannot be handled: %s", *_key(pod), err)
+            message = f"vmlet cannot handle this pod: {err}"
             await self._events.emit(pod, "ProviderCreateFailed", message, warning=True)
             self._set_status(uid, _waiting("InvalidPodSpec", message))
             self._retry(uid, permanent=True)

@@ -13,23 +13,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
 
+from vmlet_api.names import PROVISIONER_SUFFIX
 from vmlet_contract import ProviderError
 from vmlet_facade.events import EventRecorder
 from vmlet_facade.kube import ApiError, KubeClient
 from vmlet_facade.kube.informer import Informer, key_of, synced_gate
+from vmlet_facade.kube.objects import Obj
 from vmlet_facade.kube.paths import api_path
 from vmlet_facade.provider import Disks
 from vmlet_facade.quantity import memory_bytes
 from vmlet_facade.queueing import Backoff, SerialWorkers
 
-__all__ = ["PROVISIONER_SUFFIX", "Provisioner", "provider_of_driver"]
+__all__ = ["Provisioner", "provider_of_driver"]
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
-PROVISIONER_SUFFIX = ".vmlet.io"
 PROVISIONED_BY = "pv.kubernetes.io/provisioned-by"
 SUPPORTED_MODES = {"ReadWriteOnce", "ReadWriteOncePod"}
 

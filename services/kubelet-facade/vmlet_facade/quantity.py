@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 
-__all__ = ["cpu_millis", "memory_bytes", "parse_quantity"]
+__all__ = ["InvalidQuantity", "cpu_millis", "memory_bytes", "parse_quantity"]
 
 _SUFFIXES: dict[str, int | Decimal] = {
     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
@@ -13,8 +13,13 @@ _SUFFIXES: dict[str, int | Decimal] = {
 }
 
 
+class InvalidQuantity(ValueError):
+    """A quantity the facade cannot read: a fault of the object that carries it, not of vmlet."""
+
+
 def parse_quantity(text: str | int | float) -> Decimal:
-    """Parse a quantity such as ``500m``, ``2``, ``1.5Gi`` or ``1e3``; ValueError when invalid."""
+    """Parse a quantity such as ``500m``, ``2``, ``1.5Gi`` or ``1e3``; InvalidQuantity when
+    invalid."""
     s = str(text).strip()
     for suffix in sorted(_SUFFIXES, key=len, reverse=True):
         if suffix and s.endswith(suffix):
@@ -25,9 +30,9 @@ def parse_quantity(text: str | int | float) -> Decimal:
     try:
         value = Decimal(number) * Decimal(mult)
     except InvalidOperation:
-        raise ValueError(f"invalid quantity {text!r}") from None
+        raise InvalidQuantity(f"invalid quantity {text!r}") from None
     if value < 0 or not value.is_finite():
-        raise ValueError(f"invalid quantity {text!r}")
+        raise InvalidQuantity(f"invalid quantity {text!r}")
     return value
 
 

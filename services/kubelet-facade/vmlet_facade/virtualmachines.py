@@ -18,11 +18,13 @@ from typing import Any
 
 import grpc
 
+from vmlet_api import names
 from vmlet_contract import ProviderError
 from vmlet_facade.events import EventRecorder
 from vmlet_facade.kube import ApiError, KubeClient
 from vmlet_facade.kube.client import PATCH_JSON, PATCH_STRATEGIC
 from vmlet_facade.kube.informer import Informer, key_of, synced_gate
+from vmlet_facade.kube.objects import Obj
 from vmlet_facade.ownership import claimed_vm, vm_pod_name
 from vmlet_facade.provider import VmOperations
 from vmlet_facade.quantity import cpu_millis, memory_bytes
@@ -43,9 +45,9 @@ __all__ = ["VirtualMachineController"]
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 _EXPECT_SECONDS = 30.0
-LOST_CONDITION = "VMLost"  # True: the VM this VirtualMachine had is gone from the IaaS
+
+
 def _size_differs(vm: Obj, pod: Obj) -> bool:
     limits = pod["spec"]["containers"][0].get("resources", {}).get("limits", {})
     spec = vm["spec"]
@@ -64,13 +66,15 @@ class VirtualMachineController:
         self._client = client
         self._providers = providers
         self._events = events
-        self.vms = Informer(client, path("virtualmachines"), on_change=self._vm_changed)
+        self.vms = Informer(client, path(names.VIRTUAL_MACHINE.plural), on_change=self._vm_changed)
         self.pods = Informer(client, "/api/v1/pods", {"labelSelector": VM_UID_LABEL},
                              on_change=self._pod_changed)
         self._workers = SerialWorkers(self._reconcile, ready=synced_gate(self.vms, self.pods),
                                       concurrency=16, name="vm")
         self._expect: dict[str, float] = {}  # VM UID -> until when a created pod is expected
         self.listeners: list[Callable[[Obj], None]] = []  # told of every VM after a reconcile
+        #: Told ``(old, new)`` of every change the VM watch brings, as it comes.
+        self.changes: list[Callable[[Obj | None, Obj | None], None]] = []
 
     async def run(self) -> None:
         await asyncio.gather(self.vms.run(), self.pods.run())
@@ -81,13 +85,15 @@ class VirtualMachineController:
     def _vm_changed(self, old: Obj | None, new: Obj | None) -> None:
         # Its own status write (DestroyPending, a failure) does not cut a back-off short.
         self._workers.submit(key_of(new or old or {}), wake=not status_only_change(old, new))
+        for follower in self.changes:
+            follower(old, new)
 
     def _pod_changed(self, old: Obj | None, new: Obj | None) -> None:
         pod = new or old
         if pod is None:
             return
         self._expect.pop(pod["metadata"]["labels"].get(VM_UID_LABEL, ""), None)
-        name = pod["metadata"]["labels"].get("vmlet.io/vm")
+        name = pod["metadata"]["labels"].get(names.VM_LABEL)
         if name:
             self._workers.submit(f"{pod['metadata']['namespace']}/{name}")
 
@@ -182,7 +188,7 @@ class VirtualMachineController:
                     for v in pod["spec"].get("volumes") or [] if "persistentVolumeClaim" in v}
             if used & claims:
                 return (f"claim {sorted(used & claims)[0]} is in use by VirtualMachine "
-                        f"{meta['labels'].get('vmlet.io/vm')}")
+                        f"{meta['labels'].get(names.VM_LABEL)}")
         return ""
 
     async def _resize(self, vm: Obj, pod: Obj) -> None:
@@ -233,7 +239,7 @@ class VirtualMachineController:
             try:
                 await provider.delete_vm(uid, vm["metadata"]["namespace"])
             except ProviderError as err:
-                await self._report(vm, "Stopping", "DestroyPending",
+                await self._report(vm, names.STATE_STOPPING, names.REASON_DESTROY_PENDING,
                                    f"destroying the VM waits for provider {name}: {err.message}")
                 raise
             await self._events.emit(vm, "Destroyed", "the VM was destroyed in the IaaS")
@@ -241,7 +247,8 @@ class VirtualMachineController:
         if FINALIZER in finalizers:
             index = finalizers.index(FINALIZER)
             await self._client.patch(
-                path("virtualmachines", vm["metadata"]["namespace"], vm["metadata"]["name"]),
+                path(names.VIRTUAL_MACHINE.plural, vm["metadata"]["namespace"],
+                     vm["metadata"]["name"]),
                 [{"op": "test", "path": f"/metadata/finalizers/{index}", "value": FINALIZER},
                  {"op": "remove", "path": f"/metadata/finalizers/{index}"}], PATCH_JSON)
 
@@ -251,7 +258,7 @@ class VirtualMachineController:
         decides (delete the VirtualMachine, or create it anew). A VirtualMachine that never had
         a VM (no providerID yet) gets its first one."""
         status = vm.get("status") or {}
-        lost = any(c.get("type") == LOST_CONDITION and c.get("status") == "True"
+        lost = any(c.get("type") == names.CONDITION_VM_LOST and c.get("status") == "True"
                    for c in status.get("conditions") or [])
         provider = self._providers(vm["spec"]["provider"])
         if not (status.get("providerID") or lost) or provider is None:
@@ -262,8 +269,8 @@ class VirtualMachineController:
             if lost:  # back (restored in the IaaS): say so, and let it start
                 old = vm.get("status") or {}
                 await self._patch_status(vm, {"conditions": set_condition(
-                    old.get("conditions") or [], LOST_CONDITION, "False", "VMFound",
-                    f"the VM of identity {uid} is in the IaaS again",
+                    old.get("conditions") or [], names.CONDITION_VM_LOST, "False",
+                    names.REASON_VM_FOUND, f"the VM of identity {uid} is in the IaaS again",
                     int(vm["metadata"].get("generation", 1)))})
             return False
         except ProviderError as err:
@@ -273,8 +280,8 @@ class VirtualMachineController:
                    f"gone from provider {vm['spec']['provider']}: vmlet does not make a new one "
                    "on its own; delete the VirtualMachine (and create it again for a new VM)")
         if not lost:
-            await self._events.emit(vm, "VMLost", message, warning=True)
-        await self._report(vm, "Failed", "VMLost", message, lost=True)
+            await self._events.emit(vm, names.REASON_VM_LOST, message, warning=True)
+        await self._report(vm, names.STATE_FAILED, names.REASON_VM_LOST, message, lost=True)
         self._workers.submit_after(key_of(vm), 60.0)  # it may come back (an IaaS restore)
         return True
 
@@ -295,8 +302,8 @@ class VirtualMachineController:
             return
         message = (f"pod {name} exists and does not belong to this VirtualMachine: the VM pod "
                    "cannot be made until it is gone")
-        await self._events.emit(vm, "PodNameTaken", message, warning=True)
-        await self._report(vm, "Failed", "PodNameTaken", message)
+        await self._events.emit(vm, names.REASON_POD_NAME_TAKEN, message, warning=True)
+        await self._report(vm, names.STATE_FAILED, names.REASON_POD_NAME_TAKEN, message)
         self._workers.submit_after(key_of(vm), 30.0)
 
     async def _report(self, vm: Obj, state: str, reason: str, message: str,
@@ -304,11 +311,12 @@ class VirtualMachineController:
         """Write ``state`` with ``reason`` into the status (Ready False, Failure True)."""
         old = vm.get("status") or {}
         generation = int(vm["metadata"].get("generation", 1))
-        conditions = set_condition(old.get("conditions") or [], "Ready", "False", reason,
-                                   message, generation)
-        conditions = set_condition(conditions, "Failure", "True", reason, message, generation)
+        conditions = set_condition(old.get("conditions") or [], names.CONDITION_READY, "False",
+                                   reason, message, generation)
+        conditions = set_condition(conditions, names.CONDITION_FAILURE, "True", reason, message,
+                                   generation)
         if lost:
-            conditions = set_condition(conditions, LOST_CONDITION, "True", reason, message,
+            conditions = set_condition(conditions, names.CONDITION_VM_LOST, "True", reason, message,
                                        generation)
         if old.get("state") == state and _same_conditions(old.get("conditions") or [],
                                                           conditions):
@@ -319,13 +327,13 @@ class VirtualMachineController:
     async def _patch_status(self, vm: Obj, status: Obj) -> None:
         meta = vm["metadata"]
         await self._client.patch(
-            path("virtualmachines", meta["namespace"], meta["name"], "status"),
+            path(names.VIRTUAL_MACHINE.plural, meta["namespace"], meta["name"], "status"),
             {"status": status})
 
     async def _patch(self, vm: Obj, body: Obj) -> Obj:
         meta = vm["metadata"]
-        return await self._client.patch(path("virtualmachines", meta["namespace"], meta["name"]),
-                                        body)
+        return await self._client.patch(
+            path(names.VIRTUAL_MACHINE.plural, meta["namespace"], meta["name"]), body)
 
     # -- status ------------------------------------------------------------------------------
 
@@ -337,23 +345,26 @@ class VirtualMachineController:
     async def _write_status(self, vm: Obj, deleting: bool = False, blocked: str = "",
                             invalid: str = "") -> None:
         state, reason, message, pod = self._observe(vm, deleting, blocked)
-        if invalid and pod is None and state != "Stopped":
-            state, reason, message = "Failed", "InvalidSpec", invalid
+        if invalid and pod is None and state != names.STATE_STOPPED:
+            state, reason, message = names.STATE_FAILED, names.REASON_INVALID_SPEC, invalid
         old = vm.get("status") or {}
         generation = int(vm["metadata"].get("generation", 1))
-        ready = {"Running": "True", "Unknown": "Unknown"}.get(state, "False")
-        conditions = set_condition(old.get("conditions") or [], "Ready", ready, reason, message,
-                                   generation)
-        failure = state in ("Failed",) or (state == "Provisioning" and reason not in (
-            "PodPending", "Unscheduled"))
-        why = ("InvalidSpec", invalid) if invalid else (reason, message)
+        ready = {names.STATE_RUNNING: "True", names.STATE_UNKNOWN: "Unknown"}.get(state, "False")
+        conditions = set_condition(old.get("conditions") or [], names.CONDITION_READY, ready,
+                                   reason, message, generation)
+        failure = state == names.STATE_FAILED or (
+            state == names.STATE_PROVISIONING
+            and reason not in (names.REASON_POD_PENDING, names.REASON_UNSCHEDULED))
+        why = (names.REASON_INVALID_SPEC, invalid) if invalid else (reason, message)
         if invalid:  # a VM that runs keeps running; its spec is what failed
             failure = True
-        conditions = set_condition(conditions, "Failure", "True" if failure else "False",
-                                   why[0] if failure else "NoFailure",
+        conditions = set_condition(conditions, names.CONDITION_FAILURE,
+                                   "True" if failure else "False",
+                                   why[0] if failure else names.REASON_NO_FAILURE,
                                    why[1] if failure else "", generation)
         status: Obj = {
-            "state": state, "replicas": 1 if pod is not None and state != "Stopping" else 0,
+            "state": state,
+            "replicas": 1 if pod is not None and state != names.STATE_STOPPING else 0,
             "identity": vm["metadata"]["uid"], "observedGeneration": generation,
             "conditions": conditions,
             # The size in effect: what the VM pod was given (as the facade reports it, after a
@@ -373,9 +384,9 @@ class VirtualMachineController:
                 if "cpu" in limits and "memory" in limits:
                     status["cpu"] = _as_spec(limits["cpu"])
                     status["memory"] = _as_spec(limits["memory"])
-            if state == "Unknown":  # an outage: what was attached still is
+            if state == names.STATE_UNKNOWN:  # an outage: what was attached still is
                 status["disks"] = old.get("disks", [])
-            elif state == "Running":
+            elif state == names.STATE_RUNNING:
                 status["disks"] = [
                     {"name": v["name"], "claimName": v["persistentVolumeClaim"]["claimName"]}
                     for v in pod["spec"].get("volumes") or [] if "persistentVolumeClaim" in v]
@@ -391,18 +402,23 @@ class VirtualMachineController:
             return
         meta = vm["metadata"]
         await self._client.patch(
-            path("virtualmachines", meta["namespace"], meta["name"], "status"),
+            path(names.VIRTUAL_MACHINE.plural, meta["namespace"], meta["name"], "status"),
             {"status": {**status, "podName": status.get("podName")}})
         said = [(c.get("reason"), c.get("message"), c.get("observedGeneration"))
-                for c in old.get("conditions") or [] if c.get("type") == "Failure"]
-        if invalid and said != [("InvalidSpec", invalid, generation)]:
+                for c in old.get("conditions") or [] if c.get("type") == names.CONDITION_FAILURE]
+        if invalid and said != [(names.REASON_INVALID_SPEC, invalid, generation)]:
             await self._events.emit(
-                {**vm, "apiVersion": "vmlet.io/v1alpha1", "kind": "VirtualMachine"},
-                "InvalidSpec", invalid, warning=True)
-        if old.get("state") != state and reason != "InvalidSpec":
+                _as_object(vm),
+                names.REASON_INVALID_SPEC, invalid, warning=True)
+        if old.get("state") != state and reason != names.REASON_INVALID_SPEC:
             await self._events.emit(
-                {**vm, "apiVersion": "vmlet.io/v1alpha1", "kind": "VirtualMachine"}, state,
-                message, warning=state in ("Failed", "Unknown"))
+                _as_object(vm), state,
+                message, warning=state in (names.STATE_FAILED, names.STATE_UNKNOWN))
+
+
+def _as_object(vm: Obj) -> Obj:
+    """``vm`` with its apiVersion and kind, as an Event's involved object names them."""
+    return {**vm, "apiVersion": names.API_VERSION, "kind": names.VIRTUAL_MACHINE.kind}
 
 
 def _as_spec(value: Any) -> Any:

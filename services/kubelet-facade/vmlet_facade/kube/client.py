@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
 
 from vmlet_facade.kube.config import KubeConfig
+from vmlet_facade.kube.objects import Obj
 from vmlet_facade.kube.paths import InvalidPath, check_path
+from vmlet_facade.kube.requestlog import RequestLog
 
 __all__ = ["PATCH_JSON", "PATCH_MERGE", "PATCH_STRATEGIC", "UNREACHABLE", "ApiError", "KubeClient"]
 
@@ -19,20 +20,6 @@ PATCH_MERGE = "application/merge-patch+json"
 PATCH_STRATEGIC = "application/strategic-merge-patch+json"
 PATCH_JSON = "application/json-patch+json"
 PATCH_APPLY = "application/apply-patch+yaml"
-
-Obj = dict[str, Any]
-
-# A JSON line per request sent (method, path, watch, status) goes to this file when it is set:
-# the record of what the facade asks of the apiserver, held against its RBAC (tests/test_deploy.py).
-REQUEST_LOG_ENV = "VMLET_KUBE_REQUEST_LOG"
-
-
-def _log_request(method: str, path: str, watch: bool, status: int) -> None:
-    target = os.environ.get(REQUEST_LOG_ENV)
-    if target:
-        with open(target, "a") as out:
-            out.write(json.dumps({"method": method, "path": path, "watch": watch,
-                                  "status": status}) + "\n")
 
 
 UNREACHABLE = "Unreachable"  # the reason of an ApiError for an apiserver not reached
@@ -69,10 +56,13 @@ def _checked(path: str) -> str:
 
 
 class KubeClient:
-    """A thin asyncio client: paths in, JSON dicts out."""
+    """A thin asyncio client: paths in, JSON dicts out. ``request_log`` records every request
+    sent (a debug feature; by default as ``VMLET_KUBE_REQUEST_LOG`` asks)."""
 
-    def __init__(self, config: KubeConfig, *, max_connections: int = 64) -> None:
+    def __init__(self, config: KubeConfig, *, max_connections: int = 64,
+                 request_log: RequestLog | None = None) -> None:
         self.config = config
+        self.request_log = request_log if request_log is not None else RequestLog.from_env()
         self._ssl = config.ssl_context()
         self._max = max_connections
         self._session: aiohttp.ClientSession | None = None
@@ -97,6 +87,7 @@ class KubeClient:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+        self.request_log.close()
 
     async def request(
         self, method: str, path: str, *, params: Mapping[str, str] | None = None,
@@ -113,7 +104,7 @@ class KubeClient:
                 headers=self._headers(content_type if data is not None else None),
                 timeout=aiohttp.ClientTimeout(total=request_timeout),
             ) as resp:
-                _log_request(method, path, False, resp.status)
+                self.request_log.record(method, path, False, resp.status)
                 raw = await resp.read()
         except (aiohttp.ClientError, TimeoutError) as err:
             raise ApiError(503, UNREACHABLE, f"{method} {path}: the apiserver could not be "
@@ -153,7 +144,7 @@ class KubeClient:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10,
                                           sock_read=timeout_seconds + 30),
         ) as resp:
-            _log_request("GET", path, True, resp.status)
+            self.request_log.record("GET", path, True, resp.status)
             if resp.status >= 300:
                 raise _api_error(resp.status, await resp.read())
             buffer = b""
