@@ -28,9 +28,14 @@ import yaml
 
 from tests.deploy_support import NS, OVERLAYS, SA, Obj, facade_role, kustomize, request_attributes
 from vmlet_contract import READINESS_SERVICE
+from vmlet_contract.cli import SERVER_ENVIRONMENT
+from vmlet_contract.settings import Options
 from vmlet_facade.providerfile import follow_providers_file, parse_providers
 from vmlet_localenv.providerpki import FACADE_IDENTITY
 from vmlet_localenv.services import REPO
+from vmlet_memory.config import OPTIONS as MEMORY_OPTIONS
+from vmlet_openstack.config import OPTIONS as OPENSTACK_OPTIONS
+from vmlet_vmware.config import OPTIONS as VSPHERE_OPTIONS
 
 
 def test_request_attributes_follow_the_apiserver() -> None:
@@ -192,6 +197,34 @@ def test_overlay_configures_mutual_tls(overlay: str) -> None:
         assert rule["resources"] == ["secrets"]
         assert rule["verbs"] == ["create"] or rule.get("resourceNames") == [
             "vmlet-provider-ca", "vmlet-provider-tls", "vmlet-facade-provider-tls"]
+
+
+PROVIDER_OPTIONS: dict[str, Options] = {
+    "memory": MEMORY_OPTIONS, "vsphere": VSPHERE_OPTIONS, "openstack": OPENSTACK_OPTIONS}
+
+
+def _unread(kind: str, env: dict[str, str]) -> list[str]:
+    """The vmlet variables in ``env`` that provider ``kind`` does not read (a stale name)."""
+    known = set(SERVER_ENVIRONMENT) | PROVIDER_OPTIONS[kind].environment()
+    return sorted(n for n in env if n.startswith(("VMLET_", "MEMORY_")) and n not in known)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_sets_only_settings_the_provider_reads(overlay: str) -> None:
+    docs = kustomize(f"k8s/overlays/{overlay}")
+    configmaps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
+    deployment = next(d for d in docs if d["kind"] == "Deployment"
+                      and d["metadata"]["name"] == f"vmlet-provider-{overlay}")
+    provider = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert _unread(overlay, _env(provider, configmaps)) == []
+    assert not [a for a in provider.get("args", []) if "$(" in a], "settings come from env"
+
+
+def test_compose_sets_only_settings_the_providers_read() -> None:
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    for name, kind in (("memory-provider", "memory"), ("vsphere-provider", "vsphere"),
+                       ("openstack-provider", "openstack")):
+        assert _unread(kind, services[name]["environment"]) == [], name
 
 
 def test_compose_configures_mutual_tls() -> None:

@@ -2,19 +2,23 @@
 
 The generated messages and stubs live in `vmlet.provider.v1`; this package holds what providers
 share around them: the error taxonomy of the boundary (`errors`), the server with health,
-reflection, TLS, metrics and error mapping (`server`), the flags and logging of a provider's
-command line (`cli`, `logs`), what a provider knows of its IaaS for the readiness probe
-(`readiness`), builders of pod statuses (`podstatus`), per-identity locks (`locks`), the checks
-of a CreateDisk request (`diskrequests`) and the options of a logs request (`containerlogs`).
+reflection, TLS, metrics and error mapping (`server`), the flags, logging and `main` of a
+provider's command line (`cli`, `logs`), its settings convention (`settings`), what a provider
+knows of its IaaS for the readiness probe (`readiness`), builders of pod statuses (`podstatus`),
+per-identity locks (`locks`), the checks of a CreateDisk request (`diskrequests`), the options
+of a logs request (`containerlogs`) and the servicers of the contract over a provider's backends
+(`kit`).
 """
 
-from . import containerlogs, podstatus
+from . import containerlogs, kit, podstatus
 from .cli import (
     DEFAULT_CLIENT_IDENTITY,
     DEFAULT_LISTEN,
+    ProviderCommand,
     add_server_arguments,
     check_server_arguments,
     configure_logging_from_args,
+    run_provider,
     serve_from_args,
     tls_from_args,
 )
@@ -61,6 +65,7 @@ __all__ = [
     "NotFound",
     "PeerIdentityInterceptor",
     "PermissionDenied",
+    "ProviderCommand",
     "ProviderError",
     "ProviderServer",
     "ProviderServicers",
@@ -80,9 +85,11 @@ __all__ = [
     "error_from_rpc",
     "files_fingerprint",
     "is_retryable",
+    "kit",
     "podstatus",
     "reason_for",
     "redact",
+    "run_provider",
     "serve",
     "serve_from_args",
     "tls_from_args",

@@ -18,6 +18,12 @@ Each flag has an environment variable, so a Deployment can configure a provider 
 A provider serves mutual TLS: the certificate, its key, the client CA and the client identity
 are all needed, or else the explicit `--insecure-plaintext` (a flag only, never an environment
 variable, so nobody turns it on by accident).
+
+These server flags are the same in every vmlet process, so their variables carry no provider
+name. A provider's own settings follow `vmlet_contract.settings` (flag > VMLET_<PROVIDER>_* >
+TOML file > default), and its `__main__` is `run_provider(COMMAND, argv)`: parse, configure
+logging, load the settings (a bad one: one log line, exit status 2), build, serve until
+SIGTERM/SIGINT (exit 0; 1 when it cannot serve).
 """
 
 from __future__ import annotations
@@ -26,22 +32,45 @@ import argparse
 import asyncio
 import logging
 import os
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
-from .logs import configure_logging
+from .errors import ProviderError
+from .logs import configure_logging, redact
 from .server import ProviderServicers, serve
+from .settings import Options
 from .tls import TlsConfig
 
 __all__ = [
     "DEFAULT_CLIENT_IDENTITY",
     "DEFAULT_LISTEN",
+    "SERVER_ENVIRONMENT",
+    "ProviderCommand",
     "add_server_arguments",
     "check_server_arguments",
     "configure_logging_from_args",
+    "run_provider",
     "serve_from_args",
     "tls_from_args",
 ]
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+#: The environment variables of the server flags (the module docstring's table).
+SERVER_ENVIRONMENT = (
+    "VMLET_LISTEN",
+    "VMLET_METRICS_LISTEN",
+    "VMLET_TLS_CERT",
+    "VMLET_TLS_KEY",
+    "VMLET_TLS_CLIENT_CA",
+    "VMLET_TLS_CLIENT_IDENTITY",
+    "VMLET_HEALTH_LISTEN",
+    "VMLET_PORT_FILE",
+    "VMLET_GRACE_SECONDS",
+    "VMLET_LOG_LEVEL",
+    "VMLET_LOG_FORMAT",
+)
 #: The name the facade's client certificate carries; what a provider serves by default.
 DEFAULT_CLIENT_IDENTITY = "vmlet-facade"
 
@@ -205,3 +234,60 @@ async def serve_from_args(
         ready=ready,
         port_file=args.port_file,
     )
+
+
+S = TypeVar("S")
+
+
+@dataclass(frozen=True)
+class ProviderCommand(Generic[S]):
+    """What a provider's `__main__` hands `run_provider`: its name, settings and wiring."""
+
+    prog: str
+    description: str
+    kind: str  # the provider kind the server reports (metrics, health)
+    options: Options
+    #: Settings from the parsed flags and the environment; raises ConfigError (a ValueError).
+    load: Callable[[argparse.Namespace, Mapping[str, str]], S]
+    #: Builds and starts the provider, yields its servicers, stops it on exit.
+    running: Callable[[S], AbstractAsyncContextManager[ProviderServicers]]
+    #: The settings as log fields for the "starting" line (credential-like keys are redacted).
+    describe: Callable[[S], Mapping[str, Any]]
+
+
+def run_provider(
+    command: ProviderCommand[S],
+    argv: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> int:
+    """A provider's whole `main`: returns 0 after SIGTERM/SIGINT, 2 on a bad configuration
+    (one log line, no traceback), 1 when it cannot serve, 130 on KeyboardInterrupt."""
+    env = os.environ if env is None else env
+    parser = argparse.ArgumentParser(prog=command.prog, description=command.description)
+    add_server_arguments(parser)
+    command.options.add_arguments(parser)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a flag argparse itself refuses (usage on stderr)
+        return exc.code if isinstance(exc.code, int) else 2
+    configure_logging_from_args(args)
+    try:
+        tls_from_args(args)
+        settings = command.load(args, env)
+    except ValueError as exc:
+        _log.error(f"configuration error: {exc}")
+        return 2
+    _log.info("starting", extra=redact(dict(command.describe(settings))))
+    try:
+        asyncio.run(_serve(command, args, settings))
+    except KeyboardInterrupt:
+        return 130
+    except (OSError, ValueError, RuntimeError, ProviderError) as exc:
+        _log.error("cannot serve", extra={"error": str(exc)})
+        return 1
+    return 0
+
+
+async def _serve(command: ProviderCommand[S], args: argparse.Namespace, settings: S) -> None:
+    async with command.running(settings) as servicers:
+        await serve_from_args(args, servicers, provider=command.kind)

@@ -45,6 +45,18 @@ from vmlet.provider.v1 import (
 )
 
 from .interceptor import BoundaryInterceptor
+from .kit import (
+    KubeletEndpointBackend,
+    KubeletEndpointServicer,
+    NodeProviderBackend,
+    NodeProviderServicer,
+    PodLifecycleBackend,
+    PodLifecycleServicer,
+    PodNotifierBackend,
+    PodNotifierServicer,
+    VirtualMachineBackend,
+    VirtualMachineServicer,
+)
 from .metrics import MetricsEndpoint, RpcMetrics, start_metrics_endpoint
 from .readiness import READINESS_SERVICE, Readiness
 from .tls import PeerIdentityInterceptor, TlsConfig
@@ -98,6 +110,32 @@ class ProviderServicers:
     vms: virtual_machine_service_pb2_grpc.VirtualMachineServiceServicer | None = None
     shutdown_hooks: Sequence[ShutdownHook] = ()
     readiness: Readiness | None = None
+
+    @classmethod
+    def from_backends(
+        cls,
+        *,
+        provider: str,
+        version: str,
+        lifecycle: PodLifecycleBackend,
+        notifier: PodNotifierBackend,
+        nodes: NodeProviderBackend,
+        endpoints: KubeletEndpointBackend | None = None,
+        vms: VirtualMachineBackend | None = None,
+        shutdown_hooks: Sequence[ShutdownHook] = (),
+        readiness: Readiness | None = None,
+    ) -> ProviderServicers:
+        """The kit's servicers (`vmlet_contract.kit`) over a provider's backends; `provider`
+        and `version` are what Ping answers."""
+        return cls(
+            lifecycle=PodLifecycleServicer(lifecycle),
+            notifier=PodNotifierServicer(notifier),
+            nodes=NodeProviderServicer(nodes, provider=provider, version=version),
+            endpoints=KubeletEndpointServicer(endpoints) if endpoints is not None else None,
+            vms=VirtualMachineServicer(vms) if vms is not None else None,
+            shutdown_hooks=shutdown_hooks,
+            readiness=readiness,
+        )
 
     def register(self, server: grpc.aio.Server) -> list[str]:
         """Adds every servicer to `server`; returns the full names of the services added."""

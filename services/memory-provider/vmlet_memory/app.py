@@ -1,4 +1,5 @@
-"""Wiring: the cloud, its servicers, and the optional state file, as one provider.
+"""Wiring: the cloud, its backends served by the kit (`vmlet_contract.kit`), and the optional
+state file, as one provider.
 
 No IaaS to lose: the provider is ready (health's readiness service) as soon as it serves.
 """
@@ -62,14 +63,19 @@ def build(options: CloudOptions, *, state_file: Path | None = None) -> MemoryPro
         cloud.on_change = store.mark_dirty
         cloud.flush = store.flush
 
+    nodes = NodeProvider(cloud)
+
     async def shutdown() -> None:
         cloud.close()
+        nodes.close()
         await cloud.flush()
 
-    servicers = ProviderServicers(
+    servicers = ProviderServicers.from_backends(
+        provider=PROVIDER_KIND,
+        version=cloud.version,
         lifecycle=PodLifecycle(cloud),
         notifier=PodNotifier(cloud),
-        nodes=NodeProvider(cloud),
+        nodes=nodes,
         endpoints=KubeletEndpoints(cloud),
         vms=VirtualMachines(cloud),
         shutdown_hooks=(shutdown,),

@@ -1,8 +1,8 @@
-"""KubeletEndpointService over the in-memory cloud: logs, exec, attach, port-forward and stats.
+"""The kubelet endpoint backend of the in-memory cloud: logs, exec, attach, port-forward, stats.
 
 - Logs are each machine's event log ("created on ...", "powering on", "powered on", ...), one
-  line per event. Every option of the request is `vmlet_contract.containerlogs`'s to apply; a
-  followed log ends when the pod goes away, and `previous` is FAILED_PRECONDITION (one instance).
+  line per event; a followed log ends when the pod goes away. The request's options, the
+  container named and `previous` are the kit's (`vmlet_contract.kit.endpoints`).
 - Exec runs the built-in `shell`; with a TTY stderr merges into stdout.
 - Attach echoes the console's stdin to its stdout until stdin closes.
 - PortForward is an echo server on every port.
@@ -12,13 +12,14 @@ Exec, attach and port-forward need the pod Running (FAILED_PRECONDITION otherwis
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 from vmlet.provider.v1 import kubelet_endpoint_service_pb2 as pb
-from vmlet.provider.v1 import kubelet_endpoint_service_pb2_grpc as pb_grpc
 from vmlet.provider.v1 import pod_pb2
 from vmlet_contract import InvalidArgument, containerlogs
+from vmlet_contract.kit import LogSource
 
 from . import shell
 from .cloud import Cloud
@@ -29,20 +30,9 @@ __all__ = ["KubeletEndpoints"]
 
 
 def _container(vm: Machine, name: str) -> pod_pb2.Container:
+    """The container `name` (the kit checked that the pod has it), or the pod's first."""
     assert vm.pod is not None
-    for container in vm.pod.containers:
-        if not name or container.name == name:
-            return container
-    raise InvalidArgument(
-        f"container {name} is not valid for pod {vm.pod.ref.namespace}/{vm.pod.ref.name}"
-    )
-
-
-async def _first(requests: AsyncIterator[Any], rpc: str) -> Any:
-    first = await anext(requests, None)
-    if first is None or first.WhichOneof("kind") != "start":
-        raise InvalidArgument(f"the first {rpc} message must carry start")
-    return first.start
+    return next((c for c in vm.pod.containers if c.name == name), pod_pb2.Container(name=name))
 
 
 def _stdin_reader(requests: AsyncIterator[Any], *, attached: bool) -> shell.Stdin:
@@ -67,24 +57,21 @@ def _stdin_reader(requests: AsyncIterator[Any], *, attached: bool) -> shell.Stdi
     return read
 
 
-class KubeletEndpoints(pb_grpc.KubeletEndpointServiceServicer):
-    """The kubelet endpoint calls of pretend guests."""
+class KubeletEndpoints:
+    """The kubelet endpoint calls of pretend guests (a `kit.KubeletEndpointBackend`)."""
 
     def __init__(self, cloud: Cloud) -> None:
         self._cloud = cloud
 
-    async def GetContainerLogs(
-        self, request: pb.GetContainerLogsRequest, context: Any
-    ) -> AsyncIterator[pb.GetContainerLogsResponse]:
-        options = containerlogs.LogOptions.from_request(request)
-        vm = self._cloud.pod_machine(request.namespace, request.pod_name)
-        container = _container(vm, request.container_name)
-        if options.previous:
-            raise containerlogs.no_previous(container.name, request.pod_name)
-        history = list(vm.log)
-        followed = self._followed(vm, vm.log_seq)
-        async for response in containerlogs.serve_log(options, history, followed):
-            yield response
+    async def pod_spec(self, namespace: str, name: str) -> pod_pb2.Pod:
+        return self._cloud.pod_machine(namespace, name).pod or pod_pb2.Pod()
+
+    @contextlib.asynccontextmanager
+    async def open_log(
+        self, namespace: str, pod_name: str, container: str, options: containerlogs.LogOptions
+    ) -> AsyncIterator[LogSource | None]:
+        vm = self._cloud.pod_machine(namespace, pod_name)
+        yield LogSource(history=list(vm.log), followed=self._followed(vm, vm.log_seq))
 
     async def _followed(self, vm: Machine, last: int) -> AsyncIterator[LogLine]:
         """The lines `vm` logs after line `last`, until its pod goes away."""
@@ -100,16 +87,12 @@ class KubeletEndpoints(pb_grpc.KubeletEndpointServiceServicer):
                 return
             await vm.log_changed().wait()
 
-    async def Exec(
-        self, request_iterator: AsyncIterator[pb.ExecRequest], context: Any
+    async def exec(
+        self, start: pb.ExecStart, container: str, requests: AsyncIterator[pb.ExecRequest]
     ) -> AsyncIterator[pb.ExecResponse]:
-        requests = aiter(request_iterator)
-        start: pb.ExecStart = await _first(requests, "Exec")
-        if not start.command:
-            raise InvalidArgument("exec needs a command")
         vm = self._cloud.running_machine(start.namespace, start.pod_name)
-        container = _container(vm, start.container_name)
-        guest = shell.Guest(hostname=start.pod_name, env={e.name: e.value for e in container.env})
+        env = {e.name: e.value for e in _container(vm, container).env}
+        guest = shell.Guest(hostname=start.pod_name, env=env)
         stdin = _stdin_reader(requests, attached=start.stdin)
         async for event in shell.run(list(start.command), stdin, guest):
             if isinstance(event, shell.Exit):
@@ -123,13 +106,10 @@ class KubeletEndpoints(pb_grpc.KubeletEndpointServiceServicer):
             elif start.stderr:
                 yield pb.ExecResponse(stderr=event.data)
 
-    async def Attach(
-        self, request_iterator: AsyncIterator[pb.AttachRequest], context: Any
+    async def attach(
+        self, start: pb.AttachStart, container: str, requests: AsyncIterator[pb.AttachRequest]
     ) -> AsyncIterator[pb.AttachResponse]:
-        requests = aiter(request_iterator)
-        start: pb.AttachStart = await _first(requests, "Attach")
-        vm = self._cloud.running_machine(start.namespace, start.pod_name)
-        _container(vm, start.container_name)
+        self._cloud.running_machine(start.namespace, start.pod_name)
         echo = start.stdin and (start.stdout or start.tty)
         read = _stdin_reader(requests, attached=True)
         while (chunk := await read()) is not None:
@@ -137,13 +117,9 @@ class KubeletEndpoints(pb_grpc.KubeletEndpointServiceServicer):
                 yield pb.AttachResponse(stdout=chunk)
         yield pb.AttachResponse(exit=pb.StreamExit(exit_code=0))
 
-    async def PortForward(
-        self, request_iterator: AsyncIterator[pb.PortForwardRequest], context: Any
+    async def port_forward(
+        self, start: pb.PortForwardStart, requests: AsyncIterator[pb.PortForwardRequest]
     ) -> AsyncIterator[pb.PortForwardResponse]:
-        requests = aiter(request_iterator)
-        start: pb.PortForwardStart = await _first(requests, "PortForward")
-        if not 0 < start.port < 65536:
-            raise InvalidArgument(f"port {start.port} is not a TCP port")
         self._cloud.running_machine(start.namespace, start.pod_name)
         async for message in requests:
             kind = message.WhichOneof("kind")
@@ -154,7 +130,5 @@ class KubeletEndpoints(pb_grpc.KubeletEndpointServiceServicer):
             else:
                 raise InvalidArgument("start may only be the first message")
 
-    async def GetStatsSummary(
-        self, request: pb.GetStatsSummaryRequest, context: Any
-    ) -> pb.GetStatsSummaryResponse:
-        return stats_summary(self._cloud, request.node_name)
+    async def stats_summary(self, node_name: str) -> pb.GetStatsSummaryResponse:
+        return stats_summary(self._cloud, node_name)

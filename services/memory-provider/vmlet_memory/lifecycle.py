@@ -1,47 +1,38 @@
-"""PodLifecycleService over the in-memory cloud: every call idempotent, answered once persisted."""
+"""The pod lifecycle backend over the in-memory cloud: every call idempotent, answered once
+persisted."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from vmlet.provider.v1 import pod_lifecycle_service_pb2 as pb
-from vmlet.provider.v1 import pod_lifecycle_service_pb2_grpc as pb_grpc
+from vmlet.provider.v1 import pod_pb2
 
 from .cloud import Cloud
 
 __all__ = ["PodLifecycle"]
 
 
-class PodLifecycle(pb_grpc.PodLifecycleServiceServicer):
-    """Creates, updates and deletes the machines of pods."""
+class PodLifecycle:
+    """Creates, updates and deletes the machines of pods (a `kit.PodLifecycleBackend`)."""
 
     def __init__(self, cloud: Cloud) -> None:
         self._cloud = cloud
 
-    async def CreatePod(self, request: pb.CreatePodRequest, context: Any) -> pb.CreatePodResponse:
-        status = self._cloud.create_pod(request.pod)
+    async def create_pod(self, pod: pod_pb2.Pod) -> pod_pb2.PodStatus:
+        status = self._cloud.create_pod(pod)
         await self._cloud.flush()
-        return pb.CreatePodResponse(status=status)
+        return status
 
-    async def UpdatePod(self, request: pb.UpdatePodRequest, context: Any) -> pb.UpdatePodResponse:
-        status = self._cloud.update_pod(request.pod)
+    async def update_pod(self, pod: pod_pb2.Pod) -> pod_pb2.PodStatus:
+        status = self._cloud.update_pod(pod)
         await self._cloud.flush()
-        return pb.UpdatePodResponse(status=status)
+        return status
 
-    async def DeletePod(self, request: pb.DeletePodRequest, context: Any) -> pb.DeletePodResponse:
-        self._cloud.delete_pod(request.pod)
+    async def delete_pod(self, pod: pod_pb2.Pod) -> None:
+        self._cloud.delete_pod(pod)
         await self._cloud.flush()
-        return pb.DeletePodResponse()
 
-    async def GetPod(self, request: pb.GetPodRequest, context: Any) -> pb.GetPodResponse:
-        vm = self._cloud.pod_machine(request.namespace, request.name)
-        return pb.GetPodResponse(pod=vm.pod, status=vm.status)
+    async def get_pod(self, namespace: str, name: str) -> tuple[pod_pb2.Pod, pod_pb2.PodStatus]:
+        vm = self._cloud.pod_machine(namespace, name)
+        return vm.pod or pod_pb2.Pod(), vm.status or pod_pb2.PodStatus()
 
-    async def GetPodStatus(
-        self, request: pb.GetPodStatusRequest, context: Any
-    ) -> pb.GetPodStatusResponse:
-        vm = self._cloud.pod_machine(request.namespace, request.name)
-        return pb.GetPodStatusResponse(status=vm.status)
-
-    async def GetPods(self, request: pb.GetPodsRequest, context: Any) -> pb.GetPodsResponse:
-        return pb.GetPodsResponse(pods=self._cloud.pods())
+    async def list_pods(self) -> list[pod_pb2.PodWithStatus]:
+        return self._cloud.pods()

@@ -19,7 +19,7 @@ Modules, from the bottom up:
   snapshots    Glance image snapshots, rebuild, VMs by identity
   consolelog   console output (or instance actions) as a log
   stats        what Nova exposes as the stats summary
-  servicers    the gRPC services over the above
+  backend_*    the kit's backends (`vmlet_contract.kit`) over the above, one per service
   app          the wiring; __main__ the process
 """
 

@@ -1,7 +1,7 @@
 """`vmlet-openstack-provider`: the OpenStack provider as its own process.
 
-    OS_CLOUD=vmlet OS_CLIENT_CONFIG_FILE=clouds.yaml \\
-        python -m vmlet_openstack --listen 127.0.0.1:0 --port-file /tmp/port
+    OS_CLIENT_CONFIG_FILE=clouds.yaml python -m vmlet_openstack --cloud vmlet \\
+        --listen 127.0.0.1:0 --port-file /tmp/port
 
 See `vmlet_openstack.config` for every OpenStack setting and `vmlet_contract.cli` for the
 server's. The process serves even while OpenStack is unreachable (calls answer UNAVAILABLE, nodes
@@ -12,69 +12,50 @@ with exit status 0; a bad configuration exits with status 2 before serving.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 
-from vmlet_contract import (
-    add_server_arguments,
-    check_server_arguments,
-    configure_logging_from_args,
-    serve_from_args,
-)
+from vmlet_contract import ProviderCommand, ProviderServicers, run_provider
 
 from .app import PROVIDER_KIND, build
 from .cloud import cloud_region, quiet_sdk_loggers
-from .config import ConfigError, Settings, add_openstack_arguments, describe, settings_from_args
+from .config import OPTIONS, Settings, describe, settings_from_args
 
-__all__ = ["main", "parse_args"]
-
-_log = logging.getLogger("vmlet_openstack")
+__all__ = ["COMMAND", "main"]
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The provider's flags: the shared server flags plus the OpenStack ones."""
-    parser = argparse.ArgumentParser(
-        prog="vmlet-openstack-provider",
-        description="The vmlet provider for OpenStack: pods become Nova servers on compute hosts.",
-    )
-    add_server_arguments(parser)
-    add_openstack_arguments(parser)
-    args = parser.parse_args(argv)
-    check_server_arguments(parser, args)
-    return args
+def _load(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
+    quiet_sdk_loggers()
+    settings = settings_from_args(args, env)
+    cloud_region(settings)  # the cloud must exist in clouds.yaml; contacts nothing
+    return settings
 
 
-async def _serve(args: argparse.Namespace, settings: Settings) -> None:
+@asynccontextmanager
+async def _running(settings: Settings) -> AsyncIterator[ProviderServicers]:
     provider = build(settings)
     await provider.start()
     try:
-        await serve_from_args(args, provider.servicers, provider=PROVIDER_KIND)
+        yield provider.servicers
     finally:
         await provider.stop()
 
 
+COMMAND = ProviderCommand(
+    prog="vmlet-openstack-provider",
+    description="The vmlet provider for OpenStack: pods become Nova servers on compute hosts.",
+    kind=PROVIDER_KIND,
+    options=OPTIONS,
+    load=_load,
+    running=_running,
+    describe=describe,
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the provider until SIGTERM/SIGINT; returns the exit status."""
-    args = parse_args(argv)
-    configure_logging_from_args(args)
-    quiet_sdk_loggers()
-    try:
-        settings = settings_from_args(args)
-        cloud_region(settings)
-    except ConfigError as exc:
-        _log.error("bad configuration", extra={"error": str(exc)})
-        return 2
-    _log.info("starting", extra=describe(settings))
-    try:
-        asyncio.run(_serve(args, settings))
-    except KeyboardInterrupt:
-        return 130
-    except (OSError, ValueError, RuntimeError) as exc:
-        _log.error("cannot serve", extra={"error": str(exc)})
-        return 1
-    return 0
+    return run_provider(COMMAND, argv)
 
 
 if __name__ == "__main__":

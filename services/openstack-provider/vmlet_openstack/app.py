@@ -1,4 +1,5 @@
-"""Wiring: cloud, watch, nodes, pods, snapshots and their servicers, as one provider.
+"""Wiring: cloud, watch, nodes, pods, snapshots and their backends served by the kit
+(`vmlet_contract.kit`), as one provider.
 
 Threads: `workers` threads make every call to OpenStack (`cloud`). Background tasks: the server
 watch and the node poll; both start at once and keep going, whether OpenStack answers or not.
@@ -15,13 +16,16 @@ from importlib import metadata
 
 from vmlet_contract import ProviderServicers, Readiness
 
+from .backend_endpoints import KubeletEndpoints
+from .backend_nodes import NodeBackend
+from .backend_pods import PodBackend
+from .backend_vms import VirtualMachines
 from .catalog import Catalog
 from .cloud import Cloud
 from .config import Settings
 from .disks import Disks
 from .nodes import PROVIDER_KIND, NodeBook
 from .pods import Pods
-from .servicers import KubeletEndpoints, NodeProvider, PodLifecycle, PodNotifier, VirtualMachines
 from .snapshots import Snapshots
 from .stats import Stats
 from .watch import ServerCache, Watch
@@ -100,10 +104,13 @@ def build(settings: Settings) -> OpenStackProvider:
     async def shutdown() -> None:
         provider.end_streams()
 
-    servicers = ProviderServicers(
-        lifecycle=PodLifecycle(pods),
-        notifier=PodNotifier(pods),
-        nodes=NodeProvider(cloud, book, version()),
+    pod_backend = PodBackend(pods)
+    servicers = ProviderServicers.from_backends(
+        provider=PROVIDER_KIND,
+        version=version(),
+        lifecycle=pod_backend,
+        notifier=pod_backend,
+        nodes=NodeBackend(cloud, book),
         endpoints=KubeletEndpoints(cloud, pods, Stats(cloud, book, pods), settings, closing),
         vms=VirtualMachines(snapshots, disks),
         shutdown_hooks=(shutdown,),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 import pytest
@@ -99,13 +98,26 @@ def test_password_never_shows() -> None:
     assert "s3cret" not in str(Secret("s3cret"))
 
 
-def test_bad_configuration_exits_2_without_the_password(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+def test_flag_over_env_over_file_over_default(tmp_path: Path) -> None:
+    config = tmp_path / "vsphere.toml"
+    config.write_text('[vsphere]\nnode-prefix = "file"\n')
+    env = {**BASE_ENV, "VMLET_VSPHERE_CONFIG": str(config)}
+    assert settings_from_args(_parse(), BASE_ENV).node_prefix == "vsphere"
+    assert settings_from_args(_parse(), env).node_prefix == "file"
+    env["VMLET_VSPHERE_NODE_PREFIX"] = "env"
+    assert settings_from_args(_parse(), env).node_prefix == "env"
+    assert settings_from_args(_parse("--node-prefix", "flag"), env).node_prefix == "flag"
+
+
+def test_bad_configuration_exits_2_with_one_line(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    for name, value in BASE_ENV.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("VMLET_VSPHERE_PASSWORD", "s3cret")
-    monkeypatch.delenv("VMLET_VSPHERE_URL", raising=False)
-    monkeypatch.setattr("vmlet_vmware.__main__.configure_logging_from_args", lambda args: None)
-    with caplog.at_level(logging.INFO):
-        # Past the TLS flags (a missing one exits 2 before), to the vSphere configuration.
-        assert main(["--username", "u", "--insecure-plaintext"]) == 2
-    assert "s3cret" not in caplog.text
+    monkeypatch.setenv("VMLET_VSPHERE_WORKERS", "0")
+    # Past the TLS flags (a missing one exits 2 too), to the vSphere configuration.
+    assert main(["--insecure-plaintext", "--log-format", "text"]) == 2
+    (line,) = capfd.readouterr().err.splitlines()
+    assert "configuration error: VMLET_VSPHERE_WORKERS: 0 is under the minimum of 1" in line
+    assert "s3cret" not in line

@@ -23,7 +23,7 @@ Modules, from the bottom up:
   snapshots    snapshots by identity
   events       VM events and tasks as log lines
   stats        quick stats as the stats summary
-  servicer_*   the gRPC services over the above
+  backend_*    the kit's backends (`vmlet_contract.kit`) over the above, one per service
   app          the wiring; __main__ the process
 """
 

@@ -12,67 +12,42 @@ configuration exits with status 2 before serving.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
-from vmlet_contract import (
-    add_server_arguments,
-    check_server_arguments,
-    configure_logging_from_args,
-    serve_from_args,
-)
+from vmlet_contract import ProviderCommand, ProviderServicers, run_provider
 
 from .app import PROVIDER_KIND, build
-from .config import ConfigError, Settings, add_vsphere_arguments, describe, settings_from_args
+from .config import OPTIONS, Settings, describe, settings_from_args
 
-__all__ = ["main", "parse_args"]
-
-_log = logging.getLogger("vmlet_vmware")
+__all__ = ["COMMAND", "main"]
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The provider's flags: the shared server flags plus the vSphere ones."""
-    parser = argparse.ArgumentParser(
-        prog="vmlet-vmware-provider",
-        description="The vmlet provider for VMware vSphere: pods become VMs on ESXi hosts.",
-    )
-    add_server_arguments(parser)
-    add_vsphere_arguments(parser)
-    args = parser.parse_args(argv)
-    check_server_arguments(parser, args)
-    return args
-
-
-async def _serve(args: argparse.Namespace, settings: Settings) -> None:
+@asynccontextmanager
+async def _running(settings: Settings) -> AsyncIterator[ProviderServicers]:
     provider = build(settings)
     await provider.start()
     try:
-        await serve_from_args(args, provider.servicers, provider=PROVIDER_KIND)
+        yield provider.servicers
     finally:
         await provider.stop()
 
 
+COMMAND = ProviderCommand(
+    prog="vmlet-vmware-provider",
+    description="The vmlet provider for VMware vSphere: pods become VMs on ESXi hosts.",
+    kind=PROVIDER_KIND,
+    options=OPTIONS,
+    load=settings_from_args,
+    running=_running,
+    describe=describe,
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the provider until SIGTERM/SIGINT; returns the exit status."""
-    args = parse_args(argv)
-    configure_logging_from_args(args)
-    try:
-        settings = settings_from_args(args)
-    except ConfigError as exc:
-        _log.error("bad configuration", extra={"error": str(exc)})
-        return 2
-    _log.info("starting", extra=describe(settings))
-    try:
-        asyncio.run(_serve(args, settings))
-    except KeyboardInterrupt:
-        return 130
-    except (OSError, ValueError, RuntimeError) as exc:
-        _log.error("cannot serve", extra={"error": str(exc)})
-        return 1
-    return 0
+    return run_provider(COMMAND, argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Wiring: session, watch, cache, nodes, pods and their servicers, as one provider.
+"""Wiring: session, watch, cache, nodes, pods and their backends served by the kit
+(`vmlet_contract.kit`), as one provider.
 
 Threads: `workers` threads make the calls to vCenter; one more thread holds the watch's long
 poll. Background tasks: the session's supervisor (connect, keep alive, reconnect) and the watch.
@@ -15,16 +16,15 @@ from importlib import metadata
 
 from vmlet_contract import ProviderServicers, Readiness
 
+from .backend_endpoints import KubeletEndpoints
+from .backend_nodes import NodeBackend
+from .backend_pods import PodBackend
+from .backend_vms import VirtualMachines
 from .cache import Cache
 from .config import Settings
 from .disks import Disks
 from .nodes import PROVIDER_KIND, NodeBook
 from .pods import Pods
-from .servicer_endpoints import KubeletEndpoints
-from .servicer_lifecycle import PodLifecycle
-from .servicer_nodes import NodeProvider
-from .servicer_notifier import PodNotifier
-from .servicer_vms import VirtualMachines
 from .session import Session
 from .snapshots import Snapshots
 from .vms import Machines
@@ -102,10 +102,13 @@ def build(settings: Settings) -> VSphereProvider:
     async def shutdown() -> None:
         provider.end_streams()
 
-    servicers = ProviderServicers(
-        lifecycle=PodLifecycle(pods),
-        notifier=PodNotifier(pods),
-        nodes=NodeProvider(session, book, version()),
+    pod_backend = PodBackend(pods)
+    servicers = ProviderServicers.from_backends(
+        provider=PROVIDER_KIND,
+        version=version(),
+        lifecycle=pod_backend,
+        notifier=pod_backend,
+        nodes=NodeBackend(session, book),
         endpoints=KubeletEndpoints(session, book, pods, closing),
         vms=VirtualMachines(pods, book, Snapshots(session, cache, machines, pods.locks), disks),
         shutdown_hooks=(shutdown,),
