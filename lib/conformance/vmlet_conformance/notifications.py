@@ -1,6 +1,7 @@
 """The streams: NotifyPods (a change is sent, in order per pod; a new stream starts with the
-current status of every pod, so nothing is lost while none was open) and NodeProviderService
-(ListNodes, Ping, NotifyNodeStatus starting with every node)."""
+current status of every pod, so nothing is lost while none was open; every status of a pod not
+running and ready says its Progress) and NodeProviderService (ListNodes, Ping, NotifyNodeStatus
+starting with every node)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import grpc
 
 from vmlet.provider.v1 import node_provider_service_pb2 as npb
 from vmlet.provider.v1 import pod_pb2
+from vmlet_contract import progress
 
 from .registry import check
-from .subject import Subject, running
+from .subject import Subject, ready, running
 
 #: How far along each phase is: a pod's statuses, in the order sent, never go back.
 _RANK = {
@@ -45,6 +47,28 @@ def notify_pods_sends_changes_in_order(subject: Subject) -> None:
             assert pushed.provider_id == subject.status(pod).provider_id
             _in_order(stream.of(pod.ref.name))
             assert stream.error is None
+    finally:
+        stream.close()
+
+
+@check
+def every_status_says_its_progress_and_size(subject: Subject) -> None:
+    """Every status of a pod that is not Running and ready, answered or streamed from its create
+    to its delete, carries a Progress value of the contract (not UNSPECIFIED); a running one
+    carries the size its VM has."""
+    pod = subject.pod()
+    stream = subject.stream()
+    try:
+        with subject.cleanup(pod.identity):
+            seen = [subject.create(pod)]
+            seen.append(subject.wait_running(pod))
+            size = seen[-1].resources
+            assert size.cpu_millis > 0 and size.memory_bytes > 0, f"no VM size: {seen[-1]}"
+            stream.wait(pod.ref.name, running, timeout=subject.timeout)
+            subject.delete(pod)
+            seen += stream.of(pod.ref.name)
+        unsaid = [s for s in seen if not ready(s) and not progress.name(s.progress)]
+        assert not unsaid, f"statuses without a known progress: {unsaid}"
     finally:
         stream.close()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from vmlet.provider.v1 import pod_pb2
-from vmlet_contract import podstatus
+from vmlet_contract import podstatus, progress
 
 POD = pod_pb2.Pod(
     ref=pod_pb2.PodRef(namespace="ns", name="vm-1", uid="u1"),
@@ -80,3 +80,44 @@ def test_conditions_with_a_transition_time() -> None:
 def test_timestamp_takes_naive_times_as_utc() -> None:
     naive = datetime(2025, 1, 2, 3, 4, 5)
     assert podstatus.timestamp(naive).ToDatetime(tzinfo=UTC) == T0
+
+
+def test_every_status_carries_its_progress() -> None:
+    assert podstatus.pending(POD).progress == pod_pb2.PROGRESS_CREATING
+    assert podstatus.pending(POD, reason="Relocating").progress == pod_pb2.PROGRESS_RELOCATING
+    assert podstatus.pending(POD, reason="PoweredOff").progress == pod_pb2.PROGRESS_STOPPED
+    named = podstatus.pending(POD, reason="Cloning", progress=pod_pb2.PROGRESS_CREATING)
+    assert named.progress == pod_pb2.PROGRESS_CREATING
+    assert podstatus.running(POD, ips=[], started_at=T0).progress == pod_pb2.PROGRESS_NONE
+    assert podstatus.failed(POD, reason="VMVanished", message="").progress == (
+        pod_pb2.PROGRESS_FAILED)
+    assert podstatus.succeeded(POD).progress == pod_pb2.PROGRESS_NONE
+
+
+def test_not_ready() -> None:
+    status = podstatus.running(POD, ips=[], started_at=T0)
+    podstatus.not_ready(status, "WaitingForGuestIP", "no IP yet")
+    assert status.progress == pod_pb2.PROGRESS_WAITING_FOR_GUEST_IP
+    assert _conditions(status)["Ready"] == (pod_pb2.CONDITION_STATUS_FALSE, "WaitingForGuestIP")
+    assert not status.container_statuses[0].ready
+    podstatus.not_ready(status, "ServerStateUnknown", "?", pod_pb2.PROGRESS_STATE_UNKNOWN)
+    assert status.progress == pod_pb2.PROGRESS_STATE_UNKNOWN
+
+
+def test_every_progress_value_has_a_name_that_names_it() -> None:
+    for value in pod_pb2.Progress.values():
+        if value == pod_pb2.PROGRESS_UNSPECIFIED:
+            assert progress.name(value) == ""
+            continue
+        assert progress.of_reason(progress.name(value)) == value
+    assert progress.of_reason("Shelved") == pod_pb2.PROGRESS_STOPPED
+    assert progress.of_reason("SomethingElse") == pod_pb2.PROGRESS_UNSPECIFIED
+    assert progress.STEPS >= progress.MOVING
+
+
+def test_observed_size() -> None:
+    status = podstatus.running(POD, ips=[], started_at=T0)
+    podstatus.observed_size(status, cpu_millis=0, memory_bytes=2**30)
+    assert not status.HasField("resources")
+    podstatus.observed_size(status, cpu_millis=4000, memory_bytes=2**30)
+    assert (status.resources.cpu_millis, status.resources.memory_bytes) == (4000, 2**30)

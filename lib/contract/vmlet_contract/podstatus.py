@@ -3,7 +3,8 @@
 A provider knows whether its VM is being made, running, failed or stopped; these functions turn
 that into a `PodStatus` with the phase, the four pod conditions (PodScheduled, Initialized,
 ContainersReady, Ready) and one container status per container of the pod, the way a kubelet
-would report them. Conditions carry no transition time unless one is given: the facade keeps the
+would report them, and the `Progress` value the facade acts on (from the CamelCase reason when
+not given). Conditions carry no transition time unless one is given: the facade keeps the
 previous time for a condition whose status did not change.
 """
 
@@ -15,9 +16,12 @@ from datetime import UTC, datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from vmlet.provider.v1 import pod_pb2
+from vmlet_contract import progress as progresses
 
 __all__ = [
     "failed",
+    "not_ready",
+    "observed_size",
     "pending",
     "pod_conditions",
     "running",
@@ -67,6 +71,34 @@ def pod_conditions(
     ]
 
 
+def not_ready(
+    status: pod_pb2.PodStatus,
+    reason: str,
+    message: str,
+    progress: progresses.Progress | None = None,
+) -> None:
+    """Turns `status` not ready (a VM that runs but cannot serve, or was stopped in the IaaS):
+    Ready and ContainersReady false with `reason` and `message`, every container not ready, and
+    `progress` the value `reason` names unless given."""
+    for condition in status.conditions:
+        if condition.type in ("Ready", "ContainersReady"):
+            condition.status = _FALSE
+            condition.reason = reason
+            condition.message = message
+    for container in status.container_statuses:
+        container.ready = False
+    status.progress = progresses.of_reason(reason) if progress is None else progress
+
+
+def observed_size(status: pod_pb2.PodStatus, *, cpu_millis: int, memory_bytes: int) -> None:
+    """Records on `status` the size the VM has in the IaaS (a vCPU is 1000 millis); a size the
+    IaaS did not report (zero) is left unset."""
+    if cpu_millis > 0 and memory_bytes > 0:
+        status.resources.CopyFrom(
+            pod_pb2.VmResources(cpu_millis=cpu_millis, memory_bytes=memory_bytes)
+        )
+
+
 def _status(
     pod: pod_pb2.Pod,
     phase: pod_pb2.PodPhase.ValueType,
@@ -79,9 +111,11 @@ def _status(
     host_ip: str,
     ips: Sequence[str],
     started_at: datetime | None,
+    progress: progresses.Progress,
 ) -> pod_pb2.PodStatus:
     status = pod_pb2.PodStatus(
         phase=phase,
+        progress=progress,
         conditions=conditions,
         reason=reason,
         message=message,
@@ -118,9 +152,11 @@ def pending(
     container_id: str = "",
     node_name: str = "",
     host_ip: str = "",
+    progress: progresses.Progress | None = None,
 ) -> pod_pb2.PodStatus:
     """A pod whose VM is being made or powered on: phase Pending, containers waiting with
-    `reason` (e.g. ContainerCreating, PoweringOn)."""
+    `reason` (e.g. ContainerCreating, PoweringOn); `progress` is the value `reason` names
+    unless given."""
     # The pod-level reason stays empty for Pending; the waiting container carries it.
     status = _status(
         pod,
@@ -133,6 +169,7 @@ def pending(
         host_ip=host_ip,
         ips=(),
         started_at=None,
+        progress=progresses.of_reason(reason) if progress is None else progress,
     )
     for c in pod.containers:
         cs = _container(c, container_id=container_id, ready=False, restart_count=0)
@@ -166,6 +203,7 @@ def running(
         host_ip=host_ip,
         ips=ips,
         started_at=started_at,
+        progress=pod_pb2.PROGRESS_NONE,
     )
     for c in pod.containers:
         cs = _container(c, container_id=container_id, ready=True, restart_count=restart_count)
@@ -203,6 +241,7 @@ def _terminated(
         host_ip=host_ip,
         ips=ips,
         started_at=started_at,
+        progress=pod_pb2.PROGRESS_FAILED if exit_code else pod_pb2.PROGRESS_NONE,
     )
     for c in pod.containers:
         cs = _container(c, container_id=container_id, ready=False, restart_count=0)

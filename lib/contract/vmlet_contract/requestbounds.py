@@ -53,8 +53,6 @@ MAX_IDENTITY_LENGTH = 128
 MAX_USER_DATA_BYTES = 64 * 1024
 #: Kubernetes' TotalAnnotationSizeLimitB.
 MAX_MAP_BYTES = 256 * 1024
-#: The apiserver's largest request body (3 MiB).
-MAX_POD_JSON_BYTES = 3 * 1024 * 1024
 #: The gRPC receive limit of every provider server (DEFAULT_SERVER_OPTIONS).
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 MAX_CONTAINERS = 64
@@ -152,9 +150,6 @@ def _pod(pod: Any, *, ref_required: bool = True) -> None:
         if size > MAX_USER_DATA_BYTES:
             raise InvalidArgument(f"{where}: {what} of {size} bytes; at most "
                                   f"{MAX_USER_DATA_BYTES} are taken (Nova's user_data limit)")
-    if len(pod.pod_json) > MAX_POD_JSON_BYTES:
-        raise InvalidArgument(f"{where}: pod JSON of {len(pod.pod_json)} bytes; at most "
-                              f"{MAX_POD_JSON_BYTES}")
     if len(pod.containers) > MAX_CONTAINERS:
         raise InvalidArgument(f"{where}: {len(pod.containers)} containers; at most "
                               f"{MAX_CONTAINERS}")

@@ -6,6 +6,7 @@ from typing import Any
 from vmlet.provider.v1 import pod_pb2 as pb
 from vmlet_facade.ownership import Ownership, prove
 from vmlet_facade.podconvert import (
+    PROGRESS_CONDITION,
     spec_fingerprint,
     status_to_k8s,
     to_provider_pod,
@@ -137,3 +138,46 @@ def test_vm_pod_carries_networks_disks_labels_and_identity() -> None:
     assert spec["containers"][0]["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}
     preferred = spec["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
     assert preferred[0]["preference"]["matchExpressions"][0]["values"] == ["host-1"]
+
+
+def test_the_pods_json_is_not_sent() -> None:
+    sent = to_provider_pod(_pod(), Resolved(), BARE)
+    assert 11 not in [f.number for f, _ in sent.ListFields()]
+    assert "pod_json" not in pb.Pod.DESCRIPTOR.fields_by_name
+
+
+def test_progress_becomes_a_condition_only_when_the_provider_sets_it() -> None:
+    status = pb.PodStatus(phase=pb.POD_PHASE_PENDING, progress=pb.PROGRESS_POWERING_ON)
+    status.container_statuses.add(name="vm", waiting=pb.ContainerStateWaiting(
+        reason="PoweringOn", message="VM web is powering on"))
+    conds = {c["type"]: c for c in status_to_k8s(status, _pod(), "")["conditions"]}
+    progress = conds[PROGRESS_CONDITION]
+    assert (progress["status"], progress["reason"], progress["message"]) == (
+        "True", "PoweringOn", "VM web is powering on")
+    status.progress = pb.PROGRESS_NONE
+    assert {c["type"]: c["status"] for c in status_to_k8s(status, _pod(), "")["conditions"]}[
+        PROGRESS_CONDITION] == "False"
+    status.progress = pb.PROGRESS_UNSPECIFIED
+    assert PROGRESS_CONDITION not in {
+        c["type"] for c in status_to_k8s(status, _pod(), "")["conditions"]}
+
+
+def test_the_size_reported_is_the_one_the_provider_read() -> None:
+    """The container's resources are what the IaaS says the VM has; the spec's own spelling is
+    kept when it is that much, and no request is left above a limit."""
+    status = pb.PodStatus(phase=pb.POD_PHASE_RUNNING,
+                          resources=pb.VmResources(cpu_millis=1000, memory_bytes=3 * 2**30))
+    status.container_statuses.add(name="vm", ready=True, running=pb.ContainerStateRunning())
+    pod = _pod()
+    pod["spec"]["containers"][0]["resources"] = {
+        "requests": {"cpu": "2", "memory": "3072Mi"}, "limits": {"cpu": "2", "memory": "3072Mi"}}
+    reported = status_to_k8s(status, pod, "")["containerStatuses"][0]["resources"]
+    assert reported == {"requests": {"cpu": "1", "memory": "3072Mi"},
+                        "limits": {"cpu": "1", "memory": "3072Mi"}}
+    status.resources.cpu_millis = 1500
+    status.resources.memory_bytes = 2**30 + 2**20
+    reported = status_to_k8s(status, pod, "")["containerStatuses"][0]["resources"]
+    assert reported["limits"] == {"cpu": "1500m", "memory": "1025Mi"}
+    status.ClearField("resources")
+    reported = status_to_k8s(status, pod, "")["containerStatuses"][0]["resources"]
+    assert reported == pod["spec"]["containers"][0]["resources"]

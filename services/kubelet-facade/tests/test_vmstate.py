@@ -98,3 +98,50 @@ def test_unschedulable_says_what_the_scheduler_said() -> None:
     state, reason, message, _ = observe(vm(), [unbound], False)
     assert (state, reason) == ("Provisioning", "Unscheduled")
     assert "3 Insufficient memory" in message
+
+
+def _reported(status: pb.PodStatus) -> Obj:
+    """A VM pod on n1 whose status is ``status`` as the facade writes it."""
+    seen: Obj = {"metadata": {"name": "web-x"}, "spec": {"nodeName": "n1", "containers": [
+        {"name": "vm", "image": "debian-12"}]}}
+    seen["status"] = status_to_k8s(status, seen, "10.0.0.1")
+    return seen
+
+
+def _waiting(reason: str, progress: int, message: str = "") -> pb.PodStatus:
+    status = pb.PodStatus(phase=pb.POD_PHASE_PENDING, progress=progress)  # type: ignore[arg-type]
+    status.container_statuses.add(name="vm", waiting=pb.ContainerStateWaiting(
+        reason=reason, message=message))
+    return status
+
+
+def test_the_progress_value_decides_not_the_waiting_reason() -> None:
+    """A provider's own waiting reason, unknown to the facade, with a step's Progress value is
+    progress; the same reason without one (an older provider) is a failure."""
+    step = _reported(_waiting("CloningTemplate", pb.PROGRESS_CREATING, "cloning debian-12"))
+    assert observe(vm(), [step], False)[:2] == ("Starting", "Starting")
+    moving = _reported(_waiting("VMotion", pb.PROGRESS_RELOCATING, "moving to h2"))
+    assert observe(vm(), [moving], False)[1:3] == ("Relocating", "moving to h2")
+    assert observe(vm(), [moving], False)[0] == "Migrating"
+    old = _reported(_waiting("CloningTemplate", pb.PROGRESS_UNSPECIFIED, "cloning"))
+    assert observe(vm(), [old], False)[:3] == ("Provisioning", "CloningTemplate", "cloning")
+    older = _reported(_waiting("PowerCycling", pb.PROGRESS_UNSPECIFIED))
+    assert observe(vm(), [older], False)[:2] == ("Starting", "PowerCycling")
+
+
+def test_a_vm_stopped_in_the_iaas_is_a_failure_with_the_providers_reason() -> None:
+    stopped = pb.PodStatus(phase=pb.POD_PHASE_RUNNING, progress=pb.PROGRESS_STOPPED)
+    stopped.container_statuses.add(name="vm", terminated=pb.ContainerStateTerminated(
+        reason="Suspended", message="VM web is suspended in vCenter"))
+    assert observe(vm(), [_reported(stopped)], False)[:3] == (
+        "Provisioning", "Suspended", "VM web is suspended in vCenter")
+
+
+def test_an_iaas_state_the_provider_does_not_know_is_unknown_with_its_words() -> None:
+    odd = pb.PodStatus(phase=pb.POD_PHASE_UNKNOWN, progress=pb.PROGRESS_STATE_UNKNOWN,
+                       message="Nova reports server web as WEIRD")
+    odd.conditions.add(type="Ready", status=pb.CONDITION_STATUS_FALSE,
+                       reason="ServerStateUnknown", message="Nova reports server web as WEIRD")
+    odd.container_statuses.add(name="vm", running=pb.ContainerStateRunning())
+    assert observe(vm(), [_reported(odd)], False)[:3] == (
+        "Unknown", "ServerStateUnknown", "Nova reports server web as WEIRD")

@@ -6,23 +6,28 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from vmlet.provider.v1 import pod_pb2 as pb
 from vmlet_api.names import NETWORKS_ANNOTATION, PREFIX
+from vmlet_contract import progress as progresses
+from vmlet_facade.kube.objects import Obj
 from vmlet_facade.ownership import Ownership
-from vmlet_facade.quantity import cpu_millis, memory_bytes
+from vmlet_facade.quantity import InvalidQuantity, cpu_millis, memory_bytes
 from vmlet_facade.references import Resolved
 
 __all__ = [
+    "PROGRESS_CONDITION",
     "spec_fingerprint",
     "status_to_k8s",
     "to_provider_pod",
 ]
 
-Obj = dict[str, Any]
+#: The pod condition that carries a provider's `Progress` to the VirtualMachine controller
+#: (vmstate): status True while a step is under way, reason the value's CamelCase name. Absent
+#: when the provider does not set progress (older than the field).
+PROGRESS_CONDITION = f"{PREFIX}Progress"
 
 _PHASES = {
     pb.POD_PHASE_PENDING: "Pending", pb.POD_PHASE_RUNNING: "Running",
@@ -52,8 +57,7 @@ def _timestamp(text: str | None) -> Timestamp | None:
     return ts
 
 
-def to_provider_pod(pod: Obj, resolved: Resolved, ownership: Ownership, *,
-                    with_json: bool = True) -> pb.Pod:
+def to_provider_pod(pod: Obj, resolved: Resolved, ownership: Ownership) -> pb.Pod:
     """The contract's Pod for ``pod`` with its references resolved; identity and keep_on_delete
     are ``ownership``'s (derived by ``vmlet_facade.ownership``, never read from the pod)."""
     meta, spec = pod["metadata"], pod.get("spec", {})
@@ -94,7 +98,6 @@ def to_provider_pod(pod: Obj, resolved: Resolved, ownership: Ownership, *,
         user_data=resolved.user_data,
         networks=[pb.NetworkAttachment(name=n.strip()) for n in (meta.get("annotations") or {})
                   .get(NETWORKS_ANNOTATION, "").split(",") if n.strip()],
-        pod_json=json.dumps(pod, separators=(",", ":")).encode() if with_json else b"",
     )
     created = _timestamp(meta.get("creationTimestamp"))
     if created is not None:
@@ -134,6 +137,82 @@ def _one_per_family(ips: list[str]) -> list[str]:
     return out
 
 
+def _cpu_text(millis: int, said: object) -> object:
+    """``millis`` as a CPU quantity; ``said`` (the spec's own spelling) when it is that much."""
+    try:
+        if said is not None and cpu_millis(str(said)) == millis:
+            return said
+    except InvalidQuantity:
+        pass
+    return str(millis // 1000) if millis % 1000 == 0 else f"{millis}m"
+
+
+def _memory_text(size: int, said: object) -> object:
+    """``size`` bytes as a memory quantity; ``said`` (the spec's own spelling) when it is that
+    much."""
+    try:
+        if said is not None and memory_bytes(str(said)) == size:
+            return said
+    except InvalidQuantity:
+        pass
+    for suffix, unit in (("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+        if size % unit == 0:
+            return f"{size // unit}{suffix}"
+    return str(size)
+
+
+def _reported_resources(spec: Obj, status: pb.PodStatus) -> Obj:
+    """A container's resources in its status: the spec's, with the size the provider read from
+    the IaaS (``status.resources``) as its limits, and no request above them. The spec's when
+    the provider did not say."""
+    if not status.HasField("resources"):
+        return spec
+    seen = status.resources
+    limits = dict(spec.get("limits") or {})
+    limits["cpu"] = _cpu_text(seen.cpu_millis, limits.get("cpu"))
+    limits["memory"] = _memory_text(seen.memory_bytes, limits.get("memory"))
+    requests = dict(spec.get("requests") or {})
+    try:
+        if "cpu" in requests and cpu_millis(str(requests["cpu"])) > seen.cpu_millis:
+            requests["cpu"] = limits["cpu"]
+        if "memory" in requests and memory_bytes(str(requests["memory"])) > seen.memory_bytes:
+            requests["memory"] = limits["memory"]
+    except InvalidQuantity:
+        return spec
+    return {**spec, "limits": limits, **({"requests": requests} if requests else {})}
+
+
+def _condition(ctype: str, value: str, prev: Obj | None, given_at: str | None, reason: str,
+               message: str) -> Obj:
+    """A pod condition that keeps ``prev``'s transition time while its status does not change."""
+    if given_at is not None:
+        changed = given_at
+    elif prev and prev.get("status") == value and prev.get("lastTransitionTime"):
+        changed = prev["lastTransitionTime"]
+    else:
+        changed = _now()
+    cond: Obj = {"type": ctype, "status": value, "lastTransitionTime": changed,
+                 "lastProbeTime": None}
+    if reason:
+        cond["reason"] = reason
+    if message:
+        cond["message"] = message
+    return cond
+
+
+def _progress_condition(status: pb.PodStatus, prev: Obj | None) -> Obj | None:
+    """The PROGRESS_CONDITION of ``status``; None when its progress is unset or unknown here."""
+    name = progresses.name(status.progress)
+    if not name:
+        return None
+    said = [cs.waiting.message for cs in status.container_statuses
+            if cs.WhichOneof("state") == "waiting"]
+    said += [status.message] + [c.message for c in status.conditions if c.type == "Ready"]
+    value = "True" if status.progress in progresses.STEPS else "False"
+    return _condition(PROGRESS_CONDITION, value, prev, None, name,
+                      next((text for text in said if text), ""))
+
+
 def status_to_k8s(status: pb.PodStatus, pod: Obj, host_ip: str) -> Obj:
     """A pod status for the apiserver: the provider's view, completed as a kubelet would.
 
@@ -168,9 +247,10 @@ def status_to_k8s(status: pb.PodStatus, pod: Obj, host_ip: str) -> Obj:
             "name": cs.name, "image": cs.image or spec_images.get(cs.name, ""),
             "imageID": cs.image_id, "containerID": cs.container_id, "ready": cs.ready,
             "restartCount": cs.restart_count, "started": which == "running", "state": state,
-            # What the VM was given: reported as a resize-capable kubelet does, which is what
-            # lets the apiserver accept in-place resizes (pods/resize) of VM pods.
-            "resources": spec_containers.get(cs.name, {}).get("resources") or {},
+            # What the VM has: reported as a resize-capable kubelet does, which is what lets
+            # the apiserver accept in-place resizes (pods/resize) of VM pods.
+            "resources": _reported_resources(
+                spec_containers.get(cs.name, {}).get("resources") or {}, status),
         })
     if not containers:
         for name, image in spec_images.items():
@@ -192,23 +272,17 @@ def status_to_k8s(status: pb.PodStatus, pod: Obj, host_ip: str) -> Obj:
     given = {c.type: c for c in status.conditions}
     conditions = []
     for ctype in ["PodScheduled", "Initialized", "ContainersReady", "Ready",
-                  *[t for t in given if t not in derived]]:
+                  *[t for t in given if t not in derived and t != PROGRESS_CONDITION]]:
         c = given.get(ctype)
         value = _COND.get(c.status, "Unknown") if c else derived[ctype]
-        prev = old_conds.get(ctype)
-        if c is not None and c.HasField("last_transition_time"):
-            changed = _ts(c.last_transition_time)
-        elif prev and prev.get("status") == value and prev.get("lastTransitionTime"):
-            changed = prev["lastTransitionTime"]
-        else:
-            changed = _now()
-        cond: Obj = {"type": ctype, "status": value, "lastTransitionTime": changed,
-                     "lastProbeTime": None}
-        if c is not None and c.reason:
-            cond["reason"] = c.reason
-        if c is not None and c.message:
-            cond["message"] = c.message
-        conditions.append(cond)
+        given_at = _ts(c.last_transition_time) if c is not None and c.HasField(
+            "last_transition_time") else None
+        conditions.append(_condition(ctype, value, old_conds.get(ctype), given_at,
+                                     c.reason if c is not None else "",
+                                     c.message if c is not None else ""))
+    progress = _progress_condition(status, old_conds.get(PROGRESS_CONDITION))
+    if progress is not None:
+        conditions.append(progress)
     ips = _one_per_family(list(status.pod_ips) or ([status.pod_ip] if status.pod_ip else []))
     host = status.host_ip or host_ip
     out: Obj = {

@@ -363,8 +363,7 @@ class PodController(Generic[P]):
             ownership = await self._ownership(uid, pod)
             try:
                 with metrics.provider_call("DeletePod"):
-                    await route.provider.delete_pod(to_provider_pod(pod, Resolved(), ownership,
-                                                                    with_json=False))
+                    await route.provider.delete_pod(to_provider_pod(pod, Resolved(), ownership))
             except ProviderError as err:
                 await self._events.emit(pod, "ProviderDeleteFailed", err.message, warning=True)
                 raise
@@ -388,8 +387,7 @@ class PodController(Generic[P]):
                 try:
                     ownership = await self._ownership(uid, pod)
                     with metrics.provider_call("DeletePod"):
-                        await route.provider.delete_pod(to_provider_pod(pod, Resolved(), ownership,
-                                                                        with_json=False))
+                        await route.provider.delete_pod(to_provider_pod(pod, Resolved(), ownership))
                 except ApiError:
                     state.gone = pod
                     self._retry(uid)

@@ -1,28 +1,30 @@
 """A VirtualMachine's printable state, from its spec and its VM pods as last seen.
 
 The states (`vmlet_api.names.VM_STATES`): Stopped, Provisioning, Starting, Running, Stopping,
-Migrating, Failed, Unknown. Its reasons are named there too, but for a provider's waiting reasons,
-which are passed on.
+Migrating, Failed, Unknown. Its reasons are named there too, but for a provider's progress and
+failure reasons, which are passed on. What a provider is doing comes from its `Progress` (the pod
+condition `podconvert.PROGRESS_CONDITION`); a provider older than that field is read by its
+container's waiting reason instead: a step under way when it is a step's CamelCase name.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
+from vmlet.provider.v1 import pod_pb2 as pb
 from vmlet_api import names as n
+from vmlet_contract import progress as progresses
+from vmlet_facade.kube.objects import Obj
 from vmlet_facade.outage import REASONS as OUTAGE_REASONS
+from vmlet_facade.podconvert import PROGRESS_CONDITION
 
 __all__ = ["PROGRESS_REASONS", "observe"]
 
-Obj = dict[str, Any]
 
-#: Reasons a provider gives a VM pod's waiting container while a step is under way (see
+#: Waiting reasons of an older provider's VM pod (no `Progress`) read as a step under way (see
 #: docs/provider-guide.md): progress, not a failure. Any other waiting reason is a failure.
-PROGRESS_REASONS = frozenset({
-    "ContainerCreating", "PoweringOn", "PowerCycling", "Resizing", "Relocating", "Migrating",
-    "Rebuilding", "Rebooting", "SettingPassword", "Busy",
-})
-_MOVING_REASONS = frozenset({"Relocating", "Migrating"})
+PROGRESS_REASONS = frozenset(progresses.name(step) for step in progresses.STEPS)
+#: Steps shown as the VM starting, with the facade's own reason.
+_STARTING = frozenset({pb.PROGRESS_NONE, pb.PROGRESS_CREATING, pb.PROGRESS_POWERING_ON,
+                       pb.PROGRESS_WAITING_FOR_GUEST_IP})
 
 
 def _ready(pod: Obj) -> bool:
@@ -64,6 +66,37 @@ def _waiting(pod: Obj) -> Obj | None:
     return None
 
 
+def _said(pod: Obj) -> tuple[str, str]:
+    """The provider's own (reason, message) for ``pod``: its waiting or stopped container's, else
+    its Ready condition's."""
+    status = pod.get("status", {})
+    for cs in status.get("containerStatuses") or []:
+        state = cs.get("state") or {}
+        said = state.get("waiting") or state.get("terminated")
+        if said and said.get("reason"):
+            return str(said["reason"]), str(said.get("message") or "")
+    for c in status.get("conditions") or []:
+        if c.get("type") == "Ready" and c.get("status") != "True" and c.get("reason"):
+            return str(c["reason"]), str(c.get("message") or "")
+    return "", ""
+
+
+def _progress(pod: Obj, waiting: Obj | None) -> tuple[progresses.Progress, str, str]:
+    """(progress, reason, message) of ``pod``: the provider's `Progress` with the provider's own
+    reason and message, or for an older provider what its waiting reason names."""
+    reason, message = _said(pod)
+    for c in pod.get("status", {}).get("conditions") or []:
+        if c.get("type") == PROGRESS_CONDITION:
+            progress = progresses.of_reason(str(c.get("reason") or ""))
+            if progress in progresses.STEPS:
+                reason = progresses.name(progress)
+            return progress, reason or progresses.name(progress), \
+                str(c.get("message") or message or reason)
+    reason = str((waiting or {}).get("reason") or "")
+    progress = progresses.of_reason(reason) if reason else pb.PROGRESS_NONE
+    return progress, reason, str((waiting or {}).get("message") or reason)
+
+
 def observe(vm: Obj, pods: list[Obj], deleting: bool,
             blocked: str = "") -> tuple[str, str, str, Obj | None]:
     """(state, reason, message, pod) of ``vm`` whose VM pods are ``pods``; ``blocked`` says why
@@ -91,22 +124,25 @@ def observe(vm: Obj, pods: list[Obj], deleting: bool,
         return (n.STATE_FAILED, status.get("reason") or n.REASON_VM_FAILED,
                 status.get("message") or "the VM failed", pod)
     if phase == "Unknown":
+        progress, reason, said = _progress(pod, _waiting(pod))
+        if progress == pb.PROGRESS_STATE_UNKNOWN:  # the IaaS's state, not the host's silence
+            return n.STATE_UNKNOWN, reason, said, pod
         return n.STATE_UNKNOWN, n.REASON_NODE_UNREACHABLE, "the VM's host does not answer", pod
     if phase == "Running" and _ready(pod):
         return n.STATE_RUNNING, n.REASON_RUNNING, f"the VM runs on {node}", pod
     unseen = _unseen(pod)
     if unseen is not None:
         return n.STATE_UNKNOWN, unseen[0], unseen[1], pod
-    waiting = _waiting(pod)
     if not node:
         return ((n.STATE_MIGRATING if migrating else n.STATE_PROVISIONING), n.REASON_UNSCHEDULED,
                 _unscheduled(pod), pod)
-    reason = (waiting or {}).get("reason")
-    said = str((waiting or {}).get("message") or reason)
-    if reason and reason not in PROGRESS_REASONS:
-        return n.STATE_PROVISIONING, str(reason), said, pod
-    moving = migrating or reason in _MOVING_REASONS
-    if reason in (None, "ContainerCreating", "PoweringOn"):
+    progress, reason, said = _progress(pod, _waiting(pod))
+    if progress == pb.PROGRESS_DELETING:
+        return n.STATE_STOPPING, n.REASON_DELETING, said, pod
+    if progress not in progresses.STEPS and progress != pb.PROGRESS_NONE:
+        return n.STATE_PROVISIONING, reason, said, pod
+    moving = migrating or progress in progresses.MOVING
+    if progress in _STARTING:
         return (n.STATE_MIGRATING if moving else n.STATE_STARTING), n.REASON_STARTING, \
             f"the VM is starting on {node}", pod
-    return (n.STATE_MIGRATING if moving else n.STATE_STARTING), str(reason), said, pod
+    return (n.STATE_MIGRATING if moving else n.STATE_STARTING), reason, said, pod

@@ -445,10 +445,13 @@ class Cloud:
         }
         if vm.power is Power.RUNNING:
             assert vm.started_at is not None
-            return podstatus.running(vm.pod, ips=[vm.ip], started_at=vm.started_at, **common)
-        return podstatus.pending(
-            vm.pod, reason="PoweringOn", message=f"VM is powering on on {vm.node}", **common
-        )
+            status = podstatus.running(vm.pod, ips=[vm.ip], started_at=vm.started_at, **common)
+        else:
+            status = podstatus.pending(
+                vm.pod, reason="PoweringOn", message=f"VM is powering on on {vm.node}", **common
+            )
+        podstatus.observed_size(status, cpu_millis=vm.size[0], memory_bytes=vm.size[1])
+        return status
 
     def _publish(self, vm: Machine) -> None:
         vm.status = self._status(vm)

@@ -86,6 +86,14 @@ class Machine:
         """The container ID of the pod's one container."""
         return f"memory://{self.uuid}"
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """(cpu millis, memory bytes) this pretend IaaS gives the machine: its pod's limits,
+        requests where a limit is unset; (0, 0) without a pod."""
+        sized = [c.resources for c in self.pod.containers] if self.pod is not None else []
+        return (sum(r.cpu_limit_millis or r.cpu_request_millis for r in sized),
+                sum(r.memory_limit_bytes or r.memory_request_bytes for r in sized))
+
     def record(self, text: str, when: datetime | None = None) -> None:
         """Appends a line to the event log and wakes followers."""
         self.log_seq += 1

@@ -255,6 +255,16 @@ def test_statuses() -> None:
     vanished = pod_status(pod, None, vanished="s1")
     assert vanished.phase == pod_pb2.POD_PHASE_FAILED and vanished.reason == "VMVanished"
     assert pod_status(pod, None).phase == pod_pb2.POD_PHASE_PENDING
+    assert [s.progress for s in (running, building, error, off, starting, moving, vanished)] == [
+        pod_pb2.PROGRESS_NONE, pod_pb2.PROGRESS_CREATING, pod_pb2.PROGRESS_FAILED,
+        pod_pb2.PROGRESS_STOPPED, pod_pb2.PROGRESS_POWERING_ON, pod_pb2.PROGRESS_MIGRATING,
+        pod_pb2.PROGRESS_FAILED,
+    ]  # fmt: skip
+    odd = pod_status(pod, _server(status="WEIRD"))
+    assert odd.progress == pod_pb2.PROGRESS_STATE_UNKNOWN
+    # The size is the flavor's as Nova reports it, not the pod's.
+    assert (running.resources.cpu_millis, running.resources.memory_bytes) == (1000, 512 << 20)
+    assert not vanished.HasField("resources")
 
 
 def test_an_error_server_fails_once_its_fault_is_read() -> None:

@@ -30,8 +30,6 @@ from .records import ServerRecord
 
 __all__ = ["Progress", "pod_status"]
 
-_FALSE = pod_pb2.CONDITION_STATUS_FALSE
-
 _RESTING_OFF: Final = {
     "SHUTOFF": "PoweredOff",
     "STOPPED": "PoweredOff",
@@ -68,16 +66,6 @@ class Progress:
     message: str
 
 
-def _not_ready(status: pod_pb2.PodStatus, reason: str, message: str) -> None:
-    for condition in status.conditions:
-        if condition.type in ("Ready", "ContainersReady"):
-            condition.status = _FALSE
-            condition.reason = reason
-            condition.message = message
-    for container in status.container_statuses:
-        container.ready = False
-
-
 def _image_ids(status: pod_pb2.PodStatus, server: ServerRecord | None) -> None:
     if server is not None and server.image_id:
         for container in status.container_statuses:
@@ -109,6 +97,10 @@ def pod_status(
         host_ip=host_ip,
     )
     _image_ids(status, server)
+    if server is not None and not server.gone:
+        podstatus.observed_size(
+            status, cpu_millis=server.vcpus * 1000, memory_bytes=server.ram_mib << 20
+        )
     return status
 
 
@@ -154,7 +146,7 @@ def _status(
         if started is None:
             return podstatus.pending(pod, reason="ContainerCreating", message=said, **common)
         status = podstatus.running(pod, ips=server.ips, started_at=started, **common)
-        _not_ready(status, "Busy", said)
+        podstatus.not_ready(status, "Busy", said)
         status.message = said
         return status
     if server.status == "ERROR":
@@ -191,7 +183,7 @@ def _status(
         if started is None:
             return podstatus.pending(pod, reason=reason, message=message, **common)
         status = podstatus.running(pod, ips=server.ips, started_at=started, **common)
-        _not_ready(status, reason, message)
+        podstatus.not_ready(status, reason, message)
         status.message = message
         return status
     off_reason = _RESTING_OFF.get(server.status)
@@ -205,7 +197,7 @@ def _status(
     # UNKNOWN and anything newer than this provider.
     status = podstatus.running(pod, ips=server.ips, started_at=started or _now(), **common)
     message = f"Nova reports server {server.name} as {server.status}"
-    _not_ready(status, "ServerStateUnknown", message)
+    podstatus.not_ready(status, "ServerStateUnknown", message, pod_pb2.PROGRESS_STATE_UNKNOWN)
     status.phase = pod_pb2.POD_PHASE_UNKNOWN
     status.message = message
     return status
@@ -236,7 +228,7 @@ def _terminated(
     common: _Common,
 ) -> pod_pb2.PodStatus:
     status = podstatus.running(pod, ips=[], started_at=started, **common)
-    _not_ready(status, reason, message)
+    podstatus.not_ready(status, reason, message)
     status.message = message
     for container in status.container_statuses:
         began = pod_pb2.ContainerStatus().running.started_at

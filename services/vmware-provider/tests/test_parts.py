@@ -226,6 +226,10 @@ def test_pod_status_phases() -> None:
     vanished = pod_status(pod, None, failure=("VMVanished", "gone"), last_vm="vm-9")
     assert vanished.phase == pod_pb2.POD_PHASE_FAILED and vanished.reason == "VMVanished"
     assert vanished.provider_id == "vm-9"
+    assert [s.progress for s in (creating, no_ip, with_ip, cycling, stopped, vanished)] == [
+        pod_pb2.PROGRESS_CREATING, pod_pb2.PROGRESS_WAITING_FOR_GUEST_IP, pod_pb2.PROGRESS_NONE,
+        pod_pb2.PROGRESS_POWER_CYCLING, pod_pb2.PROGRESS_STOPPED, pod_pb2.PROGRESS_FAILED,
+    ]  # fmt: skip
 
 
 async def test_a_contradicted_refresh_asks_for_another_read() -> None:

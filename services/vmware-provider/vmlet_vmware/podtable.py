@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import TypeAlias
 
 from vmlet.provider.v1 import pod_notifier_service_pb2, pod_pb2
-from vmlet_contract import Hub, NotFound
+from vmlet_contract import Hub, NotFound, podstatus
 
 from .cache import Cache
 from .nodes import NodeBook
@@ -125,7 +125,7 @@ class PodTable:
     def _derive(self, entry: PodEntry) -> pod_pb2.PodStatus:
         vm = self._cache.vm_of(entry.identity)
         host = vm.host if vm is not None else ""
-        return pod_status(
+        status = pod_status(
             entry.pod,
             vm,
             progress=entry.progress,
@@ -138,6 +138,11 @@ class PodTable:
             host_ip=self._book.host_ip(host) if host else "",
             last_vm=entry.vm,
         )
+        if vm is not None:  # the size the VM has in vCenter (config.hardware), not the pod's
+            podstatus.observed_size(
+                status, cpu_millis=vm.num_cpu * 1000, memory_bytes=vm.memory_mb << 20
+            )
+        return status
 
     def publish(self, entry: PodEntry) -> None:
         """Derives the pod's status again and pushes it when it changed (a Pending one after

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypedDict
 
 from vmlet.provider.v1 import pod_pb2
 from vmlet_contract import podstatus
@@ -26,7 +27,12 @@ from .records import VmRecord
 
 __all__ = ["Progress", "guest_ips", "pod_ips", "pod_status"]
 
-_FALSE = pod_pb2.CONDITION_STATUS_FALSE
+
+class _Common(TypedDict):
+    provider_id: str
+    container_id: str
+    node_name: str
+    host_ip: str
 
 
 @dataclass(frozen=True)
@@ -73,16 +79,6 @@ def pod_ips(vm: VmRecord) -> list[str]:
     return out
 
 
-def _not_ready(status: pod_pb2.PodStatus, reason: str, message: str) -> None:
-    for condition in status.conditions:
-        if condition.type in ("Ready", "ContainersReady"):
-            condition.status = _FALSE
-            condition.reason = reason
-            condition.message = message
-    for container in status.container_statuses:
-        container.ready = False
-
-
 def _running(
     pod: pod_pb2.Pod,
     vm: VmRecord,
@@ -90,7 +86,7 @@ def _running(
     first_started: datetime | None,
     restarts: int,
     message: str,
-    common: dict[str, str],
+    common: _Common,
 ) -> pod_pb2.PodStatus:
     started = vm.boot_time or first_started or datetime.now(UTC)
     ips = pod_ips(vm)
@@ -98,7 +94,7 @@ def _running(
     status.start_time.CopyFrom(podstatus.timestamp(first_started or started))
     status.message = message
     if not ips:
-        _not_ready(
+        podstatus.not_ready(
             status,
             "WaitingForGuestIP",
             f"VM {vm.name} runs; its guest has not reported an IP address yet (VMware Tools)",
@@ -107,7 +103,7 @@ def _running(
 
 
 def _waiting_after_start(
-    pod: pod_pb2.Pod, *, reason: str, message: str, first_started: datetime, common: dict[str, str]
+    pod: pod_pb2.Pod, *, reason: str, message: str, first_started: datetime, common: _Common
 ) -> pod_pb2.PodStatus:
     status = podstatus.pending(pod, reason=reason, message=message, **common)
     status.phase = pod_pb2.POD_PHASE_RUNNING
@@ -123,14 +119,14 @@ def _stopped(
     first_started: datetime,
     finished: datetime | None,
     restarts: int,
-    common: dict[str, str],
+    common: _Common,
 ) -> pod_pb2.PodStatus:
     reason = "Suspended" if vm.power == "suspended" else "PoweredOff"
     message = f"VM {vm.name} is {vm.power} in vCenter; power it on there (or recreate the pod)"
     status = podstatus.running(
         pod, ips=[], started_at=first_started, restart_count=restarts, **common
     )
-    _not_ready(status, reason, message)
+    podstatus.not_ready(status, reason, message)
     status.message = message
     for container in status.container_statuses:
         started = container.running.started_at
@@ -159,7 +155,7 @@ def pod_status(
 ) -> pod_pb2.PodStatus:
     """The status of `pod`, whose VM is `vm` (None: not made yet, or gone). `finished` is when
     the VM was seen stopping or vanishing (now when None)."""
-    common = {
+    common: _Common = {
         "provider_id": vm.moid if vm is not None else last_vm,
         "container_id": f"vsphere://{vm.instance_uuid or vm.moid}" if vm is not None else "",
         "node_name": node_name,

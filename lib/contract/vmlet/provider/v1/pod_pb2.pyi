@@ -84,6 +84,98 @@ CONDITION_STATUS_UNKNOWN: ConditionStatus.ValueType  # 3
 """The provider cannot tell."""
 Global___ConditionStatus: _TypeAlias = ConditionStatus  # noqa: Y015
 
+class _Progress:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ProgressEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Progress.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PROGRESS_UNSPECIFIED: _Progress.ValueType  # 0
+    """Not set: a provider older than this field. The facade then reads the container's waiting
+    reason, a step under way when it is one of the CamelCase names below (e.g. PoweringOn).
+    """
+    PROGRESS_NONE: _Progress.ValueType  # 1
+    """Nothing under way: the VM runs and is ready, or it finished its work (Succeeded)."""
+    PROGRESS_CREATING: _Progress.ValueType  # 2
+    """Step (ContainerCreating): the VM is being made: cloned, built, its disks attached."""
+    PROGRESS_POWERING_ON: _Progress.ValueType  # 3
+    """Step (PoweringOn): the VM exists and is being powered on."""
+    PROGRESS_POWER_CYCLING: _Progress.ValueType  # 4
+    """Step (PowerCycling): the VM is powered off and on again to take a change (e.g. a resize)."""
+    PROGRESS_RELOCATING: _Progress.ValueType  # 5
+    """Step (Relocating): the VM is moving to another host (vSphere relocate)."""
+    PROGRESS_MIGRATING: _Progress.ValueType  # 6
+    """Step (Migrating): the VM is migrating to another host (live or cold)."""
+    PROGRESS_RESIZING: _Progress.ValueType  # 7
+    """Step (Resizing): the VM is taking a new size (CPU, memory, flavor)."""
+    PROGRESS_REBUILDING: _Progress.ValueType  # 8
+    """Step (Rebuilding): the VM is rebuilt from an image or snapshot."""
+    PROGRESS_REBOOTING: _Progress.ValueType  # 9
+    """Step (Rebooting): the VM is rebooting."""
+    PROGRESS_SETTING_PASSWORD: _Progress.ValueType  # 10
+    """Step (SettingPassword): the IaaS is setting a password in the guest."""
+    PROGRESS_BUSY: _Progress.ValueType  # 11
+    """Step (Busy): the IaaS is busy with the VM in a way the provider does not name."""
+    PROGRESS_DELETING: _Progress.ValueType  # 12
+    """Step (Deleting): the VM is being powered off or destroyed for a deleted pod."""
+    PROGRESS_WAITING_FOR_GUEST_IP: _Progress.ValueType  # 13
+    """Step (WaitingForGuestIP): the VM runs and its guest has not reported an IP address yet."""
+    PROGRESS_STOPPED: _Progress.ValueType  # 14
+    """Not a step (Stopped): the VM was stopped, suspended, paused or shelved in the IaaS and the
+    provider does not start it again; the reason says which (PoweredOff, Suspended, ...).
+    """
+    PROGRESS_FAILED: _Progress.ValueType  # 15
+    """Not a step (Failed): the VM failed or vanished; the reason says why (e.g. VMVanished)."""
+    PROGRESS_STATE_UNKNOWN: _Progress.ValueType  # 16
+    """Not a step (StateUnknown): the IaaS reports a state of the VM the provider does not know."""
+
+class Progress(_Progress, metaclass=_ProgressEnumTypeWrapper):
+    """Progress says what is happening to a pod's VM in a form the facade acts on; the status's
+    free-text reasons and messages say it to people. A provider sets it on every status of a pod
+    that is not Running and ready. The facade shows a step under way as progress and anything else
+    that keeps a VM from running as a failure; the comment on each value says which.
+    """
+
+PROGRESS_UNSPECIFIED: Progress.ValueType  # 0
+"""Not set: a provider older than this field. The facade then reads the container's waiting
+reason, a step under way when it is one of the CamelCase names below (e.g. PoweringOn).
+"""
+PROGRESS_NONE: Progress.ValueType  # 1
+"""Nothing under way: the VM runs and is ready, or it finished its work (Succeeded)."""
+PROGRESS_CREATING: Progress.ValueType  # 2
+"""Step (ContainerCreating): the VM is being made: cloned, built, its disks attached."""
+PROGRESS_POWERING_ON: Progress.ValueType  # 3
+"""Step (PoweringOn): the VM exists and is being powered on."""
+PROGRESS_POWER_CYCLING: Progress.ValueType  # 4
+"""Step (PowerCycling): the VM is powered off and on again to take a change (e.g. a resize)."""
+PROGRESS_RELOCATING: Progress.ValueType  # 5
+"""Step (Relocating): the VM is moving to another host (vSphere relocate)."""
+PROGRESS_MIGRATING: Progress.ValueType  # 6
+"""Step (Migrating): the VM is migrating to another host (live or cold)."""
+PROGRESS_RESIZING: Progress.ValueType  # 7
+"""Step (Resizing): the VM is taking a new size (CPU, memory, flavor)."""
+PROGRESS_REBUILDING: Progress.ValueType  # 8
+"""Step (Rebuilding): the VM is rebuilt from an image or snapshot."""
+PROGRESS_REBOOTING: Progress.ValueType  # 9
+"""Step (Rebooting): the VM is rebooting."""
+PROGRESS_SETTING_PASSWORD: Progress.ValueType  # 10
+"""Step (SettingPassword): the IaaS is setting a password in the guest."""
+PROGRESS_BUSY: Progress.ValueType  # 11
+"""Step (Busy): the IaaS is busy with the VM in a way the provider does not name."""
+PROGRESS_DELETING: Progress.ValueType  # 12
+"""Step (Deleting): the VM is being powered off or destroyed for a deleted pod."""
+PROGRESS_WAITING_FOR_GUEST_IP: Progress.ValueType  # 13
+"""Step (WaitingForGuestIP): the VM runs and its guest has not reported an IP address yet."""
+PROGRESS_STOPPED: Progress.ValueType  # 14
+"""Not a step (Stopped): the VM was stopped, suspended, paused or shelved in the IaaS and the
+provider does not start it again; the reason says which (PoweredOff, Suspended, ...).
+"""
+PROGRESS_FAILED: Progress.ValueType  # 15
+"""Not a step (Failed): the VM failed or vanished; the reason says why (e.g. VMVanished)."""
+PROGRESS_STATE_UNKNOWN: Progress.ValueType  # 16
+"""Not a step (StateUnknown): the IaaS reports a state of the VM the provider does not know."""
+Global___Progress: _TypeAlias = Progress  # noqa: Y015
+
 @_typing.final
 class PodRef(_message.Message):
     """PodRef names a pod without carrying its spec."""
@@ -173,7 +265,6 @@ class Pod(_message.Message):
     VOLUMES_FIELD_NUMBER: _builtins.int
     USER_DATA_FIELD_NUMBER: _builtins.int
     META_DATA_FIELD_NUMBER: _builtins.int
-    POD_JSON_FIELD_NUMBER: _builtins.int
     CREATION_TIME_FIELD_NUMBER: _builtins.int
     NETWORKS_FIELD_NUMBER: _builtins.int
     node_name: _builtins.str
@@ -197,10 +288,6 @@ class Pod(_message.Message):
     """Cloud-init user data for the guest, resolved from the referenced Secret. Empty when none."""
     meta_data: _builtins.str
     """Cloud-init meta data for the guest. Empty lets the provider write its own."""
-    pod_json: _builtins.bytes
-    """The pod object as the facade read it from Kubernetes, JSON encoded, for the rare field the
-    typed message does not carry. Providers must not need it for anything in this contract.
-    """
     @_builtins.property
     def ref(self) -> Global___PodRef:
         """The pod's namespace, name and UID."""
@@ -244,13 +331,12 @@ class Pod(_message.Message):
         volumes: _abc.Iterable[Global___Volume] | None = ...,
         user_data: _builtins.str = ...,
         meta_data: _builtins.str = ...,
-        pod_json: _builtins.bytes = ...,
         creation_time: _timestamp_pb2.Timestamp | None = ...,
         networks: _abc.Iterable[Global___NetworkAttachment] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["creation_time", b"creation_time", "ref", b"ref"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "containers", b"containers", "creation_time", b"creation_time", "identity", b"identity", "keep_on_delete", b"keep_on_delete", "labels", b"labels", "meta_data", b"meta_data", "networks", b"networks", "node_name", b"node_name", "pod_json", b"pod_json", "ref", b"ref", "user_data", b"user_data", "volumes", b"volumes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "containers", b"containers", "creation_time", b"creation_time", "identity", b"identity", "keep_on_delete", b"keep_on_delete", "labels", b"labels", "meta_data", b"meta_data", "networks", b"networks", "node_name", b"node_name", "ref", b"ref", "user_data", b"user_data", "volumes", b"volumes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -820,6 +906,8 @@ class PodStatus(_message.Message):
     CONTAINER_STATUSES_FIELD_NUMBER: _builtins.int
     PROVIDER_ID_FIELD_NUMBER: _builtins.int
     ACTUAL_NODE_NAME_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
     phase: Global___PodPhase.ValueType
     """The pod's phase."""
     reason: _builtins.str
@@ -834,6 +922,10 @@ class PodStatus(_message.Message):
     """The IaaS's identifier of the VM (vSphere managed object ID, Nova server ID)."""
     actual_node_name: _builtins.str
     """The host the VM actually runs on, as a node name the provider serves."""
+    progress: Global___Progress.ValueType
+    """What is happening to the VM, for the facade to act on; the reasons and messages of the
+    status say it to people. Set on every status of a pod that is not Running and ready.
+    """
     @_builtins.property
     def conditions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Condition]:
         """Pod conditions (Ready, ContainersReady, Initialized, PodScheduled). The facade fills in those
@@ -852,6 +944,13 @@ class PodStatus(_message.Message):
     def container_statuses(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContainerStatus]:
         """One status per container."""
 
+    @_builtins.property
+    def resources(self) -> Global___VmResources:
+        """The CPU and memory the VM really has, read from the IaaS (vSphere config.hardware, the Nova
+        flavor), not echoed from the pod: the facade reports it as the container's resources and the
+        VirtualMachine's size. Unset while the provider has not read it (no VM yet).
+        """
+
     def __init__(
         self,
         *,
@@ -866,14 +965,42 @@ class PodStatus(_message.Message):
         container_statuses: _abc.Iterable[Global___ContainerStatus] | None = ...,
         provider_id: _builtins.str = ...,
         actual_node_name: _builtins.str = ...,
+        progress: Global___Progress.ValueType = ...,
+        resources: Global___VmResources | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actual_node_name", b"actual_node_name", "conditions", b"conditions", "container_statuses", b"container_statuses", "host_ip", b"host_ip", "message", b"message", "phase", b"phase", "pod_ip", b"pod_ip", "pod_ips", b"pod_ips", "provider_id", b"provider_id", "reason", b"reason", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actual_node_name", b"actual_node_name", "conditions", b"conditions", "container_statuses", b"container_statuses", "host_ip", b"host_ip", "message", b"message", "phase", b"phase", "pod_ip", b"pod_ip", "pod_ips", b"pod_ips", "progress", b"progress", "provider_id", b"provider_id", "reason", b"reason", "resources", b"resources", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PodStatus: _TypeAlias = PodStatus  # noqa: Y015
+
+@_typing.final
+class VmResources(_message.Message):
+    """VmResources is the size of a VM as the IaaS has it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CPU_MILLIS_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    cpu_millis: _builtins.int
+    """Virtual CPUs, in millicores (1000 per vCPU)."""
+    memory_bytes: _builtins.int
+    """Memory in bytes."""
+    def __init__(
+        self,
+        *,
+        cpu_millis: _builtins.int = ...,
+        memory_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_millis", b"cpu_millis", "memory_bytes", b"memory_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VmResources: _TypeAlias = VmResources  # noqa: Y015
 
 @_typing.final
 class PodWithStatus(_message.Message):
