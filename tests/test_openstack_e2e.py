@@ -34,8 +34,8 @@ import openstack.connection
 import openstack.exceptions
 import pytest
 
+from tests.providers import openstack_facts
 from vmlet_localenv.controlplane import ControlPlane
-from vmlet_localenv.openstack import OpenStackEnv, installed
 from vmlet_localenv.processes import wait_for
 from vmlet_localenv.services import (
     FacadeProcess,
@@ -63,7 +63,6 @@ class Cloud:
     image_name: str
     nova_api_pid: int
     nova_url: str
-    env: OpenStackEnv | None = None
     frozen: bool = False
 
     def admin(self) -> Any:
@@ -85,8 +84,6 @@ class Cloud:
         if self.frozen:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.nova_api_pid, signal.SIGCONT)
-        if self.env is not None:
-            self.env.stop()
 
 
 def _answers(url: str) -> bool:
@@ -101,29 +98,18 @@ def _answers(url: str) -> bool:
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
-    facts_file = os.environ.get("VMLET_OPENSTACK_FACTS")
-    env: OpenStackEnv | None = None
-    if facts_file:
-        facts = json.loads(Path(facts_file).read_text())
-    else:
-        why = installed()
-        if why is not None:
-            pytest.skip(f"{why}: run hack/openstack/install.sh")
-        env = OpenStackEnv(tmp_path_factory.mktemp("e2e-openstack"))
-        env.start()
-        facts = env.facts()
-    c = Cloud(
-        clouds_yaml=Path(facts["clouds_yaml"]),
-        compute_hosts=tuple(facts["compute_hosts"]),
-        image_name=facts["image"]["name"],
-        nova_api_pid=int(facts["pids"]["nova-api"]),
-        nova_url=facts["endpoints"]["compute"].split("/v2")[0] + "/",
-        env=env,
-    )
-    try:
-        yield c
-    finally:
-        c.close()
+    with openstack_facts(tmp_path_factory) as facts:
+        c = Cloud(
+            clouds_yaml=Path(facts["clouds_yaml"]),
+            compute_hosts=tuple(facts["compute_hosts"]),
+            image_name=facts["image"]["name"],
+            nova_api_pid=int(facts["pids"]["nova-api"]),
+            nova_url=facts["endpoints"]["compute"].split("/v2")[0] + "/",
+        )
+        try:
+            yield c
+        finally:
+            c.close()
 
 
 @pytest.fixture(scope="module")

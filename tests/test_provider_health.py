@@ -2,7 +2,7 @@
 (`READINESS_SERVICE`) is NOT_SERVING until it answers again.
 
 The vSphere provider runs as its own process against vcsim (the helpers of
-tests/test_vmware_provider.py), with its plaintext health-only port, the one Kubernetes' probes
+tests/vmwareprovider.py), with its plaintext health-only port, the one Kubernetes' probes
 use, and its mutual TLS port, the one the facade uses. vCenter goes away twice: frozen (SIGSTOP:
 it accepts connections and never answers, the hard case) and killed (SIGKILL, then started again
 on the same port). Each time readiness turns NOT_SERVING within a bound set by the provider's
@@ -20,7 +20,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.test_vmware_provider import Provider, start_provider
+from tests.providerprocess import Provider
+from tests.vmwareprovider import start_provider
 from vmlet_contract import READINESS_SERVICE
 from vmlet_localenv.processes import free_port
 from vmlet_localenv.vcsim import VcSim
