@@ -137,7 +137,7 @@ def test_stop_start_restart(stack: Stack, control_plane: ControlPlane, ns: str) 
     make_vm(cp, ns, "web")
     first = running_vm(cp, ns, "web")
     assert first["nodeName"] in NODES and first["addresses"]
-    identity = first["identity"]
+    machine = first["providerID"]  # the IaaS VM
 
     out = ok(cp, "stop", "web", "-n", ns, "--wait")
     assert "virtualmachine.vmlet.io/web is Stopped" in out
@@ -152,13 +152,13 @@ def test_stop_start_restart(stack: Stack, control_plane: ControlPlane, ns: str) 
     status = vm_status(cp, ns, "web")
     assert status["state"] == "Running" and status["addresses"]
     assert f"is Running on {status['nodeName']}" in out
-    assert status["identity"] == identity, "the same VM, powered on again"
+    assert status["providerID"] == machine, "the same VM, powered on again"
     pod = vm_pods(cp, ns, "web")[0]["metadata"]["uid"]
 
     out = ok(cp, "restart", "web", "--namespace", ns, "--wait", "--timeout", "2m")
     assert "Stopped" in out and "is Running" in out
     status = vm_status(cp, ns, "web")
-    assert status["state"] == "Running" and status["identity"] == identity
+    assert status["state"] == "Running" and status["providerID"] == machine
     pods = vm_pods(cp, ns, "web")
     assert len(pods) == 1 and pods[0]["metadata"]["uid"] != pod, "restart made a new VM pod"
 

@@ -242,7 +242,7 @@ def untouched(stack: Stack, victim: Tenant, vm: VictimVM) -> list[str]:
     obj: Obj = victim.get("vm", vm.name)
     status, meta = obj.get("status") or {}, obj["metadata"]
     now = (status.get("state"), status.get("podName"), status.get("nodeName"),
-           tuple(status.get("addresses") or ()), status.get("identity"))
+           tuple(status.get("addresses") or ()), meta.get("uid"))
     if now != ("Running", vm.pod, vm.node, vm.addresses, vm.uid):
         changed.append(f"status {now}")
     if any(k.startswith("vmlet.io/migration") for k in meta.get("annotations") or {}):

@@ -71,7 +71,8 @@ KINDS: Final = (VIRTUAL_MACHINE, VIRTUAL_MACHINE_BACKUP, VIRTUAL_MACHINE_RESTORE
 
 #: On VM pods, their Service and EndpointSlice: the VirtualMachine's name.
 VM_LABEL: Final = "vmlet.io/vm"
-#: On VM pods: the VirtualMachine's UID (the facade's pod informer selects on it).
+#: On VM pods: the VirtualMachine's UID, a selector only (the facade's pod informer selects on
+#: it); the identity is the VirtualMachine's metadata.uid, proven by the pod's ownerReference.
 VM_UID_LABEL: Final = "vmlet.io/vm-uid"
 #: On a Backup's Job and its pod: the VirtualMachineBackup's name.
 BACKUP_LABEL: Final = "vmlet.io/backup"
@@ -84,8 +85,6 @@ MANAGED_BY: Final = GROUP
 # -- annotations -----------------------------------------------------------------------------
 
 # On VM pods, written from the VirtualMachine's spec (a bare pod may carry them too).
-#: The VM's identity, for people to read; never read by vmlet (ownership derives identity).
-IDENTITY_ANNOTATION: Final = "vmlet.io/identity"
 #: The networks the VM attaches to, comma-separated (spec.networks).
 NETWORKS_ANNOTATION: Final = "vmlet.io/networks"
 #: The Secret holding the VM's cloud-init user data (spec.userData.secretName).

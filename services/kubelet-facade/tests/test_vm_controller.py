@@ -15,6 +15,9 @@ from vmlet_contract.errors import Unavailable
 from vmlet_facade.events import EventRecorder
 from vmlet_facade.kube import ApiError
 from vmlet_facade.kube.client import PATCH_JSON, PATCH_STRATEGIC
+from vmlet_facade.ownership import Ownership, derive
+from vmlet_facade.podconvert import to_provider_pod
+from vmlet_facade.references import Resolved
 from vmlet_facade.virtualmachines import VirtualMachineController
 from vmlet_facade.vmapi import FINALIZER, MIGRATION_ANNOTATION, MIGRATION_SOURCE_ANNOTATION, path
 
@@ -54,6 +57,27 @@ async def test_replicas_1_makes_exactly_one_vm_pod_and_adds_the_finalizer(
     assert ("PodCreated", "Normal") in kube.events()
     assert vm_status(kube)["state"] == "Provisioning"
     assert len(kube.writes("POST", "/api/v1/namespaces/ns/pods")) == 1
+
+
+async def test_the_vm_pod_carries_no_identity_yet_its_identity_derives(
+        kube: FakeKube, start: Start) -> None:
+    """One identity carrier: the VirtualMachine's UID, proven by the pod's ownerReference; the
+    pod and the status repeat it nowhere, and the provider is still sent that UID."""
+    kube.seed(VM_PATH, vm_object())
+    start()
+    await until(lambda: kube.get_obj(POD_PATH) is not None and "state" in vm_status(kube))
+    pod = kube.get_obj(POD_PATH)
+    assert pod is not None
+    assert "vmlet.io/identity" not in (pod["metadata"].get("annotations") or {})
+    assert "identity" not in vm_status(kube)
+
+    async def lookup(ns: str, name: str) -> Obj | None:
+        return kube.get_obj(path("virtualmachines", ns, name))
+
+    owned = await derive(pod, lookup)
+    assert owned == Ownership("vm-uid", keep_on_delete=True, owner="db")
+    assert pod["metadata"]["uid"] != "vm-uid"  # not the pod's own: a VM pod, not a bare one
+    assert to_provider_pod(pod, Resolved(), owned).identity == "vm-uid"
 
 
 async def test_replicas_0_deletes_the_pod_and_never_the_vm_object(

@@ -1,13 +1,13 @@
-"""Events, as `kubectl describe` shows them, for pods and nodes."""
+"""Events, as `kubectl describe` shows them, for pods, nodes and the vmlet.io objects."""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
 import uuid
-from typing import Any
 
 from vmlet_facade.kube import ApiError, KubeClient
+from vmlet_facade.kube.objects import KubeObject, Obj
 from vmlet_facade.kube.paths import InvalidName, api_path
 
 __all__ = ["EventRecorder"]
@@ -23,8 +23,9 @@ class EventRecorder:
         self._component = component
         self._host = host
 
-    async def emit(self, obj: dict[str, Any], reason: str, message: str, *,
+    async def emit(self, obj: KubeObject | Obj, reason: str, message: str, *,
                    warning: bool = False, host: str | None = None) -> None:
+        """Post ``reason``/``message`` about ``obj`` (its apiVersion and kind, else a Pod's)."""
         meta = obj["metadata"]
         namespace = meta.get("namespace") or "default"
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -9,18 +9,18 @@ import logging
 
 from vmlet_api import names
 from vmlet_facade.kube import ApiError, KubeClient
-from vmlet_facade.kube.informer import key_of, synced_gate
-from vmlet_facade.kube.objects import Obj
+from vmlet_facade.kube.informer import synced_gate
+from vmlet_facade.kube.objects import ExposedPort, VirtualMachine
 from vmlet_facade.kube.paths import api_path
 from vmlet_facade.queueing import SerialWorkers
 from vmlet_facade.virtualmachines import VirtualMachineController
-from vmlet_facade.vmapi import VM_LABEL, owner_ref
+from vmlet_facade.vmapi import VM_LABEL, object_key, owner_ref
 
 __all__ = ["ExposureController"]
 
 log = logging.getLogger(__name__)
 
-def _slice_name(vm: Obj) -> str:
+def _slice_name(vm: VirtualMachine) -> str:
     return f"{vm['metadata']['name']}-vmlet"
 
 
@@ -33,14 +33,16 @@ class ExposureController:
         self._workers = SerialWorkers(self._sync, ready=synced_gate(vms.vms, vms.pods),
                                       concurrency=8, name="exposure")
         self._exposed: set[str] = set()
-        vms.listeners.append(lambda vm: self._workers.submit(key_of(vm)))
+        vms.listeners.append(lambda vm: self._workers.submit(object_key(vm)))
 
     async def stop(self) -> None:
         await self._workers.stop()
 
     async def _sync(self, key: str) -> None:
-        vm = self._vms.vms.get(key)
-        ports = ((vm or {}).get("spec", {}).get("expose") or {}).get("ports") or []
+        vm = self._vms.vm(key)
+        ports: list[ExposedPort] = []
+        if vm is not None:
+            ports = (vm.get("spec", {}).get("expose") or {}).get("ports") or []
         if vm is None or not ports or vm["metadata"].get("deletionTimestamp"):
             if key in self._exposed and vm is not None:
                 await self._remove(vm)
@@ -53,7 +55,7 @@ class ExposureController:
             delay = self._workers.retry(key)
             log.warning("exposing %s: %s (again in %.0f s)", key, err, delay)
 
-    async def _apply(self, vm: Obj, ports: list[Obj]) -> None:
+    async def _apply(self, vm: VirtualMachine, ports: list[ExposedPort]) -> None:
         meta = vm["metadata"]
         ns, name = meta["namespace"], meta["name"]
         owner = [owner_ref(vm, names.VIRTUAL_MACHINE.kind)]
@@ -86,7 +88,7 @@ class ExposureController:
                            "protocol": p["protocol"]} for p in svc_ports],
             })
 
-    async def _remove(self, vm: Obj) -> None:
+    async def _remove(self, vm: VirtualMachine) -> None:
         ns, name = vm["metadata"]["namespace"], vm["metadata"]["name"]
         for path in (api_path("endpointslices", _slice_name(vm), namespace=ns,
                               group="discovery.k8s.io"),

@@ -16,7 +16,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 from vmlet.provider.v1 import node_pb2
 from vmlet.provider.v1 import pod_pb2 as pb
@@ -24,7 +24,7 @@ from vmlet_api import names
 from vmlet_contract import ProviderError
 from vmlet_facade.events import EventRecorder
 from vmlet_facade.kube import ApiError, KubeClient
-from vmlet_facade.kube.objects import Obj
+from vmlet_facade.kube.objects import Condition, ConditionStatus, Node, NodeStatus, Obj, ObjectMeta
 from vmlet_facade.outage import IAAS_UNAVAILABLE, PROVIDER_UNAVAILABLE, Outage
 from vmlet_facade.provider import NodeSource
 from vmlet_facade.queueing import Backoff
@@ -33,8 +33,9 @@ __all__ = ["NodeController", "NodeSettings", "Taint"]
 
 log = logging.getLogger(__name__)
 
-_COND = {pb.CONDITION_STATUS_TRUE: "True", pb.CONDITION_STATUS_FALSE: "False",
-         pb.CONDITION_STATUS_UNKNOWN: "Unknown"}
+_COND: dict[int, ConditionStatus] = {
+    pb.CONDITION_STATUS_TRUE: "True", pb.CONDITION_STATUS_FALSE: "False",
+    pb.CONDITION_STATUS_UNKNOWN: "Unknown"}
 _PRESSURE = ("MemoryPressure", "DiskPressure", "PIDPressure")
 
 N = TypeVar("N", bound=NodeSource)
@@ -99,10 +100,11 @@ class NodeController(Generic[N]):
         own += [{"key": t.key, "value": t.value, "effect": t.effect} for t in node.taints]
         return own
 
-    def _conditions(self, node: node_pb2.Node) -> list[Obj]:
+    def _conditions(self, node: node_pb2.Node) -> list[Condition]:
         now = _now()
         given = {c.type: c for c in node.conditions}
-        out = []
+        out: list[Condition] = []
+        status: ConditionStatus
         for ctype in ("Ready", *_PRESSURE, *[t for t in given if t not in ("Ready", *_PRESSURE)]):
             c = given.get(ctype)
             if ctype == "Ready" and self.outage is not None:
@@ -124,9 +126,9 @@ class NodeController(Generic[N]):
                         "lastTransitionTime": since})
         return out
 
-    def _status(self, node: node_pb2.Node) -> Obj:
+    def _status(self, node: node_pb2.Node) -> NodeStatus:
         info = node.info
-        return {"status": {
+        return {
             "capacity": dict(node.capacity),
             "allocatable": dict(node.allocatable or node.capacity),
             "addresses": [{"type": a.type, "address": a.address} for a in node.addresses],
@@ -140,9 +142,9 @@ class NodeController(Generic[N]):
                 "operatingSystem": info.operating_system or "linux",
                 "architecture": info.architecture or "amd64",
             },
-        }}
+        }
 
-    def _metadata(self, node: node_pb2.Node) -> Obj:
+    def _metadata(self, node: node_pb2.Node) -> ObjectMeta:
         labels = {
             "type": "virtual-kubelet", "kubernetes.io/role": "agent",
             "kubernetes.io/hostname": node.name, "kubernetes.io/os": "linux",
@@ -171,14 +173,14 @@ class NodeController(Generic[N]):
         path = f"/api/v1/nodes/{node.name}"
         meta = self._metadata(node)
         try:
-            current = await self._client.get(path)
+            current = cast(Node, await self._client.get(path))
         except ApiError as err:
             if not err.not_found:
                 raise
             body = {"apiVersion": "v1", "kind": "Node", "metadata": meta,
                     "spec": {"taints": self.taints(node), "unschedulable": node.unschedulable,
                              **({"providerID": node.provider_id} if node.provider_id else {})}}
-            current = await self._client.create("/api/v1/nodes", body)
+            current = cast(Node, await self._client.create("/api/v1/nodes", body))
             await self._events.emit(current, "RegisteredNode",
                                     f"Node {node.name} registered by vmlet "
                                     f"(provider {self.provider.name})")
@@ -204,7 +206,7 @@ class NodeController(Generic[N]):
 
     async def write_status(self, name: str) -> None:
         node = self.nodes[name]
-        await self._client.patch(f"/api/v1/nodes/{name}/status", self._status(node))
+        await self._client.patch(f"/api/v1/nodes/{name}/status", {"status": self._status(node)})
 
     async def _diagnose(self, err: ProviderError) -> Outage:
         """Which part is out: the provider (it does not answer its health check either) or its

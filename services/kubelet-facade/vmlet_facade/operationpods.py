@@ -13,7 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from vmlet.provider.v1 import pod_pb2 as pb
 from vmlet_api.names import BACKUP_OPERATION
 from vmlet_contract import ProviderError, is_retryable
-from vmlet_facade.kube.objects import Obj
+from vmlet_facade.kube.objects import Pod
 from vmlet_facade.provider import VmOperations
 from vmlet_facade.vmapi import (
     OPERATION_ANNOTATION,
@@ -24,7 +24,7 @@ from vmlet_facade.vmapi import (
 __all__ = ["operation_of", "refused", "run_operation"]
 
 
-def operation_of(pod: Obj) -> str | None:
+def operation_of(pod: Pod) -> str | None:
     """The operation ``pod`` asks for, or None for a VM pod."""
     value = (pod["metadata"].get("annotations") or {}).get(OPERATION_ANNOTATION)
     return str(value) if value else None
@@ -46,12 +46,12 @@ def _ended(container: str, exit_code: int, reason: str, message: str) -> pb.PodS
     return status
 
 
-def refused(pod: Obj, message: str) -> pb.PodStatus:
+def refused(pod: Pod, message: str) -> pb.PodStatus:
     """The status of an operation pod vmlet will not carry out (its target is not its own)."""
     return _ended(pod["spec"]["containers"][0]["name"], 3, "TargetNotInNamespace", message)
 
 
-async def run_operation(pod: Obj, provider: VmOperations) -> pb.PodStatus:
+async def run_operation(pod: Pod, provider: VmOperations) -> pb.PodStatus:
     """Carry out ``pod``'s operation; a retryable provider error propagates (try again)."""
     annotations = pod["metadata"].get("annotations") or {}
     container = pod["spec"]["containers"][0]["name"]

@@ -16,13 +16,25 @@ import asyncio
 import datetime as dt
 import logging
 from collections.abc import Callable
+from typing import cast
 
 from vmlet_api import names
 from vmlet_contract import ProviderError, is_retryable
 from vmlet_facade.events import EventRecorder
 from vmlet_facade.kube import ApiError, KubeClient
 from vmlet_facade.kube.informer import Informer, key_of, synced_gate
-from vmlet_facade.kube.objects import Obj
+from vmlet_facade.kube.objects import (
+    Node,
+    Obj,
+    Pod,
+    VirtualMachine,
+    VirtualMachineBackup,
+    VirtualMachineBackupStatus,
+    VirtualMachineMigration,
+    VirtualMachineMigrationStatus,
+    VirtualMachineRestore,
+    VirtualMachineRestoreStatus,
+)
 from vmlet_facade.kube.paths import api_path
 from vmlet_facade.provider import VmOperations
 from vmlet_facade.queueing import SerialWorkers, status_only_change
@@ -36,6 +48,7 @@ from vmlet_facade.vmapi import (
     TARGET_IDENTITY_ANNOTATION,
     VM_UID_LABEL,
     now,
+    object_key,
     owner_ref,
     path,
     provider_tolerations,
@@ -52,6 +65,11 @@ _BACKUPS = names.VIRTUAL_MACHINE_BACKUP.plural
 _RESTORES = names.VIRTUAL_MACHINE_RESTORE.plural
 _MIGRATIONS = names.VIRTUAL_MACHINE_MIGRATION.plural
 
+#: An object of the operation kinds, and the status fields ``_status`` writes into one.
+Operation = VirtualMachineBackup | VirtualMachineRestore | VirtualMachineMigration
+OperationStatusFields = (VirtualMachineBackupStatus | VirtualMachineRestoreStatus
+                         | VirtualMachineMigrationStatus)
+
 
 def _age_seconds(stamp: str | None) -> float:
     if not stamp:
@@ -60,7 +78,7 @@ def _age_seconds(stamp: str | None) -> float:
     return (dt.datetime.now(dt.UTC) - when).total_seconds()
 
 
-def backup_job(backup: Obj, vm: Obj, node: str) -> Obj:
+def backup_job(backup: VirtualMachineBackup, vm: VirtualMachine, node: str) -> Obj:
     """The Job that takes ``backup`` of ``vm`` on ``node``, the VM's node."""
     meta = backup["metadata"]
     uid = vm["metadata"]["uid"]
@@ -133,19 +151,22 @@ class OperationsController:
         if vm is None:
             return
         ns, name = vm["metadata"]["namespace"], vm["metadata"]["name"]
-        for mig in self.migrations.values():
+        for mig in self._all_migrations():
             if mig["metadata"]["namespace"] == ns and mig["spec"].get("vmName") == name:
                 self._submit_unfinished(mig)
 
-    def _submit_unfinished(self, mig: Obj) -> None:
+    def _all_migrations(self) -> list[VirtualMachineMigration]:
+        return cast("list[VirtualMachineMigration]", self.migrations.values())
+
+    def _submit_unfinished(self, mig: VirtualMachineMigration) -> None:
         if (mig.get("status") or {}).get("state") not in names.OPERATION_ENDED:
-            self._workers.submit(f"migration:{key_of(mig)}", wake=False)
+            self._workers.submit(f"migration:{object_key(mig)}", wake=False)
 
     async def _resync_migrations(self) -> None:
         """A safety net only: migrations follow their VM's changes (``_vm_changed``)."""
         while True:
             await asyncio.sleep(MIGRATION_RESYNC_SECONDS)
-            for mig in self.migrations.values():
+            for mig in self._all_migrations():
                 self._submit_unfinished(mig)
 
     def _submit(self, kind: str, old: Obj | None, new: Obj | None) -> None:
@@ -173,7 +194,7 @@ class OperationsController:
             self._workers.submit(f"backup:{obj['metadata']['namespace']}/{name}")
 
     def _schedulable(self, name: str) -> bool:
-        node = self.nodes.get(name)
+        node = cast("Node | None", self.nodes.get(name))
         if node is None or node.get("spec", {}).get("unschedulable"):
             return False
         return any(c.get("type") == "Ready" and c.get("status") == "True"
@@ -192,8 +213,8 @@ class OperationsController:
             delay = self._workers.retry(key)
             log.warning("%s: %s (again in %.0f s)", key, err, delay)
 
-    async def _status(self, plural: str, obj: Obj, status: Obj, reason: str,
-                      message: str) -> None:
+    async def _status(self, plural: str, obj: Operation, status: OperationStatusFields,
+                      reason: str, message: str) -> None:
         old = obj.get("status") or {}
         generation = int(obj["metadata"].get("generation", 1))
         state = status.get("state", old.get("state"))
@@ -215,11 +236,11 @@ class OperationsController:
     # -- backups -----------------------------------------------------------------------------
 
     async def _backup(self, ref: str) -> None:
-        backup = self.backups.get(ref)
+        backup = cast("VirtualMachineBackup | None", self.backups.get(ref))
         if backup is None or (backup.get("status") or {}).get("state") in names.OPERATION_ENDED:
             return
         ns = backup["metadata"]["namespace"]
-        vm = self._vms.vms.get(f"{ns}/{backup['spec']['vmName']}")
+        vm = self._vms.vm(f"{ns}/{backup['spec']['vmName']}")
         if vm is None:
             await self._status(_BACKUPS, backup, {"state": names.STATE_FAILED},
                                names.REASON_VM_NOT_FOUND,
@@ -253,21 +274,21 @@ class OperationsController:
             return
         js = job.get("status") or {}
         conds = {c["type"]: c for c in js.get("conditions") or [] if c.get("status") == "True"}
-        status: Obj = {"jobName": job_name}
+        status: VirtualMachineBackupStatus = {"jobName": job_name}
         if js.get("startTime"):
             status["startTime"] = js["startTime"]
         if "Complete" in conds:
             snapshot = self._snapshot_of(ns, backup["metadata"]["name"])
             if not snapshot:
                 return  # the pod that says which snapshot is not in the cache yet
-            status.update(state=names.STATE_SUCCEEDED, snapshotID=snapshot,
-                          completionTime=js.get("completionTime") or now())
+            status.update({"state": names.STATE_SUCCEEDED, "snapshotID": snapshot,
+                           "completionTime": js.get("completionTime") or now()})
             await self._status(_BACKUPS, backup, status, names.REASON_BACKUP_SUCCEEDED,
                                f"snapshot {snapshot} taken")
             await self._events.emit(vm, "BackedUp",
                                     f"backup {backup['metadata']['name']}: snapshot {snapshot}")
         elif "Failed" in conds:
-            status.update(state=names.STATE_FAILED, completionTime=now())
+            status.update({"state": names.STATE_FAILED, "completionTime": now()})
             await self._status(_BACKUPS, backup, status,
                                conds["Failed"].get("reason", names.REASON_JOB_FAILED),
                                conds["Failed"].get("message", "the backup job failed"))
@@ -283,10 +304,10 @@ class OperationsController:
             await self._status(_BACKUPS, backup, status, names.REASON_JOB_RUNNING,
                                f"job {job_name} is running")
 
-    def _vm_node(self, vm: Obj) -> str:
+    def _vm_node(self, vm: VirtualMachine) -> str:
         """The node ``vm`` is on: its pod's, else the one it last ran on ("" if none yet)."""
         uid = vm["metadata"]["uid"]
-        for pod in self._vms.pods.values():
+        for pod in self._vms.all_pods():
             if (pod["metadata"].get("labels") or {}).get(VM_UID_LABEL) == uid \
                     and pod["spec"].get("nodeName"):
                 return str(pod["spec"]["nodeName"])
@@ -295,7 +316,7 @@ class OperationsController:
     def _unbound_job_pod(self, ns: str, backup: str) -> str | None:
         """The scheduler's message for the backup's live Job pod not yet bound to a node ("" if
         it said nothing); None when every live one is bound (or none is known yet)."""
-        for pod in self.job_pods.values():
+        for pod in self._job_pods():
             meta = pod["metadata"]
             labels = meta.get("labels") or {}
             if meta["namespace"] != ns or labels.get(names.BACKUP_LABEL) != backup \
@@ -309,8 +330,11 @@ class OperationsController:
             return ""
         return None
 
+    def _job_pods(self) -> list[Pod]:
+        return cast("list[Pod]", self.job_pods.values())
+
     def _snapshot_of(self, ns: str, backup: str) -> str:
-        for pod in self.job_pods.values():
+        for pod in self._job_pods():
             meta = pod["metadata"]
             if meta["namespace"] != ns or meta.get("labels", {}).get(names.BACKUP_LABEL) != backup:
                 continue
@@ -323,12 +347,13 @@ class OperationsController:
     # -- restores ----------------------------------------------------------------------------
 
     async def _restore(self, ref: str) -> None:
-        restore = self.restores.get(ref)
+        restore = cast("VirtualMachineRestore | None", self.restores.get(ref))
         if restore is None or (restore.get("status") or {}).get("state") in names.OPERATION_ENDED:
             return
         ns = restore["metadata"]["namespace"]
-        backup = self.backups.get(f"{ns}/{restore['spec']['backupName']}")
-        bstatus = (backup or {}).get("status") or {}
+        backup = cast("VirtualMachineBackup | None",
+                      self.backups.get(f"{ns}/{restore['spec']['backupName']}"))
+        bstatus: VirtualMachineBackupStatus = (backup.get("status") or {}) if backup else {}
         if backup is None or bstatus.get("state") == names.STATE_FAILED:
             await self._status(_RESTORES, restore, {"state": names.STATE_FAILED},
                                names.REASON_BACKUP_NOT_USABLE,
@@ -338,7 +363,7 @@ class OperationsController:
             await self._status(_RESTORES, restore, {"state": names.STATE_PENDING},
                                names.REASON_WAITING_FOR_BACKUP, "the backup has not completed yet")
             return
-        vm = self._vms.vms.get(f"{ns}/{backup['spec']['vmName']}")
+        vm = self._vms.vm(f"{ns}/{backup['spec']['vmName']}")
         provider = self._providers(vm["spec"]["provider"]) if vm else None
         if vm is None or provider is None:
             await self._status(_RESTORES, restore, {"state": names.STATE_FAILED},
@@ -367,13 +392,13 @@ class OperationsController:
     # -- migrations --------------------------------------------------------------------------
 
     async def _migration(self, ref: str) -> None:
-        mig = self.migrations.get(ref)
-        status = (mig or {}).get("status") or {}
+        mig = cast("VirtualMachineMigration | None", self.migrations.get(ref))
+        status: VirtualMachineMigrationStatus = (mig.get("status") or {}) if mig else {}
         if mig is None or status.get("state") in names.OPERATION_ENDED:
             self._workers.cancel_retry(f"migration:{ref}")  # its timeout: nothing left to time
             return
         ns = mig["metadata"]["namespace"]
-        vm = self._vms.vms.get(f"{ns}/{mig['spec']['vmName']}")
+        vm = self._vms.vm(f"{ns}/{mig['spec']['vmName']}")
         if vm is None:
             await self._status(_MIGRATIONS, mig, {"state": names.STATE_FAILED},
                                names.REASON_VM_NOT_FOUND,

@@ -10,7 +10,8 @@ holds, read from the apiserver and not from the pod alone:
   VirtualMachine (``vm_pod_name``): names are unique in a namespace, so no second pod can claim
   the same VM.
 
-Then the identity is the VirtualMachine's UID and deleting the pod keeps the VM (a stop). Any
+Then the identity is the VirtualMachine's UID (its one carrier: no annotation or status repeats
+it, and the ``vmlet.io/vm-uid`` label only selects) and deleting the pod keeps the VM (a stop). Any
 other pod is a bare pod: its own UID is its identity, and deleting it destroys its VM. Providers
 record the identity with the namespace in the IaaS and refuse to serve it to another namespace.
 """
@@ -22,14 +23,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from vmlet_api.names import GROUP, VIRTUAL_MACHINE
-from vmlet_facade.kube.objects import Obj
+from vmlet_facade.kube.objects import KubeObject, OwnerReference, Pod, VirtualMachine
 
 __all__ = ["Ownership", "claimed_vm", "derive", "keeps_vm", "prove", "vm_pod_name"]
 
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 
 #: Looks up a VirtualMachine by namespace and name: None when there is none.
-VmLookup = Callable[[str, str], Awaitable[Obj | None]]
+VmLookup = Callable[[str, str], Awaitable[VirtualMachine | None]]
 
 
 @dataclass(frozen=True)
@@ -53,21 +54,21 @@ def keeps_vm(identity: str, pod_uid: str, *, recorded: bool = False) -> bool:
     return recorded or identity != pod_uid
 
 
-def vm_pod_name(vm: Obj) -> str:
+def vm_pod_name(vm: KubeObject) -> str:
     """The name of the one pod that runs ``vm``: its own name (a second create is AlreadyExists)."""
     return str(vm["metadata"]["name"])
 
 
-def claimed_vm(pod: Obj) -> Obj | None:
+def claimed_vm(pod: Pod) -> OwnerReference | None:
     """The controller ownerReference of ``pod`` when it names a vmlet.io VirtualMachine."""
     for ref in pod["metadata"].get("ownerReferences") or []:
         group = str(ref.get("apiVersion", "")).split("/")[0]
         if ref.get("controller") and group == GROUP and ref.get("kind") == VIRTUAL_MACHINE.kind:
-            return dict(ref)
+            return ref.copy()
     return None
 
 
-def prove(pod: Obj, vm: Obj | None) -> Ownership:
+def prove(pod: Pod, vm: VirtualMachine | None) -> Ownership:
     """The ownership of ``pod`` given the VirtualMachine its ownerReference names, as read from
     the apiserver in the pod's namespace (None when there is none)."""
     meta = pod["metadata"]
@@ -86,7 +87,7 @@ def prove(pod: Obj, vm: Obj | None) -> Ownership:
                      owner=str(vmeta["name"]))
 
 
-async def derive(pod: Obj, lookup: VmLookup) -> Ownership:
+async def derive(pod: Pod, lookup: VmLookup) -> Ownership:
     """The ownership of ``pod``: ``lookup`` reads the VirtualMachine it claims, in its namespace.
 
     Errors of ``lookup`` other than "there is none" propagate (try again later): an unproven

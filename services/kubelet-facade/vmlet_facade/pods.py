@@ -289,18 +289,18 @@ class PodController(Generic[P]):
     def _retry(self, uid: str, permanent: bool = False) -> None:
         self._sync.retry(uid, penalty=PERMANENT_PENALTY if permanent else 0)
 
-    async def _lookup_vm(self, namespace: str, name: str) -> Obj | None:
+    async def _lookup_vm(self, namespace: str, name: str) -> VirtualMachine | None:
         """The VirtualMachine ``namespace/name`` as the apiserver has it now, or None."""
         listing = await self._client.get(path("virtualmachines", namespace),
                                          fieldSelector=f"metadata.name={name}")
-        items = listing.get("items") or []
+        items: list[VirtualMachine] = listing.get("items") or []
         return items[0] if items else None
 
     async def _ownership(self, uid: str, pod: Obj) -> Ownership:
         """The ownership of ``pod``: as decided before (at its create), else derived now."""
         state = self._state(uid)
         if state.owner is None:
-            state.owner = await derive(pod, self._lookup_vm)
+            state.owner = await derive(cast(Pod, pod), self._lookup_vm)
         return state.owner
 
     async def _target_in_namespace(self, pod: Obj) -> bool:
@@ -311,11 +311,11 @@ class PodController(Generic[P]):
         return bool(target) and any(vm["metadata"].get("uid") == target for vm in vms)
 
     async def _create(self, uid: str, pod: Obj, route: Route[P]) -> None:
-        if operation_of(pod):
+        if operation_of(typed := cast(Pod, pod)):
             if await self._target_in_namespace(pod):
-                status = await run_operation(pod, route.provider)
+                status = await run_operation(typed, route.provider)
             else:
-                status = refused(pod, "the operation's target is not a VirtualMachine of "
+                status = refused(typed, "the operation's target is not a VirtualMachine of "
                                  f"namespace {pod['metadata']['namespace']}")
             state = self._state(uid)
             state.created, state.operation, state.fingerprint = True, True, None

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -24,7 +24,14 @@ from vmlet_facade.events import EventRecorder
 from vmlet_facade.kube import ApiError, KubeClient
 from vmlet_facade.kube.client import PATCH_JSON, PATCH_STRATEGIC
 from vmlet_facade.kube.informer import Informer, key_of, synced_gate
-from vmlet_facade.kube.objects import Obj
+from vmlet_facade.kube.objects import (
+    Condition,
+    ConditionStatus,
+    Obj,
+    Pod,
+    VirtualMachine,
+    VirtualMachineStatus,
+)
 from vmlet_facade.ownership import claimed_vm, vm_pod_name
 from vmlet_facade.provider import VmOperations
 from vmlet_facade.quantity import cpu_millis, memory_bytes
@@ -34,6 +41,7 @@ from vmlet_facade.vmapi import (
     MIGRATION_ANNOTATION,
     MIGRATION_SOURCE_ANNOTATION,
     VM_UID_LABEL,
+    object_key,
     path,
     set_condition,
     vm_pod,
@@ -46,9 +54,10 @@ __all__ = ["VirtualMachineController"]
 log = logging.getLogger(__name__)
 
 _EXPECT_SECONDS = 30.0
+_READY: dict[str, ConditionStatus] = {names.STATE_RUNNING: "True", names.STATE_UNKNOWN: "Unknown"}
 
 
-def _size_differs(vm: Obj, pod: Obj) -> bool:
+def _size_differs(vm: VirtualMachine, pod: Pod) -> bool:
     limits = pod["spec"]["containers"][0].get("resources", {}).get("limits", {})
     spec = vm["spec"]
     try:
@@ -72,7 +81,8 @@ class VirtualMachineController:
         self._workers = SerialWorkers(self._reconcile, ready=synced_gate(self.vms, self.pods),
                                       concurrency=16, name="vm")
         self._expect: dict[str, float] = {}  # VM UID -> until when a created pod is expected
-        self.listeners: list[Callable[[Obj], None]] = []  # told of every VM after a reconcile
+        #: Told of every VM after a reconcile.
+        self.listeners: list[Callable[[VirtualMachine], None]] = []
         #: Told ``(old, new)`` of every change the VM watch brings, as it comes.
         self.changes: list[Callable[[Obj | None, Obj | None], None]] = []
 
@@ -97,11 +107,19 @@ class VirtualMachineController:
         if name:
             self._workers.submit(f"{pod['metadata']['namespace']}/{name}")
 
-    def pods_of(self, vm: Obj) -> list[Obj]:
+    def vm(self, key: str) -> VirtualMachine | None:
+        """The VirtualMachine ``namespace/name`` as the cache has it, or None."""
+        return cast("VirtualMachine | None", self.vms.get(key))
+
+    def all_pods(self) -> list[Pod]:
+        """Every VM pod the cache has (labelled ``vmlet.io/vm-uid``), of any VirtualMachine."""
+        return cast("list[Pod]", self.pods.values())
+
+    def pods_of(self, vm: VirtualMachine) -> list[Pod]:
         """The VM pods of ``vm``: in its namespace and controlled by it (a label alone, which
         anyone may write, makes no pod a VM's)."""
         uid, ns = vm["metadata"]["uid"], vm["metadata"]["namespace"]
-        return [p for p in self.pods.values()
+        return [p for p in self.all_pods()
                 if p["metadata"].get("labels", {}).get(VM_UID_LABEL) == uid
                 and p["metadata"].get("namespace") == ns
                 and (claimed_vm(p) or {}).get("uid") == uid]
@@ -109,7 +127,7 @@ class VirtualMachineController:
     # -- reconcile ---------------------------------------------------------------------------
 
     async def _reconcile(self, key: str) -> None:
-        vm = self.vms.get(key)
+        vm = self.vm(key)
         if vm is None:
             return
         for listener in self.listeners:
@@ -133,7 +151,7 @@ class VirtualMachineController:
             delay = self._workers.retry(key)
             log.warning("VirtualMachine %s: %s (again in %.0f s)", key, err, delay)
 
-    async def _converge(self, vm: Obj) -> None:
+    async def _converge(self, vm: VirtualMachine) -> None:
         meta, spec = vm["metadata"], vm["spec"]
         uid, ns = meta["uid"], meta["namespace"]
         live = [p for p in self.pods_of(vm) if not p["metadata"].get("deletionTimestamp")]
@@ -145,14 +163,14 @@ class VirtualMachineController:
             holder = self._disk_holder(vm)
             if holder:
                 await self._write_status(vm, blocked=holder)
-                self._workers.submit_after(key_of(vm), 5.0)  # look again: the holder may go
+                self._workers.submit_after(object_key(vm), 5.0)  # look again: the holder may go
                 return
             if self._expect.get(uid, 0) < time.monotonic():
                 if await self._vm_lost(vm):
                     return
                 try:
                     created = await self._client.create(f"/api/v1/namespaces/{ns}/pods",
-                                                        vm_pod(vm))
+                                                        cast(Obj, vm_pod(vm)))
                 except ApiError as err:
                     if err.conflict:  # the one pod of this VM exists: never a second one
                         await self._name_taken(vm)
@@ -174,13 +192,13 @@ class VirtualMachineController:
                 await self._resize(vm, pod)
         await self._write_status(vm)
 
-    def _disk_holder(self, vm: Obj) -> str:
+    def _disk_holder(self, vm: VirtualMachine) -> str:
         """Why ``vm`` cannot start: a claim of its disks held by another running VM, or ""."""
         claims = {d["claimName"] for d in vm["spec"].get("disks") or []}
         if not claims:
             return ""
         ns, uid = vm["metadata"]["namespace"], vm["metadata"]["uid"]
-        for pod in self.pods.values():
+        for pod in self.all_pods():
             meta = pod["metadata"]
             if meta["namespace"] != ns or meta.get("labels", {}).get(VM_UID_LABEL) == uid:
                 continue
@@ -191,7 +209,7 @@ class VirtualMachineController:
                         f"{meta['labels'].get(names.VM_LABEL)}")
         return ""
 
-    async def _resize(self, vm: Obj, pod: Obj) -> None:
+    async def _resize(self, vm: VirtualMachine, pod: Pod) -> None:
         size = {"cpu": str(vm["spec"]["cpu"]), "memory": str(vm["spec"]["memory"])}
         ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
         body = {"spec": {"containers": [{"name": "vm", "resources": {
@@ -208,7 +226,7 @@ class VirtualMachineController:
                                     f"{err.message}")
             await self._delete_pod(pod)
 
-    async def _delete_pod(self, pod: Obj) -> None:
+    async def _delete_pod(self, pod: Pod) -> None:
         ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
         try:
             await self._client.delete(f"/api/v1/namespaces/{ns}/pods/{name}", {
@@ -218,7 +236,7 @@ class VirtualMachineController:
             if not (err.not_found or err.conflict):
                 raise
 
-    async def _finalize(self, vm: Obj) -> None:
+    async def _finalize(self, vm: VirtualMachine) -> None:
         pods = self.pods_of(vm)
         for pod in pods:
             if not pod["metadata"].get("deletionTimestamp"):
@@ -252,7 +270,7 @@ class VirtualMachineController:
                 [{"op": "test", "path": f"/metadata/finalizers/{index}", "value": FINALIZER},
                  {"op": "remove", "path": f"/metadata/finalizers/{index}"}], PATCH_JSON)
 
-    async def _vm_lost(self, vm: Obj) -> bool:
+    async def _vm_lost(self, vm: VirtualMachine) -> bool:
         """Whether the VM this VirtualMachine had is gone from the IaaS. Then no new VM is made
         (its disks would be new and empty): the status and a Warning say so, and the user
         decides (delete the VirtualMachine, or create it anew). A VirtualMachine that never had
@@ -282,10 +300,10 @@ class VirtualMachineController:
         if not lost:
             await self._events.emit(vm, names.REASON_VM_LOST, message, warning=True)
         await self._report(vm, names.STATE_FAILED, names.REASON_VM_LOST, message, lost=True)
-        self._workers.submit_after(key_of(vm), 60.0)  # it may come back (an IaaS restore)
+        self._workers.submit_after(object_key(vm), 60.0)  # it may come back (an IaaS restore)
         return True
 
-    async def _name_taken(self, vm: Obj) -> None:
+    async def _name_taken(self, vm: VirtualMachine) -> None:
         """The VM pod's name is taken: by this VM's own pod (the cache lags: wait for it), or by
         another pod, which is said in the status; never a second pod."""
         meta = vm["metadata"]
@@ -304,9 +322,9 @@ class VirtualMachineController:
                    "cannot be made until it is gone")
         await self._events.emit(vm, names.REASON_POD_NAME_TAKEN, message, warning=True)
         await self._report(vm, names.STATE_FAILED, names.REASON_POD_NAME_TAKEN, message)
-        self._workers.submit_after(key_of(vm), 30.0)
+        self._workers.submit_after(object_key(vm), 30.0)
 
-    async def _report(self, vm: Obj, state: str, reason: str, message: str,
+    async def _report(self, vm: VirtualMachine, state: str, reason: str, message: str,
                       lost: bool = False) -> None:
         """Write ``state`` with ``reason`` into the status (Ready False, Failure True)."""
         old = vm.get("status") or {}
@@ -324,32 +342,34 @@ class VirtualMachineController:
         await self._patch_status(vm, {"state": state, "conditions": conditions,
                                       "observedGeneration": generation})
 
-    async def _patch_status(self, vm: Obj, status: Obj) -> None:
+    async def _patch_status(self, vm: VirtualMachine, status: VirtualMachineStatus) -> None:
         meta = vm["metadata"]
         await self._client.patch(
             path(names.VIRTUAL_MACHINE.plural, meta["namespace"], meta["name"], "status"),
             {"status": status})
 
-    async def _patch(self, vm: Obj, body: Obj) -> Obj:
+    async def _patch(self, vm: VirtualMachine, body: Obj) -> VirtualMachine:
         meta = vm["metadata"]
-        return await self._client.patch(
-            path(names.VIRTUAL_MACHINE.plural, meta["namespace"], meta["name"]), body)
+        return cast(VirtualMachine, await self._client.patch(
+            path(names.VIRTUAL_MACHINE.plural, meta["namespace"], meta["name"]), body))
 
     # -- status ------------------------------------------------------------------------------
 
-    def _observe(self, vm: Obj, deleting: bool,
-                 blocked: str = "") -> tuple[str, str, str, Obj | None]:
+    def _observe(self, vm: VirtualMachine, deleting: bool,
+                 blocked: str = "") -> tuple[str, str, str, Pod | None]:
         """(state, reason, message, pod) as seen now."""
-        return observe(vm, self.pods_of(vm), deleting, blocked)
+        state, reason, message, pod = observe(cast(Obj, vm), cast("list[Obj]", self.pods_of(vm)),
+                                              deleting, blocked)
+        return state, reason, message, cast("Pod | None", pod)
 
-    async def _write_status(self, vm: Obj, deleting: bool = False, blocked: str = "",
+    async def _write_status(self, vm: VirtualMachine, deleting: bool = False, blocked: str = "",
                             invalid: str = "") -> None:
         state, reason, message, pod = self._observe(vm, deleting, blocked)
         if invalid and pod is None and state != names.STATE_STOPPED:
             state, reason, message = names.STATE_FAILED, names.REASON_INVALID_SPEC, invalid
         old = vm.get("status") or {}
         generation = int(vm["metadata"].get("generation", 1))
-        ready = {names.STATE_RUNNING: "True", names.STATE_UNKNOWN: "Unknown"}.get(state, "False")
+        ready = _READY.get(state, "False")
         conditions = set_condition(old.get("conditions") or [], names.CONDITION_READY, ready,
                                    reason, message, generation)
         failure = state == names.STATE_FAILED or (
@@ -362,10 +382,10 @@ class VirtualMachineController:
                                    "True" if failure else "False",
                                    why[0] if failure else names.REASON_NO_FAILURE,
                                    why[1] if failure else "", generation)
-        status: Obj = {
+        status: VirtualMachineStatus = {
             "state": state,
             "replicas": 1 if pod is not None and state != names.STATE_STOPPING else 0,
-            "identity": vm["metadata"]["uid"], "observedGeneration": generation,
+            "observedGeneration": generation,
             "conditions": conditions,
             # The size in effect: what the VM pod was given (as the facade reports it, after a
             # resize has reached the provider), else the last size seen.
@@ -391,7 +411,10 @@ class VirtualMachineController:
                     {"name": v["name"], "claimName": v["persistentVolumeClaim"]["claimName"]}
                     for v in pod["spec"].get("volumes") or [] if "persistentVolumeClaim" in v]
         else:
-            status.update({k: old[k] for k in ("nodeName", "providerID") if k in old})
+            if "nodeName" in old:
+                status["nodeName"] = old["nodeName"]
+            if "providerID" in old:
+                status["providerID"] = old["providerID"]
             status["addresses"] = []
             # No pod: the next start gives the VM the size the spec asks for.
             status["cpu"], status["memory"] = vm["spec"]["cpu"], vm["spec"]["memory"]
@@ -416,7 +439,7 @@ class VirtualMachineController:
                 message, warning=state in (names.STATE_FAILED, names.STATE_UNKNOWN))
 
 
-def _as_object(vm: Obj) -> Obj:
+def _as_object(vm: VirtualMachine) -> VirtualMachine:
     """``vm`` with its apiVersion and kind, as an Event's involved object names them."""
     return {**vm, "apiVersion": names.API_VERSION, "kind": names.VIRTUAL_MACHINE.kind}
 
@@ -426,8 +449,8 @@ def _as_spec(value: Any) -> Any:
     return int(value) if isinstance(value, str) and value.isdigit() else value
 
 
-def _same_conditions(a: list[Obj], b: list[Obj]) -> bool:
-    def strip(cs: list[Obj]) -> list[tuple[Any, ...]]:
+def _same_conditions(a: list[Condition], b: list[Condition]) -> bool:
+    def strip(cs: list[Condition]) -> list[tuple[Any, ...]]:
         return sorted((c.get("type"), c.get("status"), c.get("reason"), c.get("message"),
                        c.get("observedGeneration")) for c in cs)
     return strip(a) == strip(b)

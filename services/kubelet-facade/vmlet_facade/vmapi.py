@@ -6,6 +6,7 @@ paths and condition helpers the cluster controllers share. The names themselves 
 from __future__ import annotations
 
 import datetime as dt
+from typing import cast
 
 from vmlet_api import names
 from vmlet_api.names import (
@@ -21,7 +22,16 @@ from vmlet_api.names import (
     VM_LABEL,
     VM_UID_LABEL,
 )
-from vmlet_facade.kube.objects import Obj
+from vmlet_facade.kube.informer import key_of
+from vmlet_facade.kube.objects import (
+    Condition,
+    ConditionStatus,
+    KubeObject,
+    Obj,
+    OwnerReference,
+    Pod,
+    VirtualMachine,
+)
 from vmlet_facade.kube.paths import api_path
 from vmlet_facade.ownership import vm_pod_name
 
@@ -39,6 +49,7 @@ __all__ = [
     "VM_LABEL",
     "VM_UID_LABEL",
     "now",
+    "object_key",
     "owner_ref",
     "path",
     "provider_tolerations",
@@ -58,23 +69,28 @@ def path(plural: str, namespace: str | None = None, name: str | None = None,
                     version=VERSION, sub=sub)
 
 
+def object_key(obj: KubeObject) -> str:
+    """``namespace/name`` of a typed object, as its informer keys it (`key_of`)."""
+    return key_of(cast(Obj, obj))
+
+
 def now() -> str:
     """The time now, as Kubernetes writes it in a status."""
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def set_condition(conditions: list[Obj], ctype: str, status: str, reason: str, message: str,
-                  generation: int) -> list[Obj]:
+def set_condition(conditions: list[Condition], ctype: str, status: ConditionStatus, reason: str,
+                  message: str, generation: int) -> list[Condition]:
     """``conditions`` with ``ctype`` set; lastTransitionTime moves only when status changes."""
     out = [c for c in conditions if c.get("type") != ctype]
     prev = next((c for c in conditions if c.get("type") == ctype), None)
     since = prev["lastTransitionTime"] if prev and prev.get("status") == status else now()
     out.append({"type": ctype, "status": status, "reason": reason, "message": message,
                 "lastTransitionTime": since, "observedGeneration": generation})
-    return sorted(out, key=lambda c: str(c["type"]))
+    return sorted(out, key=lambda c: c["type"])
 
 
-def owner_ref(obj: Obj, kind: str) -> Obj:
+def owner_ref(obj: KubeObject, kind: str) -> OwnerReference:
     """A controller ownerReference to ``obj``, a vmlet.io object of ``kind``."""
     return {"apiVersion": API_VERSION, "kind": kind, "name": obj["metadata"]["name"],
             "uid": obj["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
@@ -91,11 +107,11 @@ def provider_tolerations(provider: str) -> list[Obj]:
     ]
 
 
-def vm_pod(vm: Obj) -> Obj:
+def vm_pod(vm: VirtualMachine) -> Pod:
     """The pod that runs ``vm``: named after it and owned by it (its controller reference)."""
     meta, spec = vm["metadata"], vm["spec"]
     name, uid = meta["name"], meta["uid"]
-    annotations = {names.IDENTITY_ANNOTATION: uid}
+    annotations: dict[str, str] = {}
     user_data = spec.get("userData")
     if user_data:
         annotations[names.USER_DATA_ANNOTATION] = user_data["secretName"]
@@ -122,7 +138,7 @@ def vm_pod(vm: Obj) -> Obj:
                 "nodeSelectorTerms": [{"matchExpressions": [{
                     "key": "kubernetes.io/hostname", "operator": "NotIn", "values": [source]}]}]}}
     size = {"cpu": str(spec["cpu"]), "memory": str(spec["memory"])}
-    pod: Obj = {
+    pod: Pod = {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {
             # One name per VirtualMachine: a second create is AlreadyExists, and the name is

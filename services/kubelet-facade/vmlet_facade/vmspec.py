@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from vmlet_facade.kube.objects import Obj
+from vmlet_facade.kube.objects import VirtualMachine, VirtualMachineSpec
 from vmlet_facade.quantity import cpu_millis, memory_bytes
 
 __all__ = [
@@ -55,7 +55,7 @@ def _name_problem(name: str) -> str | None:
     return None
 
 
-def _size_problem(spec: Obj) -> str | None:
+def _size_problem(spec: VirtualMachineSpec) -> str | None:
     try:
         cpu = cpu_millis(spec["cpu"])
     except (KeyError, ValueError, TypeError):
@@ -98,7 +98,7 @@ def _affinity_problem(affinity: Any) -> str | None:
     return None
 
 
-def spec_problem(vm: Obj) -> str | None:
+def spec_problem(vm: VirtualMachine) -> str | None:
     """The first thing wrong with ``vm`` as the controller would act on it, or None."""
     problem = _name_problem(str(vm["metadata"].get("name", "")))
     if problem:

@@ -14,6 +14,7 @@ from typing import Any, Literal, Required, TypedDict
 __all__ = [
     "Access",
     "Condition",
+    "ConditionStatus",
     "ContainerSpec",
     "Disk",
     "DiskStatus",
@@ -85,11 +86,15 @@ class KubeObject(TypedDict, total=False):
     metadata: Required[ObjectMeta]
 
 
+#: A condition's status.
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
 class Condition(TypedDict, total=False):
-    """A status condition (``status`` is "True", "False" or "Unknown")."""
+    """A status condition."""
 
     type: Required[str]
-    status: Required[Literal["True", "False", "Unknown"]]
+    status: Required[ConditionStatus]
     reason: str
     message: str
     lastTransitionTime: str
@@ -104,12 +109,19 @@ class ContainerSpec(TypedDict, total=False):
     name: Required[str]
     image: str
     resources: Obj  # requests and limits
+    resizePolicy: list[Obj]
 
 
 class PodSpec(TypedDict, total=False):
     nodeName: str
     containers: list[ContainerSpec]
     volumes: list[Obj]
+    nodeSelector: dict[str, str]
+    affinity: Obj
+    tolerations: list[Obj]
+    automountServiceAccountToken: bool
+    enableServiceLinks: bool
+    terminationGracePeriodSeconds: int
 
 
 class PodStatus(TypedDict, total=False):
@@ -139,6 +151,8 @@ class NodeStatus(TypedDict, total=False):
     conditions: list[Condition]
     capacity: dict[str, str]
     allocatable: dict[str, str]
+    daemonEndpoints: Obj
+    nodeInfo: dict[str, str]
 
 
 class NodeSpec(TypedDict, total=False):
@@ -217,7 +231,6 @@ class VirtualMachineStatus(TypedDict, total=False):
     addresses: list[str]
     providerID: str
     disks: list[DiskStatus]
-    identity: str
     cpu: int | str
     memory: int | str
     observedGeneration: int
