@@ -9,6 +9,7 @@ providers).
 """
 
 from . import (  # noqa: F401  (they register the checks)
+    disks,
     endpoints,
     lifecycle,
     notifications,

@@ -1,7 +1,7 @@
 """The streams: NotifyPods (a change is sent, in order per pod; a new stream starts with the
 current status of every pod, so nothing is lost while none was open; every status of a pod not
-running and ready says its Progress) and NodeProviderService (ListNodes, Ping, NotifyNodeStatus
-starting with every node)."""
+running and ready says its Progress, and every status whether its pod is ready) and
+NodeProviderService (ListNodes, Ping, NotifyNodeStatus starting with every node)."""
 
 from __future__ import annotations
 
@@ -52,9 +52,11 @@ def notify_pods_sends_changes_in_order(subject: Subject) -> None:
 
 
 @check
-def every_status_says_its_progress_and_size(subject: Subject) -> None:
+def every_status_says_its_progress_readiness_and_size(subject: Subject) -> None:
     """Every status of a pod that is not Running and ready, answered or streamed from its create
-    to its delete, carries a Progress value of the contract (not UNSPECIFIED); a running one
+    to its delete, carries a Progress value of the contract (not UNSPECIFIED); every status says
+    whether the pod is ready (`ready`, true only while Running with every container ready), and
+    a Running pod not ready whose containers run says why (`not_ready_reason`); a running one
     carries the size its VM has."""
     pod = subject.pod()
     stream = subject.stream()
@@ -69,8 +71,22 @@ def every_status_says_its_progress_and_size(subject: Subject) -> None:
             seen += stream.of(pod.ref.name)
         unsaid = [s for s in seen if not ready(s) and not progress.name(s.progress)]
         assert not unsaid, f"statuses without a known progress: {unsaid}"
+        for status in seen:
+            _says_its_readiness(status)
     finally:
         stream.close()
+
+
+def _says_its_readiness(status: pod_pb2.PodStatus) -> None:
+    """``status`` says whether its pod is ready, consistently, and why not when nothing else
+    does."""
+    assert status.HasField("ready"), f"a status that does not say whether it is ready: {status}"
+    if status.ready:
+        assert status.phase == pod_pb2.POD_PHASE_RUNNING, f"ready but not Running: {status}"
+        assert all(c.ready for c in status.container_statuses), f"ready, containers not: {status}"
+    elif status.phase == pod_pb2.POD_PHASE_RUNNING and all(
+            c.HasField("running") for c in status.container_statuses):
+        assert status.not_ready_reason, f"Running, not ready, and no reason why: {status}"
 
 
 @check

@@ -101,13 +101,13 @@ def _malformed(subject: Subject, prefix: str) -> list[tuple[str, str, str, Any, 
         ("empty DeleteVirtualMachine", "vms", "DeleteVirtualMachine",
          vpb.DeleteVirtualMachineRequest(), {INVALID}),
         ("empty CreateSnapshot", "vms", "CreateSnapshot", vpb.CreateSnapshotRequest(), {INVALID}),
-        ("empty CreateDisk", "vms", "CreateDisk", vpb.CreateDiskRequest(), {INVALID}),
-        ("disk without a name", "vms", "CreateDisk", vpb.CreateDiskRequest(size_bytes=2**30),
+        ("empty CreateDisk", "disks", "CreateDisk", vpb.CreateDiskRequest(), {INVALID}),
+        ("disk without a name", "disks", "CreateDisk", vpb.CreateDiskRequest(size_bytes=2**30),
          {INVALID}),
-        ("disk of 0 bytes", "vms", "CreateDisk", vpb.CreateDiskRequest(
+        ("disk of 0 bytes", "disks", "CreateDisk", vpb.CreateDiskRequest(
             name=f"{prefix}-zero", size_bytes=0), {INVALID}),
-        ("empty GetDisk", "vms", "GetDisk", vpb.GetDiskRequest(), {INVALID, NOT_FOUND}),
-        ("negative ExpandDisk", "vms", "ExpandDisk", vpb.ExpandDiskRequest(
+        ("empty GetDisk", "disks", "GetDisk", vpb.GetDiskRequest(), {INVALID, NOT_FOUND}),
+        ("negative ExpandDisk", "disks", "ExpandDisk", vpb.ExpandDiskRequest(
             handle="any-disk", size_bytes=-1), {INVALID}),
     ]
 
@@ -119,7 +119,8 @@ def malformed_requests_are_invalid_argument(subject: Subject) -> None:
     INTERNAL or UNKNOWN; the provider answers Ping after each; none of them leaves a pod or a
     VM."""
     prefix = f"malformed-{uuid.uuid4().hex[:6]}"
-    node, stubs = subject.node_names()[0], {"pods": subject.pods, "vms": subject.vms}
+    node = subject.node_names()[0]
+    stubs = {"pods": subject.pods, "vms": subject.vms, "disks": subject.disks}
     cases = _malformed(subject, prefix) + [
         (case.what, case.stub, case.method, case.request, {INVALID})
         for case in hostile_requests(node, subject.image, prefix)]

@@ -21,6 +21,7 @@ import grpc
 import pytest
 
 from vmlet.provider.v1 import (
+    disk_service_pb2_grpc,
     kubelet_endpoint_service_pb2_grpc,
     node_provider_service_pb2,
     node_provider_service_pb2_grpc,
@@ -71,6 +72,7 @@ class Subject:
         self.notifier = pod_notifier_service_pb2_grpc.PodNotifierServiceStub(self.channel)
         self.node_provider = node_provider_service_pb2_grpc.NodeProviderServiceStub(self.channel)
         self.vms = virtual_machine_service_pb2_grpc.VirtualMachineServiceStub(self.channel)
+        self.disks = disk_service_pb2_grpc.DiskServiceStub(self.channel)
         self.endpoints = kubelet_endpoint_service_pb2_grpc.KubeletEndpointServiceStub(
             self.channel)
         self._nodes: tuple[str, ...] = tuple(self.nodes)
@@ -233,9 +235,14 @@ def running(status: pod_pb2.PodStatus) -> bool:
 
 
 def ready(status: pod_pb2.PodStatus) -> bool:
-    """Running with a true Ready condition."""
-    return status.phase == pod_pb2.POD_PHASE_RUNNING and any(
-        c.type == "Ready" and c.status == pod_pb2.CONDITION_STATUS_TRUE for c in status.conditions)
+    """Running and ready (`ready`; for a provider older than that field, a true Ready
+    condition)."""
+    if status.phase != pod_pb2.POD_PHASE_RUNNING:
+        return False
+    if status.HasField("ready"):
+        return status.ready
+    return any(c.type == "Ready" and c.status == pod_pb2.CONDITION_STATUS_TRUE
+               for c in status.conditions)
 
 
 def code_of(call: Callable[[], Any]) -> grpc.StatusCode:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from vmlet.provider.v1 import disk_service_pb2_grpc as dpb_grpc
 from vmlet.provider.v1 import kubelet_endpoint_service_pb2 as kpb
 from vmlet.provider.v1 import kubelet_endpoint_service_pb2_grpc as kpb_grpc
 from vmlet.provider.v1 import node_pb2, pod_pb2
@@ -175,17 +177,26 @@ class FakeBackend:
     async def list_snapshots(self, identity: str) -> list[vpb.Snapshot]:
         return [vpb.Snapshot(id="s1")]
 
-    async def create_disk(self, name: str, size_bytes: int, parameters: dict[str, str]) -> vpb.Disk:
+
+@dataclass
+class FakeDisks:
+    """A `DiskBackend` that records into the calls of a `FakeBackend`."""
+
+    calls: list[str]
+
+    async def create(self, name: str, size_bytes: int, parameters: Mapping[str, str]) -> vpb.Disk:
         self.calls.append(f"create disk {name}")
         return vpb.Disk(handle=f"h-{name}", name=name, size_bytes=size_bytes)
 
-    async def delete_disk(self, handle: str) -> None:
+    async def delete(self, handle: str) -> None:
         self.calls.append(f"delete disk {handle}")
 
-    async def expand_disk(self, handle: str, size_bytes: int) -> vpb.Disk:
+    async def expand(self, handle: str, size_bytes: int) -> vpb.Disk:
+        if handle == "gone":
+            raise NotFound(f"disk {handle} not found")
         return vpb.Disk(handle=handle, size_bytes=size_bytes)
 
-    async def get_disk(self, handle: str) -> vpb.Disk:
+    async def get(self, handle: str) -> vpb.Disk:
         return vpb.Disk(handle=handle)
 
 
@@ -208,6 +219,7 @@ async def kit() -> AsyncIterator[Served]:
         nodes=backend,
         endpoints=backend,
         vms=backend,
+        disks=FakeDisks(backend.calls),
     )
     async with ProviderServer(servicers, address="127.0.0.1:0", provider="fake") as server:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
@@ -228,7 +240,7 @@ async def _code(call: Any) -> grpc.StatusCode:
 async def test_from_backends_serves_every_service_and_ping_names_the_provider(
     kit: Served,
 ) -> None:
-    assert len(kit.server.services) == 5
+    assert len(kit.server.services) == 6
     reply = await npb_grpc.NodeProviderServiceStub(kit.channel).Ping(npb.PingRequest())
     assert (reply.provider, reply.version) == ("fake", "1.2.3")
     kit.backend.reachable = False
@@ -241,7 +253,7 @@ async def test_optional_services_are_left_out_without_a_backend() -> None:
     servicers = ProviderServicers.from_backends(
         provider="fake", version="0", lifecycle=backend, notifier=backend, nodes=backend
     )
-    assert servicers.endpoints is None and servicers.vms is None
+    assert servicers.endpoints is None and servicers.vms is None and servicers.disks is None
 
 
 async def test_lifecycle_calls_reach_the_backend(kit: Served) -> None:
@@ -349,6 +361,16 @@ async def test_vm_calls_check_the_owner_and_bounds_first(kit: Served) -> None:
         ),
     ):
         assert await _code(call) == grpc.StatusCode.PERMISSION_DENIED
+    assert kit.backend.calls == []
+
+
+async def test_disk_service_is_served_checked_and_healthy(kit: Served) -> None:
+    assert "vmlet.provider.v1.DiskService" in kit.server.services
+    health = health_pb2_grpc.HealthStub(kit.channel)
+    name = "vmlet.provider.v1.DiskService"
+    reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    stub = dpb_grpc.DiskServiceStub(kit.channel)
     made = await stub.CreateDisk(vpb.CreateDiskRequest(name="data", size_bytes=2**30))
     assert made.disk.handle == "h-data"
     for request in (
@@ -356,4 +378,40 @@ async def test_vm_calls_check_the_owner_and_bounds_first(kit: Served) -> None:
         vpb.CreateDiskRequest(name="zero", size_bytes=0),
     ):
         assert await _code(stub.CreateDisk(request)) == grpc.StatusCode.INVALID_ARGUMENT
-    assert kit.backend.calls == ["create disk data"]
+    grown = await stub.ExpandDisk(vpb.ExpandDiskRequest(handle="h-data", size_bytes=2**31))
+    assert grown.disk.size_bytes == 2**31
+    gone = stub.ExpandDisk(vpb.ExpandDiskRequest(handle="gone", size_bytes=2**31))
+    assert await _code(gone) == grpc.StatusCode.NOT_FOUND
+    await stub.DeleteDisk(vpb.DeleteDiskRequest(handle="h-data"))
+    assert (await stub.GetDisk(vpb.GetDiskRequest(handle="h-data"))).disk.handle == "h-data"
+    assert kit.backend.calls == ["create disk data", "delete disk h-data"]
+
+
+async def test_the_deprecated_disk_rpcs_answer_as_disk_service(kit: Served) -> None:
+    old = vpb_grpc.VirtualMachineServiceStub(kit.channel)
+    new = dpb_grpc.DiskServiceStub(kit.channel)
+    request = vpb.CreateDiskRequest(name="data", size_bytes=2**30)
+    assert await old.CreateDisk(request) == await new.CreateDisk(request)
+    expand = vpb.ExpandDiskRequest(handle="h-data", size_bytes=2**31)
+    assert await old.ExpandDisk(expand) == await new.ExpandDisk(expand)
+    get = vpb.GetDiskRequest(handle="h-data")
+    assert await old.GetDisk(get) == await new.GetDisk(get)
+    await old.DeleteDisk(vpb.DeleteDiskRequest(handle="h-data"))
+    bad = vpb.CreateDiskRequest(name="zero", size_bytes=0)
+    assert await _code(old.CreateDisk(bad)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert kit.backend.calls == ["create disk data", "create disk data", "delete disk h-data"]
+
+
+async def test_without_disks_the_deprecated_disk_rpcs_are_unimplemented() -> None:
+    backend = FakeBackend()
+    servicers = ProviderServicers.from_backends(
+        provider="fake", version="0", lifecycle=backend, notifier=backend, nodes=backend,
+        vms=backend,
+    )
+    assert servicers.disks is None
+    async with ProviderServer(servicers, address="127.0.0.1:0", provider="fake") as server:
+        assert "vmlet.provider.v1.DiskService" not in server.services
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = vpb_grpc.VirtualMachineServiceStub(channel)
+            call = stub.GetDisk(vpb.GetDiskRequest(handle="h"))
+            assert await _code(call) == grpc.StatusCode.UNIMPLEMENTED

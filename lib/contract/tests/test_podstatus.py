@@ -1,4 +1,4 @@
-"""The PodStatus builders: phases, conditions and container states as a kubelet reports them."""
+"""The PodStatus builders: phases, readiness and container states as a kubelet reports them."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ POD = pod_pb2.Pod(
 T0 = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
-def _conditions(status: pod_pb2.PodStatus) -> dict[str, tuple[int, str]]:
-    return {c.type: (c.status, c.reason) for c in status.conditions}
+def _readiness(status: pod_pb2.PodStatus) -> tuple[bool, str, str]:
+    """(ready, not-ready reason, message); the builders never set the deprecated conditions."""
+    assert status.HasField("ready") and not status.conditions
+    return status.ready, status.not_ready_reason, status.not_ready_message
 
 
 def test_pending() -> None:
@@ -24,12 +26,7 @@ def test_pending() -> None:
     assert status.phase == pod_pb2.POD_PHASE_PENDING
     assert status.pod_ip == "" and not status.HasField("start_time")
     assert status.actual_node_name == "host-a" and status.provider_id == "vm-42"
-    assert _conditions(status) == {
-        "PodScheduled": (pod_pb2.CONDITION_STATUS_TRUE, ""),
-        "Initialized": (pod_pb2.CONDITION_STATUS_TRUE, ""),
-        "ContainersReady": (pod_pb2.CONDITION_STATUS_FALSE, "ContainersNotReady"),
-        "Ready": (pod_pb2.CONDITION_STATUS_FALSE, "ContainersNotReady"),
-    }
+    assert _readiness(status) == (False, "", "")
     (cs,) = status.container_statuses
     assert cs.name == "vm" and cs.image == "ubuntu-24.04" and not cs.ready
     assert cs.WhichOneof("state") == "waiting"
@@ -48,7 +45,7 @@ def test_running() -> None:
     assert status.pod_ip == "10.0.0.5" and list(status.pod_ips) == ["10.0.0.5", "fd00::5"]
     assert status.host_ip == "1.2.3.4"
     assert status.start_time.ToDatetime(tzinfo=UTC) == T0
-    assert all(s == pod_pb2.CONDITION_STATUS_TRUE for s, _ in _conditions(status).values())
+    assert _readiness(status) == (True, "", "")
     (cs,) = status.container_statuses
     assert cs.ready and cs.container_id == "memory://x"
     assert cs.running.started_at.ToDatetime(tzinfo=UTC) == T0
@@ -58,7 +55,7 @@ def test_failed() -> None:
     status = podstatus.failed(POD, reason="VMVanished", message="the VM is gone", started_at=T0)
     assert status.phase == pod_pb2.POD_PHASE_FAILED
     assert (status.reason, status.message) == ("VMVanished", "the VM is gone")
-    assert _conditions(status)["Ready"] == (pod_pb2.CONDITION_STATUS_FALSE, "PodFailed")
+    assert _readiness(status) == (False, "", "")
     (cs,) = status.container_statuses
     assert cs.terminated.exit_code == 1 and cs.terminated.reason == "VMVanished"
     assert cs.terminated.HasField("finished_at")
@@ -67,14 +64,8 @@ def test_failed() -> None:
 def test_succeeded() -> None:
     status = podstatus.succeeded(POD, finished_at=T0)
     assert status.phase == pod_pb2.POD_PHASE_SUCCEEDED
-    assert _conditions(status)["Ready"] == (pod_pb2.CONDITION_STATUS_FALSE, "PodCompleted")
+    assert _readiness(status) == (False, "", "")
     assert status.container_statuses[0].terminated.exit_code == 0
-
-
-def test_conditions_with_a_transition_time() -> None:
-    conditions = podstatus.pod_conditions(ready=True, at=T0)
-    assert all(c.last_transition_time.ToDatetime(tzinfo=UTC) == T0 for c in conditions)
-    assert not podstatus.pod_conditions(ready=True)[0].HasField("last_transition_time")
 
 
 def test_timestamp_takes_naive_times_as_utc() -> None:
@@ -98,7 +89,7 @@ def test_not_ready() -> None:
     status = podstatus.running(POD, ips=[], started_at=T0)
     podstatus.not_ready(status, "WaitingForGuestIP", "no IP yet")
     assert status.progress == pod_pb2.PROGRESS_WAITING_FOR_GUEST_IP
-    assert _conditions(status)["Ready"] == (pod_pb2.CONDITION_STATUS_FALSE, "WaitingForGuestIP")
+    assert _readiness(status) == (False, "WaitingForGuestIP", "no IP yet")
     assert not status.container_statuses[0].ready
     podstatus.not_ready(status, "ServerStateUnknown", "?", pod_pb2.PROGRESS_STATE_UNKNOWN)
     assert status.progress == pod_pb2.PROGRESS_STATE_UNKNOWN

@@ -1,11 +1,10 @@
-"""Builders of the PodStatus messages every provider sends, with the usual pod conditions.
+"""Builders of the PodStatus messages every provider sends.
 
 A provider knows whether its VM is being made, running, failed or stopped; these functions turn
-that into a `PodStatus` with the phase, the four pod conditions (PodScheduled, Initialized,
-ContainersReady, Ready) and one container status per container of the pod, the way a kubelet
-would report them, and the `Progress` value the facade acts on (from the CamelCase reason when
-not given). Conditions carry no transition time unless one is given: the facade keeps the
-previous time for a condition whose status did not change.
+that into a `PodStatus` with the phase, whether the pod is ready (and, when a running VM is not,
+why), one container status per container of the pod the way a kubelet would report them, and the
+`Progress` value the facade acts on (from the CamelCase reason when not given). They build no pod
+conditions: those are Kubernetes' vocabulary, and the facade alone derives them from these facts.
 """
 
 from __future__ import annotations
@@ -23,15 +22,10 @@ __all__ = [
     "not_ready",
     "observed_size",
     "pending",
-    "pod_conditions",
     "running",
     "succeeded",
     "timestamp",
 ]
-
-_TRUE = pod_pb2.CONDITION_STATUS_TRUE
-_FALSE = pod_pb2.CONDITION_STATUS_FALSE
-
 
 def timestamp(when: datetime | None = None) -> Timestamp:
     """A protobuf Timestamp of `when` (now when None); naive datetimes are taken as UTC."""
@@ -43,34 +37,6 @@ def timestamp(when: datetime | None = None) -> Timestamp:
     return ts
 
 
-def pod_conditions(
-    *,
-    ready: bool,
-    reason: str = "",
-    message: str = "",
-    at: datetime | None = None,
-) -> list[pod_pb2.Condition]:
-    """The four pod conditions of a scheduled pod with no init containers: PodScheduled and
-    Initialized true, ContainersReady and Ready as `ready`, with `reason`/`message` on the two
-    readiness conditions when they are false."""
-
-    def condition(kind: str, holds: bool, why: str = "", text: str = "") -> pod_pb2.Condition:
-        out = pod_pb2.Condition(
-            type=kind, status=_TRUE if holds else _FALSE, reason=why, message=text
-        )
-        if at is not None:
-            out.last_transition_time.CopyFrom(timestamp(at))
-        return out
-
-    why, text = ("", "") if ready else (reason or "ContainersNotReady", message)
-    return [
-        condition("PodScheduled", True),
-        condition("Initialized", True),
-        condition("ContainersReady", ready, why, text),
-        condition("Ready", ready, why, text),
-    ]
-
-
 def not_ready(
     status: pod_pb2.PodStatus,
     reason: str,
@@ -78,13 +44,11 @@ def not_ready(
     progress: progresses.Progress | None = None,
 ) -> None:
     """Turns `status` not ready (a VM that runs but cannot serve, or was stopped in the IaaS):
-    Ready and ContainersReady false with `reason` and `message`, every container not ready, and
-    `progress` the value `reason` names unless given."""
-    for condition in status.conditions:
-        if condition.type in ("Ready", "ContainersReady"):
-            condition.status = _FALSE
-            condition.reason = reason
-            condition.message = message
+    `ready` false with `reason` and `message` as the not-ready reason and message, every
+    container not ready, and `progress` the value `reason` names unless given."""
+    status.ready = False
+    status.not_ready_reason = reason
+    status.not_ready_message = message
     for container in status.container_statuses:
         container.ready = False
     status.progress = progresses.of_reason(reason) if progress is None else progress
@@ -103,7 +67,7 @@ def _status(
     pod: pod_pb2.Pod,
     phase: pod_pb2.PodPhase.ValueType,
     *,
-    conditions: list[pod_pb2.Condition],
+    ready: bool,
     reason: str,
     message: str,
     provider_id: str,
@@ -116,7 +80,7 @@ def _status(
     status = pod_pb2.PodStatus(
         phase=phase,
         progress=progress,
-        conditions=conditions,
+        ready=ready,
         reason=reason,
         message=message,
         pod_ip=ips[0] if ips else "",
@@ -161,7 +125,7 @@ def pending(
     status = _status(
         pod,
         pod_pb2.POD_PHASE_PENDING,
-        conditions=pod_conditions(ready=False),
+        ready=False,
         reason="",
         message="",
         provider_id=provider_id,
@@ -195,7 +159,7 @@ def running(
     status = _status(
         pod,
         pod_pb2.POD_PHASE_RUNNING,
-        conditions=pod_conditions(ready=True),
+        ready=True,
         reason="",
         message="",
         provider_id=provider_id,
@@ -227,13 +191,10 @@ def _terminated(
     host_ip: str,
     ips: Sequence[str],
 ) -> pod_pb2.PodStatus:
-    conditions = pod_conditions(
-        ready=False, reason="PodCompleted" if exit_code == 0 else "PodFailed", message=message
-    )
     status = _status(
         pod,
         phase,
-        conditions=conditions,
+        ready=False,
         reason=reason,
         message=message,
         provider_id=provider_id,

@@ -32,6 +32,8 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from vmlet.provider.v1 import (
+    disk_service_pb2,
+    disk_service_pb2_grpc,
     kubelet_endpoint_service_pb2,
     kubelet_endpoint_service_pb2_grpc,
     node_provider_service_pb2,
@@ -46,6 +48,8 @@ from vmlet.provider.v1 import (
 
 from .interceptor import BoundaryInterceptor
 from .kit import (
+    DiskBackend,
+    DiskServicer,
     KubeletEndpointBackend,
     KubeletEndpointServicer,
     NodeProviderBackend,
@@ -95,7 +99,7 @@ def _service_name(file_descriptor: Any, name: str) -> str:
 
 @dataclass(frozen=True)
 class ProviderServicers:
-    """The servicers a provider implements; endpoints and VM operations are optional.
+    """The servicers a provider implements; endpoints, VM operations and disks are optional.
 
     `shutdown_hooks` run when the server begins to shut down, after health went NOT_SERVING and
     before in-flight calls are waited for: the place to end long-lived streams (NotifyPods,
@@ -108,6 +112,7 @@ class ProviderServicers:
     nodes: node_provider_service_pb2_grpc.NodeProviderServiceServicer
     endpoints: kubelet_endpoint_service_pb2_grpc.KubeletEndpointServiceServicer | None = None
     vms: virtual_machine_service_pb2_grpc.VirtualMachineServiceServicer | None = None
+    disks: disk_service_pb2_grpc.DiskServiceServicer | None = None
     shutdown_hooks: Sequence[ShutdownHook] = ()
     readiness: Readiness | None = None
 
@@ -122,17 +127,20 @@ class ProviderServicers:
         nodes: NodeProviderBackend,
         endpoints: KubeletEndpointBackend | None = None,
         vms: VirtualMachineBackend | None = None,
+        disks: DiskBackend | None = None,
         shutdown_hooks: Sequence[ShutdownHook] = (),
         readiness: Readiness | None = None,
     ) -> ProviderServicers:
         """The kit's servicers (`vmlet_contract.kit`) over a provider's backends; `provider`
-        and `version` are what Ping answers."""
+        and `version` are what Ping answers. `disks` serves DiskService and the deprecated disk
+        RPCs of VirtualMachineService alike."""
         return cls(
             lifecycle=PodLifecycleServicer(lifecycle),
             notifier=PodNotifierServicer(notifier),
             nodes=NodeProviderServicer(nodes, provider=provider, version=version),
             endpoints=KubeletEndpointServicer(endpoints) if endpoints is not None else None,
-            vms=VirtualMachineServicer(vms) if vms is not None else None,
+            vms=VirtualMachineServicer(vms, disks) if vms is not None else None,
+            disks=DiskServicer(disks) if disks is not None else None,
             shutdown_hooks=shutdown_hooks,
             readiness=readiness,
         )
@@ -165,6 +173,11 @@ class ProviderServicers:
                 self.vms,
                 virtual_machine_service_pb2_grpc.add_VirtualMachineServiceServicer_to_server,
                 _service_name(virtual_machine_service_pb2.DESCRIPTOR, "VirtualMachineService"),
+            ),
+            (
+                self.disks,
+                disk_service_pb2_grpc.add_DiskServiceServicer_to_server,
+                _service_name(disk_service_pb2.DESCRIPTOR, "DiskService"),
             ),
         ]
         for servicer, add, name in pairs:

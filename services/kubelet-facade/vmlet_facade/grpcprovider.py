@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from vmlet.provider.v1 import kubelet_endpoint_service_pb2 as kep
 from vmlet.provider.v1 import (
+    disk_service_pb2_grpc,
     kubelet_endpoint_service_pb2_grpc,
     node_pb2,
     node_provider_service_pb2,
@@ -29,6 +29,7 @@ from vmlet.provider.v1 import (
     pod_notifier_service_pb2_grpc,
     virtual_machine_service_pb2_grpc,
 )
+from vmlet.provider.v1 import kubelet_endpoint_service_pb2 as kep
 from vmlet.provider.v1 import pod_pb2 as pb
 from vmlet.provider.v1 import virtual_machine_service_pb2 as vm_pb
 from vmlet_contract import ProviderError, error_from_rpc, files_fingerprint
@@ -123,6 +124,7 @@ class GrpcProvider:
         self._pods = pod_lifecycle_service_pb2_grpc.PodLifecycleServiceStub(self._channel)
         self._notifier = pod_notifier_service_pb2_grpc.PodNotifierServiceStub(self._channel)
         self._vms = virtual_machine_service_pb2_grpc.VirtualMachineServiceStub(self._channel)
+        self._disks = disk_service_pb2_grpc.DiskServiceStub(self._channel)
         self._endpoints = kubelet_endpoint_service_pb2_grpc.KubeletEndpointServiceStub(
             self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
@@ -238,17 +240,17 @@ class GrpcProvider:
 
     async def create_disk(self, name: str, size_bytes: int,
                           parameters: dict[str, str]) -> vm_pb.Disk:
-        resp = await _unary(self._vms.CreateDisk(vm_pb.CreateDiskRequest(
+        resp = await _unary(self._disks.CreateDisk(vm_pb.CreateDiskRequest(
             name=name, size_bytes=size_bytes, parameters=parameters), timeout=self._timeout))
         disk: vm_pb.Disk = resp.disk
         return disk
 
     async def delete_disk(self, handle: str) -> None:
-        await _unary(self._vms.DeleteDisk(vm_pb.DeleteDiskRequest(handle=handle),
-                                          timeout=self._timeout))
+        await _unary(self._disks.DeleteDisk(vm_pb.DeleteDiskRequest(handle=handle),
+                                            timeout=self._timeout))
 
     async def expand_disk(self, handle: str, size_bytes: int) -> vm_pb.Disk:
-        resp = await _unary(self._vms.ExpandDisk(vm_pb.ExpandDiskRequest(
+        resp = await _unary(self._disks.ExpandDisk(vm_pb.ExpandDiskRequest(
             handle=handle, size_bytes=size_bytes), timeout=self._timeout))
         disk: vm_pb.Disk = resp.disk
         return disk

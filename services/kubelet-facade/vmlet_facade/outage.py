@@ -21,8 +21,6 @@ PROVIDER_UNAVAILABLE = REASON_PROVIDER_UNAVAILABLE
 IAAS_UNAVAILABLE = REASON_IAAS_UNAVAILABLE
 REASONS = frozenset({PROVIDER_UNAVAILABLE, IAAS_UNAVAILABLE})
 
-_MARKED = ("ContainersReady", "Ready")
-
 
 @dataclass(frozen=True)
 class Outage:
@@ -33,13 +31,11 @@ class Outage:
 
 
 def during(status: pb.PodStatus, outage: Outage) -> pb.PodStatus:
-    """``status`` as a pod shows it during ``outage``: not ready, for the outage's reason."""
+    """``status`` as a pod shows it during ``outage``: not ready, for the outage's reason (the
+    pod conditions say so, built by podconvert); its containers stay as last seen."""
     out = pb.PodStatus()
     out.CopyFrom(status)
-    kept = [c for c in out.conditions if c.type not in _MARKED]
-    del out.conditions[:]
-    out.conditions.extend(kept)
-    for ctype in _MARKED:
-        out.conditions.add(type=ctype, status=pb.CONDITION_STATUS_FALSE, reason=outage.reason,
-                           message=outage.message)
+    out.ready = False
+    out.not_ready_reason = outage.reason
+    out.not_ready_message = outage.message
     return out

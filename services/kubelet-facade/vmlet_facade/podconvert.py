@@ -34,6 +34,8 @@ _PHASES = {
     pb.POD_PHASE_SUCCEEDED: "Succeeded", pb.POD_PHASE_FAILED: "Failed",
     pb.POD_PHASE_UNKNOWN: "Unknown",
 }
+#: The reason a kubelet gives a pod that ended for not being ready.
+_ENDED = {"Succeeded": "PodCompleted", "Failed": "PodFailed"}
 _COND = {pb.CONDITION_STATUS_TRUE: "True", pb.CONDITION_STATUS_FALSE: "False",
          pb.CONDITION_STATUS_UNKNOWN: "Unknown"}
 
@@ -207,17 +209,67 @@ def _progress_condition(status: pb.PodStatus, prev: Obj | None) -> Obj | None:
         return None
     said = [cs.waiting.message for cs in status.container_statuses
             if cs.WhichOneof("state") == "waiting"]
-    said += [status.message] + [c.message for c in status.conditions if c.type == "Ready"]
+    said += [status.message, status.not_ready_message]
+    said += [c.message for c in status.conditions if c.type == "Ready"]  # an older provider
     value = "True" if status.progress in progresses.STEPS else "False"
     return _condition(PROGRESS_CONDITION, value, prev, None, name,
                       next((text for text in said if text), ""))
 
 
+def _readiness(status: pb.PodStatus, phase: str, containers: list[Obj]) -> tuple[bool, str, str]:
+    """(ready, reason, message) of the pod's Ready and ContainersReady conditions.
+
+    Ready only while Running and the provider says so (`ready`); a provider older than that field
+    is read by its containers' readiness. Not ready, the reason is the provider's own
+    (`not_ready_reason`), else the one a kubelet gives for the phase.
+    """
+    if status.HasField("ready"):
+        ready = status.ready and phase == "Running"
+    else:
+        ready = bool(containers) and all(c["ready"] for c in containers) and phase == "Running"
+    if ready:
+        return True, "", ""
+    if status.not_ready_reason:
+        return False, status.not_ready_reason, status.not_ready_message
+    if phase in _ENDED:
+        return False, _ENDED[phase], status.message
+    return False, "ContainersNotReady", status.not_ready_message
+
+
+def _pod_conditions(status: pb.PodStatus, phase: str, containers: list[Obj],
+                    old: dict[str, Obj]) -> list[Obj]:
+    """The pod's Kubernetes conditions, from the facts of ``status``; ``old`` are the pod's
+    current conditions by type, whose transition times are kept while a status holds.
+
+    A provider older than `PodStatus.ready` may send its own conditions (the deprecated
+    `PodStatus.conditions`): those it sends are taken as they are, the rest derived.
+    """
+    ready, reason, message = _readiness(status, phase, containers)
+    derived = {
+        "PodScheduled": ("True", "", ""),
+        "Initialized": ("True", "", ""),
+        "ContainersReady": ("True" if ready else "False", reason, message),
+        "Ready": ("True" if ready else "False", reason, message),
+    }
+    given = {} if status.HasField("ready") else {c.type: c for c in status.conditions}
+    out = []
+    for ctype in [*derived, *[t for t in given if t not in derived and t != PROGRESS_CONDITION]]:
+        c = given.get(ctype)
+        if c is None:
+            value, why, text = derived[ctype]
+            out.append(_condition(ctype, value, old.get(ctype), None, why, text))
+            continue
+        given_at = _ts(c.last_transition_time) if c.HasField("last_transition_time") else None
+        out.append(_condition(ctype, _COND.get(c.status, "Unknown"), old.get(ctype), given_at,
+                              c.reason, c.message))
+    return out
+
+
 def status_to_k8s(status: pb.PodStatus, pod: Obj, host_ip: str) -> Obj:
     """A pod status for the apiserver: the provider's view, completed as a kubelet would.
 
-    Conditions the provider leaves out are derived from the phase and container readiness, and a
-    condition keeps its lastTransitionTime while its status does not change.
+    The pod conditions are built here alone (`_pod_conditions`), and a condition keeps its
+    lastTransitionTime while its status does not change.
     """
     old = pod.get("status") or {}
     old_conds = {c["type"]: c for c in old.get("conditions") or []}
@@ -262,24 +314,7 @@ def status_to_k8s(status: pb.PodStatus, pod: Obj, host_ip: str) -> Obj:
                 "state": {"running": {"startedAt": _now()}} if running
                 else {"waiting": {"reason": status.reason or "ContainerCreating"}},
             })
-    all_ready = bool(containers) and all(c["ready"] for c in containers) and phase == "Running"
-    derived = {
-        "PodScheduled": "True",
-        "Initialized": "True",
-        "ContainersReady": "True" if all_ready else "False",
-        "Ready": "True" if all_ready else "False",
-    }
-    given = {c.type: c for c in status.conditions}
-    conditions = []
-    for ctype in ["PodScheduled", "Initialized", "ContainersReady", "Ready",
-                  *[t for t in given if t not in derived and t != PROGRESS_CONDITION]]:
-        c = given.get(ctype)
-        value = _COND.get(c.status, "Unknown") if c else derived[ctype]
-        given_at = _ts(c.last_transition_time) if c is not None and c.HasField(
-            "last_transition_time") else None
-        conditions.append(_condition(ctype, value, old_conds.get(ctype), given_at,
-                                     c.reason if c is not None else "",
-                                     c.message if c is not None else ""))
+    conditions = _pod_conditions(status, phase, containers, old_conds)
     progress = _progress_condition(status, old_conds.get(PROGRESS_CONDITION))
     if progress is not None:
         conditions.append(progress)

@@ -88,7 +88,7 @@ class VmOperations(Protocol):
 
 
 class Disks(Protocol):
-    """Disks behind PersistentVolumes (the provisioner)."""
+    """Disks behind PersistentVolumes (the provisioner), the provider's DiskService."""
 
     async def create_disk(self, name: str, size_bytes: int,
                           parameters: dict[str, str]) -> virtual_machine_service_pb2.Disk: ...

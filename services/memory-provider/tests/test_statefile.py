@@ -26,7 +26,7 @@ async def test_pods_kept_vms_disks_and_snapshots_survive_a_restart(tmp_path: Pat
         kept_ip = (await mp.lifecycle.CreatePod(pl.CreatePodRequest(pod=kept))).status.pod_ip
         await mp.vms.CreateSnapshot(vms.CreateSnapshotRequest(identity="vm-k", name="s1"))
         await mp.lifecycle.DeletePod(pl.DeletePodRequest(pod=kept))
-        disk = (await mp.vms.CreateDisk(vms.CreateDiskRequest(name="pv", size_bytes=10))).disk
+        disk = (await mp.disks.CreateDisk(vms.CreateDiskRequest(name="pv", size_bytes=10))).disk
         # Acknowledged means written: the file already holds all of it.
         saved = json.loads(state.read_text())
         assert len(saved["machines"]) == 2 and len(saved["disks"]) == 1
@@ -46,7 +46,7 @@ async def test_pods_kept_vms_disks_and_snapshots_survive_a_restart(tmp_path: Pat
         # A new pod does not get an address already in use.
         fresh = (await mp.lifecycle.CreatePod(pl.CreatePodRequest(pod=make_pod("new")))).status
         assert fresh.pod_ip not in {running.pod_ip, kept_ip}
-        same = (await mp.vms.CreateDisk(vms.CreateDiskRequest(name="pv", size_bytes=10))).disk
+        same = (await mp.disks.CreateDisk(vms.CreateDiskRequest(name="pv", size_bytes=10))).disk
         assert same.handle == disk.handle
 
 

@@ -20,7 +20,7 @@ from .lifecycle import PodLifecycle
 from .nodes import PROVIDER_KIND, NodeProvider
 from .notifier import PodNotifier
 from .statefile import StateFile, read_state
-from .vmservice import VirtualMachines
+from .vmservice import Disks, VirtualMachines
 
 __all__ = ["PROVIDER_KIND", "MemoryProvider", "build", "version"]
 
@@ -78,6 +78,7 @@ def build(options: CloudOptions, *, state_file: Path | None = None) -> MemoryPro
         nodes=nodes,
         endpoints=KubeletEndpoints(cloud),
         vms=VirtualMachines(cloud),
+        disks=Disks(cloud),
         shutdown_hooks=(shutdown,),
     )
     return MemoryProvider(cloud=cloud, servicers=servicers, state_file=store)

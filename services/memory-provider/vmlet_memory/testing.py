@@ -16,6 +16,7 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from vmlet.provider.v1 import (
+    disk_service_pb2_grpc,
     kubelet_endpoint_service_pb2_grpc,
     node_provider_service_pb2_grpc,
     pod_lifecycle_service_pb2_grpc,
@@ -47,6 +48,7 @@ class Harness:
     nodes: node_provider_service_pb2_grpc.NodeProviderServiceAsyncStub
     endpoints: kubelet_endpoint_service_pb2_grpc.KubeletEndpointServiceAsyncStub
     vms: virtual_machine_service_pb2_grpc.VirtualMachineServiceAsyncStub
+    disks: disk_service_pb2_grpc.DiskServiceAsyncStub
 
     @property
     def address(self) -> str:
@@ -95,6 +97,10 @@ async def running_provider(
                 vms=cast(
                     "virtual_machine_service_pb2_grpc.VirtualMachineServiceAsyncStub",
                     virtual_machine_service_pb2_grpc.VirtualMachineServiceStub(channel),
+                ),
+                disks=cast(
+                    "disk_service_pb2_grpc.DiskServiceAsyncStub",
+                    disk_service_pb2_grpc.DiskServiceStub(channel),
                 ),
             )
     finally:

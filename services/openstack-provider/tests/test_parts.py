@@ -250,8 +250,8 @@ def test_statuses() -> None:
     assert starting.container_statuses[0].waiting.reason == "PoweringOn"
     assert starting.phase == pod_pb2.POD_PHASE_RUNNING  # it ran before: never back to Pending
     moving = pod_status(pod, _server(status="MIGRATING", **{"OS-EXT-STS:task_state": "migrating"}))
-    ready = next(c for c in moving.conditions if c.type == "Ready")
-    assert moving.phase == pod_pb2.POD_PHASE_RUNNING and ready.reason == "Migrating"
+    assert moving.phase == pod_pb2.POD_PHASE_RUNNING and not moving.ready
+    assert moving.not_ready_reason == "Migrating" and not moving.conditions
     vanished = pod_status(pod, None, vanished="s1")
     assert vanished.phase == pod_pb2.POD_PHASE_FAILED and vanished.reason == "VMVanished"
     assert pod_status(pod, None).phase == pod_pb2.POD_PHASE_PENDING
@@ -275,8 +275,8 @@ def test_an_error_server_fails_once_its_fault_is_read() -> None:
     assert held.container_statuses[0].waiting.reason == "ContainerCreating"
     assert "reading the fault" in held.container_statuses[0].waiting.message
     ran = pod_status(pod, _server(status="ERROR"), fault_pending=True)
-    ready = next(c for c in ran.conditions if c.type == "Ready")
-    assert ran.phase == pod_pb2.POD_PHASE_RUNNING and ready.reason == "Busy"
+    assert ran.phase == pod_pb2.POD_PHASE_RUNNING and not ran.ready
+    assert ran.not_ready_reason == "Busy" and "reading the fault" in ran.not_ready_message
     read = _server(status="ERROR", fault={"message": "No valid host was found"})
     assert pod_status(pod, read, fault_pending=True).reason == "NoValidHost"
     gave_up = pod_status(pod, never_ran)

@@ -113,6 +113,7 @@ def build(settings: Settings) -> OpenStackProvider:
         nodes=NodeBackend(cloud, book),
         endpoints=KubeletEndpoints(cloud, pods, Stats(cloud, book, pods), settings, closing),
         vms=VirtualMachines(snapshots, disks),
+        disks=disks,
         shutdown_hooks=(shutdown,),
         readiness=readiness,
     )

@@ -1,5 +1,5 @@
 """The virtual machine backend over OpenStack: VMs by identity, snapshots as Glance images
-(`snapshots`), disks as Cinder volumes (`disks`)."""
+(`snapshots`). Disks, Cinder volumes, are DiskService's: `disks.Disks` is its backend."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ __all__ = ["VirtualMachines"]
 
 
 class VirtualMachines:
-    """VMs and their snapshots by identity; disks by handle (a `kit.VirtualMachineBackend`)."""
+    """VMs and their snapshots by identity, with the disks each holds (a
+    `kit.VirtualMachineBackend`)."""
 
     def __init__(self, snapshots: Snapshots, disks: Disks) -> None:
         self._snapshots = snapshots
@@ -41,15 +42,3 @@ class VirtualMachines:
 
     async def list_snapshots(self, identity: str) -> list[pb.Snapshot]:
         return await self._snapshots.all_of(identity)
-
-    async def create_disk(self, name: str, size_bytes: int, parameters: dict[str, str]) -> pb.Disk:
-        return await self._disks.create(name, size_bytes, parameters)
-
-    async def delete_disk(self, handle: str) -> None:
-        await self._disks.delete(handle)
-
-    async def expand_disk(self, handle: str, size_bytes: int) -> pb.Disk:
-        return await self._disks.expand(handle, size_bytes)
-
-    async def get_disk(self, handle: str) -> pb.Disk:
-        return await self._disks.get(handle)

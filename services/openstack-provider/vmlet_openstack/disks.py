@@ -214,7 +214,8 @@ def _attacher(server_id: str, handle: str) -> Callable[[Api], None]:
 
 
 class Disks:
-    """The disk operations of the provider; see the module docstring."""
+    """The disk operations of the provider (`create`, `delete`, `expand` and `get` serve
+    DiskService as its `kit.DiskBackend`); see the module docstring."""
 
     def __init__(self, cloud: Cloud, cache: ServerCache, settings: Settings) -> None:
         self._cloud = cloud

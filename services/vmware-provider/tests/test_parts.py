@@ -205,12 +205,13 @@ def test_pod_status_phases() -> None:
 
     no_ip = pod_status(pod, _record())
     assert no_ip.phase == pod_pb2.POD_PHASE_RUNNING and no_ip.pod_ip == ""
-    ready = {c.type: c for c in no_ip.conditions}["Ready"]
-    assert ready.status == pod_pb2.CONDITION_STATUS_FALSE and ready.reason == "WaitingForGuestIP"
+    assert no_ip.HasField("ready") and not no_ip.ready
+    assert no_ip.not_ready_reason == "WaitingForGuestIP"
+    assert "VMware Tools" in no_ip.not_ready_message
 
     with_ip = pod_status(pod, _record(ip="10.1.1.1"), note="resized")
     assert with_ip.pod_ip == "10.1.1.1" and with_ip.message == "resized"
-    assert all(c.status == pod_pb2.CONDITION_STATUS_TRUE for c in with_ip.conditions)
+    assert with_ip.ready and not with_ip.not_ready_reason and not with_ip.conditions
 
     started = datetime(2030, 1, 1, tzinfo=UTC)
     cycling = pod_status(

@@ -110,7 +110,8 @@ def build(settings: Settings) -> VSphereProvider:
         notifier=pod_backend,
         nodes=NodeBackend(session, book),
         endpoints=KubeletEndpoints(session, book, pods, closing),
-        vms=VirtualMachines(pods, book, Snapshots(session, cache, machines, pods.locks), disks),
+        vms=VirtualMachines(pods, book, Snapshots(session, cache, machines, pods.locks)),
+        disks=disks,
         shutdown_hooks=(shutdown,),
         readiness=readiness,
     )

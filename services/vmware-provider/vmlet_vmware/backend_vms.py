@@ -1,11 +1,10 @@
-"""The virtual machine backend over vSphere: VMs and their snapshots by identity, and disks as
-first-class disks through the VStorageObjectManager (see `disks`)."""
+"""The virtual machine backend over vSphere: VMs and their snapshots by identity. Disks, first-class
+disks through the VStorageObjectManager, are DiskService's: `disks.Disks` is its backend."""
 
 from __future__ import annotations
 
 from vmlet.provider.v1 import virtual_machine_service_pb2 as pb
 
-from .disks import Disks
 from .nodes import NodeBook
 from .pods import Pods
 from .sizing import MIB
@@ -23,14 +22,12 @@ _POWER = {
 
 
 class VirtualMachines:
-    """VMs and their snapshots, named by identity; disks by handle (a
-    `kit.VirtualMachineBackend`)."""
+    """VMs and their snapshots, named by identity (a `kit.VirtualMachineBackend`)."""
 
-    def __init__(self, pods: Pods, book: NodeBook, snapshots: Snapshots, disks: Disks) -> None:
+    def __init__(self, pods: Pods, book: NodeBook, snapshots: Snapshots) -> None:
         self._pods = pods
         self._book = book
         self._snapshots = snapshots
-        self._disks = disks
 
     async def get_vm(self, identity: str, namespace: str) -> pb.VirtualMachine:
         vm = await self._pods.describe(identity, namespace)
@@ -63,15 +60,3 @@ class VirtualMachines:
 
     async def list_snapshots(self, identity: str) -> list[pb.Snapshot]:
         return await self._snapshots.list_for(identity)
-
-    async def create_disk(self, name: str, size_bytes: int, parameters: dict[str, str]) -> pb.Disk:
-        return await self._disks.create(name, size_bytes, parameters)
-
-    async def delete_disk(self, handle: str) -> None:
-        await self._disks.delete(handle)
-
-    async def expand_disk(self, handle: str, size_bytes: int) -> pb.Disk:
-        return await self._disks.expand(handle, size_bytes)
-
-    async def get_disk(self, handle: str) -> pb.Disk:
-        return await self._disks.get(handle)

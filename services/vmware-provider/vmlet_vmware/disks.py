@@ -220,7 +220,8 @@ def _size_mb(size_bytes: int) -> int:
 
 
 class Disks:
-    """The disk operations of the provider; see the module docstring."""
+    """The disk operations of the provider (`create`, `delete`, `expand` and `get` serve
+    DiskService as its `kit.DiskBackend`); see the module docstring."""
 
     def __init__(self, session: Session, cache: Cache, machines: Machines, book: NodeBook) -> None:
         self._session = session

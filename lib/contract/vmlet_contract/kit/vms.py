@@ -1,4 +1,5 @@
-"""VirtualMachineService: VMs and snapshots by identity, disks by handle.
+"""VirtualMachineService: VMs and snapshots by identity; its deprecated disk RPCs are
+DiskService's (`disks`), served for one release.
 
 A VM recorded for another namespace than the caller's is `PermissionDenied`
 (`vmlet_contract.check_namespace`): `get_vm` and `delete_vm` check it under their own locks, and
@@ -10,14 +11,19 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+import grpc
+
 from vmlet.provider.v1 import virtual_machine_service_pb2 as pb
 from vmlet.provider.v1 import virtual_machine_service_pb2_grpc as pb_grpc
+
+from ..errors import ProviderError
+from .disks import DiskBackend, DiskServicer
 
 __all__ = ["VirtualMachineBackend", "VirtualMachineServicer"]
 
 
 class VirtualMachineBackend(Protocol):
-    """VMs, their snapshots and disks."""
+    """VMs and their snapshots."""
 
     async def get_vm(self, identity: str, namespace: str) -> pb.VirtualMachine:
         """The VM of `identity` as the IaaS has it."""
@@ -48,28 +54,14 @@ class VirtualMachineBackend(Protocol):
         """The snapshots of the VM of `identity`."""
         ...
 
-    async def create_disk(self, name: str, size_bytes: int, parameters: dict[str, str]) -> pb.Disk:
-        """Makes (or finds, by name) a disk; its name and size are within the request bounds."""
-        ...
-
-    async def delete_disk(self, handle: str) -> None:
-        """Deletes a detached disk; an unknown one succeeds."""
-        ...
-
-    async def expand_disk(self, handle: str, size_bytes: int) -> pb.Disk:
-        """Grows a disk to `size_bytes`."""
-        ...
-
-    async def get_disk(self, handle: str) -> pb.Disk:
-        """The disk `handle`."""
-        ...
-
 
 class VirtualMachineServicer(pb_grpc.VirtualMachineServiceServicer):
-    """VirtualMachineService over a `VirtualMachineBackend`."""
+    """VirtualMachineService over a `VirtualMachineBackend`; its deprecated disk RPCs are
+    `disks`' (DiskService's), UNIMPLEMENTED without one."""
 
-    def __init__(self, backend: VirtualMachineBackend) -> None:
+    def __init__(self, backend: VirtualMachineBackend, disks: DiskBackend | None = None) -> None:
         self._backend = backend
+        self._disks = DiskServicer(disks) if disks is not None else None
 
     async def GetVirtualMachine(
         self, request: pb.GetVirtualMachineRequest, context: Any
@@ -113,25 +105,27 @@ class VirtualMachineServicer(pb_grpc.VirtualMachineServiceServicer):
         snapshots = await self._backend.list_snapshots(request.identity)
         return pb.ListSnapshotsResponse(snapshots=snapshots)
 
+    # The deprecated disk RPCs, served for one release: DiskService's, answered alike.
+
+    def _disk_service(self) -> DiskServicer:
+        if self._disks is None:
+            raise ProviderError("this provider serves no disks", code=grpc.StatusCode.UNIMPLEMENTED)
+        return self._disks
+
     async def CreateDisk(
         self, request: pb.CreateDiskRequest, context: Any
     ) -> pb.CreateDiskResponse:
-        disk = await self._backend.create_disk(
-            request.name, request.size_bytes, dict(request.parameters)
-        )
-        return pb.CreateDiskResponse(disk=disk)
+        return await self._disk_service().CreateDisk(request, context)
 
     async def DeleteDisk(
         self, request: pb.DeleteDiskRequest, context: Any
     ) -> pb.DeleteDiskResponse:
-        await self._backend.delete_disk(request.handle)
-        return pb.DeleteDiskResponse()
+        return await self._disk_service().DeleteDisk(request, context)
 
     async def ExpandDisk(
         self, request: pb.ExpandDiskRequest, context: Any
     ) -> pb.ExpandDiskResponse:
-        disk = await self._backend.expand_disk(request.handle, request.size_bytes)
-        return pb.ExpandDiskResponse(disk=disk)
+        return await self._disk_service().ExpandDisk(request, context)
 
     async def GetDisk(self, request: pb.GetDiskRequest, context: Any) -> pb.GetDiskResponse:
-        return pb.GetDiskResponse(disk=await self._backend.get_disk(request.handle))
+        return await self._disk_service().GetDisk(request, context)

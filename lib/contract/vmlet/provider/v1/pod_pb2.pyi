@@ -18,6 +18,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class _PodPhase:
@@ -908,6 +913,9 @@ class PodStatus(_message.Message):
     ACTUAL_NODE_NAME_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
     RESOURCES_FIELD_NUMBER: _builtins.int
+    READY_FIELD_NUMBER: _builtins.int
+    NOT_READY_REASON_FIELD_NUMBER: _builtins.int
+    NOT_READY_MESSAGE_FIELD_NUMBER: _builtins.int
     phase: Global___PodPhase.ValueType
     """The pod's phase."""
     reason: _builtins.str
@@ -926,10 +934,25 @@ class PodStatus(_message.Message):
     """What is happening to the VM, for the facade to act on; the reasons and messages of the
     status say it to people. Set on every status of a pod that is not Running and ready.
     """
+    ready: _builtins.bool
+    """Whether the pod is ready: its VM runs and can serve (e.g. its guest reported an IP address).
+    The facade alone turns it, with the phase and the not-ready reason, into the pod's Kubernetes
+    conditions; it is ready only while the phase is Running. Providers set it on every status;
+    unset means a provider older than this field, whose `conditions` the facade then reads.
+    """
+    not_ready_reason: _builtins.str
+    """Why the pod is not ready, in CamelCase, when it is not ready for a reason of the provider's
+    own (e.g. WaitingForGuestIP, PoweredOff, Busy); empty when `ready` is true or the phase says
+    it all (Pending, Succeeded, Failed).
+    """
+    not_ready_message: _builtins.str
+    """A human-readable message with `not_ready_reason`: what a user can do about it."""
     @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def conditions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Condition]:
-        """Pod conditions (Ready, ContainersReady, Initialized, PodScheduled). The facade fills in those
-        the provider leaves out.
+        """Deprecated: ignored by the facade since `ready` was added; providers should not set it. A
+        provider older than `ready` (which leaves it unset) may still send pod conditions (Ready,
+        ContainersReady, Initialized, PodScheduled) here; the facade then reads them as before.
         """
 
     @_builtins.property
@@ -967,12 +990,17 @@ class PodStatus(_message.Message):
         actual_node_name: _builtins.str = ...,
         progress: Global___Progress.ValueType = ...,
         resources: Global___VmResources | None = ...,
+        ready: _builtins.bool | None = ...,
+        not_ready_reason: _builtins.str = ...,
+        not_ready_message: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_ready", b"_ready", "ready", b"ready", "resources", b"resources", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actual_node_name", b"actual_node_name", "conditions", b"conditions", "container_statuses", b"container_statuses", "host_ip", b"host_ip", "message", b"message", "phase", b"phase", "pod_ip", b"pod_ip", "pod_ips", b"pod_ips", "progress", b"progress", "provider_id", b"provider_id", "reason", b"reason", "resources", b"resources", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ready", b"_ready", "actual_node_name", b"actual_node_name", "conditions", b"conditions", "container_statuses", b"container_statuses", "host_ip", b"host_ip", "message", b"message", "not_ready_message", b"not_ready_message", "not_ready_reason", b"not_ready_reason", "phase", b"phase", "pod_ip", b"pod_ip", "pod_ips", b"pod_ips", "progress", b"progress", "provider_id", b"provider_id", "ready", b"ready", "reason", b"reason", "resources", b"resources", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__ready: _TypeAlias = _typing.Literal["ready"]  # noqa: Y015
+    _WhichOneofArgType__ready: _TypeAlias = _typing.Literal["_ready", b"_ready"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ready) -> _WhichOneofReturnType__ready | None: ...
 
 Global___PodStatus: _TypeAlias = PodStatus  # noqa: Y015
 

@@ -27,9 +27,10 @@ if _version_not_supported:
 
 class VirtualMachineServiceStub:
     """VirtualMachineService holds the VM operations a pod cannot express: snapshots (the backup and
-    restore of a VirtualMachine) and disks (the volumes behind PersistentVolumes). VMs are named by
-    identity, the key written into the IaaS at creation. Moving a VM is not here: a pod for an
-    existing identity on another node moves it (see CreatePod).
+    restore of a VirtualMachine). VMs are named by identity, the key written into the IaaS at
+    creation. Moving a VM is not here: a pod for an existing identity on another node moves it (see
+    CreatePod). Disks are DiskService's (disk_service.proto); the disk rpcs here are deprecated,
+    served for one release; use DiskService. Their messages below are DiskService's.
     """
 
     def __init__(self, channel):
@@ -92,9 +93,10 @@ class VirtualMachineServiceStub:
 
 class VirtualMachineServiceServicer:
     """VirtualMachineService holds the VM operations a pod cannot express: snapshots (the backup and
-    restore of a VirtualMachine) and disks (the volumes behind PersistentVolumes). VMs are named by
-    identity, the key written into the IaaS at creation. Moving a VM is not here: a pod for an
-    existing identity on another node moves it (see CreatePod).
+    restore of a VirtualMachine). VMs are named by identity, the key written into the IaaS at
+    creation. Moving a VM is not here: a pod for an existing identity on another node moves it (see
+    CreatePod). Disks are DiskService's (disk_service.proto); the disk rpcs here are deprecated,
+    served for one release; use DiskService. Their messages below are DiskService's.
     """
 
     def GetVirtualMachine(self, request, context):
@@ -141,29 +143,32 @@ class VirtualMachineServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateDisk(self, request, context):
-        """CreateDisk makes a disk, idempotent by name.
+        """CreateDisk is DiskService.CreateDisk, served for one release; use DiskService.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteDisk(self, request, context):
-        """DeleteDisk removes a disk; deleting an unknown one succeeds; an attached one is
-        FAILED_PRECONDITION.
+        """DeleteDisk is DiskService.DeleteDisk, served for one release; use DiskService.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ExpandDisk(self, request, context):
-        """ExpandDisk grows a disk.
+        """ExpandDisk is DiskService.ExpandDisk, served for one release; use DiskService.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetDisk(self, request, context):
-        """GetDisk reports a disk and the VM it is attached to; NOT_FOUND when there is none.
+        """GetDisk is DiskService.GetDisk, served for one release; use DiskService.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -232,9 +237,10 @@ def add_VirtualMachineServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class VirtualMachineService:
     """VirtualMachineService holds the VM operations a pod cannot express: snapshots (the backup and
-    restore of a VirtualMachine) and disks (the volumes behind PersistentVolumes). VMs are named by
-    identity, the key written into the IaaS at creation. Moving a VM is not here: a pod for an
-    existing identity on another node moves it (see CreatePod).
+    restore of a VirtualMachine). VMs are named by identity, the key written into the IaaS at
+    creation. Moving a VM is not here: a pod for an existing identity on another node moves it (see
+    CreatePod). Disks are DiskService's (disk_service.proto); the disk rpcs here are deprecated,
+    served for one release; use DiskService. Their messages below are DiskService's.
     """
 
     @staticmethod

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from grpc import aio as _aio
 from vmlet.provider.v1 import virtual_machine_service_pb2 as _virtual_machine_service_pb2
 import abc as _abc_1
+import builtins as _builtins
 import grpc as _grpc
 import sys
 import typing as _typing
@@ -15,6 +16,11 @@ if sys.version_info >= (3, 11):
     from typing import Self as _Self
 else:
     from typing_extensions import Self as _Self
+
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
 
 _T = _typing.TypeVar("_T")
 
@@ -28,9 +34,10 @@ GRPC_VERSION: str
 
 class VirtualMachineServiceStub:
     """VirtualMachineService holds the VM operations a pod cannot express: snapshots (the backup and
-    restore of a VirtualMachine) and disks (the volumes behind PersistentVolumes). VMs are named by
-    identity, the key written into the IaaS at creation. Moving a VM is not here: a pod for an
-    existing identity on another node moves it (see CreatePod).
+    restore of a VirtualMachine). VMs are named by identity, the key written into the IaaS at
+    creation. Moving a VM is not here: a pod for an existing identity on another node moves it (see
+    CreatePod). Disks are DiskService's (disk_service.proto); the disk rpcs here are deprecated,
+    served for one release; use DiskService. Their messages below are DiskService's.
     """
 
     @_typing.overload
@@ -51,23 +58,38 @@ class VirtualMachineServiceStub:
     """DeleteSnapshot removes a snapshot; deleting an unknown one succeeds."""
     ListSnapshots: _grpc.UnaryUnaryMultiCallable[_virtual_machine_service_pb2.ListSnapshotsRequest, _virtual_machine_service_pb2.ListSnapshotsResponse]
     """ListSnapshots lists a VM's snapshots."""
-    CreateDisk: _grpc.UnaryUnaryMultiCallable[_virtual_machine_service_pb2.CreateDiskRequest, _virtual_machine_service_pb2.CreateDiskResponse]
-    """CreateDisk makes a disk, idempotent by name."""
-    DeleteDisk: _grpc.UnaryUnaryMultiCallable[_virtual_machine_service_pb2.DeleteDiskRequest, _virtual_machine_service_pb2.DeleteDiskResponse]
-    """DeleteDisk removes a disk; deleting an unknown one succeeds; an attached one is
-    FAILED_PRECONDITION.
-    """
-    ExpandDisk: _grpc.UnaryUnaryMultiCallable[_virtual_machine_service_pb2.ExpandDiskRequest, _virtual_machine_service_pb2.ExpandDiskResponse]
-    """ExpandDisk grows a disk."""
-    GetDisk: _grpc.UnaryUnaryMultiCallable[_virtual_machine_service_pb2.GetDiskRequest, _virtual_machine_service_pb2.GetDiskResponse]
-    """GetDisk reports a disk and the VM it is attached to; NOT_FOUND when there is none."""
+    @_builtins.property
+    @_deprecated("""This method has been marked as deprecated using proto method options.""")
+    def CreateDisk(self) -> _grpc.UnaryUnaryMultiCallable[_virtual_machine_service_pb2.CreateDiskRequest, _virtual_machine_service_pb2.CreateDiskResponse]:
+        """CreateDisk is DiskService.CreateDisk, served for one release; use DiskService.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+    @_builtins.property
+    @_deprecated("""This method has been marked as deprecated using proto method options.""")
+    def DeleteDisk(self) -> _grpc.UnaryUnaryMultiCallable[_virtual_machine_service_pb2.DeleteDiskRequest, _virtual_machine_service_pb2.DeleteDiskResponse]:
+        """DeleteDisk is DiskService.DeleteDisk, served for one release; use DiskService.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+    @_builtins.property
+    @_deprecated("""This method has been marked as deprecated using proto method options.""")
+    def ExpandDisk(self) -> _grpc.UnaryUnaryMultiCallable[_virtual_machine_service_pb2.ExpandDiskRequest, _virtual_machine_service_pb2.ExpandDiskResponse]:
+        """ExpandDisk is DiskService.ExpandDisk, served for one release; use DiskService.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+    @_builtins.property
+    @_deprecated("""This method has been marked as deprecated using proto method options.""")
+    def GetDisk(self) -> _grpc.UnaryUnaryMultiCallable[_virtual_machine_service_pb2.GetDiskRequest, _virtual_machine_service_pb2.GetDiskResponse]:
+        """GetDisk is DiskService.GetDisk, served for one release; use DiskService.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
 
 @_typing.type_check_only
 class VirtualMachineServiceAsyncStub(VirtualMachineServiceStub):
     """VirtualMachineService holds the VM operations a pod cannot express: snapshots (the backup and
-    restore of a VirtualMachine) and disks (the volumes behind PersistentVolumes). VMs are named by
-    identity, the key written into the IaaS at creation. Moving a VM is not here: a pod for an
-    existing identity on another node moves it (see CreatePod).
+    restore of a VirtualMachine). VMs are named by identity, the key written into the IaaS at
+    creation. Moving a VM is not here: a pod for an existing identity on another node moves it (see
+    CreatePod). Disks are DiskService's (disk_service.proto); the disk rpcs here are deprecated,
+    served for one release; use DiskService. Their messages below are DiskService's.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -85,22 +107,37 @@ class VirtualMachineServiceAsyncStub(VirtualMachineServiceStub):
     """DeleteSnapshot removes a snapshot; deleting an unknown one succeeds."""
     ListSnapshots: _aio.UnaryUnaryMultiCallable[_virtual_machine_service_pb2.ListSnapshotsRequest, _virtual_machine_service_pb2.ListSnapshotsResponse]  # type: ignore[assignment]
     """ListSnapshots lists a VM's snapshots."""
-    CreateDisk: _aio.UnaryUnaryMultiCallable[_virtual_machine_service_pb2.CreateDiskRequest, _virtual_machine_service_pb2.CreateDiskResponse]  # type: ignore[assignment]
-    """CreateDisk makes a disk, idempotent by name."""
-    DeleteDisk: _aio.UnaryUnaryMultiCallable[_virtual_machine_service_pb2.DeleteDiskRequest, _virtual_machine_service_pb2.DeleteDiskResponse]  # type: ignore[assignment]
-    """DeleteDisk removes a disk; deleting an unknown one succeeds; an attached one is
-    FAILED_PRECONDITION.
-    """
-    ExpandDisk: _aio.UnaryUnaryMultiCallable[_virtual_machine_service_pb2.ExpandDiskRequest, _virtual_machine_service_pb2.ExpandDiskResponse]  # type: ignore[assignment]
-    """ExpandDisk grows a disk."""
-    GetDisk: _aio.UnaryUnaryMultiCallable[_virtual_machine_service_pb2.GetDiskRequest, _virtual_machine_service_pb2.GetDiskResponse]  # type: ignore[assignment]
-    """GetDisk reports a disk and the VM it is attached to; NOT_FOUND when there is none."""
+    @_builtins.property
+    @_deprecated("""This method has been marked as deprecated using proto method options.""")
+    def CreateDisk(self) -> _aio.UnaryUnaryMultiCallable[_virtual_machine_service_pb2.CreateDiskRequest, _virtual_machine_service_pb2.CreateDiskResponse]:  # type: ignore[override]
+        """CreateDisk is DiskService.CreateDisk, served for one release; use DiskService.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+    @_builtins.property
+    @_deprecated("""This method has been marked as deprecated using proto method options.""")
+    def DeleteDisk(self) -> _aio.UnaryUnaryMultiCallable[_virtual_machine_service_pb2.DeleteDiskRequest, _virtual_machine_service_pb2.DeleteDiskResponse]:  # type: ignore[override]
+        """DeleteDisk is DiskService.DeleteDisk, served for one release; use DiskService.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+    @_builtins.property
+    @_deprecated("""This method has been marked as deprecated using proto method options.""")
+    def ExpandDisk(self) -> _aio.UnaryUnaryMultiCallable[_virtual_machine_service_pb2.ExpandDiskRequest, _virtual_machine_service_pb2.ExpandDiskResponse]:  # type: ignore[override]
+        """ExpandDisk is DiskService.ExpandDisk, served for one release; use DiskService.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+    @_builtins.property
+    @_deprecated("""This method has been marked as deprecated using proto method options.""")
+    def GetDisk(self) -> _aio.UnaryUnaryMultiCallable[_virtual_machine_service_pb2.GetDiskRequest, _virtual_machine_service_pb2.GetDiskResponse]:  # type: ignore[override]
+        """GetDisk is DiskService.GetDisk, served for one release; use DiskService.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
 
 class VirtualMachineServiceServicer(metaclass=_abc_1.ABCMeta):
     """VirtualMachineService holds the VM operations a pod cannot express: snapshots (the backup and
-    restore of a VirtualMachine) and disks (the volumes behind PersistentVolumes). VMs are named by
-    identity, the key written into the IaaS at creation. Moving a VM is not here: a pod for an
-    existing identity on another node moves it (see CreatePod).
+    restore of a VirtualMachine). VMs are named by identity, the key written into the IaaS at
+    creation. Moving a VM is not here: a pod for an existing identity on another node moves it (see
+    CreatePod). Disks are DiskService's (disk_service.proto); the disk rpcs here are deprecated,
+    served for one release; use DiskService. Their messages below are DiskService's.
     """
 
     @_abc_1.abstractmethod
@@ -153,38 +190,48 @@ class VirtualMachineServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_virtual_machine_service_pb2.ListSnapshotsResponse, _abc.Awaitable[_virtual_machine_service_pb2.ListSnapshotsResponse]]:
         """ListSnapshots lists a VM's snapshots."""
 
+    @_deprecated("""CreateDisk is DiskService.CreateDisk, served for one release; use DiskService.\nbuf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE""")
     @_abc_1.abstractmethod
     def CreateDisk(
         self,
         request: _virtual_machine_service_pb2.CreateDiskRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_virtual_machine_service_pb2.CreateDiskResponse, _abc.Awaitable[_virtual_machine_service_pb2.CreateDiskResponse]]:
-        """CreateDisk makes a disk, idempotent by name."""
+        """CreateDisk is DiskService.CreateDisk, served for one release; use DiskService.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
 
+    @_deprecated("""DeleteDisk is DiskService.DeleteDisk, served for one release; use DiskService.\nbuf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE""")
     @_abc_1.abstractmethod
     def DeleteDisk(
         self,
         request: _virtual_machine_service_pb2.DeleteDiskRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_virtual_machine_service_pb2.DeleteDiskResponse, _abc.Awaitable[_virtual_machine_service_pb2.DeleteDiskResponse]]:
-        """DeleteDisk removes a disk; deleting an unknown one succeeds; an attached one is
-        FAILED_PRECONDITION.
+        """DeleteDisk is DiskService.DeleteDisk, served for one release; use DiskService.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
 
+    @_deprecated("""ExpandDisk is DiskService.ExpandDisk, served for one release; use DiskService.\nbuf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE""")
     @_abc_1.abstractmethod
     def ExpandDisk(
         self,
         request: _virtual_machine_service_pb2.ExpandDiskRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_virtual_machine_service_pb2.ExpandDiskResponse, _abc.Awaitable[_virtual_machine_service_pb2.ExpandDiskResponse]]:
-        """ExpandDisk grows a disk."""
+        """ExpandDisk is DiskService.ExpandDisk, served for one release; use DiskService.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
 
+    @_deprecated("""GetDisk is DiskService.GetDisk, served for one release; use DiskService.\nbuf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE""")
     @_abc_1.abstractmethod
     def GetDisk(
         self,
         request: _virtual_machine_service_pb2.GetDiskRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_virtual_machine_service_pb2.GetDiskResponse, _abc.Awaitable[_virtual_machine_service_pb2.GetDiskResponse]]:
-        """GetDisk reports a disk and the VM it is attached to; NOT_FOUND when there is none."""
+        """GetDisk is DiskService.GetDisk, served for one release; use DiskService.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
 
 def add_VirtualMachineServiceServicer_to_server(servicer: VirtualMachineServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
