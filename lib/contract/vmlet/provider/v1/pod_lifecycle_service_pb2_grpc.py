@@ -108,14 +108,17 @@ class PodLifecycleServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetPod(self, request, context):
-        """GetPod returns a pod the provider runs, with its status.
+        """GetPod returns a pod the provider runs, with its status. The facade never calls it (it
+        follows NotifyPods and lists with GetPods): it is for people calling a provider with grpcurl
+        and for the conformance suite, so every provider must serve it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetPodStatus(self, request, context):
-        """GetPodStatus returns the status of a pod the provider runs.
+        """GetPodStatus returns the status of a pod the provider runs. Like GetPod, for grpcurl and the
+        conformance suite; the facade never calls it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

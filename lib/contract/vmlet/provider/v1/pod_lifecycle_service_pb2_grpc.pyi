@@ -50,9 +50,14 @@ class PodLifecycleServiceStub:
     provider does not know succeeds.
     """
     GetPod: _grpc.UnaryUnaryMultiCallable[_pod_lifecycle_service_pb2.GetPodRequest, _pod_lifecycle_service_pb2.GetPodResponse]
-    """GetPod returns a pod the provider runs, with its status."""
+    """GetPod returns a pod the provider runs, with its status. The facade never calls it (it
+    follows NotifyPods and lists with GetPods): it is for people calling a provider with grpcurl
+    and for the conformance suite, so every provider must serve it.
+    """
     GetPodStatus: _grpc.UnaryUnaryMultiCallable[_pod_lifecycle_service_pb2.GetPodStatusRequest, _pod_lifecycle_service_pb2.GetPodStatusResponse]
-    """GetPodStatus returns the status of a pod the provider runs."""
+    """GetPodStatus returns the status of a pod the provider runs. Like GetPod, for grpcurl and the
+    conformance suite; the facade never calls it.
+    """
     GetPods: _grpc.UnaryUnaryMultiCallable[_pod_lifecycle_service_pb2.GetPodsRequest, _pod_lifecycle_service_pb2.GetPodsResponse]
     """GetPods lists every pod the provider runs, on all of its nodes."""
 
@@ -78,9 +83,14 @@ class PodLifecycleServiceAsyncStub(PodLifecycleServiceStub):
     provider does not know succeeds.
     """
     GetPod: _aio.UnaryUnaryMultiCallable[_pod_lifecycle_service_pb2.GetPodRequest, _pod_lifecycle_service_pb2.GetPodResponse]  # type: ignore[assignment]
-    """GetPod returns a pod the provider runs, with its status."""
+    """GetPod returns a pod the provider runs, with its status. The facade never calls it (it
+    follows NotifyPods and lists with GetPods): it is for people calling a provider with grpcurl
+    and for the conformance suite, so every provider must serve it.
+    """
     GetPodStatus: _aio.UnaryUnaryMultiCallable[_pod_lifecycle_service_pb2.GetPodStatusRequest, _pod_lifecycle_service_pb2.GetPodStatusResponse]  # type: ignore[assignment]
-    """GetPodStatus returns the status of a pod the provider runs."""
+    """GetPodStatus returns the status of a pod the provider runs. Like GetPod, for grpcurl and the
+    conformance suite; the facade never calls it.
+    """
     GetPods: _aio.UnaryUnaryMultiCallable[_pod_lifecycle_service_pb2.GetPodsRequest, _pod_lifecycle_service_pb2.GetPodsResponse]  # type: ignore[assignment]
     """GetPods lists every pod the provider runs, on all of its nodes."""
 
@@ -127,7 +137,10 @@ class PodLifecycleServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _pod_lifecycle_service_pb2.GetPodRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_pod_lifecycle_service_pb2.GetPodResponse, _abc.Awaitable[_pod_lifecycle_service_pb2.GetPodResponse]]:
-        """GetPod returns a pod the provider runs, with its status."""
+        """GetPod returns a pod the provider runs, with its status. The facade never calls it (it
+        follows NotifyPods and lists with GetPods): it is for people calling a provider with grpcurl
+        and for the conformance suite, so every provider must serve it.
+        """
 
     @_abc_1.abstractmethod
     def GetPodStatus(
@@ -135,7 +148,9 @@ class PodLifecycleServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _pod_lifecycle_service_pb2.GetPodStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_pod_lifecycle_service_pb2.GetPodStatusResponse, _abc.Awaitable[_pod_lifecycle_service_pb2.GetPodStatusResponse]]:
-        """GetPodStatus returns the status of a pod the provider runs."""
+        """GetPodStatus returns the status of a pod the provider runs. Like GetPod, for grpcurl and the
+        conformance suite; the facade never calls it.
+        """
 
     @_abc_1.abstractmethod
     def GetPods(
