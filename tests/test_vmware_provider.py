@@ -44,7 +44,7 @@ from vmlet.provider.v1 import pod_pb2
 from vmlet.provider.v1 import virtual_machine_service_pb2 as vpb
 from vmlet_conformance import code_of, ready
 from vmlet_contract.hostile import hostile_requests
-from vmlet_localenv.stack import set_guest_ip, vms_with_identity
+from vmlet_localenv.stack import set_guest_ip, vm_property, vms_with_identity
 from vmlet_localenv.vcsim import VcSim, _wait_task
 
 pytestmark = pytest.mark.vcsim
@@ -157,14 +157,10 @@ def test_bad_requests_are_refused_with_clear_codes(provider: Provider) -> None:
 
 
 def all_vm_names(sim: VcSim) -> list[str]:
+    """The names of every VM in vCenter (a VM another test is deleting meanwhile may be in it
+    or not, never an error)."""
     with sim.connect() as si:
-        content = si.RetrieveContent()
-        view = content.viewManager.CreateContainerView(
-            content.rootFolder, [vim.VirtualMachine], True)
-        try:
-            return sorted(vm.name for vm in view.view)
-        finally:
-            view.Destroy()
+        return sorted(str(name) for _, name in vm_property(si, "name") if name is not None)
 
 
 def test_out_of_bounds_requests_are_invalid_argument(provider: Provider, vcsim: VcSim) -> None:

@@ -53,6 +53,7 @@ __all__ = [
     "nic_networks",
     "report_guest_ip",
     "set_guest_ip",
+    "vm_property",
     "vms_with_identity",
 ]
 
@@ -78,32 +79,40 @@ def eventually(check: Callable[[], T], *, timeout: float = 60.0, interval: float
     raise AssertionError(f"{what} not reached within {timeout:.0f}s (last: {last!r})")
 
 
-def vms_with_identity(si: Any, identity: str) -> list[Any]:
-    """Every VM in vCenter whose extraConfig carries vmlet identity ``identity``."""
+def vm_property(si: Any, path: str) -> list[tuple[Any, Any]]:
+    """(VM, value of ``path``) for every VM in vCenter, read in one property collection, so a
+    VM that goes away meanwhile is simply not in it (None where the VM has no such value)."""
     from pyVmomi import vim, vmodl
 
     content = si.RetrieveContent()
     view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
     pc = vmodl.query.PropertyCollector
-    key = 'config.extraConfig["vmlet.identity"]'
     spec = pc.FilterSpec(
         objectSet=[pc.ObjectSpec(obj=view, skip=True, selectSet=[
             pc.TraversalSpec(path="view", skip=False, type=vim.view.ContainerView)])],
-        propSet=[pc.PropertySpec(type=vim.VirtualMachine, pathSet=[key])])
+        propSet=[pc.PropertySpec(type=vim.VirtualMachine, pathSet=[path])])
     try:
         result = content.propertyCollector.RetrievePropertiesEx([spec], pc.RetrieveOptions())
-        found = []
+        found: list[tuple[Any, Any]] = []
         while result is not None:
             for obj in result.objects or ():
-                for prop in obj.propSet or ():
-                    if prop.val is not None and prop.val.value == identity:
-                        found.append(obj.obj)
+                values = [prop.val for prop in obj.propSet or ()]
+                found.append((obj.obj, values[0] if values else None))
             if not result.token:
                 break
             result = content.propertyCollector.ContinueRetrievePropertiesEx(token=result.token)
         return found
     finally:
         view.Destroy()
+
+
+def vms_with_identity(si: Any, identity: str) -> list[Any]:
+    """Every VM in vCenter whose extraConfig carries vmlet identity ``identity``."""
+    return [
+        vm
+        for vm, option in vm_property(si, 'config.extraConfig["vmlet.identity"]')
+        if option is not None and option.value == identity
+    ]
 
 
 def nic_networks(si: Any, vm: Any) -> list[str]:

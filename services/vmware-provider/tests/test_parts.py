@@ -173,6 +173,21 @@ async def test_cache_indexes_identity_and_refresh_does_not_roll_back() -> None:
     assert cache.vm_of("id-2") is None
 
 
+async def test_a_late_modify_of_a_dropped_vm_makes_no_record() -> None:
+    cache = Cache()
+    cache.apply([_vm_change("vm-1", name="a", identity="id-1", power="poweredOn")])
+    cache.forget("vm", "vm-1")  # the provider destroyed it
+    cache.apply([_vm_change("vm-1", "modify", power="poweredOff")])  # collected before
+    assert "vm-1" not in cache.vms and cache.vm_of("id-1") is None
+    cache.apply([_vm_change("vm-1", "leave")])
+    assert "vm-1" not in cache.vms
+    # A read that finds the VM gone drops it just the same.
+    cache.apply([_vm_change("vm-2", name="b", identity="id-2")])
+    cache.refresh("vm", "vm-2", None, cache.seq)
+    cache.apply([_vm_change("vm-2", "modify", name="c")])
+    assert "vm-2" not in cache.vms
+
+
 def _record(**overrides: object) -> VmRecord:
     fields: dict[str, object] = dict(
         moid="vm-9", name="web", identity="id", pod=("ns", "web"), pod_uid="", container="vm",

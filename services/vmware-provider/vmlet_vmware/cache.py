@@ -118,6 +118,11 @@ class Cache:
             if change.op == "leave":
                 self._drop(key)
                 continue
+            if change.op == "modify" and key not in self._props:
+                # The watch collected this before the object was dropped (the provider destroyed
+                # it, or a read found it gone); its leave follows. Taken in, it would be a
+                # record of a few properties and no identity, holding the disks it had.
+                continue
             merge = change.op == "enter" and not resync and key in self._props
             if change.op == "enter" and not merge:
                 self._props[key] = {}
