@@ -275,7 +275,6 @@ class VirtualMachineRestoreSpec(TypedDict):
 class VirtualMachineRestoreStatus(OperationStatus, total=False):
     vmName: str
     snapshotID: str
-    identity: str
 
 
 class VirtualMachineRestore(KubeObject, total=False):
