@@ -18,6 +18,14 @@ mkdir -p "$BIN"
 
 log() { printf '[build-tools %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
+# One build at a time per cache: a second run (another make, a test's fixture) waits for the first
+# and then finds the binaries in place, instead of building the same ones beside it.
+exec 9>"$CACHE/build-tools.lock"
+if ! flock -n 9; then
+  log "another build of the peers into $CACHE is under way; waiting for it"
+  flock 9
+fi
+
 # Prints the path of a cached binary, building it first when it is missing.
 have() { [ -x "$BIN/$1" ]; }
 
