@@ -245,24 +245,31 @@ def test_vm_volume_is_attached_to_the_right_server_and_outlives_it(
                 if c["type"] == "Failure")["reason"] == "DiskInUse"
     assert attached_servers(admin, handle) == [server_one]
 
-    # Stopped, the first VM's server is kept and lets go of the volume; the second gets it.
+    # Stopped, the first VM's server is kept with its volume (the contract's keep "with its
+    # disks"), so the second VM is still refused.
     patch(control_plane, "vm", "one", ns, {"spec": {"replicas": 0}})
     eventually(lambda: vm_state(vmlet, ns, "one", "Stopped"), timeout=LONG, interval=1,
                what="one Stopped")
     assert settled(admin, one, status="SHUTOFF")["id"] == server_one
+    assert nova_volumes(admin, server_one) == [handle]
+    assert provider_disk(vmlet, handle).attached_to == one
+    assert vm_state(vmlet, ns, "two", "Failed"), "the second VM is still refused"
+
+    # Deleted, the first VM's server goes and Nova detaches the volume; the second gets it.
+    delete(control_plane, "vm", "one", ns)
+    eventually(lambda: not _servers(admin, one), timeout=LONG, interval=1,
+               what="the first server deleted in Nova")
     running_vm(vmlet, ns, "two")
     server_two = settled(admin, two, status="ACTIVE")["id"]
     eventually(lambda: attached_servers(admin, handle) == [server_two], timeout=LONG,
                interval=1, what="the volume attached to the second VM's server")
-    assert nova_volumes(admin, server_one) == []
     assert nova_volumes(admin, server_two) == [handle]
     assert provider_disk(vmlet, handle).attached_to == two
 
-    # Deleted, the VMs' servers go; the volume outlives them, then goes with its claim (Delete).
+    # Deleted, the second VM's server goes; the volume outlives it, then goes with its claim.
     delete(control_plane, "vm", "two", ns)
-    delete(control_plane, "vm", "one", ns)
-    eventually(lambda: not _servers(admin, one, two), timeout=LONG, interval=1,
-               what="both servers deleted in Nova")
+    eventually(lambda: not _servers(admin, two), timeout=LONG, interval=1,
+               what="the second server deleted in Nova")
     survived = settled_volume(admin, handle, "available")
     assert survived["attachments"] == [], "the volume outlives the VMs"
     control_plane.kubectl("delete", "pvc", "root", "-n", ns)

@@ -231,7 +231,7 @@ class Converger:
         wanted = pod_disk_handles(entry.pod, strict=False)
         if self._disks is None or server.status not in ("ACTIVE", "SHUTOFF"):
             return
-        if not wanted and not entry.dropped_disks:
+        if not wanted and not entry.dropped_disks and not entry.check_disks:
             return
         doing = f"attaching disks {list(wanted)}" if wanted else "detaching dropped disks"
         entry.progress = Progress("ContainerCreating", doing)
@@ -239,6 +239,7 @@ class Converger:
         try:
             await self._disks.sync(server.id, wanted, entry.dropped_disks)
             entry.dropped_disks = frozenset()
+            entry.check_disks = False
         except ProviderError as error:
             entry.note = error.message
             _log.warning(

@@ -15,9 +15,11 @@ attached to servers through Nova's volume attachments.
   Cinder's `attachments`, mapped to the holding server's vmlet identity. A pod's disks are
   attached when its server is made (block device mappings at boot, never deleted with the
   server) and by `sync` on update (Nova's os-volume_attachments); a volume attached elsewhere is
-  FAILED_PRECONDITION, naming the holder. `release` detaches them when a kept VM's pod goes; a
-  destroyed server's volumes are detached by Nova itself (delete_on_termination is false), so
-  every volume outlives its server and its fate is the PersistentVolume's reclaim policy.
+  FAILED_PRECONDITION, naming the holder. A kept VM's server keeps its volumes when its pod goes
+  (the contract's keep "with its disks"); `sync` detaches the vmlet volumes its next pod no
+  longer names. A destroyed server's volumes are detached by Nova itself (delete_on_termination
+  is false), so every volume outlives its server; its fate is the PersistentVolume's reclaim
+  policy.
 """
 
 from __future__ import annotations
@@ -445,8 +447,3 @@ class Disks:
                 if volume is None or META_DISK not in volume.metadata:
                     continue  # attached by someone else: not vmlet's to take away
             await self._detach(server_id, handle)
-
-    async def release(self, server_id: str, handles: Iterable[str]) -> None:
-        """Detaches the pod's disks `handles` and every vmlet-made volume from the server (its
-        pod is gone, the server is kept), so they are free for the next VM or their reclaim."""
-        await self.sync(server_id, (), handles)

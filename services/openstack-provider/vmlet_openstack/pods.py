@@ -19,12 +19,13 @@ device mappings); the converger attaches and detaches them after an update (or o
 pod claimed) once the server is at rest. A disk attached to another VM refuses the create.
 
 Delete. keep_on_delete (a VirtualMachine owns the identity): the server loses its pod metadata
-and is stopped, kept with its boot disk; its volumes are detached, free for their next VM.
-Otherwise it is deleted (Nova detaches its volumes), and DeletePod returns once Nova no longer
-lists it. A pod whose server was meanwhile claimed by another pod (the VM moved to a new pod)
-lets go without touching the server; which pod owns a server is what the provider last
-registered for the identity, or after a restart what the server's metadata says. Unknown pods
-delete successfully.
+and is stopped, kept with its disks (its volumes stay attached, as the contract says; the
+identity's next pod claims the server, and the converger detaches the vmlet volumes that pod no
+longer names). Otherwise it is deleted (Nova detaches its volumes), and DeletePod returns once
+Nova no longer lists it. A pod whose server was meanwhile claimed by another pod (the VM moved
+to a new pod) lets go without touching the server; which pod owns a server is what the provider
+last registered for the identity, or after a restart what the server's metadata says. Unknown
+pods delete successfully.
 
 Statuses and their push live in `podtable`.
 """
@@ -210,6 +211,7 @@ class Pods:
                 if disks:
                     await self._require_disks().check_free(disks, server.id)
                 entry.server_id = server.id
+                entry.check_disks = True
                 entry.flavor = await self._catalog.flavor_for(demand)
                 entry.unclaimed = not await self.converger.claim(server, pod)
                 self.converger.expect(entry)
@@ -331,8 +333,6 @@ class Pods:
                 entry.progress = Progress("Deleting", f"stopping server {server.name}")
             if pod.keep_on_delete or server.keep:
                 await self._keep(server)
-                if self._disks is not None:
-                    await self._disks.release(server.id, pod_disk_handles(pod, strict=False))
             else:
                 await self._destroy(server)
             if entry is not None:

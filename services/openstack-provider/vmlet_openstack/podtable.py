@@ -66,6 +66,7 @@ class PodEntry:
     fingerprint: bytes = b""
     unclaimed: bool = False  # the server's metadata still names another pod
     dropped_disks: frozenset[str] = frozenset()  # disks an update took from the pod
+    check_disks: bool = False  # a claimed server may hold vmlet volumes its pod no longer names
 
     @property
     def key(self) -> PodKey:
