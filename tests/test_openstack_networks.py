@@ -179,16 +179,17 @@ def test_unknown_network_is_refused_with_a_reason_and_no_server(
         "no-such-net" in (c.get("message") or "")
         for c in get(vmlet, "vm", "lost", ns).get("status", {}).get("conditions", [])) else None,
         timeout=LONG, interval=1, what="the unknown network named in the VM's conditions")
-    # INVALID_ARGUMENT: the facade's reason InvalidSpec, on the VM's Failure condition.
+    # FAILED_PRECONDITION (the IaaS lacks what the pod names): the facade's reason
+    # PreconditionFailed, on the VM's Failure condition; retried, so a network made later is found.
     failure = next(c for c in vm["status"]["conditions"] if c["type"] == "Failure")
-    assert failure["status"] == "True" and failure["reason"] == "InvalidSpec", failure
+    assert failure["status"] == "True" and failure["reason"] == "PreconditionFailed", failure
     # The message names the networks there are, so the user can fix the spec.
     assert failure["message"].startswith(
         "network 'no-such-net' not found in Neutron; the networks there are: "), failure
     assert "vmlet-net-a" in failure["message"] and "vmlet-net-b" in failure["message"]
     pod = get(vmlet, "pod", vm["status"]["podName"], ns)
     waiting = pod["status"]["containerStatuses"][0]["state"]["waiting"]
-    assert waiting["reason"] == "InvalidSpec" and waiting["message"] == failure["message"]
+    assert waiting["reason"] == "PreconditionFailed" and waiting["message"] == failure["message"]
     assert servers_of(admin, vm["metadata"]["uid"]) == []
 
 
@@ -215,7 +216,7 @@ def test_ambiguous_network_name_is_refused_with_the_ids(
             return None
 
         waiting = eventually(refused, timeout=LONG, interval=1, what="the ambiguous name refused")
-        assert waiting["reason"] == "InvalidSpec"
+        assert waiting["reason"] == "PreconditionFailed"
         assert all(i in waiting["message"] for i in made), waiting
         uid = get(vmlet, "vm", "twin", ns)["metadata"]["uid"]
         assert servers_of(admin, uid) == []

@@ -208,6 +208,27 @@ async def test_images_are_any_name_or_the_given_ones(mp: Harness) -> None:
         assert list(few.provider.cloud.machines()) == []
 
 
+async def test_networks_are_any_name_or_the_given_ones(mp: Harness) -> None:
+    joins = make_pod("x")
+    joins.networks.add(name="anything")
+    assert (await _create(mp, joins)).phase == RUNNING
+    await mp.lifecycle.DeletePod(pl.DeletePodRequest(pod=joins))
+    async with running_provider(CloudOptions(networks=("pod-network",))) as few:
+        known = make_pod("x")
+        known.networks.add(name="pod-network")
+        assert (await _create(few, known)).phase == RUNNING
+        await few.lifecycle.DeletePod(pl.DeletePodRequest(pod=known))
+        unknown = make_pod("y")
+        unknown.networks.add(name="pod-network")
+        unknown.networks.add(name="lost")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await _create(few, unknown)
+        assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert info.value.details() == ("network 'lost' does not exist in the memory IaaS; the "
+                                        "networks there are: pod-network")
+        assert list(few.provider.cloud.machines()) == []
+
+
 async def test_a_pod_name_cannot_run_two_identities(mp: Harness) -> None:
     await _create(mp, make_pod("same", identity="one"))
     with pytest.raises(grpc.aio.AioRpcError) as info:

@@ -38,6 +38,7 @@ from .disks import DiskStore, disk_handles
 from .hosts import Host, Usage, usage_of
 from .images import check_image_exists, image_name
 from .machines import Machine, PodKey, Power, pod_key
+from .networks import check_networks_exist
 from .podrules import injected_failure, start_delay, validate
 
 __all__ = ["Cloud", "CloudOptions", "PodUpdate"]
@@ -63,6 +64,7 @@ class CloudOptions:
     subscriber_limit: int = 65536
     #: The images the IaaS has; empty means every well-formed name.
     images: tuple[str, ...] = ()
+    networks: tuple[str, ...] = ()  # the networks it has; empty means every name
 
 
 def _now() -> datetime:
@@ -198,6 +200,7 @@ class Cloud:
             if failure is not None:
                 raise failure
             check_image_exists(image_name(pod.containers[0].image), self.options.images)
+            check_networks_exist((n.name for n in pod.networks), self.options.networks)
             vm = self._make(pod, host)
         elif vm.pod is not None and _same_pod(vm.pod.ref, pod.ref):
             if vm.node != host.name:

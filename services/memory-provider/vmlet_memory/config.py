@@ -56,6 +56,11 @@ OPTIONS: Final = Options(
             "the images the IaaS has; repeat or comma-separate (default: every well-formed name)",
             multiple=True,
         ),
+        Option(
+            "networks",
+            "the networks the IaaS has; repeat or comma-separate (default: every name)",
+            multiple=True,
+        ),
         Option("state-file", "keep the state in this JSON file across restarts", Path),
     ],
 )

@@ -8,7 +8,7 @@ from typing import Any, cast
 
 import pytest
 
-from vmlet_contract import InvalidArgument
+from vmlet_contract import FailedPrecondition
 from vmlet_openstack.cloud import Cloud
 from vmlet_openstack.networks import Networks
 from vmlet_openstack.records import ServerRecord
@@ -69,7 +69,7 @@ async def test_names_and_ids_resolve_in_order() -> None:
 
 async def test_unknown_name_lists_the_networks_there_are() -> None:
     nets, _ = _networks()
-    with pytest.raises(InvalidArgument) as err:
+    with pytest.raises(FailedPrecondition) as err:
         await nets.boot_networks(["net-a", "nope"])
     assert err.value.message == ("network 'nope' not found in Neutron; the networks there are: "
                                  "net-a, net-b, twin")
@@ -77,7 +77,7 @@ async def test_unknown_name_lists_the_networks_there_are() -> None:
 
 async def test_shared_name_is_ambiguous_and_names_the_ids() -> None:
     nets, _ = _networks()
-    with pytest.raises(InvalidArgument) as err:
+    with pytest.raises(FailedPrecondition) as err:
         await nets.ids(["twin"])
     assert "ambiguous" in err.value.message and T1 in err.value.message
     assert T2 in err.value.message

@@ -5,7 +5,8 @@ annotation) gets one port on each, in the order given: Nova's `networks: [{"uuid
 at create, so the first is the server's first NIC and its primary address. A name is a Neutron
 network's name or ID as the provider's project sees it (its own networks, shared and external
 ones). A name no network has, or one several networks share, refuses the create with
-INVALID_ARGUMENT, naming the networks there are (or the IDs to choose from); nothing is made. A
+FAILED_PRECONDITION (the IaaS lacks what the pod names: the facade retries, so a network made
+later is found), naming the networks there are (or the IDs to choose from); nothing is made. A
 pod without networks boots as --network says (`none` by default: no port).
 
 Names resolve to IDs once per half minute, so a network made or deleted meanwhile is seen soon.
@@ -20,7 +21,7 @@ from typing import Any, Final
 
 from openstack import exceptions as sdk
 
-from vmlet_contract import InvalidArgument
+from vmlet_contract import FailedPrecondition
 
 from .cloud import Api, Cloud
 from .sizing import looks_like_id
@@ -74,13 +75,13 @@ class Networks:
         )
         if not found:
             shown = ", ".join(names[:_LISTED]) + (", ..." if len(names) > _LISTED else "")
-            raise InvalidArgument(
+            raise FailedPrecondition(
                 f"network {ref!r} not found in Neutron; the networks there are: "
                 f"{shown or '(none)'}"
             )
         if len(found) > 1:
             ids = ", ".join(sorted(str(n["id"]) for n in found))
-            raise InvalidArgument(
+            raise FailedPrecondition(
                 f"network name {ref!r} is ambiguous: {len(found)} networks have it ({ids}); "
                 "name one by ID"
             )
