@@ -35,7 +35,7 @@ from vmlet_localenv.processes import wait_for
 
 __all__ = ["MV", "NAMESPACE", "OP_TIMEOUT", "Cloudside", "Provider", "Recorder", "admin",
            "eventually", "make_pod", "openstack_env", "provider", "server", "servers_of",
-           "start_provider", "unique", "wait_ready"]
+           "start_provider", "unique", "upload_snapshot", "wait_ready"]
 
 T = TypeVar("T")
 NAMESPACE = "vmlet-test"
@@ -265,3 +265,25 @@ def wait_ready(
         return status if ready(status) else None
 
     return eventually(check, timeout=timeout, what=f"pod {pod.ref.name} running and ready")
+
+
+def upload_snapshot(admin: Any, image_id: str) -> None:
+    """Uploads bytes into a snapshot image, as a real hypervisor's snapshot would; nova's fake
+    driver uploads nothing and leaves the image queued."""
+    image = admin.image.get(f"/images/{image_id}").json()
+    patch = [
+        {"op": "add" if image.get(key) is None else "replace", "path": f"/{key}", "value": value}
+        for key, value in (("disk_format", "raw"), ("container_format", "bare"))
+    ]
+    resp = admin.image.patch(
+        f"/images/{image_id}",
+        json=patch,
+        headers={"Content-Type": "application/openstack-images-v2.1-json-patch"},
+    )
+    openstack.exceptions.raise_from_response(resp)
+    resp = admin.image.put(
+        f"/images/{image_id}/file",
+        data=b"vmlet snapshot\n" + bytes(4096),
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    openstack.exceptions.raise_from_response(resp)

@@ -1,5 +1,5 @@
 """Providers as their own processes, for tests that call them over gRPC as the facade does
-(tests/test_provider_logs.py, tests/test_conformance.py): start one with mutual TLS on loopback
+(tests/test_conformance.py and the provider tests): start one with mutual TLS on loopback
 (and kill it and start it again: `RunningProvider`), and the OpenStack to run the OpenStack
 provider on."""
 
@@ -25,9 +25,12 @@ from vmlet_localenv.processes import Process, wait_for
 from vmlet_localenv.providerpki import default_pki
 from vmlet_localenv.vcsim import VcSim
 
-__all__ = ["RunningProvider", "eventually", "first_node", "memory_argv", "openstack_facts",
-           "openstack_provider", "openstack_run", "provider_process", "provider_run",
-           "vsphere_provider", "vsphere_run"]
+__all__ = ["MEMORY_NETWORK", "RunningProvider", "eventually", "first_node", "memory_argv",
+           "openstack_facts", "openstack_provider", "openstack_run", "provider_process",
+           "provider_run", "vsphere_provider", "vsphere_run"]
+
+#: The one network the memory provider's IaaS has in these tests (its --networks).
+MEMORY_NETWORK = "pod-network"
 
 
 def eventually(check: Callable[[], Any], *, timeout: float, what: str) -> Any:
@@ -114,7 +117,7 @@ def memory_argv(workdir: Path, nodes: int = 1, images: tuple[str, ...] = ("debia
     """The memory provider's flags: ``nodes`` nodes, state in ``workdir``, the IaaS holding
     ``images`` (so another image is missing, as on a real IaaS)."""
     return ["vmlet_memory", "--nodes", str(nodes), "--state-file", str(workdir / "state.json"),
-            "--images", ",".join(images)]
+            "--images", ",".join(images), "--networks", MEMORY_NETWORK]
 
 
 @contextlib.contextmanager

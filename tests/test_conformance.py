@@ -14,6 +14,7 @@ as its own process (`test_create_is_idempotent_across_sigkill_of_the_provider`).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import subprocess
@@ -26,8 +27,11 @@ from typing import Any
 
 import grpc
 import pytest
+from pyVmomi import vim
 
+from tests.openstackprovider import upload_snapshot
 from tests.providers import (
+    MEMORY_NETWORK,
     RunningProvider,
     memory_argv,
     openstack_facts,
@@ -39,11 +43,15 @@ from tests.providers import (
     vsphere_run,
 )
 from vmlet.provider.v1 import pod_lifecycle_service_pb2 as lpb
+from vmlet.provider.v1 import pod_lifecycle_service_pb2_grpc as lpb_grpc
 from vmlet.provider.v1 import pod_pb2
 from vmlet_conformance import CHECKS, Check, Subject, code_of, eventually
 from vmlet_localenv.providerpki import default_pki
 from vmlet_localenv.stack import vms_with_identity
-from vmlet_localenv.vcsim import VcSim
+from vmlet_localenv.vcsim import VcSim, _wait_task
+
+#: Every provider's --log-poll-seconds here (the memory provider pushes its lines).
+LOG_POLL = 0.5
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +59,37 @@ def memory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Subject]:
     workdir = tmp_path_factory.mktemp("memory-conformance")
     with provider_process("memory-provider", memory_argv(workdir, nodes=2), workdir,
                           dict(os.environ)) as channel:
-        yield Subject(channel, "memory:debian-12", namespace="conformance", timeout=120)
+        pods = lpb_grpc.PodLifecycleServiceStub(channel)
+        serial = itertools.count(1)
+
+        def write_log_line(pod: pod_pb2.Pod) -> None:
+            """The memory provider logs "updated" on every UpdatePod that changes the pod."""
+            changed = pod_pb2.Pod()
+            changed.CopyFrom(pod)
+            changed.annotations["logs.vmlet.io/serial"] = str(next(serial))
+            pods.UpdatePod(lpb.UpdatePodRequest(pod=changed), timeout=60)
+
+        yield Subject(channel, "memory:debian-12", namespace="conformance", timeout=120,
+                      network=MEMORY_NETWORK, write_log_line=write_log_line,
+                      log_poll_seconds=LOG_POLL)
 
 
 @pytest.fixture(scope="module")
 def vsphere(vcsim: VcSim, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Subject]:
-    with vsphere_provider(vcsim, tmp_path_factory.mktemp("vsphere-conformance")) as channel:
-        yield Subject(channel, "vsphere:template/debian-12", namespace="conformance", timeout=300)
+    serial = itertools.count(1)
+
+    def write_log_line(pod: pod_pb2.Pod) -> None:
+        """A reconfiguration, behind the provider's back, is a VmReconfiguredEvent."""
+        with vcsim.connect() as si:
+            (vm,) = vms_with_identity(si, pod.identity)
+            _wait_task(vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(
+                annotation=f"logs {next(serial)}")))
+
+    with vsphere_provider(vcsim, tmp_path_factory.mktemp("vsphere-conformance"),
+                          "--log-poll-seconds", str(LOG_POLL)) as channel:
+        yield Subject(channel, "vsphere:template/debian-12", namespace="conformance", timeout=300,
+                      network="VM Network", write_log_line=write_log_line,
+                      log_poll_seconds=LOG_POLL)
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +102,21 @@ def openstack_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[s
 @pytest.fixture(scope="module")
 def openstack(openstack_cloud: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
               ) -> Iterator[Subject]:
-    with openstack_provider(openstack_cloud,
-                            tmp_path_factory.mktemp("openstack-conformance")) as channel:
+    admin = _admin(openstack_cloud)
+
+    def finish_snapshot(image_id: str) -> None:
+        """Nova's fake driver leaves a snapshot's image queued: the bytes a hypervisor would
+        upload are uploaded here, through Glance, as tests/test_openstack_provider.py does."""
+        if admin.image.get(f"/images/{image_id}").json()["status"] != "active":
+            upload_snapshot(admin, image_id)
+
+    networks = openstack_cloud["networks"]
+    # Nova's fake driver fixes the console at three lines: nothing can write one more.
+    with openstack_provider(openstack_cloud, tmp_path_factory.mktemp("openstack-conformance"),
+                            "--log-poll-seconds", str(LOG_POLL)) as channel:
         yield Subject(channel, f"openstack:image/{openstack_cloud['image']['name']}",
-                      namespace="conformance", timeout=300)
+                      namespace="conformance", timeout=300, finish_snapshot=finish_snapshot,
+                      network=networks[0]["name"] if networks else "", log_poll_seconds=LOG_POLL)
 
 
 @pytest.fixture(scope="module", params=[
@@ -128,17 +171,22 @@ class Killable:
     annotations: dict[str, str] = field(default_factory=dict)
 
 
-def _servers_of(facts: dict[str, Any], identity: str) -> int:
-    """Nova's servers of ``identity``, as the admin sees them."""
+def _admin(facts: dict[str, Any]) -> Any:
+    """A connection to the OpenStack of ``facts`` as its admin."""
     # Imported here: the module's `openstack` fixture takes the package's name.
     import openstack.config
     import openstack.connection
-    import openstack.exceptions
 
     config = openstack.config.OpenStackConfig(config_files=[str(facts["clouds_yaml"])])
-    admin = openstack.connection.Connection(config=config.get_one(cloud="vmlet-admin",
-                                                                  api_timeout=60))
-    resp = admin.compute.get("/servers/detail", params={"all_tenants": 1, "limit": 1000},
+    return openstack.connection.Connection(config=config.get_one(cloud="vmlet-admin",
+                                                                 api_timeout=60))
+
+
+def _servers_of(facts: dict[str, Any], identity: str) -> int:
+    """Nova's servers of ``identity``, as the admin sees them."""
+    import openstack.exceptions
+
+    resp = _admin(facts).compute.get("/servers/detail", params={"all_tenants": 1, "limit": 1000},
                              microversion="2.79")
     openstack.exceptions.raise_from_response(resp)
     return sum(1 for server in resp.json()["servers"]

@@ -34,6 +34,7 @@ import openstack.connection
 import openstack.exceptions
 import pytest
 
+from tests.openstackprovider import upload_snapshot
 from tests.providers import openstack_facts
 from vmlet_localenv.controlplane import ControlPlane
 from vmlet_localenv.processes import wait_for
@@ -142,22 +143,6 @@ def glance_images(admin: Any, name: str) -> list[dict[str, Any]]:
     resp = admin.image.get("/images", params={"name": name})
     openstack.exceptions.raise_from_response(resp)
     return list(resp.json()["images"])
-
-
-def upload_snapshot(admin: Any, image_id: str) -> None:
-    """Uploads bytes into a snapshot image, as a real hypervisor's snapshot would; nova's fake
-    driver uploads nothing and leaves the image queued."""
-    image = admin.image.get(f"/images/{image_id}").json()
-    patch_ops = [
-        {"op": "add" if image.get(key) is None else "replace", "path": f"/{key}", "value": value}
-        for key, value in (("disk_format", "raw"), ("container_format", "bare"))
-    ]
-    resp = admin.image.patch(f"/images/{image_id}", json=patch_ops, headers={
-        "Content-Type": "application/openstack-images-v2.1-json-patch"})
-    openstack.exceptions.raise_from_response(resp)
-    resp = admin.image.put(f"/images/{image_id}/file", data=b"vmlet e2e snapshot\n" + bytes(4096),
-                           headers={"Content-Type": "application/octet-stream"})
-    openstack.exceptions.raise_from_response(resp)
 
 
 # vmlet: the provider and a facade for it.

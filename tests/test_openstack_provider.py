@@ -51,6 +51,7 @@ from tests.openstackprovider import (
     server,
     servers_of,
     unique,
+    upload_snapshot,
     wait_ready,
 )
 from vmlet.provider.v1 import kubelet_endpoint_service_pb2 as kpb
@@ -294,28 +295,6 @@ def test_migration_moves_the_server_to_the_pods_host(
         assert [s["id"] for s in servers_of(admin, pod.identity)] == [server_id]
 
 
-def _upload_snapshot(admin: Any, image_id: str) -> None:
-    """Uploads bytes into a snapshot image, as a real hypervisor's snapshot would; nova's fake
-    driver uploads nothing and leaves the image queued."""
-    image = admin.image.get(f"/images/{image_id}").json()
-    patch = [
-        {"op": "add" if image.get(key) is None else "replace", "path": f"/{key}", "value": value}
-        for key, value in (("disk_format", "raw"), ("container_format", "bare"))
-    ]
-    resp = admin.image.patch(
-        f"/images/{image_id}",
-        json=patch,
-        headers={"Content-Type": "application/openstack-images-v2.1-json-patch"},
-    )
-    openstack.exceptions.raise_from_response(resp)
-    resp = admin.image.put(
-        f"/images/{image_id}/file",
-        data=b"vmlet snapshot\n" + bytes(4096),
-        headers={"Content-Type": "application/octet-stream"},
-    )
-    openstack.exceptions.raise_from_response(resp)
-
-
 def test_snapshot_and_restore(provider: Provider, openstack_env: Cloudside, admin: Any) -> None:
     """Snapshots are Glance images of the server; a revert rebuilds the server from one, which
     is UNAVAILABLE until the image is active. (Idempotence by name and the codes: the
@@ -341,7 +320,7 @@ def test_snapshot_and_restore(provider: Provider, openstack_env: Cloudside, admi
             with pytest.raises(grpc.RpcError) as caught:
                 vms.RevertToSnapshot(revert, timeout=60)
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-            _upload_snapshot(admin, snapshot.id)
+            upload_snapshot(admin, snapshot.id)
             eventually(
                 lambda: admin.image.get(f"/images/{snapshot.id}").json()["status"] == "active",
                 what="snapshot image active",

@@ -12,6 +12,7 @@ from . import (  # noqa: F401  (they register the checks)
     disks,
     endpoints,
     lifecycle,
+    logs,
     notifications,
     requests,
     vmservice,

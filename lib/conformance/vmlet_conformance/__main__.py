@@ -30,6 +30,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
     parser.add_argument("--missing-image",
                         help="an image of the provider's form that names nothing (default: "
                              "--image with a random suffix)")
+    parser.add_argument("--network",
+                        help="a network the IaaS has, that a pod may join (the networks check "
+                             "joins it before one that does not exist)")
     parser.add_argument("--tls-ca", help="CA of the provider's serving certificate (PEM)")
     parser.add_argument("--tls-cert", help="client certificate to present (PEM), as the facade")
     parser.add_argument("--tls-key", help="its private key (PEM)")
@@ -48,6 +51,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
     parser.add_argument("--memory-bytes", type=int, default=256 * 2**20)
     parser.add_argument("--timeout-seconds", type=float, default=300.0,
                         help="how long a create, a delete or reaching Running may take")
+    parser.add_argument("--log-poll-seconds", type=float, default=2.0,
+                        help="how often the provider reads its IaaS's log for a follow (the "
+                             "follow check waits a few of these for lines sent twice)")
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: list[str] = []
     if "--" in argv:
@@ -85,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     subject = Subject(channel_from_args(args), args.image, nodes=tuple(args.node),
                       namespace=args.namespace, annotations=annotations,
                       cpu_millis=args.cpu_millis, memory_bytes=args.memory_bytes,
-                      timeout=args.timeout_seconds, missing_image=args.missing_image or "")
+                      timeout=args.timeout_seconds, missing_image=args.missing_image or "",
+                      log_poll_seconds=args.log_poll_seconds, network=args.network or "")
     suite = Path(__file__).with_name("suite.py")
     # Our own rootdir and no ini file: the suite runs the same from any directory.
     pytest_args = [str(suite), "--rootdir", str(suite.parent), "-c", str(suite.parent /

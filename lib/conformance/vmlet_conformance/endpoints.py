@@ -1,6 +1,6 @@
 """KubeletEndpointService, as far as a provider's answers do not depend on a guest: stats of a
 node and of a running pod, and the codes for unknown pods and nodes and for a stream that does
-not start with its start message. (GetContainerLogs' options: tests/test_provider_logs.py.)"""
+not start with its start message. (GetContainerLogs' options: `logs`.)"""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from .subject import Subject
 __all__ = ["CHECKS", "ORDER", "Check", "check"]
 
 #: The check modules, in the order their checks run.
-ORDER = ("lifecycle", "notifications", "requests", "vmservice", "disks", "endpoints")
+ORDER = ("lifecycle", "notifications", "requests", "vmservice", "disks", "endpoints", "logs")
 
 
 @dataclass(frozen=True)

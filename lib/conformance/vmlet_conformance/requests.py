@@ -252,3 +252,26 @@ def missing_image_is_failed_precondition(subject: Subject) -> None:
     by default the subject's image with a random suffix) is FAILED_PRECONDITION with a message
     naming it, and makes no pod and no VM."""
     _refused(subject, {"missing": subject.missing()}, {PRECONDITION}, named=True)
+
+
+@check
+def unknown_network_is_failed_precondition(subject: Subject) -> None:
+    """A pod joining a network the IaaS does not have (a well-formed name, alone and after
+    another) is FAILED_PRECONDITION with a message naming it, and makes no pod and no VM."""
+    missing = f"no-such-network-{uuid.uuid4().hex[:8]}"
+    pods = [subject.pod(networks=[pod_pb2.NetworkAttachment(name=missing)])]
+    if subject.network:
+        pods.append(subject.pod(networks=[pod_pb2.NetworkAttachment(name=subject.network),
+                                          pod_pb2.NetworkAttachment(name=missing)]))
+    with subject.cleanup(*(p.identity for p in pods)):
+        for pod in pods:
+            try:
+                subject.create(pod)
+                raise AssertionError(f"CreatePod joined {missing!r}, a network nobody made")
+            except grpc.RpcError as exc:
+                assert exc.code() == PRECONDITION, (exc.code(), exc.details())
+                assert missing in (exc.details() or ""), exc.details()
+        names = {p.ref.name for p in pods}
+        assert not [p.pod.ref.name for p in subject.listed() if p.pod.ref.name in names]
+        leaked = [p.identity for p in pods if subject.has_vm(p.identity)]
+        assert not leaked, leaked

@@ -66,6 +66,20 @@ class Subject:
     #: An image of the provider's form that names nothing the IaaS has; empty means ``image``
     #: with a random suffix.
     missing_image: str = ""
+    #: A network the IaaS has, which a pod may join (the networks check joins it before one
+    #: that does not exist); empty: the check names only the missing one.
+    network: str = ""
+    #: Called with a new snapshot's ID by the checks that revert to it: what a test rig does
+    #: when its IaaS simulator never finishes a snapshot (Nova's fake driver uploads no image).
+    #: A real IaaS finishes its own; the default does nothing.
+    finish_snapshot: Callable[[str], None] = field(default=lambda _snapshot_id: None)
+    #: Makes the VM of a running pod log one more line (an IaaS-side change the provider's log
+    #: shows), for the follow check; None where nothing can (follow is then checked for its
+    #: history, an open stream and no repeats).
+    write_log_line: Callable[[pod_pb2.Pod], None] | None = None
+    #: How often the provider reads its IaaS's log for a follow (its --log-poll-seconds): the
+    #: follow check waits a few of these to see that nothing is sent twice.
+    log_poll_seconds: float = 2.0
 
     def __post_init__(self) -> None:
         self.pods = pod_lifecycle_service_pb2_grpc.PodLifecycleServiceStub(self.channel)

@@ -1,7 +1,7 @@
 """VirtualMachineService: the documented codes (NOT_FOUND for an unknown identity, success for
 deleting what is not there, PERMISSION_DENIED for a VM of another namespace), snapshots
-idempotent by name, snapshot descriptions kept, each namespace field set and unset. Disks are
-`disks`'."""
+idempotent by name, snapshot descriptions kept, a revert (UNAVAILABLE until the snapshot is
+ready), each namespace field set and unset. Disks are `disks`'."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ import grpc
 from vmlet.provider.v1 import virtual_machine_service_pb2 as vpb
 
 from .registry import check
-from .subject import Subject, code_of
+from .subject import Subject, code_of, eventually
 
 OK = grpc.StatusCode.OK
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 
@@ -136,3 +137,34 @@ def snapshot_descriptions(subject: Subject) -> None:
         listed = subject.vms.ListSnapshots(vpb.ListSnapshotsRequest(identity=pod.identity),
                                            timeout=60).snapshots
         assert {s.name: s.description for s in listed} == given
+
+
+@check
+def revert_to_a_snapshot(subject: Subject) -> None:
+    """RevertToSnapshot of a running VM's snapshot is UNAVAILABLE (retry) while the IaaS still
+    makes the snapshot, then succeeds: the same VM (provider ID) with its pod running again; the
+    snapshot is still listed, and deleting it removes it."""
+    pod = subject.pod(keep=True)
+    with subject.cleanup(pod.identity):
+        subject.create(pod)
+        before = subject.wait_running(pod)
+        made = subject.vms.CreateSnapshot(vpb.CreateSnapshotRequest(
+            identity=pod.identity, name="conf-revert"), timeout=subject.timeout).snapshot
+        subject.finish_snapshot(made.id)
+        calls = _calls(subject, pod.identity, pod.ref.namespace, snapshot_id=made.id)
+
+        def reverted() -> bool:
+            code = code_of(calls["RevertToSnapshot"])
+            assert code in (OK, UNAVAILABLE), f"RevertToSnapshot answered {code}"
+            return bool(code == OK)
+
+        eventually(reverted, timeout=subject.timeout, what="the revert")
+        after = subject.wait_running(pod)
+        assert after.provider_id == before.provider_id, "the revert made another VM"
+        assert subject.vm(pod.identity).provider_id == before.provider_id
+        listed = subject.vms.ListSnapshots(vpb.ListSnapshotsRequest(identity=pod.identity),
+                                           timeout=60).snapshots
+        assert [s.id for s in listed] == [made.id]
+        assert code_of(calls["DeleteSnapshot"]) == OK
+        assert not subject.vms.ListSnapshots(vpb.ListSnapshotsRequest(identity=pod.identity),
+                                             timeout=60).snapshots
