@@ -186,8 +186,9 @@ def _servers_of(facts: dict[str, Any], identity: str) -> int:
     """Nova's servers of ``identity``, as the admin sees them."""
     import openstack.exceptions
 
-    resp = _admin(facts).compute.get("/servers/detail", params={"all_tenants": 1, "limit": 1000},
-                             microversion="2.79")
+    resp = _admin(facts).compute.get("/servers/detail",
+                                     params={"all_tenants": 1, "limit": 1000},
+                                     microversion="2.79")
     openstack.exceptions.raise_from_response(resp)
     return sum(1 for server in resp.json()["servers"]
                if (server.get("metadata") or {}).get("vmlet-identity") == identity

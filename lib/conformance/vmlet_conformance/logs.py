@@ -60,13 +60,6 @@ class _Log:
                                                        timeout=120)
         return _Follower(call)
 
-    def write_line(self) -> bool:
-        """Makes the VM log one more line; False when the subject cannot."""
-        if self.subject.write_log_line is None:
-            return False
-        self.subject.write_log_line(self.pod)
-        return True
-
 
 class _Follower:
     """A followed log, read on a thread."""
@@ -187,24 +180,26 @@ def logs_follow(subject: Subject) -> None:
     provider nothing can make log: the stream stays open with nothing more); with tail_lines 0
     only lines to come; limit_bytes ends even a followed stream."""
     quiet = 4 * subject.log_poll_seconds
+    write = subject.write_log_line
     with _logged_pod(subject) as log:
         history = log.texts()
         follower = log.follow()
         try:
             assert follower.take(len(history)) == history
-            if not log.write_line():
+            if write is None:
                 assert follower.quiet_for(quiet) == []  # polled again: nothing sent twice
                 assert not follower.ended.is_set()
             else:
+                write(log.pod)
                 assert follower.take(1)[0]
         finally:
             follower.close()
-        if subject.write_log_line is not None:
+        if write is not None:
             newest = log.texts(tail_lines=1)
             tail0 = log.follow(tail_lines=0, timestamps=True)
             try:
                 assert tail0.quiet_for(quiet / 2) == []  # no history, only lines to come
-                log.write_line()
+                write(log.pod)
                 line = tail0.take(1)[0]
                 assert STAMP.match(line) and line != newest[0]
             finally:

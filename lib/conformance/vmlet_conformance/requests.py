@@ -6,7 +6,7 @@ or UNKNOWN, never a crash, never a VM; an image naming nothing is FAILED_PRECOND
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
@@ -229,10 +229,16 @@ def _refused(subject: Subject, images: dict[str, str], codes: set[grpc.StatusCod
             if code not in codes or not details or (named and name not in details):
                 wrong[f"{what} {images[what]!r}"] = f"{code.name}: {details[:200]}"
         assert not wrong, wrong
-        names = {p.ref.name for p in pods.values()}
-        assert not [p.pod.ref.name for p in subject.listed() if p.pod.ref.name in names]
-        leaked = [p.identity for p in pods.values() if subject.has_vm(p.identity)]
-        assert not leaked, leaked
+        _left_nothing(subject, pods.values())
+
+
+def _left_nothing(subject: Subject, pods: Iterable[pod_pb2.Pod]) -> None:
+    """GetPods lists none of ``pods`` and no VM has their identities."""
+    pods = list(pods)
+    names = {p.ref.name for p in pods}
+    assert not [p.pod.ref.name for p in subject.listed() if p.pod.ref.name in names]
+    leaked = [p.identity for p in pods if subject.has_vm(p.identity)]
+    assert not leaked, leaked
 
 
 @check
@@ -271,7 +277,4 @@ def unknown_network_is_failed_precondition(subject: Subject) -> None:
             except grpc.RpcError as exc:
                 assert exc.code() == PRECONDITION, (exc.code(), exc.details())
                 assert missing in (exc.details() or ""), exc.details()
-        names = {p.ref.name for p in pods}
-        assert not [p.pod.ref.name for p in subject.listed() if p.pod.ref.name in names]
-        leaked = [p.identity for p in pods if subject.has_vm(p.identity)]
-        assert not leaked, leaked
+        _left_nothing(subject, pods)
