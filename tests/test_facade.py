@@ -186,22 +186,70 @@ def test_mandatory_missing_reference_holds_the_pod(stack: Stack, control_plane: 
                what="pod Running once the reference exists")
 
 
-@pytest.mark.parametrize(("code", "reason"), [("INVALID_ARGUMENT", "InvalidSpec"),
-                                              ("RESOURCE_EXHAUSTED", "InsufficientResources")])
 def test_provider_errors_become_reasons_and_events(stack: Stack, control_plane: ControlPlane,
-                                                   ns: str, code: str, reason: str) -> None:
+                                                   ns: str) -> None:
+    """An error the IaaS may get over keeps the pod Pending, every container waiting with the
+    reason, and a Warning Event; kubectl describe reads it like a kubelet's pod."""
     manifest = stack.vm_pod("bad", "mem-a")
     manifest["metadata"]["annotations"] = {
-        "memory.vmlet.io/fail-create": f"{code}: no template named nope"}
+        "memory.vmlet.io/fail-create": "RESOURCE_EXHAUSTED: no room for 2 vCPUs"}
     apply(control_plane, ns, manifest)
     waiting = eventually(
         lambda: pod(stack, ns, "bad")["status"].get("containerStatuses", [{}])[0]
         .get("state", {}).get("waiting"), what="container waiting")
-    assert waiting == {"reason": reason, "message": "no template named nope"}
+    assert waiting == {"reason": "InsufficientResources", "message": "no room for 2 vCPUs"}
+    [status] = pod(stack, ns, "bad")["status"]["containerStatuses"]
+    assert (status["name"], status["image"], status["restartCount"]) == ("vm", "debian-12", 0)
     failed = eventually(lambda: [e for e in events(stack, ns, "bad")
                                  if e["reason"] == "ProviderCreateFailed"], what="Event")
-    assert failed[0]["type"] == "Warning" and failed[0]["message"] == "no template named nope"
+    assert failed[0]["type"] == "Warning" and failed[0]["message"] == "no room for 2 vCPUs"
     assert "Traceback" not in json.dumps(pod(stack, ns, "bad")["status"])
+    described = control_plane.kubectl("describe", "pod", "bad", "-n", ns).stdout
+    for line in ("State:          Waiting", "Reason:       InsufficientResources",
+                 "Ready:          False", "Restart Count:  0"):
+        assert line in described, described
+
+
+def test_a_pod_the_provider_refuses_fails_and_its_job_reaches_its_backoff_limit(
+        stack: Stack, control_plane: ControlPlane, ns: str) -> None:
+    """Issue 18: a pod vmlet will not run sat Pending forever, so its Job never failed. Now it
+    fails as a kubelet's admission rejects a pod: phase Failed, reason and message, a Warning
+    Event; the Job counts each pod and fails at its backoffLimit."""
+    manifest = stack.vm_pod("refused", "mem-a")
+    manifest["spec"]["containers"].append({"name": "sidecar", "image": "debian-12"})
+    apply(control_plane, ns, manifest)
+    failed = eventually(lambda: pod(stack, ns, "refused")["status"].get("phase") == "Failed"
+                        and pod(stack, ns, "refused")["status"], what="pod Failed")
+    assert failed["reason"] == "InvalidSpec"
+    assert failed["message"] == (f"Pod was rejected: pod {ns}/refused has 2 containers; "
+                                 "a VM pod has one")
+    assert [(c["name"], c["image"], c["state"]["terminated"]["exitCode"])
+            for c in failed["containerStatuses"]] == [("vm", "debian-12", 128),
+                                                       ("sidecar", "debian-12", 128)]
+    warned = eventually(lambda: [e for e in events(stack, ns, "refused")
+                                 if e["reason"] == "InvalidSpec"], what="Warning Event")
+    assert warned[0]["type"] == "Warning"
+    assert (ns, "refused") not in provider_pods(stack, "mem-a")
+    described = control_plane.kubectl("describe", "pod", "refused", "-n", ns).stdout
+    assert "Status:           Failed" in described and "Exit Code:    128" in described
+
+    template = {"spec": stack.vm_pod("unused", "mem-a")["spec"]}
+    template["spec"]["containers"].append({"name": "sidecar", "image": "debian-12"})
+    template["spec"]["restartPolicy"] = "Never"
+    control_plane.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps({
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "refused"},
+        "spec": {"backoffLimit": 1, "template": template}}))
+
+    def job_failed() -> dict[str, Any] | None:
+        job = stack.kubectl_json("get", "job", "refused", "-n", ns)
+        conditions = {c["type"]: c for c in job["status"].get("conditions") or []}
+        failure = conditions.get("Failed")
+        return job if failure and failure["status"] == "True" else None
+
+    job = eventually(job_failed, timeout=120, what="the Job Failed")
+    assert job["status"]["failed"] == 2
+    assert {c["reason"] for c in job["status"]["conditions"]
+            if c["type"] == "Failed"} == {"BackoffLimitExceeded"}
 
 
 def test_lease_is_renewed(stack: Stack, control_plane: ControlPlane) -> None:

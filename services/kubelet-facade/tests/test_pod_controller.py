@@ -23,7 +23,7 @@ from vmlet.provider.v1 import node_pb2
 from vmlet.provider.v1 import pod_pb2 as pb
 from vmlet.provider.v1 import virtual_machine_service_pb2 as vmpb
 from vmlet_contract import ProviderError
-from vmlet_contract.errors import InvalidArgument, Unavailable
+from vmlet_contract.errors import FailedPrecondition, InvalidArgument, Unavailable
 from vmlet_facade.events import EventRecorder
 from vmlet_facade.kube import ApiError
 from vmlet_facade.kubeletapi.directory import Directory
@@ -191,9 +191,59 @@ async def test_the_status_a_retried_create_returns_is_written(
 
 async def test_a_permanent_provider_error_backs_off_longer(
         kube: FakeKube, provider: FakeProvider, start: Start) -> None:
-    controller = await failed_create(kube, provider, start, InvalidArgument("no such image"))
+    controller = await failed_create(kube, provider, start,
+                                     FailedPrecondition("no template debian-12"))
     assert fire_retries(controller._sync)["pod-uid"] > 7.0
     await until(lambda: len(provider.called("create_pod")) == 2)
+
+
+async def test_a_spec_the_provider_refuses_fails_the_pod_as_a_kubelet_rejects_one(
+        kube: FakeKube, provider: FakeProvider, start: Start) -> None:
+    """INVALID_ARGUMENT: the provider will never run this spec. The pod goes Failed (a Job
+    counts it), every container terminated with its name and image, and a Warning Event says
+    why; no second CreatePod, nothing at the provider, and a restart does not try again."""
+    controller = await failed_create(
+        kube, provider, start, InvalidArgument("pod ns/web has 2 containers; a VM pod has one"))
+    status = kube.get_obj(POD_PATH)["status"]  # type: ignore[index]
+    assert status["phase"] == "Failed" and status["reason"] == "InvalidSpec"
+    assert status["message"] == "Pod was rejected: pod ns/web has 2 containers; a VM pod has one"
+    [cs] = status["containerStatuses"]
+    assert (cs["name"], cs["image"], cs["ready"], cs["started"]) == ("vm", "debian-12", False,
+                                                                     False)
+    assert cs["state"]["terminated"]["exitCode"] == 128
+    assert cs["state"]["terminated"]["reason"] == "InvalidSpec"
+    ready = {c["type"]: c for c in status["conditions"]}["Ready"]
+    assert (ready["status"], ready["reason"]) == ("False", "PodFailed")
+    events = [c.body for c in kube.writes("POST", "/events") if c.body["reason"] == "InvalidSpec"]
+    assert [e["type"] for e in events] == ["Warning"]
+    assert events[0]["message"] == status["message"]
+    assert not fire_retries(controller._sync)
+    await settle()
+    assert len(provider.called("create_pod")) == 1 and not provider.pods
+    await controller.stop()
+    again = await start()  # a restarted facade reads Failed: it does not create the pod again
+    await settle()
+    assert len(provider.called("create_pod")) == 1 and not fire_retries(again._sync)
+
+
+async def test_waiting_and_failed_statuses_name_every_container(
+        kube: FakeKube, provider: FakeProvider, start: Start) -> None:
+    """Issue 18: a status the facade makes (a failed create) was one containerStatuses entry
+    with no name and no image, so kubectl describe showed no State, Ready or Restart Count."""
+    pod = bare_pod()
+    pod["spec"]["containers"].append({"name": "second", "image": "debian-13"})
+    provider.fail("create_pod", Unavailable("the IaaS is down"))
+    kube.seed(POD_PATH, pod)
+    await start()
+    await until(lambda: status_writes(kube))
+    statuses = status_writes(kube)[-1]["containerStatuses"]
+    assert [(c["name"], c["image"]) for c in statuses] == [("vm", "debian-12"),
+                                                           ("second", "debian-13")]
+    for c in statuses:
+        assert c["state"] == {"waiting": {"reason": "ProviderUnavailable",
+                                          "message": "the IaaS is down"}}
+        assert (c["ready"], c["started"], c["restartCount"], c["lastState"]) == (
+            False, False, 0, {})
 
 
 async def test_deleting_a_bare_pod_destroys_its_vm_and_releases_the_pod(
@@ -332,9 +382,11 @@ async def test_a_quantity_vmlet_cannot_read_is_invalid_pod_spec_on_the_pod(
     kube.seed(POD_PATH, pod)
     await start()
     await until(lambda: status_writes(kube))
-    waiting = status_writes(kube)[-1]["containerStatuses"][0]["state"]["waiting"]
-    assert waiting["reason"] == "InvalidPodSpec"
-    assert "invalid quantity 'lots'" in waiting["message"]
+    status = status_writes(kube)[-1]
+    assert (status["phase"], status["reason"]) == ("Failed", "InvalidPodSpec")
+    ended = status["containerStatuses"][0]["state"]["terminated"]
+    assert ended["reason"] == "InvalidPodSpec"
+    assert "invalid quantity 'lots'" in ended["message"]
     assert not provider.called("create_pod")
 
 

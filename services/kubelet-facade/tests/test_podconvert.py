@@ -181,3 +181,39 @@ def test_the_size_reported_is_the_one_the_provider_read() -> None:
     status.ClearField("resources")
     reported = status_to_k8s(status, pod, "")["containerStatuses"][0]["resources"]
     assert reported == pod["spec"]["containers"][0]["resources"]
+
+
+def test_restart_count_never_goes_back_and_the_previous_run_becomes_last_state() -> None:
+    """A grown restartCount turns the state the container had into its lastState, as a kubelet
+    keeps the previous run; a provider that forgot its count (a restart) does not lower it."""
+    first = pb.PodStatus(phase=pb.POD_PHASE_RUNNING, ready=True)
+    cs = first.container_statuses.add(name="vm", ready=True)
+    cs.running.started_at.FromSeconds(1_767_225_600)
+    pod = _pod()
+    pod["status"] = status_to_k8s(first, pod, "")
+    again = pb.PodStatus()
+    again.CopyFrom(first)
+    again.container_statuses[0].restart_count = 1
+    again.container_statuses[0].running.started_at.FromSeconds(1_767_225_900)
+    pod["status"] = status_to_k8s(again, pod, "")
+    [restarted] = pod["status"]["containerStatuses"]
+    assert restarted["restartCount"] == 1
+    assert restarted["state"]["running"]["startedAt"] == "2026-01-01T00:05:00Z"
+    previous = restarted["lastState"]["terminated"]
+    assert previous["startedAt"] == "2026-01-01T00:00:00Z" and previous["exitCode"] == 0
+    forgot = pb.PodStatus()
+    forgot.CopyFrom(again)
+    forgot.container_statuses[0].restart_count = 0
+    [kept] = status_to_k8s(forgot, pod, "")["containerStatuses"]
+    assert kept["restartCount"] == 1 and kept["lastState"] == restarted["lastState"]
+
+
+def test_a_container_the_provider_does_not_name_gets_the_state_of_the_phase() -> None:
+    pod = _pod()
+    pod["spec"]["containers"].append({"name": "other", "image": "debian-13"})
+    status = pb.PodStatus(phase=pb.POD_PHASE_SUCCEEDED)
+    status.container_statuses.add(name="vm").terminated.exit_code = 0
+    out = status_to_k8s(status, pod, "")["containerStatuses"]
+    assert [(c["name"], c["image"]) for c in out] == [("vm", "debian-12"), ("other", "debian-13")]
+    assert out[1]["state"]["terminated"]["exitCode"] == 0
+    assert not out[1]["ready"] and not out[1]["started"]

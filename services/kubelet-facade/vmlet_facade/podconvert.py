@@ -12,9 +12,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from vmlet.provider.v1 import pod_pb2 as pb
 from vmlet_api.names import NETWORKS_ANNOTATION, PREFIX
 from vmlet_contract import progress as progresses
+from vmlet_facade.containerstatus import container_statuses, k8s_time, now
 from vmlet_facade.kube.objects import Obj
 from vmlet_facade.ownership import Ownership
-from vmlet_facade.quantity import InvalidQuantity, cpu_millis, memory_bytes
+from vmlet_facade.quantity import cpu_millis, memory_bytes
 from vmlet_facade.references import Resolved
 
 __all__ = [
@@ -59,25 +60,27 @@ def _timestamp(text: str | None) -> Timestamp | None:
     return ts
 
 
+def _container(c: Obj, resolved: Resolved) -> pb.Container:
+    return pb.Container(
+        name=c["name"], image=c.get("image", ""), command=c.get("command") or [],
+        args=c.get("args") or [],
+        env=[pb.EnvVar(name=k, value=v) for k, v in resolved.env.get(c["name"], [])],
+        resources=_resources(c),
+        ports=[pb.ContainerPort(name=p.get("name", ""), container_port=p["containerPort"],
+                                protocol=p.get("protocol", "TCP"))
+               for p in c.get("ports") or []],
+        volume_mounts=[pb.VolumeMount(name=m["name"], mount_path=m["mountPath"],
+                                      read_only=bool(m.get("readOnly", False)))
+                       for m in c.get("volumeMounts") or []],
+    )
+
+
 def to_provider_pod(pod: Obj, resolved: Resolved, ownership: Ownership) -> pb.Pod:
     """The contract's Pod for ``pod`` with its references resolved; identity and keep_on_delete
     are ``ownership``'s (derived by ``vmlet_facade.ownership``, never read from the pod)."""
     meta, spec = pod["metadata"], pod.get("spec", {})
-    containers = [
-        pb.Container(
-            name=c["name"], image=c.get("image", ""), command=c.get("command") or [],
-            args=c.get("args") or [],
-            env=[pb.EnvVar(name=k, value=v) for k, v in resolved.env.get(c["name"], [])],
-            resources=_resources(c),
-            ports=[pb.ContainerPort(name=p.get("name", ""), container_port=p["containerPort"],
-                                    protocol=p.get("protocol", "TCP"))
-                   for p in c.get("ports") or []],
-            volume_mounts=[pb.VolumeMount(name=m["name"], mount_path=m["mountPath"],
-                                          read_only=bool(m.get("readOnly", False)))
-                           for m in c.get("volumeMounts") or []],
-        )
-        for c in spec.get("containers", [])
-    ]
+    containers = [_container(c, resolved) for c in spec.get("containers", [])]
+    init_containers = [_container(c, resolved) for c in spec.get("initContainers") or []]
     volumes = []
     for v in spec.get("volumes") or []:
         if v["name"] in resolved.files:
@@ -97,6 +100,7 @@ def to_provider_pod(pod: Obj, resolved: Resolved, ownership: Ownership) -> pb.Po
         labels=meta.get("labels") or {}, annotations=meta.get("annotations") or {},
         node_name=spec.get("nodeName", ""), identity=ownership.identity,
         keep_on_delete=ownership.keep_on_delete, containers=containers, volumes=volumes,
+        init_containers=init_containers,
         user_data=resolved.user_data,
         networks=[pb.NetworkAttachment(name=n.strip()) for n in (meta.get("annotations") or {})
                   .get(NETWORKS_ANNOTATION, "").split(",") if n.strip()],
@@ -121,14 +125,6 @@ def spec_fingerprint(pod: Obj) -> str:
     return json.dumps(relevant, sort_keys=True, separators=(",", ":"))
 
 
-def _ts(ts: Timestamp) -> str:
-    return ts.ToDatetime(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _one_per_family(ips: list[str]) -> list[str]:
     """The primary IP and the first of the other family: the apiserver refuses a pod whose
     podIPs hold two addresses of one family (a VM with two NICs has two IPv4 addresses)."""
@@ -139,51 +135,6 @@ def _one_per_family(ips: list[str]) -> list[str]:
     return out
 
 
-def _cpu_text(millis: int, said: object) -> object:
-    """``millis`` as a CPU quantity; ``said`` (the spec's own spelling) when it is that much."""
-    try:
-        if said is not None and cpu_millis(str(said)) == millis:
-            return said
-    except InvalidQuantity:
-        pass
-    return str(millis // 1000) if millis % 1000 == 0 else f"{millis}m"
-
-
-def _memory_text(size: int, said: object) -> object:
-    """``size`` bytes as a memory quantity; ``said`` (the spec's own spelling) when it is that
-    much."""
-    try:
-        if said is not None and memory_bytes(str(said)) == size:
-            return said
-    except InvalidQuantity:
-        pass
-    for suffix, unit in (("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
-        if size % unit == 0:
-            return f"{size // unit}{suffix}"
-    return str(size)
-
-
-def _reported_resources(spec: Obj, status: pb.PodStatus) -> Obj:
-    """A container's resources in its status: the spec's, with the size the provider read from
-    the IaaS (``status.resources``) as its limits, and no request above them. The spec's when
-    the provider did not say."""
-    if not status.HasField("resources"):
-        return spec
-    seen = status.resources
-    limits = dict(spec.get("limits") or {})
-    limits["cpu"] = _cpu_text(seen.cpu_millis, limits.get("cpu"))
-    limits["memory"] = _memory_text(seen.memory_bytes, limits.get("memory"))
-    requests = dict(spec.get("requests") or {})
-    try:
-        if "cpu" in requests and cpu_millis(str(requests["cpu"])) > seen.cpu_millis:
-            requests["cpu"] = limits["cpu"]
-        if "memory" in requests and memory_bytes(str(requests["memory"])) > seen.memory_bytes:
-            requests["memory"] = limits["memory"]
-    except InvalidQuantity:
-        return spec
-    return {**spec, "limits": limits, **({"requests": requests} if requests else {})}
-
-
 def _condition(ctype: str, value: str, prev: Obj | None, given_at: str | None, reason: str,
                message: str) -> Obj:
     """A pod condition that keeps ``prev``'s transition time while its status does not change."""
@@ -192,7 +143,7 @@ def _condition(ctype: str, value: str, prev: Obj | None, given_at: str | None, r
     elif prev and prev.get("status") == value and prev.get("lastTransitionTime"):
         changed = prev["lastTransitionTime"]
     else:
-        changed = _now()
+        changed = now()
     cond: Obj = {"type": ctype, "status": value, "lastTransitionTime": changed,
                  "lastProbeTime": None}
     if reason:
@@ -259,7 +210,7 @@ def _pod_conditions(status: pb.PodStatus, phase: str, containers: list[Obj],
             value, why, text = derived[ctype]
             out.append(_condition(ctype, value, old.get(ctype), None, why, text))
             continue
-        given_at = _ts(c.last_transition_time) if c.HasField("last_transition_time") else None
+        given_at = k8s_time(c.last_transition_time) if c.HasField("last_transition_time") else None
         out.append(_condition(ctype, _COND.get(c.status, "Unknown"), old.get(ctype), given_at,
                               c.reason, c.message))
     return out
@@ -274,46 +225,8 @@ def status_to_k8s(status: pb.PodStatus, pod: Obj, host_ip: str) -> Obj:
     old = pod.get("status") or {}
     old_conds = {c["type"]: c for c in old.get("conditions") or []}
     phase = _PHASES.get(status.phase, "Pending")
-    containers = []
-    spec_containers = {c["name"]: c for c in pod.get("spec", {}).get("containers", [])}
-    spec_images = {name: c.get("image", "") for name, c in spec_containers.items()}
-    for cs in status.container_statuses:
-        state: Obj
-        which = cs.WhichOneof("state")
-        if which == "running":
-            state = {"running": {"startedAt": _ts(cs.running.started_at)
-                                 if cs.running.HasField("started_at") else _now()}}
-        elif which == "terminated":
-            t = cs.terminated
-            state = {"terminated": {"exitCode": t.exit_code, "reason": t.reason or "Completed",
-                                    **({"message": t.message} if t.message else {}),
-                                    **({"startedAt": _ts(t.started_at)}
-                                       if t.HasField("started_at") else {}),
-                                    "finishedAt": _ts(t.finished_at)
-                                    if t.HasField("finished_at") else _now()}}
-        else:
-            w = cs.waiting
-            state = {"waiting": {"reason": w.reason or "ContainerCreating",
-                                 **({"message": w.message} if w.message else {})}}
-        containers.append({
-            "name": cs.name, "image": cs.image or spec_images.get(cs.name, ""),
-            "imageID": cs.image_id, "containerID": cs.container_id, "ready": cs.ready,
-            "restartCount": cs.restart_count, "started": which == "running", "state": state,
-            # What the VM has: reported as a resize-capable kubelet does, which is what lets
-            # the apiserver accept in-place resizes (pods/resize) of VM pods.
-            "resources": _reported_resources(
-                spec_containers.get(cs.name, {}).get("resources") or {}, status),
-        })
-    if not containers:
-        for name, image in spec_images.items():
-            running = phase == "Running"
-            containers.append({
-                "name": name, "image": image, "imageID": "", "ready": running,
-                "restartCount": 0, "started": running,
-                "resources": spec_containers[name].get("resources") or {},
-                "state": {"running": {"startedAt": _now()}} if running
-                else {"waiting": {"reason": status.reason or "ContainerCreating"}},
-            })
+    containers = container_statuses(status, pod.get("spec", {}).get("containers", []), phase,
+                                    old.get("containerStatuses") or [])
     conditions = _pod_conditions(status, phase, containers, old_conds)
     progress = _progress_condition(status, old_conds.get(PROGRESS_CONDITION))
     if progress is not None:
@@ -325,8 +238,8 @@ def status_to_k8s(status: pb.PodStatus, pod: Obj, host_ip: str) -> Obj:
         "hostIP": host, "hostIPs": [{"ip": host}] if host else [],
         "podIP": ips[0] if ips else None, "podIPs": [{"ip": ip} for ip in ips] or None,
         "reason": status.reason or None, "message": status.message or None,
-        "startTime": _ts(status.start_time) if status.HasField("start_time")
-        else old.get("startTime") or _now(),
+        "startTime": k8s_time(status.start_time) if status.HasField("start_time")
+        else old.get("startTime") or now(),
     }
     # None becomes null in the merge patch, which clears what an earlier status set.
     return out

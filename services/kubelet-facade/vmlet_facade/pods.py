@@ -21,6 +21,8 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Generic, TypeVar, cast
 
+import grpc
+
 from vmlet.provider.v1 import pod_pb2 as pb
 from vmlet_contract import ProviderError, is_retryable
 from vmlet_facade import metrics
@@ -30,6 +32,7 @@ from vmlet_facade.kube.objects import Obj, Pod, VirtualMachine
 from vmlet_facade.operationpods import operation_of, refused, run_operation
 from vmlet_facade.outage import Outage, during
 from vmlet_facade.ownership import Ownership, derive, keeps_vm
+from vmlet_facade.ownstatus import rejected, waiting
 from vmlet_facade.podconvert import spec_fingerprint, status_to_k8s, to_provider_pod
 from vmlet_facade.podstate import PodState
 from vmlet_facade.provider import PodHost
@@ -63,13 +66,6 @@ def _same_intent(old: Obj, new: Obj) -> bool:
     return (spec_fingerprint(old) == spec_fingerprint(new)
             and old["metadata"].get("deletionTimestamp") == new["metadata"].get("deletionTimestamp")
             and old.get("spec", {}).get("nodeName") == new.get("spec", {}).get("nodeName"))
-
-
-def _waiting(reason: str, message: str) -> pb.PodStatus:
-    status = pb.PodStatus(phase=pb.POD_PHASE_PENDING, reason="", message="")
-    status.container_statuses.add(waiting=pb.ContainerStateWaiting(reason=reason,
-                                                                    message=message))
-    return status
 
 
 class PodController(Generic[P]):
@@ -268,7 +264,7 @@ class PodController(Generic[P]):
                     await self._update(uid, pod, route)
         except MissingReference as err:
             await self._events.emit(pod, err.reason, err.message, warning=True)
-            self._set_status(uid, _waiting("CreateContainerConfigError", err.message))
+            self._set_status(uid, waiting("CreateContainerConfigError", err.message))
             self._retry(uid)
         except ProviderError as err:
             self._retry(uid, permanent=not is_retryable(err.code))
@@ -278,13 +274,10 @@ class PodController(Generic[P]):
                 self._retry(uid)
         except InvalidQuantity as err:
             # A pod the facade cannot read (a quantity the apiserver took and vmlet does not):
-            # say so on the pod, and look again later. Anything else raised here is a fault of
+            # rejected as a kubelet's admission would. Anything else raised here is a fault of
             # vmlet: it reaches SerialWorkers, which logs it with its traceback and retries.
             log.warning("pod %s/%s cannot be handled: %s", *_key(pod), err)
-            message = f"vmlet cannot handle this pod: {err}"
-            await self._events.emit(pod, "ProviderCreateFailed", message, warning=True)
-            self._set_status(uid, _waiting("InvalidPodSpec", message))
-            self._retry(uid, permanent=True)
+            await self._reject(uid, pod, "InvalidPodSpec", f"vmlet cannot handle this pod: {err}")
 
     def _retry(self, uid: str, permanent: bool = False) -> None:
         self._sync.retry(uid, penalty=PERMANENT_PENALTY if permanent else 0)
@@ -333,12 +326,24 @@ class PodController(Generic[P]):
             with metrics.provider_call("CreatePod"):
                 status = await route.provider.create_pod(request)
         except ProviderError as err:
+            if err.code == grpc.StatusCode.INVALID_ARGUMENT:
+                # The provider will never run this spec: the pod fails, as a kubelet rejects a
+                # pod at admission, so a Job counts it and a controller can replace it. Nothing
+                # was made (the contract), and no VM is touched.
+                await self._reject(uid, pod, err.reason, err.message)
+                return
             await self._events.emit(pod, "ProviderCreateFailed", err.message, warning=True)
-            self._set_status(uid, _waiting(err.reason, err.message))
+            self._set_status(uid, waiting(err.reason, err.message))
             raise
         state.created, state.fingerprint = True, spec_fingerprint(pod)
         if state.latest is before:  # else NotifyPods said something newer meanwhile
             self._set_status(uid, status)
+
+    async def _reject(self, uid: str, pod: Obj, reason: str, message: str) -> None:
+        """Fail ``pod`` for good: a Warning Event and phase Failed; never created here."""
+        log.info("pod %s/%s rejected: %s", *_key(pod), message)
+        await self._events.emit(pod, reason, f"Pod was rejected: {message}", warning=True)
+        self._set_status(uid, rejected(reason, message))
 
     async def _update(self, uid: str, pod: Obj, route: Route[P]) -> None:
         pod = self._with_host_ip(pod, route)

@@ -135,7 +135,7 @@ class Resolver:
             return data[key].decode(errors="replace")
 
         spec = pod.get("spec", {})
-        for container in spec.get("containers", []):
+        for container in [*(spec.get("initContainers") or []), *spec.get("containers", [])]:
             pairs: list[tuple[str, str]] = []
             for env_from in container.get("envFrom") or []:
                 prefix = env_from.get("prefix", "")

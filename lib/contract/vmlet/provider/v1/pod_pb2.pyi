@@ -272,6 +272,7 @@ class Pod(_message.Message):
     META_DATA_FIELD_NUMBER: _builtins.int
     CREATION_TIME_FIELD_NUMBER: _builtins.int
     NETWORKS_FIELD_NUMBER: _builtins.int
+    INIT_CONTAINERS_FIELD_NUMBER: _builtins.int
     node_name: _builtins.str
     """The node the pod is bound to: one of the names the provider returned from ListNodes."""
     identity: _builtins.str
@@ -323,6 +324,15 @@ class Pod(_message.Message):
         provider's default network. vSphere maps a name to a port group, OpenStack to a network.
         """
 
+    @_builtins.property
+    def init_containers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Container]:
+        """The pod's init containers, in order, with their environment resolved like containers'. A
+        provider whose guests run first-boot commands (cloud-init runcmd in the user data it
+        delivers) runs each one's command and args, in order, before the container's; their images
+        are not booted. A provider that cannot run them says so where docs/provider-guide.md tables
+        what each provider honours.
+        """
+
     def __init__(
         self,
         *,
@@ -338,10 +348,11 @@ class Pod(_message.Message):
         meta_data: _builtins.str = ...,
         creation_time: _timestamp_pb2.Timestamp | None = ...,
         networks: _abc.Iterable[Global___NetworkAttachment] | None = ...,
+        init_containers: _abc.Iterable[Global___Container] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["creation_time", b"creation_time", "ref", b"ref"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "containers", b"containers", "creation_time", b"creation_time", "identity", b"identity", "keep_on_delete", b"keep_on_delete", "labels", b"labels", "meta_data", b"meta_data", "networks", b"networks", "node_name", b"node_name", "ref", b"ref", "user_data", b"user_data", "volumes", b"volumes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "containers", b"containers", "creation_time", b"creation_time", "identity", b"identity", "init_containers", b"init_containers", "keep_on_delete", b"keep_on_delete", "labels", b"labels", "meta_data", b"meta_data", "networks", b"networks", "node_name", b"node_name", "ref", b"ref", "user_data", b"user_data", "volumes", b"volumes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -394,11 +405,13 @@ class Container(_message.Message):
     """
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The entrypoint, as in the pod spec."""
+        """The entrypoint, as in the pod spec. A provider whose guests take cloud-init user data runs
+        command followed by args once, at first boot (runcmd), with env set; empty runs nothing.
+        """
 
     @_builtins.property
     def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The arguments, as in the pod spec."""
+        """The arguments, as in the pod spec; appended to command (args alone run as the command)."""
 
     @_builtins.property
     def env(self) -> _containers.RepeatedCompositeFieldContainer[Global___EnvVar]:
