@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import email
 import json
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import openstack.exceptions
@@ -98,6 +99,8 @@ def test_create_lands_on_the_pods_host_with_flavor_and_identity(
     named = make_pod(
         unique("named"), openstack_env.node(openstack_env.compute_hosts[0]), flavor="m1.small"
     )
+    named.init_containers.add(name="prep", command=["mkdir", "-p", "/srv"])
+    named.containers[0].args.extend(["touch", "/srv/booted"])  # args alone: the command
     with provider.cleanup(pod.identity, named.identity):
         first = provider.create(pod)
         assert first.phase == pod_pb2.POD_PHASE_PENDING
@@ -120,6 +123,13 @@ def test_create_lands_on_the_pods_host_with_flavor_and_identity(
         assert nova["addresses"] == {}
         wait_ready(provider, named)
         other = servers_of(admin, named.identity)[0]
+        document = email.message_from_string(
+            base64.b64decode(other["OS-EXT-SRV-ATTR:user_data"]).decode()
+        )
+        (first_boot,) = cast(list[Any], document.get_payload())
+        assert json.loads(first_boot.get_payload().partition("\n")[2])["runcmd"] == [
+            ["mkdir", "-p", "/srv"], ["touch", "/srv/booted"],
+        ]  # fmt: skip
         assert other["flavor"]["original_name"] == "m1.small"
         assert other["OS-EXT-SRV-ATTR:host"] == openstack_env.compute_hosts[0]
 

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import email
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -135,6 +138,31 @@ def test_create_pod_makes_vm_on_the_right_host(provider: Provider, vcsim: VcSim)
     # A retry is a no-op: still one VM in vCenter.
     assert provider.create(pod).phase == RUNNING
     assert count_vms(vcsim, pod.identity) == 1
+    provider.delete(pod)
+
+
+def test_init_containers_and_command_reach_guestinfo_as_runcmd(
+    provider: Provider, vcsim: VcSim
+) -> None:
+    user_data = "#cloud-config\nruncmd: [echo hello]\n"
+    pod = make_pod(NODES[0], user_data=user_data)
+    pod.init_containers.add(name="prep", command=["mkdir", "-p", "/srv/app"])
+    pod.containers[0].command.extend(["/usr/bin/serve"])
+    pod.containers[0].args.extend(["--port", "8080"])
+    pod.containers[0].env.add(name="MODE", value="prod")
+    assert provider.create(pod).phase == RUNNING
+    extra = the_vm(vcsim, pod.identity)["extra"]
+    document = email.message_from_string(base64.b64decode(extra["guestinfo.userdata"]).decode())
+    assert document.get_content_type() == "multipart/mixed"
+    mine, first_boot = cast(list[Any], document.get_payload())
+    assert (mine.get_content_type(), mine.get_payload()) == ("text/cloud-config", user_data)
+    assert first_boot.get_content_type() == "text/cloud-config"
+    assert json.loads(first_boot.get_payload().partition("\n")[2])["runcmd"] == [
+        ["mkdir", "-p", "/srv/app"],
+        ["sh", "-c", '. "$0" && exec "$@"', "/run/vmlet/first-boot/vm.env", "/usr/bin/serve",
+         "--port", "8080"],
+    ]
+    assert "guestinfo.metadata" in extra
     provider.delete(pod)
 
 

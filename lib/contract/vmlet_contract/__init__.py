@@ -6,11 +6,12 @@ reflection, TLS, metrics and error mapping (`server`), the flags, logging and `m
 provider's command line (`cli`, `logs`), its settings convention (`settings`), what a provider
 knows of its IaaS for the readiness probe (`readiness`), builders of pod statuses (`podstatus`),
 per-identity locks (`locks`), the checks of a CreateDisk request (`diskrequests`), the options
-of a logs request (`containerlogs`) and the servicers of the contract over a provider's backends
+of a logs request (`containerlogs`), the user data a cloud-init guest boots with, first-boot
+commands included (`userdata`), and the servicers of the contract over a provider's backends
 (`kit`).
 """
 
-from . import containerlogs, kit, podstatus
+from . import containerlogs, kit, podstatus, userdata
 from .cli import (
     DEFAULT_CLIENT_IDENTITY,
     DEFAULT_LISTEN,
@@ -93,5 +94,6 @@ __all__ = [
     "serve",
     "serve_from_args",
     "tls_from_args",
+    "userdata",
     "write_port_file",
 ]

@@ -189,6 +189,32 @@ async def test_logs_tell_the_vm_story(vm: Harness) -> None:
     assert since == []
 
 
+async def test_first_boot_logs_the_commands_a_cloud_init_guest_would_run_once(
+    mp: Harness,
+) -> None:
+    pod = make_pod("vm-0", keep_on_delete=True, env={"TOKEN": "s3cret"})
+    pod.containers[0].command.extend(["/usr/bin/serve"])
+    pod.containers[0].args.extend(["--name", "my app"])
+    pod.init_containers.add(name="migrate", command=["sh", "-c", "echo $TOKEN"])
+    pod.init_containers.add(name="idle")  # no command: nothing to run
+    pod.init_containers.add(name="warm", args=["/opt/warm"])
+    await mp.lifecycle.CreatePod(pl.CreatePodRequest(pod=pod))
+    lines = [r.line.decode() async for r in mp.endpoints.GetContainerLogs(_logs_request())]
+    assert lines[1:] == [
+        "powered on",
+        "first-boot: migrate: sh -c 'echo $TOKEN'",
+        "first-boot: warm: /opt/warm",
+        "first-boot: vm: /usr/bin/serve --name 'my app'",
+    ]
+    assert not any("s3cret" in line for line in lines)
+    # Once per VM, as cloud-init: a kept VM's next boot runs nothing again.
+    await mp.lifecycle.DeletePod(pl.DeletePodRequest(pod=pod))
+    await mp.lifecycle.CreatePod(pl.CreatePodRequest(pod=pod))
+    texts = [line.text for line in mp.provider.cloud.machine(pod.identity).log]
+    assert texts.count("powered on") == 2
+    assert sum(text.startswith("first-boot: ") for text in texts) == 3
+
+
 async def test_logs_follow_new_lines_and_end_with_the_pod(vm: Harness) -> None:
     call = vm.endpoints.GetContainerLogs(_logs_request(follow=True, tail_lines=0))
     await asyncio.sleep(0.1)

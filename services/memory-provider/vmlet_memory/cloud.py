@@ -411,9 +411,7 @@ class Cloud:
         self.on_change()
 
     def _running(self, vm: Machine) -> None:
-        vm.power = Power.RUNNING
-        vm.started_at = _now()
-        vm.record("powered on", vm.started_at)
+        vm.boot(_now())
         self._publish(vm)
 
     def _power_off(self, vm: Machine) -> None:

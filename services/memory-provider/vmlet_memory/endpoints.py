@@ -1,8 +1,10 @@
 """The kubelet endpoint backend of the in-memory cloud: logs, exec, attach, port-forward, stats.
 
 - Logs are each machine's event log ("created on ...", "powering on", "powered on", ...), one
-  line per event; a followed log ends when the pod goes away. The request's options, the
-  container named and `previous` are the kit's (`vmlet_contract.kit.endpoints`).
+  line per event, and at its first boot one "first-boot: <container>: <argv>" line per command
+  a cloud-init guest would run (see `machines`); a followed log ends when the pod goes away.
+  The request's options, the container named and `previous` are the kit's
+  (`vmlet_contract.kit.endpoints`).
 - Exec runs the built-in `shell`; with a TTY stderr merges into stdout.
 - Attach echoes the console's stdin to its stdout until stdin closes.
 - PortForward is an echo server on every port.

@@ -1,5 +1,9 @@
 """The record of one pretend VM: its identity, pod, host, address, power state, log and snapshots.
 
+There is no guest to run a pod's first-boot commands (`vmlet_contract.userdata`): at its first
+boot a machine logs one line per command a cloud-init guest would run, `first-boot: <container>:
+<argv>`, without running it, and without the env (values from Secrets stay out of the log).
+
 A machine outlives its pod when the pod was deleted with keep_on_delete: it is then Stopped, has
 no pod, keeps its address, disks and snapshots, and powers on again for the next pod of the same
 identity.
@@ -9,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import shlex
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from vmlet.provider.v1 import pod_pb2, virtual_machine_service_pb2
+from vmlet_contract.userdata import first_boot_commands
 
 from .hosts import Usage
 
@@ -93,6 +99,16 @@ class Machine:
         sized = [c.resources for c in self.pod.containers] if self.pod is not None else []
         return (sum(r.cpu_limit_millis or r.cpu_request_millis for r in sized),
                 sum(r.memory_limit_bytes or r.memory_request_bytes for r in sized))
+
+    def boot(self, when: datetime) -> None:
+        """Marks the machine running since `when`; its first boot logs its first-boot commands."""
+        first = self.started_at is None
+        self.power = Power.RUNNING
+        self.started_at = when
+        self.record("powered on", when)
+        if first and self.pod is not None:
+            for command in first_boot_commands(self.pod):
+                self.record(f"first-boot: {command.container}: {shlex.join(command.argv)}", when)
 
     def record(self, text: str, when: datetime | None = None) -> None:
         """Appends a line to the event log and wakes followers."""

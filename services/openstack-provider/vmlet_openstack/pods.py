@@ -9,10 +9,11 @@ killed, racing the retry of a new one), the oldest is kept and the others are de
 Create. No server: the image and flavor are resolved (`catalog`), and the server is asked for on
 the compute host behind the pod's node (`host`, microversion 2.74), with a port on each of the
 pod's networks in order (`networks`), else `networks: none` unless --network says otherwise, the
-pod's user data, and its metadata and tags. A server already there is claimed for the pod (its
-metadata rewritten; Nova takes no metadata while a server builds, so then the converger does it
-once the build is over) and brought in line by the `converger`: moved to the pod's host, resized
-to the pod's flavor, powered on.
+pod's user data with its init containers' and container's commands as first-boot runcmd
+(`vmlet_contract.userdata`), and its metadata and tags. A server already there is claimed for
+the pod (its metadata rewritten; Nova takes no metadata while a server builds, so then the
+converger does it once the build is over) and brought in line by the `converger`: moved to the
+pod's host, resized to the pod's flavor, powered on.
 
 Disks. A pod's PersistentVolume disks (Cinder volumes, see `disks`) are attached at boot (block
 device mappings); the converger attaches and detaches them after an update (or on a server the
@@ -48,6 +49,7 @@ from vmlet_contract import (
     check_namespace,
 )
 from vmlet_contract.locks import KeyedLocks
+from vmlet_contract.userdata import first_boot_user_data
 
 from . import naming
 from .catalog import Catalog
@@ -62,12 +64,22 @@ from .sizing import demand_of, image_ref
 from .status import Progress
 from .watch import ServerCache, Watch
 
-__all__ = ["Pods"]
+__all__ = ["Pods", "server_user_data"]
 
 _log = logging.getLogger(__name__)
 
 _USER_DATA_LIMIT: Final = 65535
 _DELETE_ASK_SECONDS: Final = 10.0
+
+
+def server_user_data(pod: pod_pb2.Pod) -> str:
+    """The base64 user data Nova boots the pod's server with ("" for none): the pod's own with
+    its first-boot commands; INVALID_ARGUMENT past Nova's limit."""
+    user_data = first_boot_user_data(pod)
+    encoded = base64.b64encode(user_data.encode()).decode()
+    if len(encoded) > _USER_DATA_LIMIT:
+        raise InvalidArgument("the user data is larger than Nova's 64 KiB (base64) limit")
+    return encoded
 
 
 class Pods:
@@ -178,8 +190,7 @@ class Pods:
         ref = image_ref(pod.containers[0].image)
         demand = demand_of(pod)
         disks = pod_disk_handles(pod)
-        if len(pod.user_data.encode()) * 4 // 3 > _USER_DATA_LIMIT:
-            raise InvalidArgument("the user data is larger than Nova's 64 KiB (base64) limit")
+        user_data = server_user_data(pod)  # refused before anything is done
         host = await self._nodes.host_for(pod.node_name)
         async with self.locks.hold(pod.identity):
             servers = await self.lookup(pod.identity)
@@ -200,9 +211,9 @@ class Pods:
                         # No other pod of this provider boots with them meanwhile.
                         async with self._require_disks().holding(disks):
                             await self._require_disks().check_free(disks)
-                            await self._create_server(entry, ref, demand)
+                            await self._create_server(entry, ref, demand, user_data)
                     else:
-                        await self._create_server(entry, ref, demand)
+                        await self._create_server(entry, ref, demand, user_data)
                 except BaseException:
                     if not entry.server_id:
                         self.table.forget(entry)
@@ -224,7 +235,9 @@ class Pods:
         uid = server.metadata.get(naming.META_POD_UID, "")
         return server.status == "ERROR" and server.launched_at is None and uid != pod.ref.uid
 
-    async def _create_server(self, entry: PodEntry, ref: str, demand: Any) -> None:
+    async def _create_server(
+        self, entry: PodEntry, ref: str, demand: Any, user_data: str
+    ) -> None:
         pod = entry.pod
         flavor = await self._catalog.flavor_for(demand)
         image_id = await self._catalog.image_id(ref)
@@ -247,8 +260,8 @@ class Pods:
         else:
             ids = await self._catalog.network_ids(self._settings.network)
             body["networks"] = [{"uuid": i} for i in ids]
-        if pod.user_data:
-            body["user_data"] = base64.b64encode(pod.user_data.encode()).decode()
+        if user_data:
+            body["user_data"] = user_data
         if disks := pod_disk_handles(pod):
             body["block_device_mapping_v2"] = boot_mappings(image_id, disks)
         entry.progress = Progress(

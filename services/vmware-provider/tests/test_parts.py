@@ -1,9 +1,12 @@
-"""The small parts: sizing, names, faults, the cache, statuses, fan-out and locks."""
+"""The small parts: sizing, names, faults, the cache, statuses, fan-out, locks, extraConfig."""
 
 from __future__ import annotations
 
+import base64
+import email
+import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -20,6 +23,7 @@ from vmlet_vmware.nics import nic_changes
 from vmlet_vmware.records import IDENTITY_KEY, POD_KEY, VmRecord
 from vmlet_vmware.sizing import cpu_millis, memory_bytes, template_of, vm_size
 from vmlet_vmware.status import Progress, pod_ips, pod_status
+from vmlet_vmware.vmbuilder import extra_config
 
 MI = 1024 * 1024
 
@@ -335,3 +339,39 @@ def test_nic_changes_put_nic_i_on_network_i() -> None:
     # The provider's default network only moves the first NIC; the others stay.
     changes = nic_changes(conn, [_nic(4000, "network-6"), _nic(4001, "x")], (net,), exact=False)
     assert changes == []
+
+
+def _guest_pod(user_data: str = "", command: tuple[str, ...] = ()) -> pod_pb2.Pod:
+    return pod_pb2.Pod(
+        ref=pod_pb2.PodRef(namespace="ns", name="vm-0", uid="u-1"), identity="id-1",
+        user_data=user_data,
+        containers=[pod_pb2.Container(name="vm", image="vsphere:template/t", command=command)],
+    )  # fmt: skip
+
+
+def test_extra_config_delivers_the_user_data_with_the_first_boot_commands() -> None:
+    def decoded(values: dict[str, str], key: str) -> str:
+        assert values[f"{key}.encoding"] == "base64"
+        return base64.b64decode(values[key]).decode()
+
+    # Nothing to run: the pod's user data as it is; none, no guestinfo at all.
+    plain = extra_config(_guest_pod("#cloud-config\nhostname: a\n"))
+    assert decoded(plain, "guestinfo.userdata") == "#cloud-config\nhostname: a\n"
+    assert not any(k.startswith("guestinfo.") for k in extra_config(_guest_pod()))
+
+    # A command without user data of its own: a first-boot document, and the metadata with it.
+    pod = _guest_pod(command=("touch", "/tmp/booted"))
+    pod.init_containers.add(name="prep", command=["mkdir", "-p", "/srv"],
+                            env=[pod_pb2.EnvVar(name="A", value="1")])  # fmt: skip
+    values = extra_config(pod)
+    document = email.message_from_string(decoded(values, "guestinfo.userdata"))
+    (part,) = cast(list[Any], document.get_payload())
+    assert part.get_content_type() == "text/cloud-config"
+    config = json.loads(part.get_payload().partition("\n")[2])
+    assert config["runcmd"] == [
+        ["sh", "-c", '. "$0" && exec "$@"', "/run/vmlet/first-boot/prep.env",
+         "mkdir", "-p", "/srv"],
+        ["touch", "/tmp/booted"],
+    ]
+    assert config["write_files"][0]["content"] == "export A=1\n"
+    assert decoded(values, "guestinfo.metadata") == "instance-id: id-1\nlocal-hostname: vm-0\n"

@@ -2,9 +2,11 @@
 the pod's host, labelled for the pod, put on its networks and sized as it asks. The caller
 (`pods`) holds the identity's lock.
 
-A clone writes the identity, the pod's labels and cloud-init's guestinfo into extraConfig, so a
-provider restarted mid-create finds the VM; its name is derived from the identity, so a clone
-that hits DuplicateName adopts the earlier clone of the same identity.
+A clone writes the identity, the pod's labels and cloud-init's guestinfo (the pod's user data
+with its init containers' and container's commands as first-boot runcmd, see
+`vmlet_contract.userdata`) into extraConfig, so a provider restarted mid-create finds the VM; its
+name is derived from the identity, so a clone that hits DuplicateName adopts the earlier clone
+of the same identity.
 
 Networks: the pod's networks (in order) put NIC i on port group i; without any the clone keeps
 the template's NICs, the first moved to --network when that is set (see `nics`).
@@ -21,6 +23,7 @@ from pyVmomi import vim
 
 from vmlet.provider.v1 import pod_pb2
 from vmlet_contract import AlreadyExists, FailedPrecondition, NotFound, Unavailable
+from vmlet_contract.userdata import first_boot_user_data
 
 from .cache import Cache
 from .inventory import NetworkRef
@@ -63,17 +66,19 @@ def pod_labels(pod: pod_pb2.Pod) -> dict[str, str]:
 
 def extra_config(pod: pod_pb2.Pod) -> dict[str, str]:
     """The extraConfig a clone for `pod` gets: its identity, namespace, keep-on-delete, pod
-    labels, and cloud-init's user data and metadata as guestinfo."""
+    labels, and cloud-init's user data (the pod's, with its first-boot commands) and metadata
+    as guestinfo."""
+    user_data = first_boot_user_data(pod)
     values = {
         IDENTITY_KEY: pod.identity,
         NAMESPACE_KEY: pod.ref.namespace,
         KEEP_KEY: "true" if pod.keep_on_delete else "",
         **pod_labels(pod),
     }
-    if pod.user_data:
-        values["guestinfo.userdata"] = _b64(pod.user_data)
+    if user_data:
+        values["guestinfo.userdata"] = _b64(user_data)
         values["guestinfo.userdata.encoding"] = "base64"
-    if pod.user_data or pod.meta_data:
+    if user_data or pod.meta_data:
         meta = pod.meta_data or f"instance-id: {pod.identity}\nlocal-hostname: {pod.ref.name}\n"
         values["guestinfo.metadata"] = _b64(meta)
         values["guestinfo.metadata.encoding"] = "base64"
