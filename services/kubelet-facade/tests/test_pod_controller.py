@@ -405,3 +405,34 @@ async def test_a_fault_of_vmlet_is_no_invalid_pod_spec_and_is_retried(
     await until(lambda: status_writes(kube))
     assert len(provider.called("create_pod")) == 2
     assert kube.get_obj(POD_PATH)["status"]["phase"] == "Running"  # type: ignore[index]
+
+
+async def test_the_fields_vmlet_does_not_honour_are_named_once_when_the_pod_is_accepted(
+        kube: FakeKube, provider: FakeProvider, start: Start) -> None:
+    """Issue 18: probes, hooks and the like were ignored without a word. One Warning Event names
+    them when the pod is accepted, not again at each retried create."""
+    pod = bare_pod()
+    pod["spec"]["containers"][0]["readinessProbe"] = {"tcpSocket": {"port": 22}}
+    pod["spec"]["hostNetwork"] = True
+    provider.fail("create_pod", Unavailable("the IaaS is down"))
+    kube.seed(POD_PATH, pod)
+    controller = await start()
+    await until(lambda: status_writes(kube))
+    fire_retries(controller._sync)
+    await until(lambda: len(provider.called("create_pod")) == 2)
+    await settle()
+    told = [c.body for c in kube.writes("POST", "/events")
+            if c.body["reason"] == "FieldsNotHonoured"]
+    assert [e["type"] for e in told] == ["Warning"]
+    assert "spec.containers[vm].readinessProbe" in told[0]["message"]
+    assert "spec.hostNetwork" in told[0]["message"]
+
+
+async def test_a_pod_vmlet_honours_whole_gets_no_warning(
+        kube: FakeKube, provider: FakeProvider, start: Start) -> None:
+    seeded_vm_pod(kube)
+    kube.seed(POD_PATH, bare_pod())
+    await start()
+    await until(lambda: len(provider.called("create_pod")) == 2)
+    await settle()
+    assert "FieldsNotHonoured" not in kube.event_reasons()

@@ -34,6 +34,7 @@ from vmlet_facade.outage import Outage, during
 from vmlet_facade.ownership import Ownership, derive, keeps_vm
 from vmlet_facade.ownstatus import rejected, waiting
 from vmlet_facade.podconvert import spec_fingerprint, status_to_k8s, to_provider_pod
+from vmlet_facade.podfields import FIELDS_NOT_HONOURED, unhonoured, warning_message
 from vmlet_facade.podstate import PodState
 from vmlet_facade.provider import PodHost
 from vmlet_facade.quantity import InvalidQuantity
@@ -314,13 +315,18 @@ class PodController(Generic[P]):
             state.created, state.operation, state.fingerprint = True, True, None
             self._set_status(uid, status)
             return
+        state = self._state(uid)
+        if not state.told_unhonoured:
+            state.told_unhonoured = True
+            if fields := unhonoured(pod):
+                await self._events.emit(pod, FIELDS_NOT_HONOURED, warning_message(fields),
+                                        warning=True)
         pod = self._with_host_ip(pod, route)
         ownership = await self._ownership(uid, pod)
         resolved = await self._resolver.resolve(pod)
         for reason, message in resolved.warnings:
             await self._events.emit(pod, reason, message, warning=True)
         request = to_provider_pod(pod, resolved, ownership)
-        state = self._state(uid)
         before = state.latest  # a failure's status, or nothing yet
         try:
             with metrics.provider_call("CreatePod"):

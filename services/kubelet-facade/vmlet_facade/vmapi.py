@@ -160,7 +160,6 @@ def vm_pod(vm: VirtualMachine) -> Pod:
             "tolerations": provider_tolerations(spec["provider"]),
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
-            "terminationGracePeriodSeconds": 60,
             "volumes": [{"name": d["name"], "persistentVolumeClaim": {
                 "claimName": d["claimName"], "readOnly": bool(d.get("readOnly", False))}}
                 for d in spec.get("disks") or []],
