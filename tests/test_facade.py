@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from vmlet.provider.v1 import kubelet_endpoint_service_pb2 as endpoints
+from vmlet.provider.v1 import kubelet_endpoint_service_pb2_grpc as endpoints_grpc
 from vmlet.provider.v1 import pod_lifecycle_service_pb2 as lifecycle
 from vmlet.provider.v1 import pod_lifecycle_service_pb2_grpc as lifecycle_grpc
 from vmlet_localenv.controlplane import ControlPlane
@@ -151,6 +153,36 @@ def test_env_references_are_resolved(stack: Stack, control_plane: ControlPlane, 
            .containers[0].env}
     assert env == {"PLAIN": "x", "COLOR": "blue", "TOKEN": "s3cr3t", "ME": "env",
                    "HOST": "127.0.0.1", "CPU": "2", "MEM": "1024", "BOTH": "blue-x"}
+
+
+def test_unhonoured_fields_are_named_and_first_boot_commands_reach_the_vm(
+        stack: Stack, control_plane: ControlPlane, ns: str) -> None:
+    """Issue 18: a pod's liveness probe, hooks and scratch volumes were ignored without a word,
+    and its command and init containers never reached the VM. Now one Warning Event names what
+    vmlet does not honour, and the VM's first boot runs (memory: logs) the commands in order."""
+    manifest = stack.vm_pod("booted", "mem-a", extra={
+        "initContainers": [{"name": "prep", "image": "debian-12",
+                            "command": ["mkdir", "-p", "/srv/app"]}],
+        "volumes": [{"name": "scratch", "emptyDir": {}}]})
+    container = manifest["spec"]["containers"][0]
+    container.update({"command": ["/usr/bin/serve"], "args": ["--port", "8080"],
+                      "livenessProbe": {"tcpSocket": {"port": 8080}},
+                      "lifecycle": {"preStop": {"exec": {"command": ["halt"]}}}})
+    apply(control_plane, ns, manifest)
+    eventually(lambda: running_ready(stack, ns, "booted"), what="pod Running")
+    told = eventually(lambda: [e for e in events(stack, ns, "booted")
+                               if e["reason"] == "FieldsNotHonoured"], what="Warning Event")
+    assert len(told) == 1 and told[0]["type"] == "Warning"
+    for field in ("spec.containers[vm].lifecycle", "spec.containers[vm].livenessProbe",
+                  "spec.volumes[scratch].emptyDir"):
+        assert field in told[0]["message"]
+    assert "command" not in told[0]["message"] and "initContainers" not in told[0]["message"]
+    with stack.channel("mem-a") as channel:
+        lines = [r.line.decode() for r in endpoints_grpc.KubeletEndpointServiceStub(channel)
+                 .GetContainerLogs(endpoints.GetContainerLogsRequest(
+                     namespace=ns, pod_name="booted", container_name="vm"), timeout=10)]
+    assert [line for line in lines if "first-boot:" in line] == [
+        "first-boot: prep: mkdir -p /srv/app", "first-boot: vm: /usr/bin/serve --port 8080"]
 
 
 def test_optional_missing_references_warn_and_run(stack: Stack, control_plane: ControlPlane,

@@ -36,6 +36,7 @@ import pytest
 from vmlet_localenv.controlplane import ControlPlane
 from vmlet_localenv.netns import Netns, NetnsUnavailable
 from vmlet_localenv.netns import namespaces as network_namespaces
+from vmlet_localenv.processes import stop_process
 from vmlet_localenv.stack import (
     KUBELET_PORT,
     Stack,
@@ -132,24 +133,10 @@ def sshd(namespaces: tuple[Netns, ...],
         yield GuestSshd(guest.ip, 22, process, d / "user_key",
                         f"{guest.ip} {host_type} {host_b64}", log)
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 # -- vcsim, the control plane, the provider and the facade ----------------------------------
-
-
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VcSim]:
-    s = VcSim(hosts=1, state_dir=tmp_path_factory.mktemp("guest-vcsim")).start()
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")

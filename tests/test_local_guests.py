@@ -46,15 +46,6 @@ def kubelet_host() -> Iterator[Netns]:
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VcSim]:
-    s = VcSim(hosts=1, state_dir=tmp_path_factory.mktemp("lguest-vcsim")).start()
-    try:
-        yield s
-    finally:
-        s.stop()
-
-
-@pytest.fixture(scope="module")
 def stack(control_plane: ControlPlane, sim: VcSim, kubelet_host: Netns,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s = Stack(control_plane, tmp_path_factory.mktemp("lguest-stack"), {PROVIDER: []},
@@ -68,16 +59,6 @@ def stack(control_plane: ControlPlane, sim: VcSim, kubelet_host: Netns,
     finally:
         s.stop()
         s.print_logs()
-
-
-@pytest.fixture(scope="module")
-def guests(sim: VcSim, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuestStandIn]:
-    stand_in = GuestStandIn(sim, tmp_path_factory.mktemp("lguest-guests") / "guests",
-                            interval=1.0).start()
-    try:
-        yield stand_in
-    finally:
-        stand_in.stop()
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from vmlet_localenv.private import open_private_log
 
-__all__ = ["Process", "free_port", "wait_for"]
+__all__ = ["Process", "free_port", "stop_process", "wait_for"]
 
 # setpriv (util-linux) sets the parent-death signal and execs: no preexec_fn, so subprocess
 # need not fork() a process that may hold gRPC channels (whose fork handlers can abort a child).
@@ -37,6 +37,16 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def stop_process(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM ``process`` and wait ``grace`` seconds for it, then SIGKILL it."""
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def wait_for(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
@@ -409,10 +410,10 @@ async def test_a_fault_of_vmlet_is_no_invalid_pod_spec_and_is_retried(
 
 async def test_the_fields_vmlet_does_not_honour_are_named_once_when_the_pod_is_accepted(
         kube: FakeKube, provider: FakeProvider, start: Start) -> None:
-    """Issue 18: probes, hooks and the like were ignored without a word. One Warning Event names
-    them when the pod is accepted, not again at each retried create."""
+    """Issue 18: liveness probes, hooks and the like were ignored without a word. One Warning
+    Event names them when the pod is accepted, not again at each retried create."""
     pod = bare_pod()
-    pod["spec"]["containers"][0]["readinessProbe"] = {"tcpSocket": {"port": 22}}
+    pod["spec"]["containers"][0]["livenessProbe"] = {"tcpSocket": {"port": 22}}
     pod["spec"]["hostNetwork"] = True
     provider.fail("create_pod", Unavailable("the IaaS is down"))
     kube.seed(POD_PATH, pod)
@@ -424,7 +425,7 @@ async def test_the_fields_vmlet_does_not_honour_are_named_once_when_the_pod_is_a
     told = [c.body for c in kube.writes("POST", "/events")
             if c.body["reason"] == "FieldsNotHonoured"]
     assert [e["type"] for e in told] == ["Warning"]
-    assert "spec.containers[vm].readinessProbe" in told[0]["message"]
+    assert "spec.containers[vm].livenessProbe" in told[0]["message"]
     assert "spec.hostNetwork" in told[0]["message"]
 
 
@@ -436,3 +437,49 @@ async def test_a_pod_vmlet_honours_whole_gets_no_warning(
     await until(lambda: len(provider.called("create_pod")) == 2)
     await settle()
     assert "FieldsNotHonoured" not in kube.event_reasons()
+
+
+async def test_ready_follows_the_readiness_probe_run_in_the_guest(
+        kube: FakeKube, provider: FakeProvider, background: Background,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 18: a pod with a readiness probe was Ready the moment its VM ran. Ready now waits
+    for the probe (run in the guest through the provider's exec) and follows it."""
+    from vmlet_facade import probes
+    sleep = asyncio.sleep
+    monkeypatch.setattr(probes, "_sleep", lambda seconds: sleep(seconds / 100))
+    answer = {"code": 1}
+    ran: list[tuple[str, list[str]]] = []
+
+    async def guest_exec(host: FakeProvider, pod: Obj, container: str,
+                         command: list[str]) -> tuple[int, str]:
+        assert host is provider
+        ran.append((container, command))
+        return answer["code"], "not yet"
+
+    pod = bare_pod()
+    pod["spec"]["containers"][0]["readinessProbe"] = {"exec": {"command": ["ready"]},
+                                                      "periodSeconds": 1}
+    kube.seed(POD_PATH, pod)
+    controller: PodController[FakeProvider] = PodController(
+        kube.client, Resolver(kube.client), EventRecorder(kube.client), guest_exec=guest_exec)
+    background.at_end(controller.stop)
+    controller.add_node(NODE, Route(provider, lambda: "192.0.2.1"))
+
+    def ready() -> str:
+        status = kube.get_obj(POD_PATH).get("status", {})  # type: ignore[union-attr]
+        return {c["type"]: c for c in status.get("conditions") or []}.get(
+            "Ready", {}).get("status", "")
+
+    await until(lambda: status_writes(kube))
+    status = kube.get_obj(POD_PATH)["status"]  # type: ignore[index]
+    assert status["phase"] == "Running" and ready() == "False"
+    condition = {c["type"]: c for c in status["conditions"]}["Ready"]
+    assert (condition["reason"], condition["message"]) == (
+        "ContainersNotReady", "containers with unready status: [vm]")
+    assert not status["containerStatuses"][0]["ready"]
+    await until(lambda: "Unhealthy" in kube.event_reasons(), rounds=200_000)
+    answer["code"] = 0
+    await until(lambda: ready() == "True", rounds=200_000)
+    assert ran[0] == ("vm", ["ready"])
+    answer["code"] = 1
+    await until(lambda: ready() == "False", rounds=200_000)

@@ -140,10 +140,22 @@ def test_each_ignored_pod_field_is_named(spec: dict[str, Any], named: str) -> No
     assert unhonoured(_with(**spec)) == [named]
 
 
+def test_readiness_and_startup_probes_are_honoured() -> None:
+    probe = {"initialDelaySeconds": 5, "periodSeconds": 2, "timeoutSeconds": 1,
+             "successThreshold": 1, "failureThreshold": 3}
+    pod = _with_container(
+        readinessProbe={"httpGet": {"port": "http", "path": "/ok", "scheme": "HTTPS",
+                                    "httpHeaders": [{"name": "X", "value": "y"}]}, **probe},
+        startupProbe={"tcpSocket": {"port": 22}, **probe})
+    assert unhonoured(pod) == []
+    assert unhonoured(_with_container(readinessProbe={"exec": {"command": ["true"]}})) == []
+
+
 @pytest.mark.parametrize(("fields", "named"), [
     ({"livenessProbe": {"tcpSocket": {"port": 22}}}, "livenessProbe"),
-    ({"readinessProbe": {"exec": {"command": ["true"]}}}, "readinessProbe"),
-    ({"startupProbe": {"httpGet": {"port": 80}}}, "startupProbe"),
+    # Readiness and startup probes are run, but not over gRPC nor at another host.
+    ({"readinessProbe": {"grpc": {"port": 9000}}}, "readinessProbe.grpc"),
+    ({"startupProbe": {"httpGet": {"port": 80, "host": "10.0.0.1"}}}, "startupProbe.httpGet.host"),
     ({"lifecycle": {"preStop": {"exec": {"command": ["halt"]}}}}, "lifecycle"),
     ({"securityContext": {"privileged": True}}, "securityContext"),
     ({"workingDir": "/srv"}, "workingDir"),

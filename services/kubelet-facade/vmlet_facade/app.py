@@ -26,6 +26,7 @@ from vmlet_facade.kubeletapi import (
     advertise,
     cluster_addresses,
 )
+from vmlet_facade.kubeletapi.guestexec import run_in_guest
 from vmlet_facade.leasing import LeaseKeeper
 from vmlet_facade.nodes import NodeController, NodeSettings
 from vmlet_facade.pods import PodController, Route
@@ -104,7 +105,8 @@ async def run(config: FacadeConfig, stop: asyncio.Event) -> None:
     pool = _address_pool(config.kubelet, client, events)
     pods: PodController[Provider] = PodController(
         client, Resolver(client), events, concurrency=config.pod_workers,
-        status_concurrency=config.status_workers)
+        status_concurrency=config.status_workers,
+        guest_exec=functools.partial(run_in_guest, client))
     controllers = [NodeController(advertise(p, node_ip, pool), client, config.node_settings,
                                   events,
                                   on_outage=functools.partial(pods.set_outage, p.name))

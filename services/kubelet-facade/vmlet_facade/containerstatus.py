@@ -125,9 +125,10 @@ def _last_state(old: Obj | None, restarts: int) -> Obj:
 
 
 def container_statuses(status: pb.PodStatus, spec_containers: list[Obj], phase: str,
-                       old: list[Obj]) -> list[Obj]:
+                       old: list[Obj], not_started: frozenset[str] = frozenset()) -> list[Obj]:
     """The containerStatuses of a pod whose spec has ``spec_containers``, from ``status`` (the
-    provider's, or the facade's own); ``old`` are the statuses the pod has now."""
+    provider's, or the facade's own); ``old`` are the statuses the pod has now, and the
+    containers in ``not_started`` have a startup probe that has not succeeded yet."""
     named = {cs.name: cs for cs in status.container_statuses if cs.name}
     shared = next((cs for cs in status.container_statuses if not cs.name), None)
     before = {c.get("name"): c for c in old}
@@ -148,7 +149,8 @@ def container_statuses(status: pb.PodStatus, spec_containers: list[Obj], phase: 
             "image": (cs.image if cs is not None and cs.image else container.get("image", "")),
             "imageID": cs.image_id if cs is not None else "",
             "containerID": cs.container_id if cs is not None else "",
-            "ready": ready, "started": running, "restartCount": restarts,
+            "ready": ready, "started": running and name not in not_started,
+            "restartCount": restarts,
             "state": state, "lastState": _last_state(prev, restarts),
             # What the VM has: reported as a resize-capable kubelet does, which is what lets
             # the apiserver accept in-place resizes (pods/resize) of VM pods.

@@ -20,9 +20,11 @@ from vmlet_facade.references import Resolved
 
 __all__ = [
     "PROGRESS_CONDITION",
+    "same_intent",
     "spec_fingerprint",
     "status_to_k8s",
     "to_provider_pod",
+    "with_host_ip",
 ]
 
 #: The pod condition that carries a provider's `Progress` to the VirtualMachine controller
@@ -216,7 +218,22 @@ def _pod_conditions(status: pb.PodStatus, phase: str, containers: list[Obj],
     return out
 
 
-def status_to_k8s(status: pb.PodStatus, pod: Obj, host_ip: str) -> Obj:
+def same_intent(old: Obj, new: Obj) -> bool:
+    """Whether ``new`` asks the provider for nothing ``old`` did not (its status aside)."""
+    return (spec_fingerprint(old) == spec_fingerprint(new)
+            and old["metadata"].get("deletionTimestamp") == new["metadata"].get("deletionTimestamp")
+            and old.get("spec", {}).get("nodeName") == new.get("spec", {}).get("nodeName"))
+
+
+def with_host_ip(pod: Obj, host: str) -> Obj:
+    """``pod`` with ``host`` as its hostIP when it has none yet (what a provider reads)."""
+    if not host or pod.get("status", {}).get("hostIP"):
+        return pod
+    return {**pod, "status": {**pod.get("status", {}), "hostIP": host}}
+
+
+def status_to_k8s(status: pb.PodStatus, pod: Obj, host_ip: str,
+                  not_started: frozenset[str] = frozenset()) -> Obj:
     """A pod status for the apiserver: the provider's view, completed as a kubelet would.
 
     The pod conditions are built here alone (`_pod_conditions`), and a condition keeps its
@@ -226,7 +243,7 @@ def status_to_k8s(status: pb.PodStatus, pod: Obj, host_ip: str) -> Obj:
     old_conds = {c["type"]: c for c in old.get("conditions") or []}
     phase = _PHASES.get(status.phase, "Pending")
     containers = container_statuses(status, pod.get("spec", {}).get("containers", []), phase,
-                                    old.get("containerStatuses") or [])
+                                    old.get("containerStatuses") or [], not_started)
     conditions = _pod_conditions(status, phase, containers, old_conds)
     progress = _progress_condition(status, old_conds.get(PROGRESS_CONDITION))
     if progress is not None:

@@ -138,8 +138,20 @@ def _init_image(value: Any, path: str, ctx: _Context, out: list[str]) -> None:
         out.append(path)
 
 
+# Run by the facade (vmlet_facade.probes) against the pod's own IP: a `host` is named.
+_PORT: Final[Mapping[str, Rule]] = {"port": _OK}
+_PROBE: Final[Mapping[str, Rule]] = {
+    "tcpSocket": _PORT,
+    "httpGet": {**_PORT, "path": _OK, "scheme": _OK,
+                "httpHeaders": _Each({"name": _OK, "value": _OK})},
+    "exec": {"command": _OK},
+    **dict.fromkeys(("initialDelaySeconds", "periodSeconds", "timeoutSeconds",
+                     "successThreshold", "failureThreshold"), _OK),
+}
 _CONTAINER: Final[Mapping[str, Rule]] = {
     **_COMMON,
+    "readinessProbe": _PROBE,
+    "startupProbe": _PROBE,
     "image": _OK,
     "resources": {"requests": _SIZE, "limits": _SIZE},
     "resizePolicy": _Each({"resourceName": _OK, "restartPolicy": _Default(("NotRequired",))},

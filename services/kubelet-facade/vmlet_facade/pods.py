@@ -16,8 +16,9 @@ from ``ownership`` only, decided once per pod (at its create) and kept for its d
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Generic, TypeVar, cast
 
@@ -33,9 +34,16 @@ from vmlet_facade.operationpods import operation_of, refused, run_operation
 from vmlet_facade.outage import Outage, during
 from vmlet_facade.ownership import Ownership, derive, keeps_vm
 from vmlet_facade.ownstatus import rejected, waiting
-from vmlet_facade.podconvert import spec_fingerprint, status_to_k8s, to_provider_pod
+from vmlet_facade.podconvert import (
+    same_intent,
+    spec_fingerprint,
+    status_to_k8s,
+    to_provider_pod,
+    with_host_ip,
+)
 from vmlet_facade.podfields import FIELDS_NOT_HONOURED, unhonoured, warning_message
 from vmlet_facade.podstate import PodState
+from vmlet_facade.probes import ProbeManager
 from vmlet_facade.provider import PodHost
 from vmlet_facade.quantity import InvalidQuantity
 from vmlet_facade.queueing import Backoff, SerialWorkers
@@ -50,6 +58,10 @@ P = TypeVar("P", bound=PodHost)
 PERMANENT_PENALTY = 3  # back-off doublings added for an error the provider calls permanent
 
 
+#: Runs a command in a pod's guest through its provider: (exit code, output or why not).
+GuestExec = Callable[[P, Obj, str, list[str]], Awaitable[tuple[int, str]]]
+
+
 @dataclass(frozen=True)
 class Route(Generic[P]):
     """Which provider backs a node, and the node's address (the pods' hostIP)."""
@@ -62,20 +74,14 @@ def _key(pod: Obj) -> tuple[str, str]:
     return pod["metadata"]["namespace"], pod["metadata"]["name"]
 
 
-def _same_intent(old: Obj, new: Obj) -> bool:
-    """Whether ``new`` asks the provider for nothing ``old`` did not (its status aside)."""
-    return (spec_fingerprint(old) == spec_fingerprint(new)
-            and old["metadata"].get("deletionTimestamp") == new["metadata"].get("deletionTimestamp")
-            and old.get("spec", {}).get("nodeName") == new.get("spec", {}).get("nodeName"))
-
-
 class PodController(Generic[P]):
     """Carries pods on vmlet nodes to providers and their status back.
 
     Implements kubeletapi's ``PodDirectory``: the kubelet API reads pods through it."""
 
     def __init__(self, client: KubeClient, resolver: Resolver, events: EventRecorder, *,
-                 concurrency: int = 64, status_concurrency: int = 32) -> None:
+                 concurrency: int = 64, status_concurrency: int = 32,
+                 guest_exec: GuestExec[P] | None = None) -> None:
         self._client = client
         self._resolver = resolver
         self._events = events
@@ -93,6 +99,9 @@ class PodController(Generic[P]):
         self._tasks: list[asyncio.Task[None]] = []
         self._providers: set[str] = set()
         self._outages: dict[str, Outage] = {}  # provider name -> the outage its pods show
+        self._guest_exec = guest_exec
+        self.probes = ProbeManager(self._status.submit, functools.partial(events.emit,
+                                   warning=True), self._probe_exec if guest_exec else None)
 
     # -- wiring ------------------------------------------------------------------------------
 
@@ -134,6 +143,7 @@ class PodController(Generic[P]):
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.probes.stop()
         await self._sync.stop()
         await self._status.stop()
 
@@ -207,7 +217,7 @@ class PodController(Generic[P]):
                 self._by_name[_key(pod)] = uid
                 # Only its status moved (the facade's own write of a failure): a back-off
                 # stands, or a failing create would be retried at every write.
-                self._sync.submit(uid, wake=old is None or not _same_intent(old, pod))
+                self._sync.submit(uid, wake=old is None or not same_intent(old, pod))
                 continue
             self._sync.submit(uid)
 
@@ -321,7 +331,7 @@ class PodController(Generic[P]):
             if fields := unhonoured(pod):
                 await self._events.emit(pod, FIELDS_NOT_HONOURED, warning_message(fields),
                                         warning=True)
-        pod = self._with_host_ip(pod, route)
+        pod = with_host_ip(pod, route.host_ip())
         ownership = await self._ownership(uid, pod)
         resolved = await self._resolver.resolve(pod)
         for reason, message in resolved.warnings:
@@ -352,7 +362,7 @@ class PodController(Generic[P]):
         self._set_status(uid, rejected(reason, message))
 
     async def _update(self, uid: str, pod: Obj, route: Route[P]) -> None:
-        pod = self._with_host_ip(pod, route)
+        pod = with_host_ip(pod, route.host_ip())
         resolved = await self._resolver.resolve(pod)
         try:
             with metrics.provider_call("UpdatePod"):
@@ -390,6 +400,7 @@ class PodController(Generic[P]):
 
     async def _forget(self, uid: str) -> None:
         """The pod is gone from Kubernetes (force-deleted or deletion finished)."""
+        self.probes.forget(uid)
         state = self._state(uid)
         pod, state.gone = state.gone, None
         if state.created and not state.operation and pod is not None:
@@ -412,13 +423,6 @@ class PodController(Generic[P]):
         state.forget_provider_side()
         state.latest = state.written = state.adopted = state.owner = None
         self._prune(uid)
-
-    @staticmethod
-    def _with_host_ip(pod: Obj, route: Route[P]) -> Obj:
-        host = route.host_ip()
-        if not host or pod.get("status", {}).get("hostIP"):
-            return pod
-        return {**pod, "status": {**pod.get("status", {}), "hostIP": host}}
 
     # -- provider side -----------------------------------------------------------------------
 
@@ -453,8 +457,16 @@ class PodController(Generic[P]):
                 self._status.submit(uid)
 
     def _set_status(self, uid: str, status: pb.PodStatus) -> None:
-        self._state(uid).latest = status
+        state = self._state(uid)
+        state.latest = status
+        self.probes.sees(uid, state.pod, status)
         self._status.submit(uid)
+
+    async def _probe_exec(self, pod: Obj, container: str, command: list[str]) -> tuple[int, str]:
+        route = self.routes.get(pod["spec"].get("nodeName", ""))
+        if route is None or self._guest_exec is None:
+            return 1, "the pod's node is not served here"
+        return await self._guest_exec(route.provider, pod, container, command)
 
     async def _write_status(self, uid: str) -> None:
         state = self._states.get(uid)
@@ -467,10 +479,12 @@ class PodController(Generic[P]):
         outage = self._outages.get(route.provider.name) if route else None
         if outage is not None:
             status = during(status, outage)
-        raw = status.SerializeToString(deterministic=True)
+        status, not_started = self.probes.gate(uid, status)
+        raw = status.SerializeToString(deterministic=True) + ",".join(sorted(not_started)).encode()
         if state.written == raw:
             return
-        body = {"status": status_to_k8s(status, pod, route.host_ip() if route else "")}
+        body = {"status": status_to_k8s(status, pod, route.host_ip() if route else "",
+                                        not_started)}
         ns, name = _key(pod)
         try:
             with metrics.status_write():
