@@ -47,6 +47,9 @@ class ControlPlane:
 
     state_dir: Path | None = None
     processes: list[Process] = field(default_factory=list)
+    #: More flags for kube-apiserver and kube-controller-manager (a test's shorter timings).
+    apiserver_args: tuple[str, ...] = ()
+    controller_manager_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self._own_dir = self.state_dir is None
@@ -140,7 +143,7 @@ class ControlPlane:
             # compacting etcd (compact_etcd) and watching from an old resourceVersion.
             "--watch-cache-sizes=configmaps#0",
             "--max-requests-inflight=1000", "--max-mutating-requests-inflight=500",
-            "--v=1",
+            "--v=1", *self.apiserver_args,
         ])
         wait_for(lambda: self.get("/readyz") == "ok", timeout=timeout, what="kube-apiserver",
                  alive=self._alive)
@@ -167,7 +170,7 @@ class ControlPlane:
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--use-service-account-credentials=true",
             "--controllers=*,bootstrapsigner,tokencleaner",
-            "--leader-elect=false", "--v=1",
+            "--leader-elect=false", "--v=1", *self.controller_manager_args,
         ])
 
     def _start_scheduler(self) -> None:

@@ -32,6 +32,7 @@ from vmlet_facade.kube import SYNCED, ApiError, KubeClient, list_and_watch
 from vmlet_facade.kube.objects import Obj, Pod, VirtualMachine
 from vmlet_facade.operationpods import operation_of, refused, run_operation
 from vmlet_facade.outage import Outage, during
+from vmlet_facade.outagetolerance import tolerate_outages
 from vmlet_facade.ownership import Ownership, derive, keeps_vm
 from vmlet_facade.ownstatus import rejected, waiting
 from vmlet_facade.podconvert import (
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 
 P = TypeVar("P", bound=PodHost)
 PERMANENT_PENALTY = 3  # back-off doublings added for an error the provider calls permanent
+_ENDED = ("Succeeded", "Failed")
 
 
 #: Runs a command in a pod's guest through its provider: (exit code, output or why not).
@@ -169,14 +171,10 @@ class PodController(Generic[P]):
     # -- state -------------------------------------------------------------------------------
 
     def _state(self, uid: str) -> PodState:
-        state = self._states.get(uid)
-        if state is None:
-            state = self._states[uid] = PodState()
-        return state
+        return self._states.setdefault(uid, PodState())
 
     def _pod(self, uid: str) -> Obj | None:
-        state = self._states.get(uid)
-        return state.pod if state is not None else None
+        return state.pod if (state := self._states.get(uid)) is not None else None
 
     def _prune(self, uid: str) -> None:
         state = self._states.get(uid)
@@ -263,14 +261,17 @@ class PodController(Generic[P]):
                 await self._delete(uid, pod, route)
             else:
                 state = self._state(uid)
+                ended = state.rejected or pod.get("status", {}).get("phase") in _ENDED
+                if not state.created and ended:
+                    return
+                await tolerate_outages(self._client, pod)  # before any VM: see the module
                 if not state.created:
-                    if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
-                        return
                     await self._create(uid, pod, route)
                 elif state.operation:
                     pass
-                elif state.fingerprint is None:
+                elif state.fingerprint is None:  # adopted at start: write what it has now
                     state.fingerprint = spec_fingerprint(pod)
+                    self._status.submit(uid)
                 elif state.fingerprint != spec_fingerprint(pod):
                     await self._update(uid, pod, route)
         except MissingReference as err:
@@ -358,6 +359,7 @@ class PodController(Generic[P]):
     async def _reject(self, uid: str, pod: Obj, reason: str, message: str) -> None:
         """Fail ``pod`` for good: a Warning Event and phase Failed; never created here."""
         log.info("pod %s/%s rejected: %s", *_key(pod), message)
+        self._state(uid).rejected = True  # until its Failed status is back: never created
         await self._events.emit(pod, reason, f"Pod was rejected: {message}", warning=True)
         self._set_status(uid, rejected(reason, message))
 

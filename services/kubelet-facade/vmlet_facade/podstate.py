@@ -24,6 +24,7 @@ class PodState:
     owner: Ownership | None = None  # decided once per pod, at its create (or first need)
     latest: pb.PodStatus | None = None  # the status last heard, to write
     written: bytes | None = None  # the status last written (serialized)
+    rejected: bool = False  # failed for good here (INVALID_ARGUMENT): never created
     told_unhonoured: bool = False  # the fields vmlet does not honour were named in an Event
 
     def forget_provider_side(self) -> None:
