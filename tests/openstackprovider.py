@@ -21,8 +21,6 @@ from typing import Any, TypeVar
 
 import grpc
 import openstack
-import openstack.config
-import openstack.connection
 import openstack.exceptions
 import pytest
 
@@ -31,6 +29,7 @@ from tests.providerprocess import Provider
 from tests.providers import openstack_facts
 from vmlet.provider.v1 import pod_pb2
 from vmlet_conformance import PodFailed, ready
+from vmlet_localenv.openstack.client import sdk_connection
 from vmlet_localenv.processes import wait_for
 
 __all__ = ["MV", "NAMESPACE", "OP_TIMEOUT", "Cloudside", "Provider", "Recorder", "admin",
@@ -67,9 +66,7 @@ class Cloudside:
         return self._connect("vmlet")
 
     def _connect(self, name: str) -> Any:
-        config = openstack.config.OpenStackConfig(config_files=[str(self.clouds_yaml)])
-        region = config.get_one(cloud=name, api_timeout=60)
-        return openstack.connection.Connection(config=region)
+        return sdk_connection(self.clouds_yaml, name)
 
     def node(self, host: str) -> str:
         return f"openstack-{host}"

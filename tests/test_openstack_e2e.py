@@ -29,14 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import openstack
-import openstack.config
-import openstack.connection
 import openstack.exceptions
 import pytest
 
 from tests.openstackprovider import upload_snapshot
 from tests.providers import openstack_facts
 from vmlet_localenv.controlplane import ControlPlane
+from vmlet_localenv.openstack.client import sdk_connection
 from vmlet_localenv.processes import wait_for
 from vmlet_localenv.services import (
     FacadeProcess,
@@ -67,9 +66,7 @@ class Cloud:
     frozen: bool = False
 
     def admin(self) -> Any:
-        config = openstack.config.OpenStackConfig(config_files=[str(self.clouds_yaml)])
-        region = config.get_one(cloud="vmlet-admin", api_timeout=60)
-        return openstack.connection.Connection(config=region)
+        return sdk_connection(self.clouds_yaml, "vmlet-admin")
 
     def freeze_nova_api(self) -> None:
         os.killpg(self.nova_api_pid, signal.SIGSTOP)

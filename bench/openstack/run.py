@@ -42,12 +42,11 @@ from pathlib import Path
 from typing import Any
 
 import openstack
-import openstack.config
-import openstack.connection
 import openstack.exceptions
 
 from vmlet_localenv.controlplane import ControlPlane
 from vmlet_localenv.openstack import OpenStackEnv
+from vmlet_localenv.openstack.client import sdk_connection
 from vmlet_localenv.services import FacadeProcess, ProviderProcess, apply_crds, facade_kubeconfig
 from vmlet_localenv.stack import eventually
 
@@ -85,8 +84,7 @@ class Facts:
     image: str
 
     def connect(self, cloud: str) -> Any:
-        config = openstack.config.OpenStackConfig(config_files=[str(self.clouds_yaml)])
-        return openstack.connection.Connection(config=config.get_one(cloud=cloud, api_timeout=60))
+        return sdk_connection(self.clouds_yaml, cloud)
 
 
 @dataclass

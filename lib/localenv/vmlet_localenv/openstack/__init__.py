@@ -11,6 +11,7 @@ Modules:
   _config          the layout: ports, passwords, URLs and every service's config file
   _process         processes (spawned, logged, waited for, ended), free ports, waits
   _rest            a small Keystone-authenticated REST session
+  client           openstacksdk connections to the env's clouds (tests, benchmarks)
   _mariadb, _rabbit, _databases   the database server, the broker, the migrated-schema template
   _bootstrap       users, catalog, project, flavors and image (run in the OpenStack venv)
   _networking, _macvtap_agent     Neutron networks whose ports bind, the agents' config

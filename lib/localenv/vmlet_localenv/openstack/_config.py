@@ -346,6 +346,9 @@ class Layout:
             f"threads = {threads}\n"
             "timeout = 300\n"
             "graceful_timeout = 5\n"
+            # gunicorn closes an idle keep-alive connection after 2 s by default, which a
+            # client's next request on it can meet half-way (reset by peer); keep them longer.
+            "keepalive = 120\n"
             f"errorlog = {str(self.logs / (name + '-gunicorn.log'))!r}\n"
             f"accesslog = {str(self.logs / (name + '-access.log'))!r}\n"
             f"proc_name = 'vmlet-{name}'\n"
