@@ -79,6 +79,9 @@ class FakeBackend:
     async def delete_pod(self, pod: pod_pb2.Pod) -> None:
         self.pods.pop((pod.ref.namespace, pod.ref.name), None)
 
+    async def start_pod(self, pod: pod_pb2.Pod) -> pod_pb2.PodStatus:
+        return await self.create_pod(pod)
+
     async def get_pod(self, namespace: str, name: str) -> tuple[pod_pb2.Pod, pod_pb2.PodStatus]:
         return await self.pod_spec(namespace, name), pod_pb2.PodStatus(pod_ip="10.0.0.1")
 

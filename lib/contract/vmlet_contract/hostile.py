@@ -70,6 +70,8 @@ def hostile_requests(node: str, image: str, prefix: str = "hostile") -> list[Hos
             pod=_pod(node, image, "c/d"))),
         HostileRequest("delete namespace a/b name c/d", "pods", "DeletePod",
                        pl.DeletePodRequest(pod=_pod(node, image, "c/d", namespace="a/b"))),
+        HostileRequest("start namespace a/b name c/d", "pods", "StartPod",
+                       pl.StartPodRequest(pod=_pod(node, image, "c/d", namespace="a/b"))),
         HostileRequest("get namespace ../x", "pods", "GetPod",
                        pl.GetPodRequest(namespace="../x", name="y")),
         HostileRequest("4 EiB disk", "vms", "CreateDisk", vm.CreateDiskRequest(

@@ -23,6 +23,7 @@ __all__ = [
     "observed_size",
     "pending",
     "running",
+    "stopped",
     "succeeded",
     "timestamp",
 ]
@@ -275,3 +276,39 @@ def succeeded(
         host_ip=host_ip,
         ips=(),
     )
+
+
+def stopped(
+    pod: pod_pb2.Pod,
+    *,
+    reason: str,
+    message: str,
+    exit_code: int,
+    started_at: datetime | None,
+    finished_at: datetime | None,
+    provider_id: str = "",
+    container_id: str = "",
+    node_name: str = "",
+    host_ip: str = "",
+) -> pod_pb2.PodStatus:
+    """A pod whose VM stopped on its own with nothing under way (the guest shut down, or it was
+    powered off in the IaaS): phase Running, for the pod has not ended (the facade decides that
+    under its restartPolicy), not ready with `reason` (e.g. PoweredOff), progress STOPPED, and
+    its container terminated with the guest's `exit_code` (0 for a clean shutdown)."""
+    status = _terminated(
+        pod,
+        pod_pb2.POD_PHASE_RUNNING,
+        exit_code=exit_code,
+        reason=reason,
+        message=message,
+        started_at=started_at,
+        finished_at=finished_at,
+        provider_id=provider_id,
+        container_id=container_id,
+        node_name=node_name,
+        host_ip=host_ip,
+        ips=(),
+    )
+    status.reason = ""  # the pod has not ended: the reason is the container's and not-ready's
+    not_ready(status, reason, message, pod_pb2.PROGRESS_STOPPED)
+    return status

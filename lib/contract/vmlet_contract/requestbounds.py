@@ -271,6 +271,7 @@ _CHECKS: dict[str, Callable[[Any], None]] = {
     "CreatePodRequest": _pod_request,
     "UpdatePodRequest": _pod_request,
     "DeletePodRequest": _delete_pod,
+    "StartPodRequest": _pod_request,
     "GetPodRequest": _named,
     "GetPodStatusRequest": _named,
     "GetContainerLogsRequest": _logs,

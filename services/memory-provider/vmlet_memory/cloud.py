@@ -6,8 +6,8 @@ creating a pod costs O(1) however many run. Each change of a pod's status is pub
 the `vmlet_contract.Hub` that feeds NotifyPods, and `on_change` is called so the state file can
 follow.
 
-What a pod must be and the per-pod knobs for tests of the facade are in `podrules`; what a
-restart keeps, in `cloudstate`.
+What a pod must be and the per-pod knobs for tests of the facade are in `podrules`; how a
+machine shows, in `machinestatus`; what a restart keeps, in `cloudstate`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 from vmlet.provider.v1 import pod_notifier_service_pb2, pod_pb2, virtual_machine_service_pb2
 from vmlet_contract import (
@@ -30,7 +30,6 @@ from vmlet_contract import (
     NotFound,
     ProviderError,
     check_namespace,
-    podstatus,
 )
 
 from .addresses import IpPool
@@ -38,14 +37,13 @@ from .disks import DiskStore, disk_handles
 from .hosts import Host, Usage, usage_of
 from .images import check_image_exists, image_name
 from .machines import Machine, PodKey, Power, pod_key
+from .machinestatus import status_of, taken_over, vm_record
 from .networks import check_networks_exist
-from .podrules import injected_failure, start_delay, validate
+from .podrules import exit_after, injected_failure, start_delay, validate
 
 __all__ = ["Cloud", "CloudOptions", "PodUpdate"]
 
 _log = logging.getLogger(__name__)
-
-HOST_IP = "127.0.0.1"
 
 PodUpdate: TypeAlias = pod_notifier_service_pb2.NotifyPodsResponse
 
@@ -238,6 +236,34 @@ class Cloud:
         assert vm.status is not None
         return vm.status
 
+    def start_pod(self, pod: pod_pb2.Pod) -> pod_pb2.PodStatus:
+        """Powers the pod's machine on again after its guest shut down; a machine that runs
+        or is powering on is left as it is. NotFound for a pod without a machine."""
+        vm = self.pod_machine(pod.ref.namespace, pod.ref.name)
+        if pod.identity and pod.identity != vm.identity:
+            raise InvalidArgument(f"pod {pod.ref.namespace}/{pod.ref.name} runs VM "
+                                  f"{vm.identity}, not {pod.identity}")
+        if vm.power is Power.STOPPED and vm.pod is not None:
+            self.host(vm.node).admit(usage := usage_of(vm.pod), what=f"VM {vm.identity}")
+            vm.usage, vm.restarting = usage, True
+            vm.record("started again")
+            self._power_on(vm)
+            self.on_change()
+        assert vm.status is not None
+        return vm.status
+
+    def guest_shutdown(self, identity: str, exit_code: int) -> None:
+        """The running guest of `identity` shuts itself down with `exit_code` (its shell's
+        `poweroff`, the exit-after knob): off, its container terminated, until StartPod."""
+        vm = self._machines.get(identity)
+        if vm is None or vm.pod is None or vm.power is not Power.RUNNING:
+            return
+        self._power_off(vm)
+        vm.exited, vm.finished_at = exit_code, _now()
+        vm.record(f"guest shut down (exit code {exit_code})")
+        self._publish(vm)
+        self.on_change()
+
     def delete_pod(self, pod: pod_pb2.Pod) -> None:
         """Powers the pod's machine off and destroys it unless keep_on_delete. Unknown pods,
         and pods whose machine now serves another pod, succeed without touching anything. A
@@ -266,15 +292,7 @@ class Cloud:
     ) -> virtual_machine_service_pb2.VirtualMachine:
         """What the cloud holds for `identity`; NotFound otherwise."""
         vm = self.machine(identity, namespace)
-        usage = usage_of(vm.pod) if vm.pod is not None else Usage(pods=0)
-        power = (virtual_machine_service_pb2.POWER_STATE_OFF if vm.power is Power.STOPPED
-                 else virtual_machine_service_pb2.POWER_STATE_ON)
-        return virtual_machine_service_pb2.VirtualMachine(
-            identity=vm.identity, provider_id=vm.provider_id, name=vm.uuid, power_state=power,
-            node_name=vm.node, cpus=-(-usage.cpu_millis // 1000),
-            memory_bytes=usage.memory_bytes,
-            ip_addresses=[vm.ip] if vm.power is Power.RUNNING else [],
-            disk_handles=sorted(d.handle for d in self.disks if d.attached_to == identity))
+        return vm_record(vm, sorted(d.handle for d in self.disks if d.attached_to == identity))
 
     def destroy(self, identity: str, namespace: str = "") -> None:
         """Destroys the machine of `identity` whatever its state; unknown ones succeed."""
@@ -329,14 +347,7 @@ class Cloud:
         del self._by_pod[pod_key(old.ref)]
         new_key = pod_key(pod.ref)
         if pod_key(old.ref) != new_key:
-            gone = podstatus.failed(
-                old,
-                reason="VMTakenOver",
-                message=f"VM {vm.identity} now serves pod {new_key[0]}/{new_key[1]}",
-                node_name=vm.node,
-                host_ip=HOST_IP,
-                provider_id=vm.provider_id,
-            )
+            gone = taken_over(old, vm, f"{new_key[0]}/{new_key[1]}")
             self._hub.publish(pod_key(old.ref), PodUpdate(ref=old.ref, status=gone))
         self.disks.attach_exactly(disk_handles(pod), vm.identity)
         vm.pod = pod
@@ -388,6 +399,7 @@ class Cloud:
         assert vm.pod is not None
         delay = start_delay(vm.pod, self.options.start_delay_seconds)
         vm.generation += 1
+        vm.exited = vm.finished_at = None
         if delay <= 0:
             self._running(vm)
             return
@@ -413,6 +425,16 @@ class Cloud:
     def _running(self, vm: Machine) -> None:
         vm.boot(_now())
         self._publish(vm)
+        assert vm.pod is not None
+        if (ending := exit_after(vm.pod)) is not None:
+            seconds, code = ending
+            self._timers[vm.identity] = asyncio.get_running_loop().call_later(
+                seconds, self._guest_timer, vm.identity, vm.generation, code)
+
+    def _guest_timer(self, identity: str, generation: int, code: int) -> None:
+        if (vm := self._machines.get(identity)) is not None and vm.generation == generation:
+            self._timers.pop(identity, None)
+            self.guest_shutdown(identity, code)
 
     def _power_off(self, vm: Machine) -> None:
         if vm.power is Power.STOPPED:
@@ -435,27 +457,8 @@ class Cloud:
         del self._machines[vm.identity]
         vm.record("destroyed")
 
-    def _status(self, vm: Machine) -> pod_pb2.PodStatus | None:
-        if vm.pod is None:
-            return None
-        common: dict[str, Any] = {
-            "provider_id": vm.provider_id,
-            "container_id": vm.container_id,
-            "node_name": vm.node,
-            "host_ip": HOST_IP,
-        }
-        if vm.power is Power.RUNNING:
-            assert vm.started_at is not None
-            status = podstatus.running(vm.pod, ips=[vm.ip], started_at=vm.started_at, **common)
-        else:
-            status = podstatus.pending(
-                vm.pod, reason="PoweringOn", message=f"VM is powering on on {vm.node}", **common
-            )
-        podstatus.observed_size(status, cpu_millis=vm.size[0], memory_bytes=vm.size[1])
-        return status
-
     def _publish(self, vm: Machine) -> None:
-        vm.status = self._status(vm)
+        vm.status = status_of(vm)
         if vm.pod is not None and vm.status is not None:
             self._hub.publish(pod_key(vm.pod.ref), PodUpdate(ref=vm.pod.ref, status=vm.status))
 
@@ -469,7 +472,7 @@ class Cloud:
         self.ips.claim(vm.ip)
         if vm.pod is None:
             vm.power = Power.STOPPED
-        else:
+        elif vm.power is not Power.STOPPED:
             vm.usage = usage_of(vm.pod)
             host = self.hosts.get(vm.node)
             if host is not None:
@@ -482,7 +485,7 @@ class Cloud:
         self._machines[vm.identity] = vm
         if vm.power is Power.POWERING_ON:
             self._schedule_power_on(vm, self.options.start_delay_seconds)
-        vm.status = self._status(vm)
+        vm.status = status_of(vm)
 
 
 async def _nothing() -> None:

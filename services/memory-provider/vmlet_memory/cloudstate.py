@@ -33,6 +33,8 @@ def dump(cloud: Cloud) -> dict[str, Any]:
                 "keep": vm.keep,
                 "power": vm.power.value,
                 "started_at": vm.started_at.isoformat() if vm.started_at else None,
+                "exited": vm.exited,
+                "finished_at": vm.finished_at.isoformat() if vm.finished_at else None,
                 "pod": _b64(vm.pod) if vm.pod is not None else None,
                 "snapshots": [_b64(s) for s in vm.snapshots.values()],
                 "log": [[line.time.isoformat(), line.text] for line in vm.log],
@@ -69,6 +71,8 @@ def restore(cloud: Cloud, state: dict[str, Any]) -> None:
             keep=bool(m.get("keep", False)),
             power=Power(m["power"]),
             started_at=datetime.fromisoformat(m["started_at"]) if m["started_at"] else None,
+            exited=m.get("exited"),
+            finished_at=datetime.fromisoformat(m["finished_at"]) if m.get("finished_at") else None,
         )
         if m["pod"] is not None:
             vm.pod = pod_pb2.Pod.FromString(base64.b64decode(m["pod"]))

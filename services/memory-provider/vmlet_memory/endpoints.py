@@ -15,6 +15,7 @@ Exec, attach and port-forward need the pod Running (FAILED_PRECONDITION otherwis
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -94,7 +95,8 @@ class KubeletEndpoints:
     ) -> AsyncIterator[pb.ExecResponse]:
         vm = self._cloud.running_machine(start.namespace, start.pod_name)
         env = {e.name: e.value for e in _container(vm, container).env}
-        guest = shell.Guest(hostname=start.pod_name, env=env)
+        guest = shell.Guest(hostname=start.pod_name, env=env,
+                            poweroff=functools.partial(self._cloud.guest_shutdown, vm.identity))
         stdin = _stdin_reader(requests, attached=start.stdin)
         async for event in shell.run(list(start.command), stdin, guest):
             if isinstance(event, shell.Exit):

@@ -26,6 +26,11 @@ class PodLifecycle:
         await self._cloud.flush()
         return status
 
+    async def start_pod(self, pod: pod_pb2.Pod) -> pod_pb2.PodStatus:
+        status = self._cloud.start_pod(pod)
+        await self._cloud.flush()
+        return status
+
     async def delete_pod(self, pod: pod_pb2.Pod) -> None:
         self._cloud.delete_pod(pod)
         await self._cloud.flush()

@@ -75,6 +75,11 @@ class Machine:
     log_seq: int = 0
     # Bumped on every power transition so a stale power-on timer knows to do nothing.
     generation: int = 0
+    # Set when the guest shut itself down (its shell's `poweroff`, the exit-after knob): its
+    # exit code and when; cleared at the next power-on.
+    exited: int | None = None
+    finished_at: datetime | None = None
+    restarting: bool = False  # powering on again for a pod that ran (StartPod): Running meanwhile
     _log_changed: asyncio.Event | None = None
 
     @property
@@ -103,7 +108,7 @@ class Machine:
     def boot(self, when: datetime) -> None:
         """Marks the machine running since `when`; its first boot logs its first-boot commands."""
         first = self.started_at is None
-        self.power = Power.RUNNING
+        self.power, self.restarting = Power.RUNNING, False
         self.started_at = when
         self.record("powered on", when)
         if first and self.pod is not None:

@@ -3,6 +3,8 @@
 Knobs (annotations on the pod):
   memory.vmlet.io/start-delay-seconds  how long this pod stays Pending (overrides the flag)
   memory.vmlet.io/fail-create          "CODE: message" makes CreatePod fail with that gRPC code
+  memory.vmlet.io/exit-after           "SECONDS[:CODE]": after each boot the guest runs SECONDS
+                                       and shuts itself down with exit code CODE (default 0)
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from vmlet_contract import InvalidArgument, ProviderError
 from .images import image_name
 
 __all__ = [
+    "EXIT_AFTER_ANNOTATION",
     "FAIL_CREATE_ANNOTATION",
     "START_DELAY_ANNOTATION",
+    "exit_after",
     "injected_failure",
     "start_delay",
     "validate",
@@ -26,6 +30,7 @@ __all__ = [
 
 START_DELAY_ANNOTATION: Final = "memory.vmlet.io/start-delay-seconds"
 FAIL_CREATE_ANNOTATION: Final = "memory.vmlet.io/fail-create"
+EXIT_AFTER_ANNOTATION: Final = "memory.vmlet.io/exit-after"
 
 
 def validate(pod: pod_pb2.Pod) -> None:
@@ -46,6 +51,10 @@ def validate(pod: pod_pb2.Pod) -> None:
             float(delay)
         except ValueError:
             raise InvalidArgument(f"{where}: {START_DELAY_ANNOTATION} is not a number") from None
+    if EXIT_AFTER_ANNOTATION in pod.annotations and exit_after(pod) is None:
+        raise InvalidArgument(
+            f"{where}: {EXIT_AFTER_ANNOTATION} is not SECONDS[:CODE] "
+            f"(SECONDS ≥ 0, CODE 0-255): {pod.annotations[EXIT_AFTER_ANNOTATION][:64]!r}")
 
 
 def start_delay(pod: pod_pb2.Pod, default: float) -> float:
@@ -66,3 +75,19 @@ def injected_failure(pod: pod_pb2.Pod) -> ProviderError | None:
     return ProviderError(
         message.strip() or f"failure injected by {FAIL_CREATE_ANNOTATION}", code=code
     )
+
+
+def exit_after(pod: pod_pb2.Pod) -> tuple[float, int] | None:
+    """(seconds, exit code) of ``pod``'s exit-after annotation; None when it has none or it is
+    malformed (`validate` refuses such a pod)."""
+    spec = pod.annotations.get(EXIT_AFTER_ANNOTATION)
+    if spec is None:
+        return None
+    seconds, _, code = spec.partition(":")
+    try:
+        after, exit_code = float(seconds), int(code or "0")
+    except ValueError:
+        return None
+    if not 0 <= after < 1e6 or not 0 <= exit_code <= 255:
+        return None
+    return after, exit_code

@@ -1,7 +1,8 @@
 """The tiny built-in shell that Exec runs in a pretend guest, so tests can prove the streams.
 
 Commands: `echo [-n] ARGS`, `cat` (stdin to stdout until stdin closes), `exit [N]`, `hostname`,
-`true`, `false`, `env`/`printenv [NAME]`, `sleep SECONDS`, and `sh -c 'CMD'` (one command, no
+`true`, `false`, `env`/`printenv [NAME]`, `sleep SECONDS`, `poweroff [N]` (the guest shuts
+itself down, leaving exit code N for its pod's container), and `sh -c 'CMD'` (one command, no
 pipes). Anything else writes "CMD: command not found" to stderr and exits 127, as a shell does.
 
 A command is an async generator of `Output` chunks ending with an `Exit`.
@@ -40,6 +41,8 @@ class Guest:
 
     hostname: str
     env: Mapping[str, str]
+    #: Shuts the guest down with an exit code (after the command's session ends).
+    poweroff: Callable[[int], None] = lambda code: None
 
 
 #: Reads the next chunk of stdin; None once stdin is closed.
@@ -121,6 +124,23 @@ async def _sleep(args: list[str], stdin: Stdin, guest: Guest) -> AsyncIterator[E
     yield Exit(0)
 
 
+async def _poweroff(args: list[str], stdin: Stdin, guest: Guest) -> AsyncIterator[Event]:
+    try:
+        code = int(args[0]) if args else 0
+    except ValueError:
+        yield _err(f"poweroff: {args[0]}: not an exit code\n")
+        yield Exit(2)
+        return
+    if not 0 <= code <= 255:
+        yield _err(f"poweroff: {code}: an exit code is 0-255\n")
+        yield Exit(2)
+        return
+    # The session ends first, as an SSH session to a guest that halts.
+    asyncio.get_running_loop().call_later(0.2, guest.poweroff, code)
+    yield _out("powering off\n")
+    yield Exit(0)
+
+
 async def _sh(args: list[str], stdin: Stdin, guest: Guest) -> AsyncIterator[Event]:
     if len(args) < 2 or args[0] != "-c":
         yield _err("sh: only 'sh -c COMMAND' is supported here\n")
@@ -146,6 +166,7 @@ _COMMANDS: dict[str, _Command] = {
     "env": _env,
     "printenv": _env,
     "sleep": _sleep,
+    "poweroff": _poweroff,
     "sh": _sh,
     "bash": _sh,
     "/bin/sh": _sh,

@@ -27,6 +27,12 @@ class PodLifecycleBackend(Protocol):
         """Deletes (or keeps, as the pod says) the VM of `pod`; an unknown pod succeeds."""
         ...
 
+    async def start_pod(self, pod: pod_pb2.Pod) -> pod_pb2.PodStatus:
+        """Powers the stopped VM of `pod` on again (a restart under its restartPolicy) and
+        forgets the guest's exit code; a VM that runs or is powering on is left as it is. Its
+        status."""
+        ...
+
     async def get_pod(self, namespace: str, name: str) -> tuple[pod_pb2.Pod, pod_pb2.PodStatus]:
         """The pod namespace/name as last created or updated, and its status."""
         ...
@@ -51,6 +57,9 @@ class PodLifecycleServicer(pb_grpc.PodLifecycleServiceServicer):
     async def DeletePod(self, request: pb.DeletePodRequest, context: Any) -> pb.DeletePodResponse:
         await self._backend.delete_pod(request.pod)
         return pb.DeletePodResponse()
+
+    async def StartPod(self, request: pb.StartPodRequest, context: Any) -> pb.StartPodResponse:
+        return pb.StartPodResponse(status=await self._backend.start_pod(request.pod))
 
     async def GetPod(self, request: pb.GetPodRequest, context: Any) -> pb.GetPodResponse:
         pod, status = await self._backend.get_pod(request.namespace, request.name)

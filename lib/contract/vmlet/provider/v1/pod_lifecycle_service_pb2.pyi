@@ -157,6 +157,54 @@ class DeletePodResponse(_message.Message):
 Global___DeletePodResponse: _TypeAlias = DeletePodResponse  # noqa: Y015
 
 @_typing.final
+class StartPodRequest(_message.Message):
+    """StartPodRequest names the pod whose stopped VM is to run again."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def pod(self) -> _pod_pb2.Pod:
+        """The pod, as for DeletePod: its ref and identity name the VM."""
+
+    def __init__(
+        self,
+        *,
+        pod: _pod_pb2.Pod | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pod", b"pod"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pod", b"pod"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartPodRequest: _TypeAlias = StartPodRequest  # noqa: Y015
+
+@_typing.final
+class StartPodResponse(_message.Message):
+    """StartPodResponse carries the status once the power-on is under way or done."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> _pod_pb2.PodStatus:
+        """The pod's status: usually Pending-like progress (PoweringOn) or Running."""
+
+    def __init__(
+        self,
+        *,
+        status: _pod_pb2.PodStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartPodResponse: _TypeAlias = StartPodResponse  # noqa: Y015
+
+@_typing.final
 class GetPodRequest(_message.Message):
     """GetPodRequest names a pod."""
 

@@ -57,6 +57,11 @@ class PodLifecycleServiceStub:
                 request_serializer=vmlet_dot_provider_dot_v1_dot_pod__lifecycle__service__pb2.DeletePodRequest.SerializeToString,
                 response_deserializer=vmlet_dot_provider_dot_v1_dot_pod__lifecycle__service__pb2.DeletePodResponse.FromString,
                 _registered_method=True)
+        self.StartPod = channel.unary_unary(
+                '/vmlet.provider.v1.PodLifecycleService/StartPod',
+                request_serializer=vmlet_dot_provider_dot_v1_dot_pod__lifecycle__service__pb2.StartPodRequest.SerializeToString,
+                response_deserializer=vmlet_dot_provider_dot_v1_dot_pod__lifecycle__service__pb2.StartPodResponse.FromString,
+                _registered_method=True)
         self.GetPod = channel.unary_unary(
                 '/vmlet.provider.v1.PodLifecycleService/GetPod',
                 request_serializer=vmlet_dot_provider_dot_v1_dot_pod__lifecycle__service__pb2.GetPodRequest.SerializeToString,
@@ -107,6 +112,20 @@ class PodLifecycleServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartPod(self, request, context):
+        """StartPod powers the pod's VM on again after it stopped on its own: the guest shut down, or
+        someone powered it off in the IaaS, and the provider reports its container terminated with
+        progress STOPPED. The facade calls it when the pod's restartPolicy asks for a restart, after
+        the kubelet's back-off; nothing else powers such a VM on. The VM keeps its identity, disks
+        and address; the provider forgets the exit code the guest left (ContainerStateTerminated),
+        so the next stop reports its own. Succeeds without a change when the VM runs or is being
+        powered on. NOT_FOUND when the provider runs no VM for the pod, FAILED_PRECONDITION when
+        the IaaS refuses to power it on, RESOURCE_EXHAUSTED when its host has no room for it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetPod(self, request, context):
         """GetPod returns a pod the provider runs, with its status. The facade never calls it (it
         follows NotifyPods and lists with GetPods): it is for people calling a provider with grpcurl
@@ -148,6 +167,11 @@ def add_PodLifecycleServiceServicer_to_server(servicer, server):
                     servicer.DeletePod,
                     request_deserializer=vmlet_dot_provider_dot_v1_dot_pod__lifecycle__service__pb2.DeletePodRequest.FromString,
                     response_serializer=vmlet_dot_provider_dot_v1_dot_pod__lifecycle__service__pb2.DeletePodResponse.SerializeToString,
+            ),
+            'StartPod': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartPod,
+                    request_deserializer=vmlet_dot_provider_dot_v1_dot_pod__lifecycle__service__pb2.StartPodRequest.FromString,
+                    response_serializer=vmlet_dot_provider_dot_v1_dot_pod__lifecycle__service__pb2.StartPodResponse.SerializeToString,
             ),
             'GetPod': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPod,
@@ -254,6 +278,33 @@ class PodLifecycleService:
             '/vmlet.provider.v1.PodLifecycleService/DeletePod',
             vmlet_dot_provider_dot_v1_dot_pod__lifecycle__service__pb2.DeletePodRequest.SerializeToString,
             vmlet_dot_provider_dot_v1_dot_pod__lifecycle__service__pb2.DeletePodResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartPod(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmlet.provider.v1.PodLifecycleService/StartPod',
+            vmlet_dot_provider_dot_v1_dot_pod__lifecycle__service__pb2.StartPodRequest.SerializeToString,
+            vmlet_dot_provider_dot_v1_dot_pod__lifecycle__service__pb2.StartPodResponse.FromString,
             options,
             channel_credentials,
             insecure,

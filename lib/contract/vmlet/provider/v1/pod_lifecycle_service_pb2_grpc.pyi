@@ -49,6 +49,16 @@ class PodLifecycleServiceStub:
     """DeletePod powers the VM off and, unless keep_on_delete is set, destroys it. Deleting a pod the
     provider does not know succeeds.
     """
+    StartPod: _grpc.UnaryUnaryMultiCallable[_pod_lifecycle_service_pb2.StartPodRequest, _pod_lifecycle_service_pb2.StartPodResponse]
+    """StartPod powers the pod's VM on again after it stopped on its own: the guest shut down, or
+    someone powered it off in the IaaS, and the provider reports its container terminated with
+    progress STOPPED. The facade calls it when the pod's restartPolicy asks for a restart, after
+    the kubelet's back-off; nothing else powers such a VM on. The VM keeps its identity, disks
+    and address; the provider forgets the exit code the guest left (ContainerStateTerminated),
+    so the next stop reports its own. Succeeds without a change when the VM runs or is being
+    powered on. NOT_FOUND when the provider runs no VM for the pod, FAILED_PRECONDITION when
+    the IaaS refuses to power it on, RESOURCE_EXHAUSTED when its host has no room for it.
+    """
     GetPod: _grpc.UnaryUnaryMultiCallable[_pod_lifecycle_service_pb2.GetPodRequest, _pod_lifecycle_service_pb2.GetPodResponse]
     """GetPod returns a pod the provider runs, with its status. The facade never calls it (it
     follows NotifyPods and lists with GetPods): it is for people calling a provider with grpcurl
@@ -81,6 +91,16 @@ class PodLifecycleServiceAsyncStub(PodLifecycleServiceStub):
     DeletePod: _aio.UnaryUnaryMultiCallable[_pod_lifecycle_service_pb2.DeletePodRequest, _pod_lifecycle_service_pb2.DeletePodResponse]  # type: ignore[assignment]
     """DeletePod powers the VM off and, unless keep_on_delete is set, destroys it. Deleting a pod the
     provider does not know succeeds.
+    """
+    StartPod: _aio.UnaryUnaryMultiCallable[_pod_lifecycle_service_pb2.StartPodRequest, _pod_lifecycle_service_pb2.StartPodResponse]  # type: ignore[assignment]
+    """StartPod powers the pod's VM on again after it stopped on its own: the guest shut down, or
+    someone powered it off in the IaaS, and the provider reports its container terminated with
+    progress STOPPED. The facade calls it when the pod's restartPolicy asks for a restart, after
+    the kubelet's back-off; nothing else powers such a VM on. The VM keeps its identity, disks
+    and address; the provider forgets the exit code the guest left (ContainerStateTerminated),
+    so the next stop reports its own. Succeeds without a change when the VM runs or is being
+    powered on. NOT_FOUND when the provider runs no VM for the pod, FAILED_PRECONDITION when
+    the IaaS refuses to power it on, RESOURCE_EXHAUSTED when its host has no room for it.
     """
     GetPod: _aio.UnaryUnaryMultiCallable[_pod_lifecycle_service_pb2.GetPodRequest, _pod_lifecycle_service_pb2.GetPodResponse]  # type: ignore[assignment]
     """GetPod returns a pod the provider runs, with its status. The facade never calls it (it
@@ -129,6 +149,22 @@ class PodLifecycleServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_pod_lifecycle_service_pb2.DeletePodResponse, _abc.Awaitable[_pod_lifecycle_service_pb2.DeletePodResponse]]:
         """DeletePod powers the VM off and, unless keep_on_delete is set, destroys it. Deleting a pod the
         provider does not know succeeds.
+        """
+
+    @_abc_1.abstractmethod
+    def StartPod(
+        self,
+        request: _pod_lifecycle_service_pb2.StartPodRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pod_lifecycle_service_pb2.StartPodResponse, _abc.Awaitable[_pod_lifecycle_service_pb2.StartPodResponse]]:
+        """StartPod powers the pod's VM on again after it stopped on its own: the guest shut down, or
+        someone powered it off in the IaaS, and the provider reports its container terminated with
+        progress STOPPED. The facade calls it when the pod's restartPolicy asks for a restart, after
+        the kubelet's back-off; nothing else powers such a VM on. The VM keeps its identity, disks
+        and address; the provider forgets the exit code the guest left (ContainerStateTerminated),
+        so the next stop reports its own. Succeeds without a change when the VM runs or is being
+        powered on. NOT_FOUND when the provider runs no VM for the pod, FAILED_PRECONDITION when
+        the IaaS refuses to power it on, RESOURCE_EXHAUSTED when its host has no room for it.
         """
 
     @_abc_1.abstractmethod

@@ -815,7 +815,13 @@ class ContainerStateTerminated(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     exit_code: _builtins.int
-    """The exit code; non-zero for a failure."""
+    """The exit code; non-zero for a failure. For a VM that stopped on its own it is the code the
+    guest left where its IaaS can carry one, else 0 (a clean shutdown): on vSphere the guest
+    sets `guestinfo.vmlet.exitCode` before it shuts down (`vmware-rpctool "info-set
+    guestinfo.vmlet.exitCode 3"`), on the memory provider its shell's `poweroff 3` does; Nova
+    carries none, so an OpenStack server shut off is 0. The facade decides with it what the
+    pod's restartPolicy asks for (a restart through StartPod, or phase Succeeded or Failed).
+    """
     reason: _builtins.str
     """A CamelCase reason."""
     message: _builtins.str
