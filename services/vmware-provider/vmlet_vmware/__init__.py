@@ -19,7 +19,7 @@ Modules, from the bottom up:
   status       a pod's status from its VM
   podtable     the pods the provider runs, their statuses and the push of every change
   vmbuilder    a pod's VM: clone (or adopt), move, label, re-network, resize; its extraConfig
-  pods         create/update/delete/destroy by identity (disks included), under identity locks
+  pods         create/update/start/delete/destroy by identity (disks too), under identity locks
   snapshots    snapshots by identity
   events       VM events and tasks as log lines
   stats        quick stats as the stats summary

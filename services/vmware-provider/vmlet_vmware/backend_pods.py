@@ -14,8 +14,8 @@ __all__ = ["PodBackend"]
 
 
 class PodBackend:
-    """Creates, updates and deletes the VMs of pods; reads their status; pushes its changes (a
-    `kit.PodLifecycleBackend` and `kit.PodNotifierBackend`)."""
+    """Creates, updates, starts again and deletes the VMs of pods; reads their status; pushes
+    its changes (a `kit.PodLifecycleBackend` and `kit.PodNotifierBackend`)."""
 
     def __init__(self, pods: Pods) -> None:
         self._pods = pods
@@ -25,6 +25,9 @@ class PodBackend:
 
     async def update_pod(self, pod: pod_pb2.Pod) -> pod_pb2.PodStatus:
         return await self._pods.update(pod)
+
+    async def start_pod(self, pod: pod_pb2.Pod) -> pod_pb2.PodStatus:
+        return await self._pods.start(pod)
 
     async def delete_pod(self, pod: pod_pb2.Pod) -> None:
         await self._pods.delete(pod)

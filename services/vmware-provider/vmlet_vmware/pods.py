@@ -1,5 +1,6 @@
-"""Pods and their VMs: create (find, move or clone, then power on), update (resize), delete
-(power off, then keep or destroy), and destroy by identity. Their statuses live in `podtable`;
+"""Pods and their VMs: create (find, move or clone, then power on), update (resize), start (power
+on again a VM that stopped on its own), delete (power off, then keep or destroy), and destroy by
+identity. Their statuses live in `podtable`;
 the VM of a pod is cloned, adopted, re-networked and resized by `vmbuilder`.
 
 Identity rules (see DESIGN.md):
@@ -45,7 +46,7 @@ from .cache import Cache
 from .disks import Disks, pod_disk_handles
 from .nodes import NodeBook
 from .podtable import PodTable, pod_key
-from .records import POD_KEY, POD_UID_KEY, VmRecord
+from .records import EXIT_CODE_KEY, POD_KEY, POD_UID_KEY, VmRecord
 from .session import Session
 from .sizing import template_of, vm_size
 from .vmbuilder import VmBuilder
@@ -87,6 +88,13 @@ class Pods:
             await asyncio.wait_for(self._cache.synced.wait(), timeout=SYNC_TIMEOUT_SECONDS)
         except TimeoutError:
             raise Unavailable("the provider's view of vCenter is not synced yet; retry") from None
+
+    async def _power_on(self, vm: VmRecord, *, fresh: bool = False) -> None:
+        """Powers `vm` on, first clearing the exit code its guest left when it last stopped."""
+        if vm.exit_code:
+            await self._machines.set_extra_config(vm, {EXIT_CODE_KEY: ""})
+            fresh = False
+        await self._machines.power_on(vm, fresh=fresh)
 
     @staticmethod
     def _validate(pod: pod_pb2.Pod) -> pod_pb2.Container:
@@ -155,7 +163,7 @@ class Pods:
                     self._table.progress(
                         entry, "PoweringOn", f"powering on VM {vm.name} on {place.node}"
                     )
-                    await self._machines.power_on(vm, fresh=fresh)
+                    await self._power_on(vm, fresh=fresh)
                 elif vm.identity != pod.identity:
                     await self._machines.refresh(vm.moid)  # read what completing it wrote
             except ProviderError:
@@ -211,6 +219,47 @@ class Pods:
                 entry.note = note
                 _log.info("vm resized", extra={"pod": "/".join(key), "vm": vm.moid, "how": note})
             self._table.publish(entry)
+            return self._table.status_of(entry)
+
+    # Start.
+
+    async def start(self, pod: pod_pb2.Pod) -> pod_pb2.PodStatus:
+        """Powers the VM of `pod` on again after it stopped on its own, first clearing the exit
+        code its guest left (so the next stop reports its own); a VM that runs is left as it
+        is. NotFound when the provider runs no VM for the pod."""
+        key = pod_key(pod.ref)
+        where = f"pod {key[0]}/{key[1]}"
+        if not key[0] or not key[1]:
+            raise InvalidArgument("a pod needs a namespace and a name")
+        known = self._table.get(key)
+        identity = pod.identity or (known.identity if known is not None else "")
+        if not identity:
+            raise NotFound(f"the vSphere provider runs no VM for {where}")
+        async with self._locks.hold(identity):
+            await self._synced()
+            vm = self._cache.vm_of(identity)
+            if vm is not None:
+                check_namespace(vm.namespace, pod.ref.namespace, identity)
+            entry = self._table.get(key)
+            if (
+                entry is None
+                or entry.identity != identity
+                or (pod.ref.uid and entry.pod.ref.uid and pod.ref.uid != entry.pod.ref.uid)
+                or vm is None
+                or (vm.pod is not None and vm.pod != key)
+            ):
+                raise NotFound(f"the vSphere provider runs no VM of {where} (identity {identity})")
+            current = await self._machines.refresh(vm.moid)
+            if current is None:
+                raise NotFound(f"VM {vm.name} of {where} no longer exists")
+            if current.powered_on:
+                return self._table.status_of(entry)
+            self._table.progress(entry, "PoweringOn", f"powering on VM {vm.name} again")
+            try:
+                await self._power_on(current)
+            finally:
+                self._table.progress(entry, None)
+            _log.info("pod started again", extra={"pod": "/".join(key), "vm": vm.moid})
             return self._table.status_of(entry)
 
     # Delete.

@@ -18,6 +18,11 @@ The keys vmlet writes into a VM's extraConfig are also defined here:
   vmlet.image       the container's image (the template reference)
   vmlet.disks       the handles (first-class disk IDs) of the PersistentVolume disks vmlet
                     attached to the VM, comma-separated
+
+and the one the guest writes (`vmware-rpctool "info-set guestinfo.vmlet.exitCode 3"`) before it
+shuts down, which vmlet only reads, and clears when it powers the VM on again:
+
+  guestinfo.vmlet.exitCode   the exit code of a VM that stopped on its own
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from .props import extra_config_path
 __all__ = [
     "CONTAINER_KEY",
     "DISKS_KEY",
+    "EXIT_CODE_KEY",
     "HOST_PATHS",
     "IDENTITY_KEY",
     "IMAGE_KEY",
@@ -52,6 +58,7 @@ POD_UID_KEY: Final = "vmlet.pod-uid"
 CONTAINER_KEY: Final = "vmlet.container"
 IMAGE_KEY: Final = "vmlet.image"
 DISKS_KEY: Final = "vmlet.disks"
+EXIT_CODE_KEY: Final = "guestinfo.vmlet.exitCode"
 
 _IDENTITY = extra_config_path(IDENTITY_KEY)
 _NAMESPACE = extra_config_path(NAMESPACE_KEY)
@@ -61,6 +68,7 @@ _POD_UID = extra_config_path(POD_UID_KEY)
 _CONTAINER = extra_config_path(CONTAINER_KEY)
 _IMAGE = extra_config_path(IMAGE_KEY)
 _DISKS = extra_config_path(DISKS_KEY)
+_EXIT_CODE = extra_config_path(EXIT_CODE_KEY)
 
 VM_PATHS: Final[tuple[str, ...]] = (
     "name",
@@ -75,6 +83,7 @@ VM_PATHS: Final[tuple[str, ...]] = (
     _CONTAINER,
     _IMAGE,
     _DISKS,
+    _EXIT_CODE,
     "config.hardware.numCPU",
     "config.hardware.memoryMB",
     "config.cpuHotAddEnabled",
@@ -150,6 +159,7 @@ class VmRecord:
     disks: tuple[str, ...] = ()  # handles of the first-class disks vmlet attached
     recorded_namespace: str = ""  # vmlet.namespace
     keep: bool = False  # vmlet.keep
+    exit_code: str = ""  # guestinfo.vmlet.exitCode as the guest left it, unparsed
 
     @property
     def namespace(self) -> str:
@@ -175,6 +185,7 @@ class VmRecord:
             disks=tuple(sorted({d for d in _str(props, _DISKS).split(",") if d})),
             recorded_namespace=_str(props, _NAMESPACE),
             keep=_str(props, _KEEP) == "true",
+            exit_code=_str(props, _EXIT_CODE),
             power=_str(props, "runtime.powerState") or "unknown",
             host=_str(props, "runtime.host"),
             boot_time=_time(props, "summary.runtime.bootTime"),

@@ -8,14 +8,17 @@ is doing to the VM right now.
   has no address yet cannot serve anything.
 - VM off while the provider powers it on or cycles it: Pending before the pod first ran, else
   Running with the container waiting (PoweringOn, PowerCycling) and not ready.
-- VM off or suspended with nothing under way (someone stopped it in vCenter): Running with the
-  container terminated (PoweredOff, Suspended) and not ready, or Pending if it never ran. The
-  provider does not power it on again behind the user's back.
+- VM off or suspended with nothing under way (the guest shut down, or someone stopped it in
+  vCenter): Running with the container terminated (PoweredOff, Suspended), progress STOPPED and
+  not ready, or Pending if it never ran. A powered-off VM's exit code is the one its guest left
+  in guestinfo.vmlet.exitCode (`guest_exit_code`), else 0. The provider powers it on again only
+  when the facade asks (StartPod, under the pod's restartPolicy).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypedDict
@@ -23,9 +26,13 @@ from typing import TypedDict
 from vmlet.provider.v1 import pod_pb2
 from vmlet_contract import podstatus
 
-from .records import VmRecord
+from .records import EXIT_CODE_KEY, VmRecord
 
-__all__ = ["Progress", "guest_ips", "pod_ips", "pod_status"]
+__all__ = ["Progress", "guest_exit_code", "guest_ips", "pod_ips", "pod_status"]
+
+_INTEGER = re.compile(r"[+-]?[0-9]{1,11}")
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+_SHOWN_CHARS = 64  # of a bad value, in a status message
 
 
 class _Common(TypedDict):
@@ -79,6 +86,21 @@ def pod_ips(vm: VmRecord) -> list[str]:
     return out
 
 
+def guest_exit_code(text: str) -> tuple[int, str]:
+    """The exit code a guest left in guestinfo.vmlet.exitCode (`text`; empty when it left none)
+    and, when the value is not an integer in int32 range, a note naming it: such a value is
+    exit code 1. No value is exit code 0 (a clean shutdown)."""
+    value = text.strip(" \t\r\n")
+    if not value:
+        return 0, ""
+    if _INTEGER.fullmatch(value):
+        code = int(value)
+        if _INT32_MIN <= code <= _INT32_MAX:
+            return code, ""
+    shown = ascii(value[:_SHOWN_CHARS]) + ("..." if len(value) > _SHOWN_CHARS else "")
+    return 1, f"its guest left {EXIT_CODE_KEY} {shown}, not an integer in int32 range: exit code 1"
+
+
 def _running(
     pod: pod_pb2.Pod,
     vm: VmRecord,
@@ -122,7 +144,10 @@ def _stopped(
     common: _Common,
 ) -> pod_pb2.PodStatus:
     reason = "Suspended" if vm.power == "suspended" else "PoweredOff"
-    message = f"VM {vm.name} is {vm.power} in vCenter; power it on there (or recreate the pod)"
+    # A suspended guest did not shut down: whatever it left is from before.
+    code, bad = guest_exit_code(vm.exit_code) if reason == "PoweredOff" else (0, "")
+    said = bad or (f"its guest left exit code {code}" if code else "")
+    message = f"VM {vm.name} is {vm.power} in vCenter" + (f"; {said}" if said else "")
     status = podstatus.running(
         pod, ips=[], started_at=first_started, restart_count=restarts, **common
     )
@@ -131,7 +156,7 @@ def _stopped(
     for container in status.container_statuses:
         started = container.running.started_at
         container.ClearField("running")
-        container.terminated.exit_code = 0
+        container.terminated.exit_code = code
         container.terminated.reason = reason
         container.terminated.message = message
         container.terminated.started_at.CopyFrom(started)

@@ -111,7 +111,9 @@ def _reconfigure(conn: Connection, vm: str, spec: Any) -> str:
 
 
 def _read(conn: Connection, vm: str) -> dict[str, Any] | None:
-    return retrieve_one(conn.si, _vm(conn, vm), VM_PATHS)
+    found = retrieve_one(conn.si, _vm(conn, vm), VM_PATHS)
+    # vCenter leaves out what is unset (an extraConfig key removed); the cache drops it on None.
+    return None if found is None else {path: found.get(path) for path in VM_PATHS}
 
 
 def _find_named(conn: Connection, name: str) -> tuple[str, str] | None:
