@@ -15,6 +15,7 @@ Modules, from the bottom up:
   podtable     the pods the provider runs, their statuses and the push of every change
   converger    one task per identity walks a server toward its pod (move, resize, start, disks)
   pods         create/update/delete by identity
+  restarts     StartPod: a stopped server powered on again (start, resume, unpause, unshelve)
   disks        Cinder volumes as disks, attached through Nova's volume attachments
   snapshots    Glance image snapshots, rebuild, VMs by identity
   consolelog   console output (or instance actions) as a log

@@ -24,6 +24,9 @@ class PodBackend:
     async def update_pod(self, pod: pod_pb2.Pod) -> pod_pb2.PodStatus:
         return await self._pods.update(pod)
 
+    async def start_pod(self, pod: pod_pb2.Pod) -> pod_pb2.PodStatus:
+        return await self._pods.start(pod)
+
     async def delete_pod(self, pod: pod_pb2.Pod) -> None:
         await self._pods.delete(pod)
 

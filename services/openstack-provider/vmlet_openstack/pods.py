@@ -28,6 +28,8 @@ to a new pod) lets go without touching the server; which pod owns a server is wh
 last registered for the identity, or after a restart what the server's metadata says. Unknown
 pods delete successfully.
 
+Start (StartPod, a server that stopped on its own powered on again): `restarts`.
+
 Statuses and their push live in `podtable`.
 """
 
@@ -60,6 +62,7 @@ from .disks import Disks, boot_mappings, pod_disk_handles
 from .nodes import NodeBook
 from .podtable import PodEntry, PodTable, PodUpdate, pod_key, pod_metadata, validate_pod
 from .records import ServerRecord
+from .restarts import Restarts
 from .sizing import demand_of, image_ref
 from .status import Progress
 from .watch import ServerCache, Watch
@@ -109,6 +112,7 @@ class Pods:
         self.table.converging = self.converger.converging
         self.table.dedupe = lambda identity: self.table.spawn(self._dedupe(identity))
         self.hub: Hub[PodUpdate] = self.table.hub
+        self._restarts = Restarts(self, watch)
 
     # -- reading (the table's) -----
     def server_of(self, entry: PodEntry) -> ServerRecord | None:
@@ -316,6 +320,11 @@ class Pods:
             self.table.publish(entry)
             return self.table.status_of(entry)
 
+    # -- start -----
+    async def start(self, pod: pod_pb2.Pod) -> pod_pb2.PodStatus:
+        """Powers the pod's stopped server on again (StartPod; see `restarts`); its status."""
+        return await self._restarts.start(pod)
+
     # -- delete -----
     async def delete(self, pod: pod_pb2.Pod) -> None:
         if not pod.identity:
@@ -334,7 +343,7 @@ class Pods:
                     self.table.forget(entry)
                 return
             check_namespace(server.owner_namespace, pod.ref.namespace, pod.identity)
-            if not self._owns(pod, server):
+            if not self.owns(pod, server):
                 _log.info(
                     "pod deleted; its VM belongs to another pod now",
                     extra={"pod": "/".join(pod_key(pod)), "server": server.id},
@@ -351,7 +360,7 @@ class Pods:
             if entry is not None:
                 self.table.forget(entry)
 
-    def _owns(self, pod: pod_pb2.Pod, server: ServerRecord) -> bool:
+    def owns(self, pod: pod_pb2.Pod, server: ServerRecord) -> bool:
         """Whether `pod` runs `server` now: the pod the provider registered for the identity,
         or, when it has none (after a restart), the pod the server's metadata names."""
         holder = self.table.holder_of(pod.identity)

@@ -7,8 +7,9 @@
 - ACTIVE while the provider moves, resizes or rebuilds it, or MIGRATING, RESIZE, VERIFY_RESIZE,
   REBUILD, REBOOT: Running and not ready, the reason saying which (Migrating, Resizing, ...).
 - SHUTOFF, SUSPENDED, PAUSED, SHELVED with nothing under way: Running with the container
-  terminated (PoweredOff, Suspended, ...) and not ready, or Pending if it never ran. While the
-  provider starts it: waiting with PoweringOn.
+  terminated (PoweredOff, Suspended, ...), exit code 0 (Nova keeps none of the guest's), not
+  ready, progress STOPPED; or Pending if it never ran. While the provider starts it (a create,
+  StartPod): waiting with PoweringOn.
 - ERROR: Failed, with the reason and message of Nova's fault (see `faults.server_fault`). While
   the provider is still reading that fault (server lists leave it out; Nova records it just after
   the status), the pod keeps the state it had: Pending if the server never ran, else Running and
@@ -227,16 +228,15 @@ def _terminated(
     finished: datetime,
     common: _Common,
 ) -> pod_pb2.PodStatus:
-    status = podstatus.running(pod, ips=[], started_at=started, **common)
-    podstatus.not_ready(status, reason, message)
-    status.message = message
+    status = podstatus.stopped(
+        pod,
+        reason=reason,
+        message=message,
+        exit_code=0,  # Nova keeps no exit code of a guest
+        started_at=started,
+        finished_at=finished,
+        **common,
+    )
     for container in status.container_statuses:
-        began = pod_pb2.ContainerStatus().running.started_at
-        began.CopyFrom(container.running.started_at)
-        container.ClearField("running")
-        container.terminated.exit_code = 0
-        container.terminated.reason = reason
-        container.terminated.message = message
-        container.terminated.started_at.CopyFrom(began)
-        container.terminated.finished_at.CopyFrom(podstatus.timestamp(finished))
+        container.terminated.message = f"{message}; Nova records no exit code, so 0 is reported"
     return status
