@@ -42,10 +42,13 @@ from tests.providers import (
     vsphere_provider,
     vsphere_run,
 )
+from vmlet.provider.v1 import kubelet_endpoint_service_pb2 as kpb
+from vmlet.provider.v1 import kubelet_endpoint_service_pb2_grpc as kpb_grpc
 from vmlet.provider.v1 import pod_lifecycle_service_pb2 as lpb
 from vmlet.provider.v1 import pod_lifecycle_service_pb2_grpc as lpb_grpc
 from vmlet.provider.v1 import pod_pb2
 from vmlet_conformance import CHECKS, Check, Subject, code_of, eventually
+from vmlet_localenv.openstack.client import sdk_connection
 from vmlet_localenv.providerpki import default_pki
 from vmlet_localenv.stack import vms_with_identity
 from vmlet_localenv.vcsim import VcSim, _wait_task
@@ -69,8 +72,16 @@ def memory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Subject]:
             changed.annotations["logs.vmlet.io/serial"] = str(next(serial))
             pods.UpdatePod(lpb.UpdatePodRequest(pod=changed), timeout=60)
 
+        def stop_vm(pod: pod_pb2.Pod) -> None:
+            """The guest's shell powers it off (exit code 0)."""
+            start = kpb.ExecStart(namespace=pod.ref.namespace, pod_name=pod.ref.name,
+                                  command=["poweroff"], stdout=True)
+            replies = list(kpb_grpc.KubeletEndpointServiceStub(channel).Exec(
+                iter([kpb.ExecRequest(start=start)]), timeout=60))
+            assert replies[-1].exit.exit_code == 0, replies
+
         yield Subject(channel, "memory:debian-12", namespace="conformance", timeout=120,
-                      network=MEMORY_NETWORK, write_log_line=write_log_line,
+                      network=MEMORY_NETWORK, write_log_line=write_log_line, stop_vm=stop_vm,
                       log_poll_seconds=LOG_POLL)
 
 
@@ -85,10 +96,16 @@ def vsphere(vcsim: VcSim, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             _wait_task(vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(
                 annotation=f"logs {next(serial)}")))
 
+    def stop_vm(pod: pod_pb2.Pod) -> None:
+        """Powered off in vCenter, behind the provider's back."""
+        with vcsim.connect() as si:
+            (vm,) = vms_with_identity(si, pod.identity)
+            _wait_task(vm.PowerOffVM_Task())
+
     with vsphere_provider(vcsim, tmp_path_factory.mktemp("vsphere-conformance"),
                           "--log-poll-seconds", str(LOG_POLL)) as channel:
         yield Subject(channel, "vsphere:template/debian-12", namespace="conformance", timeout=300,
-                      network="VM Network", write_log_line=write_log_line,
+                      network="VM Network", write_log_line=write_log_line, stop_vm=stop_vm,
                       log_poll_seconds=LOG_POLL)
 
 
@@ -110,13 +127,23 @@ def openstack(openstack_cloud: dict[str, Any], tmp_path_factory: pytest.TempPath
         if admin.image.get(f"/images/{image_id}").json()["status"] != "active":
             upload_snapshot(admin, image_id)
 
+    def stop_vm(pod: pod_pb2.Pod) -> None:
+        """Stopped in Nova by its admin, behind the provider's back."""
+        import openstack.exceptions
+
+        (server,) = _servers(admin, pod.identity)
+        resp = admin.compute.post(f"/servers/{server['id']}/action", json={"os-stop": None},
+                                  microversion="2.79")
+        openstack.exceptions.raise_from_response(resp)
+
     networks = openstack_cloud["networks"]
     # Nova's fake driver fixes the console at three lines: nothing can write one more.
     with openstack_provider(openstack_cloud, tmp_path_factory.mktemp("openstack-conformance"),
                             "--log-poll-seconds", str(LOG_POLL)) as channel:
         yield Subject(channel, f"openstack:image/{openstack_cloud['image']['name']}",
                       namespace="conformance", timeout=300, finish_snapshot=finish_snapshot,
-                      network=networks[0]["name"] if networks else "", log_poll_seconds=LOG_POLL)
+                      network=networks[0]["name"] if networks else "", stop_vm=stop_vm,
+                      log_poll_seconds=LOG_POLL)
 
 
 @pytest.fixture(scope="module", params=[
@@ -173,26 +200,24 @@ class Killable:
 
 def _admin(facts: dict[str, Any]) -> Any:
     """A connection to the OpenStack of ``facts`` as its admin."""
-    # Imported here: the module's `openstack` fixture takes the package's name.
-    import openstack.config
-    import openstack.connection
+    return sdk_connection(facts["clouds_yaml"], "vmlet-admin")
 
-    config = openstack.config.OpenStackConfig(config_files=[str(facts["clouds_yaml"])])
-    return openstack.connection.Connection(config=config.get_one(cloud="vmlet-admin",
-                                                                 api_timeout=60))
+
+def _servers(admin: Any, identity: str) -> list[dict[str, Any]]:
+    """Nova's servers of ``identity`` (any state but deleted), as the admin sees them."""
+    import openstack.exceptions
+
+    resp = admin.compute.get("/servers/detail", params={"all_tenants": 1, "limit": 1000},
+                             microversion="2.79")
+    openstack.exceptions.raise_from_response(resp)
+    return [server for server in resp.json()["servers"]
+            if (server.get("metadata") or {}).get("vmlet-identity") == identity
+            and server["status"] not in ("DELETED", "SOFT_DELETED")]
 
 
 def _servers_of(facts: dict[str, Any], identity: str) -> int:
-    """Nova's servers of ``identity``, as the admin sees them."""
-    import openstack.exceptions
-
-    resp = _admin(facts).compute.get("/servers/detail",
-                                     params={"all_tenants": 1, "limit": 1000},
-                                     microversion="2.79")
-    openstack.exceptions.raise_from_response(resp)
-    return sum(1 for server in resp.json()["servers"]
-               if (server.get("metadata") or {}).get("vmlet-identity") == identity
-               and server["status"] not in ("DELETED", "SOFT_DELETED"))
+    """How many servers Nova has of ``identity``."""
+    return len(_servers(_admin(facts), identity))
 
 
 @contextlib.contextmanager

@@ -1,8 +1,9 @@
 """PodLifecycleService: idempotent creates (twice, concurrently), keep versus destroy on delete,
-identity moves, and what a provider answers for pods it does not know."""
+identity moves, StartPod, and what a provider answers for pods it does not know."""
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -177,3 +178,36 @@ def a_pod_on_another_node_moves_the_vm(subject: Subject) -> None:
         subject.delete(pod)  # the pod that lost its VM: deleting it leaves the VM alone
         vm = subject.vm(pod.identity)
         assert (vm.provider_id, vm.power_state) == (vm_id, vpb.POWER_STATE_ON)
+
+
+def _stopped(status: pod_pb2.PodStatus) -> bool:
+    return (status.phase == pod_pb2.POD_PHASE_RUNNING and not status.ready
+            and status.progress == pod_pb2.PROGRESS_STOPPED
+            and all(c.WhichOneof("state") == "terminated" for c in status.container_statuses))
+
+
+@check
+def start_pod_starts_a_stopped_vm_and_nothing_else(subject: Subject) -> None:
+    """StartPod leaves a running VM alone and is NOT_FOUND for a pod the provider does not run; a
+    VM stopped behind the provider's back is reported Running, not ready, progress STOPPED, its
+    container terminated, and stays stopped until StartPod powers the same VM on again."""
+    pod = subject.pod()
+    start = lpb.StartPodRequest(pod=pod)
+    assert code_of(lambda: subject.pods.StartPod(start, timeout=60)) == NOT_FOUND
+    with subject.cleanup(pod.identity):
+        subject.create(pod)
+        vm_id = subject.wait_running(pod).provider_id
+        subject.pods.StartPod(start, timeout=subject.timeout)
+        assert subject.wait_running(pod).provider_id == vm_id
+        if subject.stop_vm is None:
+            return
+        subject.stop_vm(pod)
+        stopped = eventually(lambda: s if _stopped(s := subject.status(pod)) else None,
+                             timeout=subject.timeout, what=f"pod {pod.ref.name} reported stopped")
+        assert stopped.provider_id == vm_id
+        time.sleep(3)  # the provider does not power it on by itself
+        assert _stopped(subject.status(pod))
+        assert subject.vm(pod.identity).power_state == vpb.POWER_STATE_OFF
+        subject.pods.StartPod(start, timeout=subject.timeout)
+        assert subject.wait_running(pod).provider_id == vm_id
+        assert _one_vm(subject, pod) == vm_id

@@ -77,6 +77,10 @@ class Subject:
     #: shows), for the follow check; None where nothing can (follow is then checked for its
     #: history, an open stream and no repeats).
     write_log_line: Callable[[pod_pb2.Pod], None] | None = None
+    #: Stops the VM of a running pod behind the provider's back, as its guest shutting down
+    #: would, for the StartPod check; None where nothing can (that check then proves StartPod
+    #: on running and unknown pods only).
+    stop_vm: Callable[[pod_pb2.Pod], None] | None = None
     #: How often the provider reads its IaaS's log for a follow (its --log-poll-seconds): the
     #: follow check waits a few of these to see that nothing is sent twice.
     log_poll_seconds: float = 2.0

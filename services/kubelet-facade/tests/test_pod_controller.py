@@ -62,17 +62,8 @@ def provider_pod(uid: str, identity: str, name: str = "web") -> pb.Pod:
 
 
 @pytest.fixture
-def start(kube: FakeKube, provider: FakeProvider, background: Background) -> Start:
-    """Start the controller as app.py does: adopt the provider's pods, then follow the node."""
-    async def go() -> PodController[FakeProvider]:
-        client = kube.client
-        controller: PodController[FakeProvider] = PodController(
-            client, Resolver(client), EventRecorder(client))
-        background.at_end(controller.stop)
-        await controller.adopt(provider)
-        controller.add_node(NODE, Route(provider, lambda: "192.0.2.1"))
-        return controller
-    return go
+def start(start_pod_controller: Start) -> Start:
+    return start_pod_controller
 
 
 async def failed_create(kube: FakeKube, provider: FakeProvider, start: Start,

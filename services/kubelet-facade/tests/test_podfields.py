@@ -215,8 +215,6 @@ def test_each_ignored_volume_is_named(volume: dict[str, Any], named: str) -> Non
 
 
 @pytest.mark.parametrize(("spec", "named"), [
-    ({"restartPolicy": "Never"}, "spec.restartPolicy"),
-    ({"restartPolicy": "OnFailure"}, "spec.restartPolicy"),
     ({"dnsPolicy": "None"}, "spec.dnsPolicy"),
     ({"terminationGracePeriodSeconds": 120}, "spec.terminationGracePeriodSeconds"),
     ({"serviceAccountName": "builder", "serviceAccount": "builder"},
@@ -224,6 +222,11 @@ def test_each_ignored_volume_is_named(volume: dict[str, Any], named: str) -> Non
 ])
 def test_a_default_changed_is_named(spec: dict[str, Any], named: str) -> None:
     assert named in unhonoured(_with(**spec))
+
+
+@pytest.mark.parametrize("policy", ["Always", "OnFailure", "Never"])
+def test_every_restart_policy_is_honoured(policy: str) -> None:
+    assert unhonoured(_with(restartPolicy=policy)) == []
 
 
 def test_defaults_are_compared_by_value_and_type() -> None:

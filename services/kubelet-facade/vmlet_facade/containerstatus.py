@@ -125,10 +125,12 @@ def _last_state(old: Obj | None, restarts: int) -> Obj:
 
 
 def container_statuses(status: pb.PodStatus, spec_containers: list[Obj], phase: str,
-                       old: list[Obj], not_started: frozenset[str] = frozenset()) -> list[Obj]:
+                       old: list[Obj], not_started: frozenset[str] = frozenset(),
+                       last_state: Obj | None = None) -> list[Obj]:
     """The containerStatuses of a pod whose spec has ``spec_containers``, from ``status`` (the
-    provider's, or the facade's own); ``old`` are the statuses the pod has now, and the
-    containers in ``not_started`` have a startup probe that has not succeeded yet."""
+    provider's, or the facade's own); ``old`` are the statuses the pod has now, the containers
+    in ``not_started`` have a startup probe that has not succeeded yet, and ``last_state`` is
+    their lastState when the facade knows it (a VM it restarted)."""
     named = {cs.name: cs for cs in status.container_statuses if cs.name}
     shared = next((cs for cs in status.container_statuses if not cs.name), None)
     before = {c.get("name"): c for c in old}
@@ -151,7 +153,8 @@ def container_statuses(status: pb.PodStatus, spec_containers: list[Obj], phase: 
             "containerID": cs.container_id if cs is not None else "",
             "ready": ready, "started": running and name not in not_started,
             "restartCount": restarts,
-            "state": state, "lastState": _last_state(prev, restarts),
+            "state": state,
+            "lastState": last_state if last_state is not None else _last_state(prev, restarts),
             # What the VM has: reported as a resize-capable kubelet does, which is what lets
             # the apiserver accept in-place resizes (pods/resize) of VM pods.
             "resources": _reported_resources(container.get("resources") or {}, status),

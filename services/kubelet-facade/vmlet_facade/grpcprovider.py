@@ -197,6 +197,12 @@ class GrpcProvider:
         await _unary(self._pods.DeletePod(
             pod_lifecycle_service_pb2.DeletePodRequest(pod=pod), timeout=self._timeout))
 
+    async def start_pod(self, pod: pb.Pod) -> pb.PodStatus:
+        resp = await _unary(self._pods.StartPod(
+            pod_lifecycle_service_pb2.StartPodRequest(pod=pod), timeout=self._timeout))
+        status: pb.PodStatus = resp.status
+        return status
+
     async def get_pods(self) -> list[pb.PodWithStatus]:
         resp = await _unary(self._pods.GetPods(pod_lifecycle_service_pb2.GetPodsRequest(),
                                                timeout=60))

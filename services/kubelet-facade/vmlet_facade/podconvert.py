@@ -233,8 +233,9 @@ def with_host_ip(pod: Obj, host: str) -> Obj:
 
 
 def status_to_k8s(status: pb.PodStatus, pod: Obj, host_ip: str,
-                  not_started: frozenset[str] = frozenset()) -> Obj:
-    """A pod status for the apiserver: the provider's view, completed as a kubelet would.
+                  not_started: frozenset[str] = frozenset(), last_state: Obj | None = None) -> Obj:
+    """A pod status for the apiserver: the provider's view, completed as a kubelet would;
+    ``last_state``, when given, is every container's lastState (the run before a restart).
 
     The pod conditions are built here alone (`_pod_conditions`), and a condition keeps its
     lastTransitionTime while its status does not change.
@@ -243,7 +244,7 @@ def status_to_k8s(status: pb.PodStatus, pod: Obj, host_ip: str,
     old_conds = {c["type"]: c for c in old.get("conditions") or []}
     phase = _PHASES.get(status.phase, "Pending")
     containers = container_statuses(status, pod.get("spec", {}).get("containers", []), phase,
-                                    old.get("containerStatuses") or [], not_started)
+                                    old.get("containerStatuses") or [], not_started, last_state)
     conditions = _pod_conditions(status, phase, containers, old_conds)
     progress = _progress_condition(status, old_conds.get(PROGRESS_CONDITION))
     if progress is not None:

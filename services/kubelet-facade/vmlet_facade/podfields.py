@@ -199,7 +199,7 @@ _POD_SPEC: Final[Mapping[str, Rule]] = {
     "automountServiceAccountToken": _OK,  # the token is never given to a VM
     "enableServiceLinks": _OK,  # service variables are never given: false is what vmlet does
     "imagePullSecrets": _OK,  # no image is pulled (ServiceAccount admission may add them)
-    "restartPolicy": _Default(("Always",)),
+    "restartPolicy": _OK,
     "dnsPolicy": _Default(("ClusterFirst",)),
     "terminationGracePeriodSeconds": _Default((30,)),
     "serviceAccountName": _Default(("default",)),

@@ -27,13 +27,14 @@ import grpc
 from vmlet.provider.v1 import pod_pb2 as pb
 from vmlet_contract import ProviderError, is_retryable
 from vmlet_facade import metrics
+from vmlet_facade.adoption import adopt, remove_orphans
 from vmlet_facade.events import EventRecorder
 from vmlet_facade.kube import SYNCED, ApiError, KubeClient, list_and_watch
 from vmlet_facade.kube.objects import Obj, Pod, VirtualMachine
 from vmlet_facade.operationpods import operation_of, refused, run_operation
 from vmlet_facade.outage import Outage, during
 from vmlet_facade.outagetolerance import tolerate_outages
-from vmlet_facade.ownership import Ownership, derive, keeps_vm
+from vmlet_facade.ownership import Ownership, derive
 from vmlet_facade.ownstatus import rejected, waiting
 from vmlet_facade.podconvert import (
     same_intent,
@@ -49,6 +50,7 @@ from vmlet_facade.provider import PodHost
 from vmlet_facade.quantity import InvalidQuantity
 from vmlet_facade.queueing import Backoff, SerialWorkers
 from vmlet_facade.references import MissingReference, Resolved, Resolver
+from vmlet_facade.restarts import RestartManager, after_a_run
 from vmlet_facade.vmapi import TARGET_IDENTITY_ANNOTATION, path
 
 __all__ = ["PodController", "Route"]
@@ -104,28 +106,13 @@ class PodController(Generic[P]):
         self._guest_exec = guest_exec
         self.probes = ProbeManager(self._status.submit, functools.partial(events.emit,
                                    warning=True), self._probe_exec if guest_exec else None)
+        self.restarts = RestartManager(self._start_vm, self._status.submit, events.emit)
 
     # -- wiring ------------------------------------------------------------------------------
 
     async def adopt(self, provider: P) -> None:
         """Learn the pods ``provider`` already runs, so none is created twice."""
-        backoff = Backoff(cap=300.0)
-        while True:
-            try:
-                existing = await provider.get_pods()
-                break
-            except ProviderError as err:
-                log.warning("pods of %s not listed yet: %s", provider.name, err)
-                await asyncio.sleep(backoff.failed(provider.name))
-        for item in existing:
-            uid = item.pod.ref.uid
-            if uid:
-                state = self._state(uid)
-                if not state.created:
-                    state.created, state.fingerprint = True, None
-                state.adopted = item.pod
-                state.latest = item.status
-        log.info("adopted %d pods of provider %s", len(existing), provider.name)
+        await adopt(provider, self._state)
 
     def add_node(self, node: str, route: Route[P]) -> None:
         """Start following the pods bound to ``node``."""
@@ -146,6 +133,7 @@ class PodController(Generic[P]):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.probes.stop()
+        await self.restarts.stop()
         await self._sync.stop()
         await self._status.stop()
 
@@ -198,7 +186,9 @@ class PodController(Generic[P]):
                                           {"fieldSelector": f"spec.nodeName={node}"}):
             if event.type == SYNCED:
                 if not ready.is_set():
-                    await self._remove_orphans(node)
+                    for uid in await remove_orphans(self._states, node,
+                                                    self.routes[node].provider):
+                        self._prune(uid)
                     ready.set()
                 continue
             pod = event.object
@@ -219,35 +209,6 @@ class PodController(Generic[P]):
                 continue
             self._sync.submit(uid)
 
-    async def _remove_orphans(self, node: str) -> None:
-        """Delete from the provider the pods it runs on ``node`` that Kubernetes no longer has,
-        as the facade would have had it seen their deletes: a bare pod's VM is destroyed; the VM
-        of a VirtualMachine is stopped and kept (a VM pod deleted is a stop, never a destroy), and
-        the VirtualMachine's next pod, if its replicas ask for one, adopts it and starts it."""
-        route = self.routes[node]
-        for uid, state in list(self._states.items()):
-            adopted = state.adopted
-            if adopted is None or adopted.node_name != node or state.pod is not None:
-                continue
-            state.adopted, pod = None, adopted
-            # Also a VM whose provider recorded no keep (made before it recorded one).
-            if keeps_vm(pod.identity, uid, recorded=pod.keep_on_delete):
-                kept = pb.Pod()
-                kept.CopyFrom(pod)
-                kept.keep_on_delete = True
-                pod = kept
-                log.info("pod %s/%s is gone; stopping its VM %s, kept for its VirtualMachine",
-                         pod.ref.namespace, pod.ref.name, pod.identity)
-            else:
-                log.info("removing orphan %s/%s from provider", pod.ref.namespace, pod.ref.name)
-            try:
-                await route.provider.delete_pod(pod)
-                state.forget_provider_side()
-                state.latest = state.owner = None
-            except ProviderError as err:
-                log.warning("orphan %s/%s not removed: %s", pod.ref.namespace, pod.ref.name, err)
-            self._prune(uid)
-
     async def _handle(self, uid: str) -> None:
         pod = self._pod(uid)
         if pod is None:
@@ -261,9 +222,8 @@ class PodController(Generic[P]):
                 await self._delete(uid, pod, route)
             else:
                 state = self._state(uid)
-                ended = state.rejected or pod.get("status", {}).get("phase") in _ENDED
-                if not state.created and ended:
-                    return
+                if state.rejected or pod.get("status", {}).get("phase") in _ENDED:
+                    return  # it ended: nothing more to make or change (its VM is kept, off)
                 await tolerate_outages(self._client, pod)  # before any VM: see the module
                 if not state.created:
                     await self._create(uid, pod, route)
@@ -271,6 +231,8 @@ class PodController(Generic[P]):
                     pass
                 elif state.fingerprint is None:  # adopted at start: write what it has now
                     state.fingerprint = spec_fingerprint(pod)
+                    if state.latest is not None:  # and act on it (a VM that stopped meanwhile)
+                        self._set_status(uid, state.latest)
                     self._status.submit(uid)
                 elif state.fingerprint != spec_fingerprint(pod):
                     await self._update(uid, pod, route)
@@ -379,6 +341,7 @@ class PodController(Generic[P]):
         self._set_status(uid, status)
 
     async def _delete(self, uid: str, pod: Obj, route: Route[P]) -> None:
+        self.restarts.forget(uid)  # a pending restart must not power on what is deleted
         state = self._state(uid)
         if state.operation:
             state.forget_provider_side()
@@ -403,6 +366,7 @@ class PodController(Generic[P]):
     async def _forget(self, uid: str) -> None:
         """The pod is gone from Kubernetes (force-deleted or deletion finished)."""
         self.probes.forget(uid)
+        self.restarts.forget(uid)
         state = self._state(uid)
         pod, state.gone = state.gone, None
         if state.created and not state.operation and pod is not None:
@@ -460,9 +424,21 @@ class PodController(Generic[P]):
 
     def _set_status(self, uid: str, status: pb.PodStatus) -> None:
         state = self._state(uid)
-        state.latest = status
+        state.latest = status = after_a_run(status, state.pod)
         self.probes.sees(uid, state.pod, status)
+        self.restarts.sees(uid, state.pod, status)
         self._status.submit(uid)
+
+    async def _start_vm(self, uid: str) -> None:
+        """Powers the pod's stopped VM on again (a restart its restartPolicy asks for)."""
+        pod = self._pod(uid)
+        route = self.routes.get((pod or {}).get("spec", {}).get("nodeName", ""))
+        if pod is None or route is None or pod["metadata"].get("deletionTimestamp"):
+            return
+        request = to_provider_pod(pod, Resolved(), await self._ownership(uid, pod))
+        with metrics.provider_call("StartPod"):
+            status = await route.provider.start_pod(request)
+        self._set_status(uid, status)
 
     async def _probe_exec(self, pod: Obj, container: str, command: list[str]) -> tuple[int, str]:
         route = self.routes.get(pod["spec"].get("nodeName", ""))
@@ -475,18 +451,20 @@ class PodController(Generic[P]):
         if state is None:
             return
         status, pod = state.latest, state.pod
-        if status is None or pod is None or pod["metadata"].get("deletionTimestamp"):
-            return
+        if status is None or pod is None or pod["metadata"].get("deletionTimestamp") or \
+                pod.get("status", {}).get("phase") in _ENDED:
+            return  # a pod that ended keeps its status: Kubernetes refuses to change its phase
         route = self.routes.get(pod["spec"].get("nodeName", ""))
         outage = self._outages.get(route.provider.name) if route else None
         if outage is not None:
             status = during(status, outage)
+        status, last_state = self.restarts.gate(uid, status)
         status, not_started = self.probes.gate(uid, status)
         raw = status.SerializeToString(deterministic=True) + ",".join(sorted(not_started)).encode()
         if state.written == raw:
             return
         body = {"status": status_to_k8s(status, pod, route.host_ip() if route else "",
-                                        not_started)}
+                                        not_started, last_state)}
         ns, name = _key(pod)
         try:
             with metrics.status_write():

@@ -18,7 +18,7 @@ connections or execs at a time, whatever their periods.
   at most one per pod and probe every ``EVENT_INTERVAL`` seconds while it keeps failing.
 - Checks start once the VM has an IP (until then the guest is booting, and the provider holds
   Ready back itself), after initialDelaySeconds.
-- Liveness probes are not run: there is no restart of a VM to make yet (issue 18).
+- Liveness probes are not run yet (issue 18); a failing one would restart the VM as `restarts` does.
 """
 
 from __future__ import annotations

@@ -144,6 +144,13 @@ class FakeProvider:
         else:
             self.vms.pop(pod.identity, None)
 
+    async def start_pod(self, pod: pb.Pod) -> pb.PodStatus:
+        self._call("start_pod", _copy(pod))
+        if pod.ref.uid not in self.pods:
+            raise NotFound(f"no pod {pod.ref.namespace}/{pod.ref.name}")
+        self.pods[pod.ref.uid].status.CopyFrom(self.status(pod))
+        return _copy(self.pods[pod.ref.uid].status)
+
     async def get_pods(self) -> list[pb.PodWithStatus]:
         self._call("get_pods")
         return [_copy(p) for p in self.pods.values()]
