@@ -82,6 +82,9 @@ class FakeBackend:
     async def start_pod(self, pod: pod_pb2.Pod) -> pod_pb2.PodStatus:
         return await self.create_pod(pod)
 
+    async def stop_pod(self, pod: pod_pb2.Pod, grace_seconds: int) -> pod_pb2.PodStatus:
+        return await self.create_pod(pod)
+
     async def get_pod(self, namespace: str, name: str) -> tuple[pod_pb2.Pod, pod_pb2.PodStatus]:
         return await self.pod_spec(namespace, name), pod_pb2.PodStatus(pod_ip="10.0.0.1")
 

@@ -72,6 +72,10 @@ def hostile_requests(node: str, image: str, prefix: str = "hostile") -> list[Hos
                        pl.DeletePodRequest(pod=_pod(node, image, "c/d", namespace="a/b"))),
         HostileRequest("start namespace a/b name c/d", "pods", "StartPod",
                        pl.StartPodRequest(pod=_pod(node, image, "c/d", namespace="a/b"))),
+        HostileRequest("stop with a grace of -1 s", "pods", "StopPod",
+                       pl.StopPodRequest(pod=_pod(node, image, "stop"), grace_seconds=-1)),
+        HostileRequest("stop with a grace of 2^62 s", "pods", "StopPod",
+                       pl.StopPodRequest(pod=_pod(node, image, "stop"), grace_seconds=2**62)),
         HostileRequest("get namespace ../x", "pods", "GetPod",
                        pl.GetPodRequest(namespace="../x", name="y")),
         HostileRequest("4 EiB disk", "vms", "CreateDisk", vm.CreateDiskRequest(

@@ -33,6 +33,7 @@ from .errors import InvalidArgument
 __all__ = [
     "MAX_CPU_MILLIS",
     "MAX_DISK_BYTES",
+    "MAX_GRACE_SECONDS",
     "MAX_IDENTITY_LENGTH",
     "MAX_MEMORY_BYTES",
     "MAX_MESSAGE_BYTES",
@@ -58,6 +59,8 @@ MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 MAX_CONTAINERS = 64
 MAX_VOLUMES = 256
 MAX_NETWORKS = 16
+#: The longest a StopPod lets a guest take to shut down (the pod's grace is the facade's).
+MAX_GRACE_SECONDS = 3600
 MAX_STRING = 1024  # images, handles, snapshot IDs, StorageClass parameters
 MAX_TEXT = 64 * 1024  # descriptions, commands, keys, known_hosts
 
@@ -191,6 +194,11 @@ def _pod_request(request: Any) -> None:
     _pod(request.pod)
 
 
+def _stop_pod(request: Any) -> None:
+    _pod_request(request)
+    _between(request.grace_seconds, 0, MAX_GRACE_SECONDS, "grace period", " seconds")
+
+
 def _delete_pod(request: Any) -> None:
     # A VirtualMachine's deletion names only the identity: no pod reference to check then.
     _pod(request.pod, ref_required=False)
@@ -272,6 +280,7 @@ _CHECKS: dict[str, Callable[[Any], None]] = {
     "UpdatePodRequest": _pod_request,
     "DeletePodRequest": _delete_pod,
     "StartPodRequest": _pod_request,
+    "StopPodRequest": _stop_pod,
     "GetPodRequest": _named,
     "GetPodStatusRequest": _named,
     "GetContainerLogsRequest": _logs,

@@ -142,3 +142,22 @@ async def test_a_slow_start_again_keeps_the_pod_running_while_it_boots() -> None
         assert again.phase == RUNNING and again.progress == pod_pb2.PROGRESS_POWERING_ON
         assert again.container_statuses[0].waiting.reason == "PoweringOn" and not again.ready
         await _until(mp, "slow", "terminated")
+
+
+async def test_stop_pod_kills_the_guest_with_137_until_start_pod(mp: Harness) -> None:
+    pod = make_pod("live")
+    await mp.lifecycle.CreatePod(pl.CreatePodRequest(pod=pod))
+    stopped = (await mp.lifecycle.StopPod(pl.StopPodRequest(pod=pod, grace_seconds=30))).status
+    _assert_stopped(stopped, 137)
+    assert mp.provider.cloud.hosts["vmlet-memory-0"].used_pods == 0
+    again = (await mp.lifecycle.StopPod(pl.StopPodRequest(pod=pod))).status
+    assert again == stopped  # off already: nothing changes
+    started = (await mp.lifecycle.StartPod(pl.StartPodRequest(pod=pod))).status
+    assert started.container_statuses[0].WhichOneof("state") == "running"
+    for bad in (make_pod("nobody"), make_pod("live", identity="other")):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await mp.lifecycle.StopPod(pl.StopPodRequest(pod=bad))
+        assert err.value.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await mp.lifecycle.StopPod(pl.StopPodRequest(pod=pod, grace_seconds=-1))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

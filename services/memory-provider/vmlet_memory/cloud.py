@@ -36,7 +36,7 @@ from .addresses import IpPool
 from .disks import DiskStore, disk_handles
 from .hosts import Host, Usage, usage_of
 from .images import check_image_exists, image_name
-from .machines import Machine, PodKey, Power, pod_key
+from .machines import Machine, PodKey, Power, filled_in, pod_key, same_pod
 from .machinestatus import status_of, taken_over, vm_record
 from .networks import check_networks_exist
 from .podrules import exit_after, injected_failure, start_delay, validate
@@ -46,6 +46,7 @@ __all__ = ["Cloud", "CloudOptions", "PodUpdate"]
 _log = logging.getLogger(__name__)
 
 PodUpdate: TypeAlias = pod_notifier_service_pb2.NotifyPodsResponse
+KILLED = 137  # the exit code of a machine StopPod powered off, as of a container a kubelet killed
 
 
 @dataclass(frozen=True)
@@ -67,12 +68,6 @@ class CloudOptions:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _same_pod(a: pod_pb2.PodRef, b: pod_pb2.PodRef) -> bool:
-    return (a.namespace, a.name) == (b.namespace, b.name) and (
-        not a.uid or not b.uid or a.uid == b.uid
-    )
 
 
 class Cloud:
@@ -200,7 +195,7 @@ class Cloud:
             check_image_exists(image_name(pod.containers[0].image), self.options.images)
             check_networks_exist((n.name for n in pod.networks), self.options.networks)
             vm = self._make(pod, host)
-        elif vm.pod is not None and _same_pod(vm.pod.ref, pod.ref):
+        elif vm.pod is not None and same_pod(vm.pod.ref, pod.ref):
             if vm.node != host.name:
                 self._move(vm, host)
                 self._publish(vm)
@@ -221,7 +216,7 @@ class Cloud:
                 f"its identity cannot change to {pod.identity}"
             )
         if not pod.identity or not pod.node_name:
-            pod = _filled_in(pod, identity=vm.identity, node_name=vm.node)
+            pod = filled_in(pod, identity=vm.identity, node_name=vm.node)
         host = self.hosts.get(pod.node_name)
         if host is None:
             raise FailedPrecondition(f"node {pod.node_name} is not served by this provider")
@@ -239,10 +234,7 @@ class Cloud:
     def start_pod(self, pod: pod_pb2.Pod) -> pod_pb2.PodStatus:
         """Powers the pod's machine on again after its guest shut down; a machine that runs
         or is powering on is left as it is. NotFound for a pod without a machine."""
-        vm = self.pod_machine(pod.ref.namespace, pod.ref.name)
-        if pod.identity and pod.identity != vm.identity:
-            raise InvalidArgument(f"pod {pod.ref.namespace}/{pod.ref.name} runs VM "
-                                  f"{vm.identity}, not {pod.identity}")
+        vm = self._machine_of(pod)
         if vm.power is Power.STOPPED and vm.pod is not None:
             self.host(vm.node).admit(usage := usage_of(vm.pod), what=f"VM {vm.identity}")
             vm.usage, vm.restarting = usage, True
@@ -252,17 +244,32 @@ class Cloud:
         assert vm.status is not None
         return vm.status
 
-    def guest_shutdown(self, identity: str, exit_code: int) -> None:
-        """The running guest of `identity` shuts itself down with `exit_code` (its shell's
-        `poweroff`, the exit-after knob): off, its container terminated, until StartPod."""
+    def stop_pod(self, pod: pod_pb2.Pod) -> pod_pb2.PodStatus:
+        """Powers the pod's machine off, as killed (exit code 137: a pretend guest shuts down
+        at once, whatever the grace), until StartPod; one that is off is left as it is."""
+        vm = self._machine_of(pod)
+        self.guest_shutdown(vm.identity, KILLED, "stopped by StopPod")
+        assert vm.status is not None
+        return vm.status
+
+    def guest_shutdown(self, identity: str, exit_code: int, why: str = "guest shut down") -> None:
+        """The guest of `identity` shuts down with `exit_code` (its shell's `poweroff`, the
+        exit-after knob, StopPod): off, its container terminated, until StartPod."""
         vm = self._machines.get(identity)
-        if vm is None or vm.pod is None or vm.power is not Power.RUNNING:
+        if vm is None or vm.pod is None or vm.power is Power.STOPPED:
             return
         self._power_off(vm)
         vm.exited, vm.finished_at = exit_code, _now()
-        vm.record(f"guest shut down (exit code {exit_code})")
+        vm.record(f"{why} (exit code {exit_code})")
         self._publish(vm)
         self.on_change()
+
+    def _machine_of(self, pod: pod_pb2.Pod) -> Machine:
+        vm = self.pod_machine(pod.ref.namespace, pod.ref.name)
+        if pod.identity and pod.identity != vm.identity:
+            raise InvalidArgument(f"pod {pod.ref.namespace}/{pod.ref.name} runs VM "
+                                  f"{vm.identity}, not {pod.identity}")
+        return vm
 
     def delete_pod(self, pod: pod_pb2.Pod) -> None:
         """Powers the pod's machine off and destroys it unless keep_on_delete. Unknown pods,
@@ -275,7 +282,7 @@ class Cloud:
             return
         check_namespace(vm.namespace, pod.ref.namespace, identity)
         if vm.pod is not None:
-            if not _same_pod(vm.pod.ref, pod.ref):
+            if not same_pod(vm.pod.ref, pod.ref):
                 return
             self._power_off(vm)
             del self._by_pod[pod_key(vm.pod.ref)]
@@ -490,11 +497,3 @@ class Cloud:
 
 async def _nothing() -> None:
     return None
-
-
-def _filled_in(pod: pod_pb2.Pod, *, identity: str, node_name: str) -> pod_pb2.Pod:
-    copy = pod_pb2.Pod()
-    copy.CopyFrom(pod)
-    copy.identity = copy.identity or identity
-    copy.node_name = copy.node_name or node_name
-    return copy

@@ -31,6 +31,11 @@ class PodLifecycle:
         await self._cloud.flush()
         return status
 
+    async def stop_pod(self, pod: pod_pb2.Pod, grace_seconds: int) -> pod_pb2.PodStatus:
+        status = self._cloud.stop_pod(pod)
+        await self._cloud.flush()
+        return status
+
     async def delete_pod(self, pod: pod_pb2.Pod) -> None:
         self._cloud.delete_pod(pod)
         await self._cloud.flush()

@@ -23,7 +23,7 @@ from vmlet_contract.userdata import first_boot_commands
 
 from .hosts import Usage
 
-__all__ = ["LogLine", "Machine", "PodKey", "Power", "pod_key"]
+__all__ = ["LogLine", "Machine", "PodKey", "Power", "filled_in", "pod_key", "same_pod"]
 
 PodKey = tuple[str, str]
 
@@ -33,6 +33,22 @@ _LOG_LINES_KEPT = 1000
 def pod_key(ref: pod_pb2.PodRef) -> PodKey:
     """The (namespace, name) a pod is looked up by."""
     return (ref.namespace, ref.name)
+
+
+def same_pod(a: pod_pb2.PodRef, b: pod_pb2.PodRef) -> bool:
+    """Whether `a` and `b` are one pod: one namespace and name, and one UID where both have one."""
+    return (a.namespace, a.name) == (b.namespace, b.name) and (
+        not a.uid or not b.uid or a.uid == b.uid
+    )
+
+
+def filled_in(pod: pod_pb2.Pod, *, identity: str, node_name: str) -> pod_pb2.Pod:
+    """A copy of `pod` with `identity` and `node_name` where it has none."""
+    copy = pod_pb2.Pod()
+    copy.CopyFrom(pod)
+    copy.identity = copy.identity or identity
+    copy.node_name = copy.node_name or node_name
+    return copy
 
 
 class Power(enum.StrEnum):

@@ -33,7 +33,7 @@ def status_of(vm: Machine) -> pod_pb2.PodStatus | None:
     elif vm.exited is not None:
         status = podstatus.stopped(
             vm.pod, reason="PoweredOff",
-            message=f"the guest shut down with exit code {vm.exited}",
+            message=f"VM {vm.uuid} is off: it stopped with exit code {vm.exited}",
             exit_code=vm.exited, started_at=vm.started_at, finished_at=vm.finished_at, **common)
     else:
         status = podstatus.pending(

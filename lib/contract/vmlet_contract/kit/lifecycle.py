@@ -33,6 +33,12 @@ class PodLifecycleBackend(Protocol):
         status."""
         ...
 
+    async def stop_pod(self, pod: pod_pb2.Pod, grace_seconds: int) -> pod_pb2.PodStatus:
+        """Powers the VM of `pod` off and keeps it: the guest asked to shut down, powered off
+        hard after `grace_seconds`; exit code 137 unless the guest left one. Returns once it
+        is off; a VM that is off is left as it is. Its status."""
+        ...
+
     async def get_pod(self, namespace: str, name: str) -> tuple[pod_pb2.Pod, pod_pb2.PodStatus]:
         """The pod namespace/name as last created or updated, and its status."""
         ...
@@ -60,6 +66,10 @@ class PodLifecycleServicer(pb_grpc.PodLifecycleServiceServicer):
 
     async def StartPod(self, request: pb.StartPodRequest, context: Any) -> pb.StartPodResponse:
         return pb.StartPodResponse(status=await self._backend.start_pod(request.pod))
+
+    async def StopPod(self, request: pb.StopPodRequest, context: Any) -> pb.StopPodResponse:
+        return pb.StopPodResponse(
+            status=await self._backend.stop_pod(request.pod, request.grace_seconds))
 
     async def GetPod(self, request: pb.GetPodRequest, context: Any) -> pb.GetPodResponse:
         pod, status = await self._backend.get_pod(request.namespace, request.name)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from vmlet.provider.v1 import pod_pb2 as vmlet_dot_provider_dot_v1_dot_pod__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-vmlet/provider/v1/pod_lifecycle_service.proto\x12\x11vmlet.provider.v1\x1a\x1bvmlet/provider/v1/pod.proto\"7\n\x10\x43reatePodRequest\x12#\n\x03pod\x18\x01 \x01(\x0b\x32\x16.vmlet.provider.v1.Pod\"A\n\x11\x43reatePodResponse\x12,\n\x06status\x18\x01 \x01(\x0b\x32\x1c.vmlet.provider.v1.PodStatus\"7\n\x10UpdatePodRequest\x12#\n\x03pod\x18\x01 \x01(\x0b\x32\x16.vmlet.provider.v1.Pod\"A\n\x11UpdatePodResponse\x12,\n\x06status\x18\x01 \x01(\x0b\x32\x1c.vmlet.provider.v1.PodStatus\"7\n\x10\x44\x65letePodRequest\x12#\n\x03pod\x18\x01 \x01(\x0b\x32\x16.vmlet.provider.v1.Pod\"\x13\n\x11\x44\x65letePodResponse\"6\n\x0fStartPodRequest\x12#\n\x03pod\x18\x01 \x01(\x0b\x32\x16.vmlet.provider.v1.Pod\"@\n\x10StartPodResponse\x12,\n\x06status\x18\x01 \x01(\x0b\x32\x1c.vmlet.provider.v1.PodStatus\"0\n\rGetPodRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"c\n\x0eGetPodResponse\x12#\n\x03pod\x18\x01 \x01(\x0b\x32\x16.vmlet.provider.v1.Pod\x12,\n\x06status\x18\x02 \x01(\x0b\x32\x1c.vmlet.provider.v1.PodStatus\"6\n\x13GetPodStatusRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"D\n\x14GetPodStatusResponse\x12,\n\x06status\x18\x01 \x01(\x0b\x32\x1c.vmlet.provider.v1.PodStatus\"\x10\n\x0eGetPodsRequest\"A\n\x0fGetPodsResponse\x12.\n\x04pods\x18\x01 \x03(\x0b\x32 .vmlet.provider.v1.PodWithStatus2\xf4\x04\n\x13PodLifecycleService\x12V\n\tCreatePod\x12#.vmlet.provider.v1.CreatePodRequest\x1a$.vmlet.provider.v1.CreatePodResponse\x12V\n\tUpdatePod\x12#.vmlet.provider.v1.UpdatePodRequest\x1a$.vmlet.provider.v1.UpdatePodResponse\x12V\n\tDeletePod\x12#.vmlet.provider.v1.DeletePodRequest\x1a$.vmlet.provider.v1.DeletePodResponse\x12S\n\x08StartPod\x12\".vmlet.provider.v1.StartPodRequest\x1a#.vmlet.provider.v1.StartPodResponse\x12M\n\x06GetPod\x12 .vmlet.provider.v1.GetPodRequest\x1a!.vmlet.provider.v1.GetPodResponse\x12_\n\x0cGetPodStatus\x12&.vmlet.provider.v1.GetPodStatusRequest\x1a\'.vmlet.provider.v1.GetPodStatusResponse\x12P\n\x07GetPods\x12!.vmlet.provider.v1.GetPodsRequest\x1a\".vmlet.provider.v1.GetPodsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-vmlet/provider/v1/pod_lifecycle_service.proto\x12\x11vmlet.provider.v1\x1a\x1bvmlet/provider/v1/pod.proto\"7\n\x10\x43reatePodRequest\x12#\n\x03pod\x18\x01 \x01(\x0b\x32\x16.vmlet.provider.v1.Pod\"A\n\x11\x43reatePodResponse\x12,\n\x06status\x18\x01 \x01(\x0b\x32\x1c.vmlet.provider.v1.PodStatus\"7\n\x10UpdatePodRequest\x12#\n\x03pod\x18\x01 \x01(\x0b\x32\x16.vmlet.provider.v1.Pod\"A\n\x11UpdatePodResponse\x12,\n\x06status\x18\x01 \x01(\x0b\x32\x1c.vmlet.provider.v1.PodStatus\"7\n\x10\x44\x65letePodRequest\x12#\n\x03pod\x18\x01 \x01(\x0b\x32\x16.vmlet.provider.v1.Pod\"\x13\n\x11\x44\x65letePodResponse\"6\n\x0fStartPodRequest\x12#\n\x03pod\x18\x01 \x01(\x0b\x32\x16.vmlet.provider.v1.Pod\"L\n\x0eStopPodRequest\x12#\n\x03pod\x18\x01 \x01(\x0b\x32\x16.vmlet.provider.v1.Pod\x12\x15\n\rgrace_seconds\x18\x02 \x01(\x03\"?\n\x0fStopPodResponse\x12,\n\x06status\x18\x01 \x01(\x0b\x32\x1c.vmlet.provider.v1.PodStatus\"@\n\x10StartPodResponse\x12,\n\x06status\x18\x01 \x01(\x0b\x32\x1c.vmlet.provider.v1.PodStatus\"0\n\rGetPodRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"c\n\x0eGetPodResponse\x12#\n\x03pod\x18\x01 \x01(\x0b\x32\x16.vmlet.provider.v1.Pod\x12,\n\x06status\x18\x02 \x01(\x0b\x32\x1c.vmlet.provider.v1.PodStatus\"6\n\x13GetPodStatusRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"D\n\x14GetPodStatusResponse\x12,\n\x06status\x18\x01 \x01(\x0b\x32\x1c.vmlet.provider.v1.PodStatus\"\x10\n\x0eGetPodsRequest\"A\n\x0fGetPodsResponse\x12.\n\x04pods\x18\x01 \x03(\x0b\x32 .vmlet.provider.v1.PodWithStatus2\xc6\x05\n\x13PodLifecycleService\x12V\n\tCreatePod\x12#.vmlet.provider.v1.CreatePodRequest\x1a$.vmlet.provider.v1.CreatePodResponse\x12V\n\tUpdatePod\x12#.vmlet.provider.v1.UpdatePodRequest\x1a$.vmlet.provider.v1.UpdatePodResponse\x12V\n\tDeletePod\x12#.vmlet.provider.v1.DeletePodRequest\x1a$.vmlet.provider.v1.DeletePodResponse\x12S\n\x08StartPod\x12\".vmlet.provider.v1.StartPodRequest\x1a#.vmlet.provider.v1.StartPodResponse\x12P\n\x07StopPod\x12!.vmlet.provider.v1.StopPodRequest\x1a\".vmlet.provider.v1.StopPodResponse\x12M\n\x06GetPod\x12 .vmlet.provider.v1.GetPodRequest\x1a!.vmlet.provider.v1.GetPodResponse\x12_\n\x0cGetPodStatus\x12&.vmlet.provider.v1.GetPodStatusRequest\x1a\'.vmlet.provider.v1.GetPodStatusResponse\x12P\n\x07GetPods\x12!.vmlet.provider.v1.GetPodsRequest\x1a\".vmlet.provider.v1.GetPodsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,20 +46,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEPODRESPONSE']._serialized_end=421
   _globals['_STARTPODREQUEST']._serialized_start=423
   _globals['_STARTPODREQUEST']._serialized_end=477
-  _globals['_STARTPODRESPONSE']._serialized_start=479
-  _globals['_STARTPODRESPONSE']._serialized_end=543
-  _globals['_GETPODREQUEST']._serialized_start=545
-  _globals['_GETPODREQUEST']._serialized_end=593
-  _globals['_GETPODRESPONSE']._serialized_start=595
-  _globals['_GETPODRESPONSE']._serialized_end=694
-  _globals['_GETPODSTATUSREQUEST']._serialized_start=696
-  _globals['_GETPODSTATUSREQUEST']._serialized_end=750
-  _globals['_GETPODSTATUSRESPONSE']._serialized_start=752
-  _globals['_GETPODSTATUSRESPONSE']._serialized_end=820
-  _globals['_GETPODSREQUEST']._serialized_start=822
-  _globals['_GETPODSREQUEST']._serialized_end=838
-  _globals['_GETPODSRESPONSE']._serialized_start=840
-  _globals['_GETPODSRESPONSE']._serialized_end=905
-  _globals['_PODLIFECYCLESERVICE']._serialized_start=908
-  _globals['_PODLIFECYCLESERVICE']._serialized_end=1536
+  _globals['_STOPPODREQUEST']._serialized_start=479
+  _globals['_STOPPODREQUEST']._serialized_end=555
+  _globals['_STOPPODRESPONSE']._serialized_start=557
+  _globals['_STOPPODRESPONSE']._serialized_end=620
+  _globals['_STARTPODRESPONSE']._serialized_start=622
+  _globals['_STARTPODRESPONSE']._serialized_end=686
+  _globals['_GETPODREQUEST']._serialized_start=688
+  _globals['_GETPODREQUEST']._serialized_end=736
+  _globals['_GETPODRESPONSE']._serialized_start=738
+  _globals['_GETPODRESPONSE']._serialized_end=837
+  _globals['_GETPODSTATUSREQUEST']._serialized_start=839
+  _globals['_GETPODSTATUSREQUEST']._serialized_end=893
+  _globals['_GETPODSTATUSRESPONSE']._serialized_start=895
+  _globals['_GETPODSTATUSRESPONSE']._serialized_end=963
+  _globals['_GETPODSREQUEST']._serialized_start=965
+  _globals['_GETPODSREQUEST']._serialized_end=981
+  _globals['_GETPODSRESPONSE']._serialized_start=983
+  _globals['_GETPODSRESPONSE']._serialized_end=1048
+  _globals['_PODLIFECYCLESERVICE']._serialized_start=1051
+  _globals['_PODLIFECYCLESERVICE']._serialized_end=1761
 # @@protoc_insertion_point(module_scope)

@@ -181,6 +181,60 @@ class StartPodRequest(_message.Message):
 Global___StartPodRequest: _TypeAlias = StartPodRequest  # noqa: Y015
 
 @_typing.final
+class StopPodRequest(_message.Message):
+    """StopPodRequest names the pod whose VM is to be stopped, and how long its guest may take."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POD_FIELD_NUMBER: _builtins.int
+    GRACE_SECONDS_FIELD_NUMBER: _builtins.int
+    grace_seconds: _builtins.int
+    """How long the guest may take to shut down before the VM is powered off hard, in seconds;
+    0 powers it off at once. At most 3600.
+    """
+    @_builtins.property
+    def pod(self) -> _pod_pb2.Pod:
+        """The pod, as for DeletePod: its ref and identity name the VM."""
+
+    def __init__(
+        self,
+        *,
+        pod: _pod_pb2.Pod | None = ...,
+        grace_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pod", b"pod"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grace_seconds", b"grace_seconds", "pod", b"pod"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StopPodRequest: _TypeAlias = StopPodRequest  # noqa: Y015
+
+@_typing.final
+class StopPodResponse(_message.Message):
+    """StopPodResponse carries the status once the VM is off."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> _pod_pb2.PodStatus:
+        """The pod's status: its container terminated, progress STOPPED."""
+
+    def __init__(
+        self,
+        *,
+        status: _pod_pb2.PodStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StopPodResponse: _TypeAlias = StopPodResponse  # noqa: Y015
+
+@_typing.final
 class StartPodResponse(_message.Message):
     """StartPodResponse carries the status once the power-on is under way or done."""
 

@@ -62,6 +62,11 @@ class PodLifecycleServiceStub:
                 request_serializer=vmlet_dot_provider_dot_v1_dot_pod__lifecycle__service__pb2.StartPodRequest.SerializeToString,
                 response_deserializer=vmlet_dot_provider_dot_v1_dot_pod__lifecycle__service__pb2.StartPodResponse.FromString,
                 _registered_method=True)
+        self.StopPod = channel.unary_unary(
+                '/vmlet.provider.v1.PodLifecycleService/StopPod',
+                request_serializer=vmlet_dot_provider_dot_v1_dot_pod__lifecycle__service__pb2.StopPodRequest.SerializeToString,
+                response_deserializer=vmlet_dot_provider_dot_v1_dot_pod__lifecycle__service__pb2.StopPodResponse.FromString,
+                _registered_method=True)
         self.GetPod = channel.unary_unary(
                 '/vmlet.provider.v1.PodLifecycleService/GetPod',
                 request_serializer=vmlet_dot_provider_dot_v1_dot_pod__lifecycle__service__pb2.GetPodRequest.SerializeToString,
@@ -126,6 +131,21 @@ class PodLifecycleServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StopPod(self, request, context):
+        """StopPod powers the pod's VM off and keeps it, as a kubelet kills a container: the facade
+        calls it when the container's liveness probe fails, and then restarts it (StartPod) or ends
+        the pod under its restartPolicy. The provider asks the guest to shut down (vSphere
+        ShutdownGuest through VMware Tools, Nova os-stop) and powers the VM off hard once
+        grace_seconds have passed, or at once when they are 0 or the guest cannot be asked. It
+        answers once the VM is off: the pod then reports its container terminated with progress
+        STOPPED and exit code 137 (killed, as a kubelet reports a container it killed) unless the
+        guest left its own. The VM keeps its identity, disks and address. Succeeds without a change
+        when the VM is off. NOT_FOUND when the provider runs no VM for the pod.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetPod(self, request, context):
         """GetPod returns a pod the provider runs, with its status. The facade never calls it (it
         follows NotifyPods and lists with GetPods): it is for people calling a provider with grpcurl
@@ -172,6 +192,11 @@ def add_PodLifecycleServiceServicer_to_server(servicer, server):
                     servicer.StartPod,
                     request_deserializer=vmlet_dot_provider_dot_v1_dot_pod__lifecycle__service__pb2.StartPodRequest.FromString,
                     response_serializer=vmlet_dot_provider_dot_v1_dot_pod__lifecycle__service__pb2.StartPodResponse.SerializeToString,
+            ),
+            'StopPod': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopPod,
+                    request_deserializer=vmlet_dot_provider_dot_v1_dot_pod__lifecycle__service__pb2.StopPodRequest.FromString,
+                    response_serializer=vmlet_dot_provider_dot_v1_dot_pod__lifecycle__service__pb2.StopPodResponse.SerializeToString,
             ),
             'GetPod': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPod,
@@ -305,6 +330,33 @@ class PodLifecycleService:
             '/vmlet.provider.v1.PodLifecycleService/StartPod',
             vmlet_dot_provider_dot_v1_dot_pod__lifecycle__service__pb2.StartPodRequest.SerializeToString,
             vmlet_dot_provider_dot_v1_dot_pod__lifecycle__service__pb2.StartPodResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopPod(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmlet.provider.v1.PodLifecycleService/StopPod',
+            vmlet_dot_provider_dot_v1_dot_pod__lifecycle__service__pb2.StopPodRequest.SerializeToString,
+            vmlet_dot_provider_dot_v1_dot_pod__lifecycle__service__pb2.StopPodResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,6 +59,17 @@ class PodLifecycleServiceStub:
     powered on. NOT_FOUND when the provider runs no VM for the pod, FAILED_PRECONDITION when
     the IaaS refuses to power it on, RESOURCE_EXHAUSTED when its host has no room for it.
     """
+    StopPod: _grpc.UnaryUnaryMultiCallable[_pod_lifecycle_service_pb2.StopPodRequest, _pod_lifecycle_service_pb2.StopPodResponse]
+    """StopPod powers the pod's VM off and keeps it, as a kubelet kills a container: the facade
+    calls it when the container's liveness probe fails, and then restarts it (StartPod) or ends
+    the pod under its restartPolicy. The provider asks the guest to shut down (vSphere
+    ShutdownGuest through VMware Tools, Nova os-stop) and powers the VM off hard once
+    grace_seconds have passed, or at once when they are 0 or the guest cannot be asked. It
+    answers once the VM is off: the pod then reports its container terminated with progress
+    STOPPED and exit code 137 (killed, as a kubelet reports a container it killed) unless the
+    guest left its own. The VM keeps its identity, disks and address. Succeeds without a change
+    when the VM is off. NOT_FOUND when the provider runs no VM for the pod.
+    """
     GetPod: _grpc.UnaryUnaryMultiCallable[_pod_lifecycle_service_pb2.GetPodRequest, _pod_lifecycle_service_pb2.GetPodResponse]
     """GetPod returns a pod the provider runs, with its status. The facade never calls it (it
     follows NotifyPods and lists with GetPods): it is for people calling a provider with grpcurl
@@ -101,6 +112,17 @@ class PodLifecycleServiceAsyncStub(PodLifecycleServiceStub):
     so the next stop reports its own. Succeeds without a change when the VM runs or is being
     powered on. NOT_FOUND when the provider runs no VM for the pod, FAILED_PRECONDITION when
     the IaaS refuses to power it on, RESOURCE_EXHAUSTED when its host has no room for it.
+    """
+    StopPod: _aio.UnaryUnaryMultiCallable[_pod_lifecycle_service_pb2.StopPodRequest, _pod_lifecycle_service_pb2.StopPodResponse]  # type: ignore[assignment]
+    """StopPod powers the pod's VM off and keeps it, as a kubelet kills a container: the facade
+    calls it when the container's liveness probe fails, and then restarts it (StartPod) or ends
+    the pod under its restartPolicy. The provider asks the guest to shut down (vSphere
+    ShutdownGuest through VMware Tools, Nova os-stop) and powers the VM off hard once
+    grace_seconds have passed, or at once when they are 0 or the guest cannot be asked. It
+    answers once the VM is off: the pod then reports its container terminated with progress
+    STOPPED and exit code 137 (killed, as a kubelet reports a container it killed) unless the
+    guest left its own. The VM keeps its identity, disks and address. Succeeds without a change
+    when the VM is off. NOT_FOUND when the provider runs no VM for the pod.
     """
     GetPod: _aio.UnaryUnaryMultiCallable[_pod_lifecycle_service_pb2.GetPodRequest, _pod_lifecycle_service_pb2.GetPodResponse]  # type: ignore[assignment]
     """GetPod returns a pod the provider runs, with its status. The facade never calls it (it
@@ -165,6 +187,23 @@ class PodLifecycleServiceServicer(metaclass=_abc_1.ABCMeta):
         so the next stop reports its own. Succeeds without a change when the VM runs or is being
         powered on. NOT_FOUND when the provider runs no VM for the pod, FAILED_PRECONDITION when
         the IaaS refuses to power it on, RESOURCE_EXHAUSTED when its host has no room for it.
+        """
+
+    @_abc_1.abstractmethod
+    def StopPod(
+        self,
+        request: _pod_lifecycle_service_pb2.StopPodRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pod_lifecycle_service_pb2.StopPodResponse, _abc.Awaitable[_pod_lifecycle_service_pb2.StopPodResponse]]:
+        """StopPod powers the pod's VM off and keeps it, as a kubelet kills a container: the facade
+        calls it when the container's liveness probe fails, and then restarts it (StartPod) or ends
+        the pod under its restartPolicy. The provider asks the guest to shut down (vSphere
+        ShutdownGuest through VMware Tools, Nova os-stop) and powers the VM off hard once
+        grace_seconds have passed, or at once when they are 0 or the guest cannot be asked. It
+        answers once the VM is off: the pod then reports its container terminated with progress
+        STOPPED and exit code 137 (killed, as a kubelet reports a container it killed) unless the
+        guest left its own. The VM keeps its identity, disks and address. Succeeds without a change
+        when the VM is off. NOT_FOUND when the provider runs no VM for the pod.
         """
 
     @_abc_1.abstractmethod

@@ -819,8 +819,9 @@ class ContainerStateTerminated(_message.Message):
     guest left where its IaaS can carry one, else 0 (a clean shutdown): on vSphere the guest
     sets `guestinfo.vmlet.exitCode` before it shuts down (`vmware-rpctool "info-set
     guestinfo.vmlet.exitCode 3"`), on the memory provider its shell's `poweroff 3` does; Nova
-    carries none, so an OpenStack server shut off is 0. The facade decides with it what the
-    pod's restartPolicy asks for (a restart through StartPod, or phase Succeeded or Failed).
+    carries none, so an OpenStack server shut off is 0. A VM stopped through StopPod is 137
+    unless its guest left a code. The facade decides with it what the pod's restartPolicy asks
+    for (a restart through StartPod, or phase Succeeded or Failed).
     """
     reason: _builtins.str
     """A CamelCase reason."""
