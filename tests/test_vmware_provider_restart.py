@@ -1,15 +1,21 @@
-"""StartPod and guest exit codes on the vSphere provider against vcsim, through its gRPC server:
-a VM that stops on its own reports the exit code its guest left in guestinfo.vmlet.exitCode,
-and StartPod powers it on again (once, however often it is asked), clearing that code.
+"""StartPod, StopPod and guest exit codes on the vSphere provider against vcsim, through its gRPC
+server: a VM that stops on its own reports the exit code its guest left in
+guestinfo.vmlet.exitCode, StartPod powers it on again (once, however often it is asked),
+clearing that code, and StopPod powers it off (once), exit code 137 unless the guest left one.
 
 vcsim stands in for the guest: the tests write guestinfo.vmlet.exitCode into the VM's
 extraConfig, where `vmware-rpctool "info-set guestinfo.vmlet.exitCode 3"` puts it on a real
-host, then power the VM off as the guest's shutdown would.
+host, then power the VM off as the guest's shutdown would. vcsim's VMs run no VMware Tools
+(guest.toolsRunningStatus guestToolsNotRunning) unless a test says they do with vcsim's
+`SET.guest.toolsRunningStatus` extraConfig key; vcsim's ShutdownGuest then powers the VM off at
+once, or after `-method-delay ShutdownGuest:<ms>` twice over (the call, then its task).
 """
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -24,6 +30,7 @@ from tests.vmwareprovider import (
     eventually,
     make_pod,
     reconfigure_vm,
+    start_provider,
     the_vm,
 )
 from vmlet.provider.v1 import pod_lifecycle_service_pb2 as lpb
@@ -55,16 +62,75 @@ def stop_as_guest(sim: VcSim, identity: str, exit_code: str | None) -> None:
         _wait_task(vm.PowerOffVM_Task())
 
 
-def power_ons(sim: VcSim, identity: str) -> int:
-    """How many times vCenter powered the VM of `identity` on."""
+def count_events(sim: VcSim, identity: str, kind: type[Any]) -> int:
+    """How many events of `kind` vCenter posted for the VM of `identity`."""
     with sim.connect() as si:
         (vm,) = vms_with_identity(si, identity)
         spec = vim.event.EventFilterSpec(
             entity=vim.event.EventFilterSpec.ByEntity(entity=vm, recursion="self"),
-            eventTypeId=["VmPoweredOnEvent"],
+            eventTypeId=[kind.__name__.rsplit(".", 1)[-1]],
         )
         events: list[Any] = si.RetrieveContent().eventManager.QueryEvents(spec) or []
-        return sum(isinstance(e, vim.event.VmPoweredOnEvent) for e in events)
+        return sum(isinstance(e, kind) for e in events)
+
+
+def power_ons(sim: VcSim, identity: str) -> int:
+    """How many times vCenter powered the VM of `identity` on."""
+    return count_events(sim, identity, vim.event.VmPoweredOnEvent)
+
+
+def power_offs(sim: VcSim, identity: str) -> int:
+    """How many times the VM of `identity` went off (a power-off or a guest shutdown)."""
+    return count_events(sim, identity, vim.event.VmPoweredOffEvent)
+
+
+def shutdowns_asked(sim: VcSim, identity: str) -> int:
+    """How many times vCenter asked the guest of the VM of `identity` to shut down."""
+    return count_events(sim, identity, vim.event.VmGuestShutdownEvent)
+
+
+def run_tools(sim: VcSim, identity: str) -> None:
+    """Makes vcsim report VMware Tools running in the VM of `identity`."""
+    option = vim.option.OptionValue(key="SET.guest.toolsRunningStatus", value="guestToolsRunning")
+    reconfigure_vm(sim, identity, vim.vm.ConfigSpec(extraConfig=[option]))
+
+
+def stop(provider: Provider, pod: pod_pb2.Pod, grace_seconds: int) -> pod_pb2.PodStatus:
+    status: pod_pb2.PodStatus = provider.pods.StopPod(
+        lpb.StopPodRequest(pod=pod, grace_seconds=grace_seconds),
+        timeout=provider.timeout + grace_seconds,
+    ).status
+    return status
+
+
+def timed_stop(
+    provider: Provider, pod: pod_pb2.Pod, grace_seconds: int
+) -> tuple[pod_pb2.PodStatus, float]:
+    """StopPod of `pod`, and how many seconds it took."""
+    began = time.monotonic()
+    status = stop(provider, pod, grace_seconds)
+    return status, time.monotonic() - began
+
+
+def killed(status: pod_pb2.PodStatus, exit_code: int = 137) -> bool:
+    """Whether `status` is of a VM StopPod stopped: terminated with `exit_code`, STOPPED."""
+    container = terminated(status)
+    return (
+        container is not None
+        and (container.exit_code, container.reason) == (exit_code, "PoweredOff")
+        and (status.phase, status.progress) == (RUNNING, pod_pb2.PROGRESS_STOPPED)
+        and not status.ready
+    )
+
+
+def stopping(status: pod_pb2.PodStatus) -> bool:
+    """Whether `status` shows the provider stopping the VM."""
+    return (
+        status.phase == RUNNING
+        and not status.ready
+        and status.progress == pod_pb2.PROGRESS_BUSY
+        and status.not_ready_reason == "Stopping"
+    )
 
 
 def terminated(status: pod_pb2.PodStatus) -> pod_pb2.ContainerStateTerminated | None:
@@ -184,3 +250,141 @@ def test_start_pod_refusals(provider: Provider, vcsim: VcSim) -> None:
         provider.delete(pod)
         assert code_of(lambda: start(provider, pod)) == grpc.StatusCode.NOT_FOUND
         assert the_vm(vcsim, pod.identity)["power"] == "poweredOff"
+
+
+# StopPod.
+
+
+def test_stop_pod_kills_the_vm_and_start_pod_runs_it_again(
+    provider: Provider, vcsim: VcSim
+) -> None:
+    pod = make_pod(NODES[0])
+    stream = provider.stream()
+    with provider.cleanup(pod.identity):
+        provider.create(pod)
+        moid, offs = the_vm(vcsim, pod.identity)["moid"], power_offs(vcsim, pod.identity)
+
+        status = stop(provider, pod, 0)
+        assert killed(status), status
+        assert "StopPod" in status.container_statuses[0].terminated.message
+        vm = the_vm(vcsim, pod.identity)
+        assert (vm["moid"], vm["power"], vm["extra"][KEY]) == (moid, "poweredOff", "137")
+        assert power_offs(vcsim, pod.identity) == offs + 1
+        assert shutdowns_asked(vcsim, pod.identity) == 0  # grace 0: never asked
+        assert killed(provider.status(pod))
+        # Streamed: the step while it lasted, then the kill; never a clean exit in between.
+        stream.wait(pod.ref.name, killed, timeout=60)
+        pushed = stream.of(pod.ref.name)
+        assert any(stopping(s) for s in pushed)
+        assert {t.exit_code for s in pushed if (t := terminated(s)) is not None} == {137}
+
+        # A VM that is off: no change, however often and by however many at once.
+        assert killed(stop(provider, pod, 0))
+        with ThreadPoolExecutor(4) as pool:
+            assert all(killed(s) for s in pool.map(lambda g: stop(provider, pod, g), (0, 5, 0, 5)))
+        assert power_offs(vcsim, pod.identity) == offs + 1
+        assert shutdowns_asked(vcsim, pod.identity) == 0
+
+        started = start(provider, pod)
+        assert started.phase == RUNNING and terminated(started) is None
+        vm = the_vm(vcsim, pod.identity)
+        assert (vm["moid"], vm["power"], vm["extra"].get(KEY, "")) == (moid, "poweredOn", "")
+
+        # Four StopPods at once while it runs: one power-off.
+        with ThreadPoolExecutor(4) as pool:
+            assert all(killed(s) for s in pool.map(lambda _: stop(provider, pod, 0), range(4)))
+        assert power_offs(vcsim, pod.identity) == offs + 2
+        assert the_vm(vcsim, pod.identity)["extra"][KEY] == "137"
+        assert count_running(provider, pod) == 1  # listed once, Running with its VM off
+    stream.close()
+
+
+def test_stop_pod_asks_the_guest_when_vmware_tools_run(provider: Provider, vcsim: VcSim) -> None:
+    pod = make_pod(NODES[1])
+    with provider.cleanup(pod.identity):
+        provider.create(pod)
+        run_tools(vcsim, pod.identity)
+        offs = power_offs(vcsim, pod.identity)
+        status, took = timed_stop(provider, pod, 60)
+        assert killed(status), status  # shut down on request, leaving no code: killed all the same
+        assert took < 30, "vcsim's guest shuts down at once; the provider waited for nothing"
+        assert shutdowns_asked(vcsim, pod.identity) == 1
+        assert power_offs(vcsim, pod.identity) == offs + 1
+        assert the_vm(vcsim, pod.identity)["power"] == "poweredOff"
+
+        # A guest that leaves its own code on its way out keeps it.
+        start(provider, pod)
+        option = vim.option.OptionValue(key=KEY, value="5")
+        reconfigure_vm(vcsim, pod.identity, vim.vm.ConfigSpec(extraConfig=[option]))
+        status = stop(provider, pod, 60)
+        assert killed(status, 5), status
+        assert "its guest left exit code 5" in status.container_statuses[0].terminated.message
+        assert shutdowns_asked(vcsim, pod.identity) == 2
+        assert the_vm(vcsim, pod.identity)["extra"][KEY] == "5"
+        assert killed(provider.status(pod), 5)
+
+
+def test_stop_pod_powers_off_at_once_when_the_guest_cannot_be_asked(
+    provider: Provider, vcsim: VcSim
+) -> None:
+    pod = make_pod(NODES[2])
+    with provider.cleanup(pod.identity):
+        provider.create(pod)
+        offs = power_offs(vcsim, pod.identity)
+        status, took = timed_stop(provider, pod, 120)  # vcsim's VMs run no VMware Tools
+        assert killed(status), status
+        assert took < 30, f"no guest to wait for, yet StopPod took {took:.1f}s"
+        assert shutdowns_asked(vcsim, pod.identity) == 0
+        assert power_offs(vcsim, pod.identity) == offs + 1
+        assert the_vm(vcsim, pod.identity)["extra"][KEY] == "137"
+
+
+def test_stop_pod_refusals(provider: Provider, vcsim: VcSim) -> None:
+    unknown = make_pod(NODES[0])
+    assert code_of(lambda: stop(provider, unknown, 0)) == grpc.StatusCode.NOT_FOUND
+    pod = make_pod(NODES[0])
+    with provider.cleanup(pod.identity):
+        provider.create(pod)
+        other_identity = make_pod(NODES[0], name=pod.ref.name)
+        assert code_of(lambda: stop(provider, other_identity, 0)) == grpc.StatusCode.NOT_FOUND
+        intruder = make_pod(NODES[0], name=pod.ref.name, identity=pod.identity)
+        intruder.ref.namespace = "elsewhere"
+        assert code_of(lambda: stop(provider, intruder, 0)) == grpc.StatusCode.PERMISSION_DENIED
+        vm = the_vm(vcsim, pod.identity)
+        assert (vm["power"], vm["extra"].get(KEY, "")) == ("poweredOn", "")
+        assert terminated(provider.status(pod)) is None
+
+        pod.keep_on_delete = True
+        provider.delete(pod)
+        assert code_of(lambda: stop(provider, pod, 0)) == grpc.StatusCode.NOT_FOUND
+
+
+def test_stop_pod_powers_off_a_guest_that_outlasts_its_grace(tmp_path: Path) -> None:
+    """A guest asked to shut down that is still up when its grace period ends is powered off
+    hard then. vcsim here takes 2.5 s to answer ShutdownGuest and 2.5 s more to power the VM
+    off: the guest would be off after 5 s, its grace is 3 s."""
+    sim = VcSim(hosts=1, state_dir=tmp_path / "vcsim",
+                extra_args=("-method-delay", "ShutdownGuest:2500,LockHandoff:0")).start()
+    running = start_provider(sim, tmp_path / "provider")
+    try:
+        node = eventually(running.list_nodes, what="a node")[0].name
+        pod = make_pod(node)
+        running.create(pod)
+        run_tools(sim, pod.identity)
+        with ThreadPoolExecutor(1) as pool:
+            stopped = pool.submit(timed_stop, running, pod, 3)
+            shown = eventually(lambda: s if stopping(s := running.status(pod)) else None,
+                               timeout=10, what="the Stopping step")  # fmt: skip
+            status, took = stopped.result()
+        vm = the_vm(sim, pod.identity)  # before the guest's own shutdown would end
+        assert vm["power"] == "poweredOff" and vm["extra"][KEY] == "137"
+        assert "3s" in shown.message
+        assert 3 <= took < 5, f"StopPod took {took:.1f}s for a grace of 3s"
+        assert killed(status), status
+        assert shutdowns_asked(sim, pod.identity) == 1
+        time.sleep(5 - took + 0.5)  # the guest's shutdown lands on a VM that is off
+        assert killed(running.status(pod))
+        assert the_vm(sim, pod.identity)["power"] == "poweredOff"
+    finally:
+        running.stop()
+        sim.stop()

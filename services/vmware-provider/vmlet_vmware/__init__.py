@@ -13,13 +13,13 @@ Modules, from the bottom up:
   sizing       image -> template, resources -> vCPUs/MiB, quantities
   tasks        waiting for vSphere tasks without holding a thread; the base of what runs them
   nics         NIC i of a VM on network i of its pod: the device changes
-  vms          clone, power, relocate, reconfigure, destroy; template and network look-ups
+  vms          clone, power, shut down, relocate, reconfigure, destroy; templates, networks
   nodes        hosts as nodes, placement of pods on hosts
   disks        first-class disks: create, grow, delete, attach, detach
   status       a pod's status from its VM
   podtable     the pods the provider runs, their statuses and the push of every change
   vmbuilder    a pod's VM: clone (or adopt), move, label, re-network, resize; its extraConfig
-  pods         create/update/start/delete/destroy by identity (disks too), under identity locks
+  pods         create/update/start/stop/delete/destroy by identity (disks too), under identity locks
   snapshots    snapshots by identity
   events       VM events and tasks as log lines
   stats        quick stats as the stats summary

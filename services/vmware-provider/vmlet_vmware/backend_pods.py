@@ -14,7 +14,7 @@ __all__ = ["PodBackend"]
 
 
 class PodBackend:
-    """Creates, updates, starts again and deletes the VMs of pods; reads their status; pushes
+    """Creates, updates, starts again, stops and deletes the VMs of pods; reads their status; pushes
     its changes (a `kit.PodLifecycleBackend` and `kit.PodNotifierBackend`)."""
 
     def __init__(self, pods: Pods) -> None:
@@ -28,6 +28,9 @@ class PodBackend:
 
     async def start_pod(self, pod: pod_pb2.Pod) -> pod_pb2.PodStatus:
         return await self._pods.start(pod)
+
+    async def stop_pod(self, pod: pod_pb2.Pod, grace_seconds: int) -> pod_pb2.PodStatus:
+        return await self._pods.stop(pod, grace_seconds)
 
     async def delete_pod(self, pod: pod_pb2.Pod) -> None:
         await self._pods.delete(pod)

@@ -1,7 +1,8 @@
 """Pods and their VMs: create (find, move or clone, then power on), update (resize), start (power
-on again a VM that stopped on its own), delete (power off, then keep or destroy), and destroy by
-identity. Their statuses live in `podtable`;
-the VM of a pod is cloned, adopted, re-networked and resized by `vmbuilder`.
+on again a VM that stopped), stop (shut down or power off, and keep; exit code 137 unless the
+guest left one), delete (power off, then keep or destroy), and destroy by identity. Their
+statuses live in `podtable`; the VM of a pod is cloned, adopted, re-networked and resized by
+`vmbuilder`.
 
 Identity rules (see DESIGN.md):
 - Every call for a VM holds that identity's lock, so concurrent CreatePods of one pod queue up
@@ -45,10 +46,11 @@ from vmlet_contract.locks import KeyedLocks
 from .cache import Cache
 from .disks import Disks, pod_disk_handles
 from .nodes import NodeBook
-from .podtable import PodTable, pod_key
+from .podtable import PodEntry, PodTable, pod_key
 from .records import EXIT_CODE_KEY, POD_KEY, POD_UID_KEY, VmRecord
 from .session import Session
 from .sizing import template_of, vm_size
+from .status import KILLED, STOPPING
 from .vmbuilder import VmBuilder
 from .vms import Machines
 
@@ -221,45 +223,86 @@ class Pods:
             self._table.publish(entry)
             return self._table.status_of(entry)
 
-    # Start.
+    # Start and stop.
 
-    async def start(self, pod: pod_pb2.Pod) -> pod_pb2.PodStatus:
-        """Powers the VM of `pod` on again after it stopped on its own, first clearing the exit
-        code its guest left (so the next stop reports its own); a VM that runs is left as it
-        is. NotFound when the provider runs no VM for the pod."""
+    def _claimed_identity(self, pod: pod_pb2.Pod) -> str:
+        """The identity of the VM a StartPod or StopPod of `pod` is about; NotFound when none."""
         key = pod_key(pod.ref)
-        where = f"pod {key[0]}/{key[1]}"
         if not key[0] or not key[1]:
             raise InvalidArgument("a pod needs a namespace and a name")
         known = self._table.get(key)
         identity = pod.identity or (known.identity if known is not None else "")
         if not identity:
-            raise NotFound(f"the vSphere provider runs no VM for {where}")
+            raise NotFound(f"the vSphere provider runs no VM for pod {key[0]}/{key[1]}")
+        return identity
+
+    async def _vm_of_pod(self, pod: pod_pb2.Pod, identity: str) -> tuple[PodEntry, VmRecord]:
+        """The pod's entry and its VM of `identity`, read now, under the identity's lock:
+        PermissionDenied for a VM of another namespace, NotFound when the provider runs no VM
+        of that identity for the pod."""
+        key = pod_key(pod.ref)
+        where = f"pod {key[0]}/{key[1]}"
+        await self._synced()
+        vm = self._cache.vm_of(identity)
+        if vm is not None:
+            check_namespace(vm.namespace, pod.ref.namespace, identity)
+        entry = self._table.get(key)
+        if (
+            entry is None
+            or entry.identity != identity
+            or (pod.ref.uid and entry.pod.ref.uid and pod.ref.uid != entry.pod.ref.uid)
+            or vm is None
+            or (vm.pod is not None and vm.pod != key)
+        ):
+            raise NotFound(f"the vSphere provider runs no VM of {where} (identity {identity})")
+        current = await self._machines.refresh(vm.moid)
+        if current is None:
+            raise NotFound(f"VM {vm.name} of {where} no longer exists")
+        return entry, current
+
+    async def start(self, pod: pod_pb2.Pod) -> pod_pb2.PodStatus:
+        """Powers the VM of `pod` on again after it stopped, first clearing the exit code its
+        guest left (so the next stop reports its own); a VM that runs is left as it is.
+        NotFound when the provider runs no VM for the pod."""
+        identity = self._claimed_identity(pod)
         async with self._locks.hold(identity):
-            await self._synced()
-            vm = self._cache.vm_of(identity)
-            if vm is not None:
-                check_namespace(vm.namespace, pod.ref.namespace, identity)
-            entry = self._table.get(key)
-            if (
-                entry is None
-                or entry.identity != identity
-                or (pod.ref.uid and entry.pod.ref.uid and pod.ref.uid != entry.pod.ref.uid)
-                or vm is None
-                or (vm.pod is not None and vm.pod != key)
-            ):
-                raise NotFound(f"the vSphere provider runs no VM of {where} (identity {identity})")
-            current = await self._machines.refresh(vm.moid)
-            if current is None:
-                raise NotFound(f"VM {vm.name} of {where} no longer exists")
-            if current.powered_on:
+            entry, vm = await self._vm_of_pod(pod, identity)
+            if vm.powered_on:
                 return self._table.status_of(entry)
             self._table.progress(entry, "PoweringOn", f"powering on VM {vm.name} again")
             try:
-                await self._power_on(current)
+                await self._power_on(vm)
             finally:
                 self._table.progress(entry, None)
-            _log.info("pod started again", extra={"pod": "/".join(key), "vm": vm.moid})
+            _log.info("pod started again", extra={"pod": "/".join(entry.key), "vm": vm.moid})
+            return self._table.status_of(entry)
+
+    async def stop(self, pod: pod_pb2.Pod, grace_seconds: int) -> pod_pb2.PodStatus:
+        """Powers the VM of `pod` off and keeps it (see `Machines.shut_down`), then writes exit
+        code 137 into guestinfo.vmlet.exitCode unless the guest left one; a VM that is off is
+        left as it is. NotFound when the provider runs no VM for the pod."""
+        identity = self._claimed_identity(pod)
+        async with self._locks.hold(identity):
+            entry, vm = await self._vm_of_pod(pod, identity)
+            if vm.power == "poweredOff":
+                return self._table.status_of(entry)
+            self._table.progress(
+                entry, STOPPING, f"stopping VM {vm.name}; its guest has {grace_seconds}s"
+            )
+            try:
+                by_guest = await self._machines.shut_down(vm, grace_seconds)
+                off = self._cache.vms.get(vm.moid)
+                if off is None:
+                    raise NotFound(f"VM {vm.name} of pod {'/'.join(entry.key)} no longer exists")
+                if not off.exit_code.strip():
+                    await self._machines.set_extra_config(off, {EXIT_CODE_KEY: str(KILLED)})
+                    entry.killed = True
+            finally:
+                self._table.progress(entry, None)
+            _log.info(
+                "pod stopped",
+                extra={"pod": "/".join(entry.key), "vm": vm.moid, "by_guest": by_guest},
+            )
             return self._table.status_of(entry)
 
     # Delete.

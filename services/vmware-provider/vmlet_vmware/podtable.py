@@ -66,6 +66,7 @@ class PodEntry:
     last_boot: datetime | None = None
     restarts: int = 0
     stopped_at: datetime | None = None  # when the VM was seen off (or gone) after running
+    killed: bool = False  # StopPod powered the VM off and wrote its exit code
     adopted: bool = False  # rebuilt from a VM's extraConfig rather than made by CreatePod
     status: pod_pb2.PodStatus | None = field(default=None, repr=False)
     pushed: pod_pb2.PodStatus | None = field(default=None, repr=False)  # last one streamed
@@ -137,6 +138,7 @@ class PodTable:
             node_name=self._book.node_name_of(host) if host else entry.pod.node_name,
             host_ip=self._book.host_ip(host) if host else "",
             last_vm=entry.vm,
+            killed=entry.killed,
         )
         if vm is not None:  # the size the VM has in vCenter (config.hardware), not the pod's
             podstatus.observed_size(
@@ -214,6 +216,7 @@ class PodTable:
                 entry.stopped_at = datetime.now(UTC)
             return
         entry.stopped_at = None
+        entry.killed = False
         if vm.boot_time is None:
             return
         if entry.first_started is None:

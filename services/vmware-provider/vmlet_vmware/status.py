@@ -6,13 +6,15 @@ is doing to the VM right now.
 - VM powered on: Running since the VM's boot time; pod IPs from guest.ipAddress and guest.net,
   empty until the guest (VMware Tools) reports one. Ready only once there is an IP: a VM that
   has no address yet cannot serve anything.
-- VM off while the provider powers it on or cycles it: Pending before the pod first ran, else
-  Running with the container waiting (PoweringOn, PowerCycling) and not ready.
+- VM on while the provider stops it (StopPod): Running, not ready (Stopping, progress BUSY).
+- VM off while the provider powers it on, cycles or stops it: Pending before the pod first ran,
+  else Running with the container waiting (PoweringOn, PowerCycling, Stopping) and not ready.
 - VM off or suspended with nothing under way (the guest shut down, or someone stopped it in
   vCenter): Running with the container terminated (PoweredOff, Suspended), progress STOPPED and
   not ready, or Pending if it never ran. A powered-off VM's exit code is the one its guest left
-  in guestinfo.vmlet.exitCode (`guest_exit_code`), else 0. The provider powers it on again only
-  when the facade asks (StartPod, under the pod's restartPolicy).
+  in guestinfo.vmlet.exitCode (`guest_exit_code`), else 0; StopPod writes 137 there when the
+  guest left none. The provider powers it on again only when the facade asks (StartPod, under
+  the pod's restartPolicy).
 """
 
 from __future__ import annotations
@@ -28,7 +30,16 @@ from vmlet_contract import podstatus
 
 from .records import EXIT_CODE_KEY, VmRecord
 
-__all__ = ["Progress", "guest_exit_code", "guest_ips", "pod_ips", "pod_status"]
+__all__ = [
+    "KILLED", "STOPPING", "Progress", "guest_exit_code", "guest_ips", "pod_ips", "pod_status",
+]
+
+#: The exit code of a VM StopPod powered off, as of a container a kubelet killed.
+KILLED = 137
+#: The step of a VM StopPod is powering off.
+STOPPING = "Stopping"
+# Steps that are no contract `Progress` name, and the value they go by.
+_STEP_PROGRESS: dict[str, pod_pb2.Progress.ValueType] = {STOPPING: pod_pb2.PROGRESS_BUSY}
 
 _INTEGER = re.compile(r"[+-]?[0-9]{1,11}")
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
@@ -46,7 +57,7 @@ class _Common(TypedDict):
 class Progress:
     """A step the provider is taking on a pod's VM, shown while it lasts."""
 
-    reason: str  # CamelCase: ContainerCreating, Relocating, PoweringOn, PowerCycling, Deleting
+    reason: str  # CamelCase: ContainerCreating, Relocating, PoweringOn, PowerCycling, Stopping...
     message: str
 
 
@@ -127,7 +138,9 @@ def _running(
 def _waiting_after_start(
     pod: pod_pb2.Pod, *, reason: str, message: str, first_started: datetime, common: _Common
 ) -> pod_pb2.PodStatus:
-    status = podstatus.pending(pod, reason=reason, message=message, **common)
+    status = podstatus.pending(
+        pod, reason=reason, message=message, progress=_STEP_PROGRESS.get(reason), **common
+    )
     status.phase = pod_pb2.POD_PHASE_RUNNING
     status.start_time.CopyFrom(podstatus.timestamp(first_started))
     status.message = message
@@ -141,12 +154,16 @@ def _stopped(
     first_started: datetime,
     finished: datetime | None,
     restarts: int,
+    killed: bool,
     common: _Common,
 ) -> pod_pb2.PodStatus:
     reason = "Suspended" if vm.power == "suspended" else "PoweredOff"
     # A suspended guest did not shut down: whatever it left is from before.
     code, bad = guest_exit_code(vm.exit_code) if reason == "PoweredOff" else (0, "")
-    said = bad or (f"its guest left exit code {code}" if code else "")
+    if killed and code == KILLED and not bad:
+        said = f"StopPod powered it off (exit code {KILLED})"
+    else:
+        said = bad or (f"its guest left exit code {code}" if code else "")
     message = f"VM {vm.name} is {vm.power} in vCenter" + (f"; {said}" if said else "")
     status = podstatus.running(
         pod, ips=[], started_at=first_started, restart_count=restarts, **common
@@ -177,9 +194,11 @@ def pod_status(
     node_name: str = "",
     host_ip: str = "",
     last_vm: str = "",
+    killed: bool = False,
 ) -> pod_pb2.PodStatus:
     """The status of `pod`, whose VM is `vm` (None: not made yet, or gone). `finished` is when
-    the VM was seen stopping or vanishing (now when None)."""
+    the VM was seen stopping or vanishing (now when None); `killed` says StopPod wrote the exit
+    code."""
     common: _Common = {
         "provider_id": vm.moid if vm is not None else last_vm,
         "container_id": f"vsphere://{vm.instance_uuid or vm.moid}" if vm is not None else "",
@@ -209,10 +228,13 @@ def pod_status(
         # Powering on is over once the VM runs, even before the provider clears the step.
         step = progress if progress is not None and progress.reason != "PoweringOn" else None
         message = step.message if step is not None else note
-        return _running(
+        status = _running(
             pod, vm, first_started=first_started, restarts=restarts, message=message,
             common=common,
         )  # fmt: skip
+        if step is not None and step.reason == STOPPING:
+            podstatus.not_ready(status, STOPPING, step.message, _STEP_PROGRESS[STOPPING])
+        return status
     if progress is not None:
         if first_started is not None:
             return _waiting_after_start(
@@ -226,7 +248,7 @@ def pod_status(
     if first_started is not None:
         return _stopped(
             pod, vm, first_started=first_started, finished=finished, restarts=restarts,
-            common=common,
+            killed=killed, common=common,
         )  # fmt: skip
     return podstatus.pending(
         pod, reason="PoweredOff", message=f"VM {vm.name} is {vm.power}", **common

@@ -6,7 +6,9 @@ After a change the VM's properties are read back into the cache (read-after-writ
 look-up by identity already sees it. NICs follow the pod's networks (see `nics`).
 
 Power operations are idempotent: powering on a running VM or off a stopped one is not an error.
-Destroying a VM that is already gone is not an error either.
+Destroying a VM that is already gone is not an error either. A shutdown (`shut_down`) asks the
+guest first (ShutdownGuest, when VMware Tools run) and powers the VM off hard once its grace
+period is over, or at once when the guest cannot be asked.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ from .tasks import TaskFailed, TaskRunner
 __all__ = ["ClonePlan", "Machines", "TaskFailed"]
 
 _log = logging.getLogger(__name__)
+
+_SHUTDOWN_PATHS = ("runtime.powerState", "guest.toolsRunningStatus")
+#: The longest pause between two reads of a VM whose guest is shutting down.
+SHUTDOWN_POLL_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,20 @@ def _power_on(conn: Connection, vm: str) -> str:
 
 def _power_off(conn: Connection, vm: str) -> str:
     return moid(_vm(conn, vm).PowerOffVM_Task())
+
+
+def _ask_shutdown(conn: Connection, vm: str) -> bool:
+    """Asks the guest of `vm` to shut down; False when it cannot be asked (VMware Tools do not
+    run, or the VM does not run)."""
+    target = _vm(conn, vm)
+    found = retrieve_one(conn.si, target, _SHUTDOWN_PATHS) or {}
+    if (
+        found.get("runtime.powerState") != "poweredOn"
+        or found.get("guest.toolsRunningStatus") != "guestToolsRunning"
+    ):
+        return False
+    target.ShutdownGuest()
+    return True
 
 
 def _destroy(conn: Connection, vm: str) -> str:
@@ -316,6 +336,44 @@ class Machines(TaskRunner):
             if current is not None and current.power != "poweredOff":
                 raise exc from None
         await self.refresh(vm.moid)
+
+    async def shut_down(self, vm: VmRecord, grace_seconds: float) -> bool:
+        """Powers `vm` off: asks its guest to shut down (ShutdownGuest) when `grace_seconds` is
+        more than 0 and VMware Tools run, and powers it off hard (PowerOffVM_Task) once they
+        have passed, or at once when the guest cannot be asked or refuses. Whether the guest
+        shut down on its own. Returns once the VM is off (or gone)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_seconds
+        asked = False
+        if grace_seconds > 0:
+            doing = f"ask the guest of VM {vm.name} to shut down"
+            try:
+                asked = await asyncio.wait_for(
+                    self._call(_ask_shutdown, vm.moid, doing=doing), timeout=grace_seconds
+                )
+            except TimeoutError:
+                _log.info("vCenter took the grace period to ask the guest", extra={"vm": vm.moid})
+            except ProviderError as exc:  # ToolsUnavailable, InvalidPowerState, ...
+                _log.info("the guest cannot be asked to shut down",
+                          extra={"vm": vm.moid, "error": exc.message})  # fmt: skip
+        if asked and await self._wait_off(vm, deadline):
+            return True
+        await self.power_off(vm)
+        return False
+
+    async def _wait_off(self, vm: VmRecord, deadline: float) -> bool:
+        """Reads `vm` until it is off or gone (True) or the loop's clock passes `deadline`."""
+        loop = asyncio.get_running_loop()
+        pause = 0.1
+        while True:
+            current = await self.refresh(vm.moid)
+            if current is None or current.power == "poweredOff":
+                return True
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(pause, left))
+            pause = min(pause * 2, SHUTDOWN_POLL_SECONDS)
 
     async def destroy(self, vm: VmRecord) -> None:
         """Destroys `vm` (powered off first); done when it is already gone."""
