@@ -27,6 +27,9 @@ class PodBackend:
     async def start_pod(self, pod: pod_pb2.Pod) -> pod_pb2.PodStatus:
         return await self._pods.start(pod)
 
+    async def stop_pod(self, pod: pod_pb2.Pod, grace_seconds: int) -> pod_pb2.PodStatus:
+        return await self._pods.stop_pod(pod, grace_seconds)
+
     async def delete_pod(self, pod: pod_pb2.Pod) -> None:
         await self._pods.delete(pod)
 

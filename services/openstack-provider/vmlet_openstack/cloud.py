@@ -161,6 +161,22 @@ class Api:
             )
         )
 
+    def set_metadata_item(self, server_id: str, key: str, value: str) -> None:
+        _json(
+            self.conn.compute.put(
+                f"/servers/{server_id}/metadata/{key}",
+                json={"meta": {key: value}},
+                microversion=COMPUTE_MV,
+            )
+        )
+
+    def delete_metadata_item(self, server_id: str, key: str) -> None:
+        _json(
+            self.conn.compute.delete(
+                f"/servers/{server_id}/metadata/{key}", microversion=COMPUTE_MV
+            )
+        )
+
     def console_output(self, server_id: str, length: int | None) -> str:
         args: dict[str, Any] = {} if length is None else {"length": length}
         body = self.action(server_id, {"os-getConsoleOutput": args})

@@ -8,17 +8,29 @@ detach the pod's disks once the server is at rest. Each action is tried once per
 or failed one up to five times, backing off, when Nova was busy or had a hiccup); the pod's status
 shows the step (Migrating, Resizing, PoweringOn). A server whose metadata still names another pod
 (Nova takes no metadata while a server builds) is claimed for its pod first.
+
+A server StopPod stopped (`vmlet-exit-code` in its metadata) stays off: only StartPod starts it
+again, and claiming it for another pod clears the mark. While StopPod runs, the identity's rounds
+are held off (`holding`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any, Final
 
 from vmlet.provider.v1 import pod_pb2
-from vmlet_contract import FailedPrecondition, ProviderError, Unavailable, is_retryable
+from vmlet_contract import (
+    FailedPrecondition,
+    NotFound,
+    ProviderError,
+    Unavailable,
+    is_retryable,
+)
 
 from . import naming
 from .cloud import Cloud
@@ -60,9 +72,14 @@ class Converger:
         self._disks = disks
         self._ops: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
+        self._held: set[str] = set()
+        self._deferred: set[str] = set()
 
     def kick(self, identity: str) -> None:
         """Converges the identity's server (again, once the round under way ends)."""
+        if identity in self._held:
+            self._deferred.add(identity)
+            return
         task = self._ops.get(identity)
         if task is not None and not task.done():
             self._again.add(identity)
@@ -81,6 +98,21 @@ class Converger:
         if task is not None and not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+    @contextlib.asynccontextmanager
+    async def holding(self, identity: str) -> AsyncIterator[None]:
+        """Keeps the identity's rounds off while the block runs; the round it cancelled, or one
+        asked for meanwhile, runs after it."""
+        cancelled = identity in self._ops
+        await self.stop_converging(identity)
+        self._held.add(identity)
+        try:
+            yield
+        finally:
+            self._held.discard(identity)
+            if cancelled or identity in self._deferred:
+                self._deferred.discard(identity)
+                self.kick(identity)
 
     async def stop(self) -> None:
         """Cancels every round."""
@@ -107,11 +139,16 @@ class Converger:
         changed = {k: v for k, v in wanted.items() if server.metadata.get(k) != v}
         if not changed:
             return True
+        doing = f"claim server {server.name} for pod {pod.ref.namespace}/{pod.ref.name}"
         try:
-            await self._cloud.call(
-                f"claim server {server.name} for pod {pod.ref.namespace}/{pod.ref.name}",
-                lambda api: api.set_metadata(server.id, changed),
-            )
+            await self._cloud.call(doing, lambda api: api.set_metadata(server.id, changed))
+            if server.exit_code is not None and naming.META_POD_UID in changed:
+                # Another pod's StopPod stopped it: this pod runs it.
+                with contextlib.suppress(NotFound):
+                    await self._cloud.call(
+                        doing,
+                        lambda api: api.delete_metadata_item(server.id, naming.META_EXIT_CODE),
+                    )
         except FailedPrecondition:
             return False
         await self._watch.refresh_one(server.id)
@@ -283,7 +320,7 @@ class Converger:
                 f"resize to {flavor.name}",
                 {"resize": {"flavorRef": flavor.id}},
             )
-        if server.status == "SHUTOFF" and "start" not in tried:
+        if server.status == "SHUTOFF" and "start" not in tried and server.exit_code is None:
             return (
                 "start",
                 Progress("PoweringOn", f"starting server {server.name}"),

@@ -8,6 +8,7 @@ A server carries what the provider needs to find it again after a restart, in it
   vmlet-node       the node the pod is bound to
   vmlet-container, vmlet-image   the container's name and image as the pod gave them
   vmlet-keep       "true" when a VirtualMachine owns it (DeletePod stops instead of deleting)
+  vmlet-exit-code  "137" on a server StopPod powered off, until StartPod (Nova keeps no exit code)
 
 and two tags, because Nova filters server lists by tag but not by metadata: `vmlet` on every
 server of the provider, and `vmlet-id-<identity>` (or `vmlet-idh-<sha256 prefix>` for an identity
@@ -22,6 +23,7 @@ from typing import Final
 
 __all__ = [
     "META_CONTAINER",
+    "META_EXIT_CODE",
     "META_IDENTITY",
     "META_IMAGE",
     "META_KEEP",
@@ -46,6 +48,8 @@ META_NODE: Final = "vmlet-node"
 META_CONTAINER: Final = "vmlet-container"
 META_IMAGE: Final = "vmlet-image"
 META_KEEP: Final = "vmlet-keep"
+#: The exit code of the guest StopPod killed ("137"), until StartPod starts the server again.
+META_EXIT_CODE: Final = "vmlet-exit-code"
 #: The namespace the server belongs to, kept when a kept server loses its pod: it is never
 #: adopted, moved or deleted for another namespace.
 META_OWNER_NAMESPACE: Final = "vmlet-owner-namespace"

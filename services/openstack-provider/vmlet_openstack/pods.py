@@ -28,7 +28,8 @@ to a new pod) lets go without touching the server; which pod owns a server is wh
 last registered for the identity, or after a restart what the server's metadata says. Unknown
 pods delete successfully.
 
-Start (StartPod, a server that stopped on its own powered on again): `restarts`.
+Start and stop (StartPod, a stopped server powered on again; StopPod, a server powered off as a
+killed container and kept): `restarts`.
 
 Statuses and their push live in `podtable`.
 """
@@ -112,7 +113,8 @@ class Pods:
         self.table.converging = self.converger.converging
         self.table.dedupe = lambda identity: self.table.spawn(self._dedupe(identity))
         self.hub: Hub[PodUpdate] = self.table.hub
-        self._restarts = Restarts(self, watch)
+        self._restarts = Restarts(self, cloud, cache, watch)
+        self.table.ran_again = self._restarts.ran_again
 
     # -- reading (the table's) -----
     def server_of(self, entry: PodEntry) -> ServerRecord | None:
@@ -320,10 +322,15 @@ class Pods:
             self.table.publish(entry)
             return self.table.status_of(entry)
 
-    # -- start -----
+    # -- start and stop -----
     async def start(self, pod: pod_pb2.Pod) -> pod_pb2.PodStatus:
         """Powers the pod's stopped server on again (StartPod; see `restarts`); its status."""
         return await self._restarts.start(pod)
+
+    async def stop_pod(self, pod: pod_pb2.Pod, grace_seconds: int) -> pod_pb2.PodStatus:
+        """Powers the pod's server off as killed and keeps it (StopPod; see `restarts`); its
+        status once it is off."""
+        return await self._restarts.stop(pod, grace_seconds)
 
     # -- delete -----
     async def delete(self, pod: pod_pb2.Pod) -> None:

@@ -152,7 +152,8 @@ class PodTable:
     """The pods the provider runs; see the module docstring.
 
     `kick` (the converger's) is called for a server that needs bringing in line after a restart;
-    `dedupe` for an identity the list shows with more than one server."""
+    `dedupe` for an identity the list shows with more than one server; `ran_again` for a server
+    that runs with the exit code StopPod recorded."""
 
     def __init__(self, cache: ServerCache, watch: Watch, nodes: NodeBook) -> None:
         self._cache = cache
@@ -162,6 +163,7 @@ class PodTable:
         self.kick: Callable[[str], None] = _ignore
         self.dedupe: Callable[[str], None] = _ignore
         self.converging: Callable[[str], bool] = lambda identity: False
+        self.ran_again: Callable[[ServerRecord], None] = lambda record: None
         self._entries: dict[PodKey, PodEntry] = {}
         self._by_identity: dict[str, PodKey] = {}
         self._tombstones: dict[str, float] = {}
@@ -323,6 +325,8 @@ class PodTable:
             self.kick(record.identity)  # heal a resize left unconfirmed (e.g. by a restart)
         if len(self._cache.of_identity(record.identity)) > 1:
             self.dedupe(record.identity)
+        if record.exit_code is not None and record.status == "ACTIVE" and record.settled:
+            self.ran_again(record)
 
     async def _read_fault(self, server_id: str, key: PodKey) -> None:
         """Nova records the fault just after the server turns ERROR: read until it shows."""

@@ -161,6 +161,14 @@ class ServerRecord:
         """Whether a VirtualMachine owns it (stop, not delete, with its pod)."""
         return self.metadata.get(naming.META_KEEP, "") == "true"
 
+    @property
+    def exit_code(self) -> int | None:
+        """The exit code StopPod recorded on the server (137: killed); None when it has none."""
+        try:
+            return int(self.metadata[naming.META_EXIT_CODE])
+        except (KeyError, ValueError):
+            return None
+
     # -- state ----------------------------------------------------------------------------
     @property
     def gone(self) -> bool:

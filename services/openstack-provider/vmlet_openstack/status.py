@@ -8,8 +8,10 @@
   REBUILD, REBOOT: Running and not ready, the reason saying which (Migrating, Resizing, ...).
 - SHUTOFF, SUSPENDED, PAUSED, SHELVED with nothing under way: Running with the container
   terminated (PoweredOff, Suspended, ...), exit code 0 (Nova keeps none of the guest's), not
-  ready, progress STOPPED; or Pending if it never ran. While the provider starts it (a create,
-  StartPod): waiting with PoweringOn.
+  ready, progress STOPPED; or Pending if it never ran. A SHUTOFF server StopPod stopped carries
+  `vmlet-exit-code` (137, killed), which it reports instead. While the provider starts it (a
+  create, StartPod): waiting with PoweringOn.
+- While StopPod stops it: Running and not ready (Stopping, progress BUSY), off or not yet.
 - ERROR: Failed, with the reason and message of Nova's fault (see `faults.server_fault`). While
   the provider is still reading that fault (server lists leave it out; Nova records it just after
   the status), the pod keeps the state it had: Pending if the server never ran, else Running and
@@ -25,6 +27,7 @@ from typing import Final, TypedDict
 
 from vmlet.provider.v1 import pod_pb2
 from vmlet_contract import podstatus
+from vmlet_contract.progress import Progress as ProgressValue
 
 from .faults import server_fault
 from .records import ServerRecord
@@ -51,6 +54,9 @@ _IN_FLIGHT: Final = {
     "PASSWORD": "SettingPassword",
 }
 
+# Steps of the provider's own that the contract has no value for: the closest one.
+_VALUES: Final[dict[str, ProgressValue]] = {"Stopping": pod_pb2.PROGRESS_BUSY}
+
 
 class _Common(TypedDict):
     provider_id: str
@@ -63,8 +69,13 @@ class _Common(TypedDict):
 class Progress:
     """A step the provider is taking on a pod's server, shown while it lasts."""
 
-    reason: str  # CamelCase: ContainerCreating, PoweringOn, Migrating, Resizing, Rebuilding
+    reason: str  # CamelCase: ContainerCreating, PoweringOn, Stopping, Migrating, Resizing, ...
     message: str
+
+    @property
+    def value(self) -> ProgressValue | None:
+        """The contract's value of the step; None: the one its reason names."""
+        return _VALUES.get(self.reason)
 
 
 def _image_ids(status: pod_pb2.PodStatus, server: ServerRecord | None) -> None:
@@ -173,18 +184,22 @@ def _status(
         return podstatus.running(
             pod, ips=server.ips, started_at=started or server.created or _now(), **common
         )
-    if server.status == "ACTIVE" or server.status in _IN_FLIGHT:
+    stopping = progress is not None and progress.reason == "Stopping"
+    if server.status == "ACTIVE" or server.status in _IN_FLIGHT or stopping:
+        value = None
         if progress is not None:
-            reason, message = progress.reason, progress.message
+            reason, message, value = progress.reason, progress.message, progress.value
         else:
             reason = _IN_FLIGHT.get(server.status, "Busy")
             message = (
                 f"Nova is busy with server {server.name}: {server.task_state or server.status}"
             )
         if started is None:
-            return podstatus.pending(pod, reason=reason, message=message, **common)
+            return podstatus.pending(
+                pod, reason=reason, message=message, progress=value, **common
+            )
         status = podstatus.running(pod, ips=server.ips, started_at=started, **common)
-        podstatus.not_ready(status, reason, message)
+        podstatus.not_ready(status, reason, message, value)
         status.message = message
         return status
     off_reason = _RESTING_OFF.get(server.status)
@@ -194,7 +209,10 @@ def _status(
         message = f"server {server.name} is {server.status} in Nova"
         if started is None:
             return podstatus.pending(pod, reason=off_reason, message=message, **common)
-        return _terminated(pod, off_reason, message, started, server.updated or started, common)
+        killed = server.exit_code if server.status == "SHUTOFF" else None
+        return _terminated(
+            pod, off_reason, message, started, server.updated or started, common, killed
+        )
     # UNKNOWN and anything newer than this provider.
     status = podstatus.running(pod, ips=server.ips, started_at=started or _now(), **common)
     message = f"Nova reports server {server.name} as {server.status}"
@@ -227,16 +245,24 @@ def _terminated(
     started: datetime,
     finished: datetime,
     common: _Common,
+    killed: int | None,
 ) -> pod_pb2.PodStatus:
+    """A server at rest: exit code 0 (Nova keeps no exit code of a guest), or `killed`, the
+    code StopPod recorded."""
     status = podstatus.stopped(
         pod,
         reason=reason,
         message=message,
-        exit_code=0,  # Nova keeps no exit code of a guest
+        exit_code=killed or 0,
         started_at=started,
         finished_at=finished,
         **common,
     )
+    said = (
+        f"{message}; Nova records no exit code, so 0 is reported"
+        if killed is None
+        else f"{message}: StopPod stopped it (killed, exit code {killed})"
+    )
     for container in status.container_statuses:
-        container.terminated.message = f"{message}; Nova records no exit code, so 0 is reported"
+        container.terminated.message = said
     return status
