@@ -1,6 +1,7 @@
-"""VMs that stop on their own, through the real apiserver (issue 18, item 3): Jobs of VM pods
-complete or fail by the guest's exit code, restartPolicy Always and OnFailure power the VM on
-again with restartCount, lastState and CrashLoopBackOff, and a facade SIGKILLed in the middle
+"""VMs that stop on their own, through the real apiserver (issue 18, items 3 and 4): Jobs of VM
+pods complete or fail by the guest's exit code, restartPolicy Always and OnFailure power the VM
+on again with restartCount, lastState and CrashLoopBackOff, a failing liveness probe kills the
+VM (StopPod, exit code 137) for its restartPolicy to act on, and a facade SIGKILLed in the middle
 loses neither the count nor an ended pod.
 
 The memory provider's guest stops itself after each boot with its `memory.vmlet.io/exit-after`
@@ -11,6 +12,7 @@ as the guest's own doing).
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -194,3 +196,32 @@ def test_a_facade_killed_mid_back_off_keeps_the_count_and_the_ended_pods(
     assert once["status"]["phase"] == "Succeeded"
     assert once["status"]["containerStatuses"][0]["restartCount"] == 0
     assert (ns, "once") in provider_pods(stack)  # its VM kept, off, until the pod goes
+
+
+def test_a_failing_liveness_probe_kills_the_vm_for_its_restart_policy(
+        stack: Stack, control_plane: ControlPlane, ns: str) -> None:
+    live = {"exec": {"command": ["false"]}, "periodSeconds": 1, "failureThreshold": 2}
+    for name, policy in (("dies", "Always"), ("once", "Never")):
+        manifest = vm_pod(stack, name, policy, None)
+        manifest["spec"]["containers"][0]["livenessProbe"] = live
+        apply(control_plane, ns, manifest)
+    got = eventually(lambda: (cs := container(stack, ns, "dies")).get("restartCount", 0) >= 1
+                     and cs, timeout=60, what="killed and restarted")
+    last = got["lastState"]["terminated"]
+    assert (last["exitCode"], last["reason"]) == (137, "Error")
+    said = reasons(stack, ns, "dies")
+    assert {"Unhealthy", "Killing", "Started"} <= set(said), said
+    ended = eventually(lambda: (p := stack.kubectl_json("get", "pod", "once", "-n", ns))
+                       ["status"]["phase"] == "Failed" and p, timeout=60, what="Failed")
+    state = ended["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert state["exitCode"] == 137
+    assert "FieldsNotHonoured" not in reasons(stack, ns, "dies")
+    # A passing liveness probe kills nothing.
+    manifest = vm_pod(stack, "fine", "Always", None)
+    manifest["spec"]["containers"][0]["livenessProbe"] = {**live, "exec": {"command": ["true"]}}
+    apply(control_plane, ns, manifest)
+    eventually(lambda: "running" in container(stack, ns, "fine").get("state", {}),
+               what="fine running")
+    time.sleep(5)
+    assert container(stack, ns, "fine")["restartCount"] == 0
+    assert "Killing" not in reasons(stack, ns, "fine")

@@ -1,5 +1,5 @@
 """PodLifecycleService: idempotent creates (twice, concurrently), keep versus destroy on delete,
-identity moves, StartPod, and what a provider answers for pods it does not know."""
+identity moves, StartPod and StopPod, and what a provider answers for pods it does not know."""
 
 from __future__ import annotations
 
@@ -209,5 +209,31 @@ def start_pod_starts_a_stopped_vm_and_nothing_else(subject: Subject) -> None:
         assert _stopped(subject.status(pod))
         assert subject.vm(pod.identity).power_state == vpb.POWER_STATE_OFF
         subject.pods.StartPod(start, timeout=subject.timeout)
+        assert subject.wait_running(pod).provider_id == vm_id
+        assert _one_vm(subject, pod) == vm_id
+
+
+@check
+def stop_pod_kills_the_vm_and_keeps_it(subject: Subject) -> None:
+    """StopPod (grace 0) answers once the VM is off: the pod reports its container terminated
+    with exit code 137 and progress STOPPED, the VM is kept (its provider ID) and powered off; a
+    second StopPod changes nothing, StartPod runs the same VM again, and StopPod of a pod the
+    provider does not run is NOT_FOUND."""
+    pod = subject.pod()
+    stop = lpb.StopPodRequest(pod=pod, grace_seconds=0)
+    assert code_of(lambda: subject.pods.StopPod(stop, timeout=60)) == NOT_FOUND
+    with subject.cleanup(pod.identity):
+        subject.create(pod)
+        vm_id = subject.wait_running(pod).provider_id
+        subject.pods.StopPod(stop, timeout=subject.timeout)
+        stopped = eventually(lambda: s if _stopped(s := subject.status(pod)) else None,
+                             timeout=60, what=f"pod {pod.ref.name} reported stopped")
+        assert stopped.provider_id == vm_id
+        codes = {c.terminated.exit_code for c in stopped.container_statuses}
+        assert codes == {137}, f"a VM StopPod stopped reports exit code 137, not {codes}"
+        assert subject.vm(pod.identity).power_state == vpb.POWER_STATE_OFF
+        subject.pods.StopPod(stop, timeout=subject.timeout)
+        assert _stopped(subject.status(pod))
+        subject.pods.StartPod(lpb.StartPodRequest(pod=pod), timeout=subject.timeout)
         assert subject.wait_running(pod).provider_id == vm_id
         assert _one_vm(subject, pod) == vm_id

@@ -152,7 +152,7 @@ def test_readiness_and_startup_probes_are_honoured() -> None:
 
 
 @pytest.mark.parametrize(("fields", "named"), [
-    ({"livenessProbe": {"tcpSocket": {"port": 22}}}, "livenessProbe"),
+    ({"livenessProbe": {"grpc": {"port": 9000}}}, "livenessProbe.grpc"),
     # Readiness and startup probes are run, but not over gRPC nor at another host.
     ({"readinessProbe": {"grpc": {"port": 9000}}}, "readinessProbe.grpc"),
     ({"startupProbe": {"httpGet": {"port": 80, "host": "10.0.0.1"}}}, "startupProbe.httpGet.host"),

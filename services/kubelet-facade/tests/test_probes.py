@@ -60,7 +60,8 @@ def test_the_kubelets_defaults_are_filled_in() -> None:
     assert (probe.initial_delay, probe.period, probe.timeout, probe.success_threshold,
             probe.failure_threshold) == (0.0, 10.0, 1.0, 1, 3)
     assert [p.kind for p in probes_of(_pod(startupProbe={}, readinessProbe={},
-                                           livenessProbe={}))] == ["startup", "readiness"]
+                                           livenessProbe={}))] == ["startup", "readiness",
+                                                                   "liveness"]
 
 
 async def test_tcp_and_http_checks_against_a_real_socket() -> None:
@@ -233,3 +234,46 @@ async def test_no_check_counts_before_the_vm_has_an_ip(fast: None) -> None:
     await _until(lambda: bool(seen.events))
     assert ran and seen.events == [("Unhealthy", "Readiness probe failed: no")]
     await manager.stop()
+
+
+async def test_a_failing_liveness_probe_kills_after_its_threshold_and_waits_for_startup(
+        fast: None) -> None:
+    answers = {"started": 1, "alive": 0}
+    kills: list[tuple[str, int, str]] = []
+    stops = {"ok": False}
+
+    async def run(pod: Obj, container: str, command: list[str]) -> tuple[int, str]:
+        return answers[command[0]], f"{command[0]} said no"
+
+    async def kill(pod: Obj, container: str, grace: int, why: str) -> bool:
+        kills.append((container, grace, why))
+        return stops["ok"]
+
+    seen = Recorder()
+    manager = ProbeManager(seen.changed, seen.warn, run, kill=kill)
+    pod = _pod(startupProbe={"exec": {"command": ["started"]}, "periodSeconds": 1},
+               livenessProbe={"exec": {"command": ["alive"]}, "periodSeconds": 1,
+                              "failureThreshold": 2, "terminationGracePeriodSeconds": 7})
+    manager.follow("u1", pod, IP)
+    answers["alive"] = 1  # failing from the start, but not checked before startup succeeds
+    await asyncio.sleep(0.1)
+    assert kills == []
+    answers["started"] = 0
+    await _until(lambda: bool(kills))
+    assert kills[0] == ("vm", 7, "alive said no")
+    assert ("Unhealthy", "Liveness probe failed: alive said no") in seen.events
+    # A kill that did not stop the VM is tried again after the threshold counts again.
+    await _until(lambda: len(kills) >= 2)
+    stops["ok"] = True
+    count = len(kills)
+    await asyncio.sleep(0.1)
+    assert len(kills) <= count + 1  # once it stopped the VM, its loop ended
+    await manager.stop()
+
+
+def test_a_liveness_kill_takes_the_pods_grace_unless_the_probe_has_its_own() -> None:
+    pod = _pod(livenessProbe={"tcpSocket": {"port": 22}})
+    pod["spec"]["terminationGracePeriodSeconds"] = 12
+    (probe,) = probes_of(pod)
+    assert (probe.kind, probe.grace) == ("liveness", 12)
+    assert probes_of(_pod(livenessProbe={"tcpSocket": {"port": 22}}))[0].grace == 30

@@ -203,6 +203,13 @@ class GrpcProvider:
         status: pb.PodStatus = resp.status
         return status
 
+    async def stop_pod(self, pod: pb.Pod, grace_seconds: int) -> pb.PodStatus:
+        resp = await _unary(self._pods.StopPod(
+            pod_lifecycle_service_pb2.StopPodRequest(pod=pod, grace_seconds=grace_seconds),
+            timeout=self._timeout + grace_seconds))
+        status: pb.PodStatus = resp.status
+        return status
+
     async def get_pods(self) -> list[pb.PodWithStatus]:
         resp = await _unary(self._pods.GetPods(pod_lifecycle_service_pb2.GetPodsRequest(),
                                                timeout=60))

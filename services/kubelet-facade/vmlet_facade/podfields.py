@@ -152,6 +152,7 @@ _CONTAINER: Final[Mapping[str, Rule]] = {
     **_COMMON,
     "readinessProbe": _PROBE,
     "startupProbe": _PROBE,
+    "livenessProbe": {**_PROBE, "terminationGracePeriodSeconds": _OK},
     "image": _OK,
     "resources": {"requests": _SIZE, "limits": _SIZE},
     "resizePolicy": _Each({"resourceName": _OK, "restartPolicy": _Default(("NotRequired",))},

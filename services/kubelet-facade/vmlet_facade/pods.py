@@ -105,7 +105,8 @@ class PodController(Generic[P]):
         self._outages: dict[str, Outage] = {}  # provider name -> the outage its pods show
         self._guest_exec = guest_exec
         self.probes = ProbeManager(self._status.submit, functools.partial(events.emit,
-                                   warning=True), self._probe_exec if guest_exec else None)
+                                   warning=True), self._probe_exec if guest_exec else None,
+                                   kill=self._kill_vm)
         self.restarts = RestartManager(self._start_vm, self._status.submit, events.emit)
 
     # -- wiring ------------------------------------------------------------------------------
@@ -439,6 +440,27 @@ class PodController(Generic[P]):
         with metrics.provider_call("StartPod"):
             status = await route.provider.start_pod(request)
         self._set_status(uid, status)
+
+    async def _kill_vm(self, pod: Obj, container: str, grace: int, why: str) -> bool:
+        """Kills the container whose liveness probe failed: its VM stopped (StopPod, the guest
+        given ``grace`` seconds), then restarted or not by its restartPolicy (``restarts``)."""
+        route = self.routes.get(pod["spec"].get("nodeName", ""))
+        uid = pod["metadata"]["uid"]
+        if route is None or pod["metadata"].get("deletionTimestamp"):
+            return False
+        await self._events.emit(pod, "Killing", f"Container {container} failed liveness probe, "
+                                "will be restarted")
+        try:
+            request = to_provider_pod(pod, Resolved(), await self._ownership(uid, pod))
+            with metrics.provider_call("StopPod"):
+                status = await route.provider.stop_pod(request, grace)
+        except (ProviderError, ApiError) as err:
+            log.warning("pod %s/%s: its VM not stopped for its liveness probe: %s", *_key(pod), err)
+            await self._events.emit(pod, "FailedKillPod", f"error killing pod: {err}",
+                                    warning=True)
+            return False
+        self._set_status(uid, status)
+        return True
 
     async def _probe_exec(self, pod: Obj, container: str, command: list[str]) -> tuple[int, str]:
         route = self.routes.get(pod["spec"].get("nodeName", ""))

@@ -1,4 +1,4 @@
-"""Startup and readiness probes of VM pods, run by the facade as a kubelet runs them.
+"""Startup, readiness and liveness probes of VM pods, run by the facade as a kubelet runs them.
 
 The facade, not the provider, runs them: it has the pod spec, writes the status they gate and
 the Events they cause, and a provider knows nothing of Kubernetes (docs/architecture.md says
@@ -16,9 +16,13 @@ connections or execs at a time, whatever their periods.
   succeeds (``started``); readiness starts failed and turns after the thresholds.
 - A probe that turns failed posts a Warning Event ``Unhealthy`` (``Readiness probe failed: ...``),
   at most one per pod and probe every ``EVENT_INTERVAL`` seconds while it keeps failing.
+- A liveness probe that fails ``failureThreshold`` times in a row kills the container: ``kill``
+  (the pod controller: a ``Killing`` Event and the provider's StopPod with the grace period),
+  after which the pod's restartPolicy restarts the VM or ends the pod (``restarts``). Liveness
+  and readiness wait for the startup probe, as a kubelet's do.
 - Checks start once the VM has an IP (until then the guest is booting, and the provider holds
-  Ready back itself), after initialDelaySeconds.
-- Liveness probes are not run yet (issue 18); a failing one would restart the VM as `restarts` does.
+  Ready back itself), after initialDelaySeconds; a VM that stops drops its probes and their
+  results, and one that runs again starts them afresh (a new container, for a kubelet).
 """
 
 from __future__ import annotations
@@ -50,19 +54,23 @@ log = logging.getLogger(__name__)
 #: At most one Unhealthy Event per pod and probe this often while a probe keeps failing.
 EVENT_INTERVAL: Final = 300.0
 _sleep = asyncio.sleep  # the probe loops' clock (tests make it faster)
-_KINDS: Final = (("startup", "startupProbe"), ("readiness", "readinessProbe"))
+_KINDS: Final = (("startup", "startupProbe"), ("readiness", "readinessProbe"),
+                 ("liveness", "livenessProbe"))
 
 #: Runs ``command`` in the pod's guest: (exit code, output or why it could not run).
 ExecRunner = Callable[[Obj, str, list[str]], Awaitable[tuple[int, str]]]
 #: Posts a Warning Event (pod, reason, message).
 Warn = Callable[[Obj, str, str], Awaitable[None]]
+#: Kills a container whose liveness probe failed (pod, container, grace seconds, why); whether
+#: its VM was stopped.
+Kill = Callable[[Obj, str, int, str], Awaitable[bool]]
 
 
 @dataclass(frozen=True)
 class Probe:
     """One probe of one container, with the kubelet's defaults filled in."""
 
-    kind: str  # "startup" or "readiness"
+    kind: str  # "startup", "readiness" or "liveness"
     container: str
     handler: Obj  # the probe object: tcpSocket, httpGet or exec, and the timing fields
     initial_delay: float
@@ -70,6 +78,7 @@ class Probe:
     timeout: float
     success_threshold: int
     failure_threshold: int
+    grace: int = 30  # a liveness kill's: the probe's terminationGracePeriodSeconds, else the pod's
 
     @property
     def title(self) -> str:
@@ -82,8 +91,10 @@ def _number(handler: Obj, key: str, default: float, least: float) -> float:
 
 
 def probes_of(pod: Obj) -> list[Probe]:
-    """The startup and readiness probes of ``pod``'s containers."""
+    """The startup, readiness and liveness probes of ``pod``'s containers."""
     out = []
+    grace = pod.get("spec", {}).get("terminationGracePeriodSeconds")
+    pod_grace = int(grace) if isinstance(grace, int) and grace >= 0 else 30
     for container in pod.get("spec", {}).get("containers") or []:
         for kind, key in _KINDS:
             handler = container.get(key)
@@ -95,7 +106,8 @@ def probes_of(pod: Obj) -> list[Probe]:
                 period=_number(handler, "periodSeconds", 10.0, 1.0),
                 timeout=_number(handler, "timeoutSeconds", 1.0, 1.0),
                 success_threshold=int(_number(handler, "successThreshold", 1, 1)),
-                failure_threshold=int(_number(handler, "failureThreshold", 3, 1))))
+                failure_threshold=int(_number(handler, "failureThreshold", 3, 1)),
+                grace=int(_number(handler, "terminationGracePeriodSeconds", pod_grace, 0))))
     return out
 
 
@@ -221,6 +233,10 @@ async def _check(probe: Probe, pod: Obj, ip: str, run: ExecRunner | None) -> tup
     return False, "the probe has no tcpSocket, httpGet or exec (grpc probes are not run)"
 
 
+def _results(state: _PodProbes, probe: Probe) -> dict[str, bool]:
+    return {"startup": state.started, "readiness": state.ready}.get(probe.kind, state.alive)
+
+
 @dataclass
 class _PodProbes:
     """The probes of one pod and what they found."""
@@ -230,6 +246,7 @@ class _PodProbes:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     started: dict[str, bool] = field(default_factory=dict)  # container -> startup succeeded
     ready: dict[str, bool] = field(default_factory=dict)  # container -> readiness succeeded
+    alive: dict[str, bool] = field(default_factory=dict)  # container -> liveness succeeded
     warned: dict[tuple[str, str], float] = field(default_factory=dict)  # probe -> when
 
 
@@ -237,10 +254,12 @@ class ProbeManager:
     """Runs the probes of the pods whose VMs run; ``changed(uid)`` when a result turns."""
 
     def __init__(self, changed: Callable[[str], None], warn: Warn,
-                 run: ExecRunner | None = None, *, concurrency: int = 64) -> None:
+                 run: ExecRunner | None = None, *, kill: Kill | None = None,
+                 concurrency: int = 64) -> None:
         self._changed = changed
         self._warn = warn
         self._run = run
+        self._kill = kill
         self._slots = asyncio.Semaphore(concurrency)
         self._pods: dict[str, _PodProbes] = {}
 
@@ -256,7 +275,7 @@ class ProbeManager:
             return
         state = self._pods[uid] = _PodProbes(pod, ip)
         for probe in probes:
-            (state.started if probe.kind == "startup" else state.ready)[probe.container] = False
+            _results(state, probe)[probe.container] = False
         loop = asyncio.get_running_loop()
         state.tasks = [loop.create_task(self._loop(uid, state, probe),
                                         name=f"probe:{uid}:{probe.container}:{probe.kind}")
@@ -289,13 +308,13 @@ class ProbeManager:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _loop(self, uid: str, state: _PodProbes, probe: Probe) -> None:
-        results = state.started if probe.kind == "startup" else state.ready
+        results = _results(state, probe)
         successes = failures = 0
         await _sleep(probe.initial_delay)
         while True:
             # A VM that runs but has no IP yet is still booting (the provider holds Ready back
             # meanwhile): its checks would fail on the boot, not on the guest, so none counts.
-            if not state.ip or (probe.kind == "readiness" and not all(state.started.values())):
+            if not state.ip or (probe.kind != "startup" and not all(state.started.values())):
                 await _sleep(min(probe.period, 1.0))
                 continue
             async with self._slots:
@@ -315,6 +334,10 @@ class ProbeManager:
                     results[probe.container] = False
                     self._changed(uid)
                 await self._tell(state, probe, why)
+                if probe.kind == "liveness" and self._kill is not None:
+                    if await self._kill(state.pod, probe.container, probe.grace, why):
+                        return  # the VM stopped: its probes start afresh when it runs again
+                    failures = 0  # not stopped: counted again before the next try
             await _sleep(probe.period)
 
     async def _tell(self, state: _PodProbes, probe: Probe, why: str) -> None:
@@ -327,7 +350,8 @@ class ProbeManager:
 
     def sees(self, uid: str, pod: Obj | None, status: pb.PodStatus) -> None:
         """The provider's latest ``status`` of the pod: probe it while its VM runs."""
-        if pod is None or status.phase != pb.POD_PHASE_RUNNING:
+        stopped = any(c.WhichOneof("state") != "running" for c in status.container_statuses)
+        if pod is None or status.phase != pb.POD_PHASE_RUNNING or stopped:
             self.forget(uid)
         else:
             self.follow(uid, pod, status.pod_ip or next(iter(status.pod_ips), ""))

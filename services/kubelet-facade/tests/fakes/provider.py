@@ -151,6 +151,12 @@ class FakeProvider:
         self.pods[pod.ref.uid].status.CopyFrom(self.status(pod))
         return _copy(self.pods[pod.ref.uid].status)
 
+    async def stop_pod(self, pod: pb.Pod, grace_seconds: int) -> pb.PodStatus:
+        self._call("stop_pod", (_copy(pod), grace_seconds))
+        if pod.ref.uid not in self.pods:
+            raise NotFound(f"no pod {pod.ref.namespace}/{pod.ref.name}")
+        return _copy(self.pods[pod.ref.uid].status)
+
     async def get_pods(self) -> list[pb.PodWithStatus]:
         self._call("get_pods")
         return [_copy(p) for p in self.pods.values()]
