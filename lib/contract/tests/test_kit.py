@@ -421,3 +421,40 @@ async def test_without_disks_the_deprecated_disk_rpcs_are_unimplemented() -> Non
             stub = vpb_grpc.VirtualMachineServiceStub(channel)
             call = stub.GetDisk(vpb.GetDiskRequest(handle="h"))
             assert await _code(call) == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_a_cancelled_stop_or_start_pod_still_runs_to_its_end() -> None:
+    """The fault: the caller of StopPod goes away (cancelled, deadline) after the VM is off but
+    before its exit code is written. The backend's call is not cut short: no VM is left off
+    without its exit code, nor half started."""
+    from vmlet_contract.kit import PodLifecycleServicer
+
+    class Slow:
+        def __init__(self) -> None:
+            self.release = asyncio.Event()
+            self.done: list[str] = []
+
+        async def stop_pod(self, pod: pod_pb2.Pod, grace_seconds: int) -> pod_pb2.PodStatus:
+            await self.release.wait()
+            self.done.append(f"stop {grace_seconds}")
+            return pod_pb2.PodStatus()
+
+        async def start_pod(self, pod: pod_pb2.Pod) -> pod_pb2.PodStatus:
+            await self.release.wait()
+            self.done.append("start")
+            return pod_pb2.PodStatus()
+
+    backend = Slow()
+    servicer = PodLifecycleServicer(backend)  # type: ignore[arg-type]
+    calls = [asyncio.ensure_future(servicer.StopPod(
+                 lpb.StopPodRequest(pod=_pod("a", "vm"), grace_seconds=7), None)),
+             asyncio.ensure_future(servicer.StartPod(lpb.StartPodRequest(pod=_pod("b")), None))]
+    await asyncio.sleep(0)
+    for call in calls:
+        call.cancel()
+    await asyncio.gather(*calls, return_exceptions=True)
+    assert all(c.cancelled() for c in calls) and backend.done == []
+    backend.release.set()
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert sorted(backend.done) == ["start", "stop 7"]

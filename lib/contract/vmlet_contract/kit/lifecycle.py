@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, Protocol, TypeVar
 
 from vmlet.provider.v1 import pod_lifecycle_service_pb2 as pb
 from vmlet.provider.v1 import pod_lifecycle_service_pb2_grpc as pb_grpc
 from vmlet.provider.v1 import pod_pb2
 
 __all__ = ["PodLifecycleBackend", "PodLifecycleServicer"]
+
+T = TypeVar("T")
 
 
 class PodLifecycleBackend(Protocol):
@@ -53,6 +57,15 @@ class PodLifecycleServicer(pb_grpc.PodLifecycleServiceServicer):
 
     def __init__(self, backend: PodLifecycleBackend) -> None:
         self._backend = backend
+        self._finishing: set[asyncio.Task[Any]] = set()
+
+    async def _completed(self, call: Awaitable[T]) -> T:
+        """``call``'s result; a cancelled RPC (the caller gone, its deadline passed) leaves it
+        running to its end, so a VM is not left half stopped or half started."""
+        task = asyncio.ensure_future(call)
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+        return await asyncio.shield(task)
 
     async def CreatePod(self, request: pb.CreatePodRequest, context: Any) -> pb.CreatePodResponse:
         return pb.CreatePodResponse(status=await self._backend.create_pod(request.pod))
@@ -65,11 +78,12 @@ class PodLifecycleServicer(pb_grpc.PodLifecycleServiceServicer):
         return pb.DeletePodResponse()
 
     async def StartPod(self, request: pb.StartPodRequest, context: Any) -> pb.StartPodResponse:
-        return pb.StartPodResponse(status=await self._backend.start_pod(request.pod))
+        return pb.StartPodResponse(
+            status=await self._completed(self._backend.start_pod(request.pod)))
 
     async def StopPod(self, request: pb.StopPodRequest, context: Any) -> pb.StopPodResponse:
-        return pb.StopPodResponse(
-            status=await self._backend.stop_pod(request.pod, request.grace_seconds))
+        return pb.StopPodResponse(status=await self._completed(
+            self._backend.stop_pod(request.pod, request.grace_seconds)))
 
     async def GetPod(self, request: pb.GetPodRequest, context: Any) -> pb.GetPodResponse:
         pod, status = await self._backend.get_pod(request.namespace, request.name)

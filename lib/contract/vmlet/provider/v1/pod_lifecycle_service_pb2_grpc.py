@@ -123,7 +123,8 @@ class PodLifecycleServiceServicer:
         progress STOPPED. The facade calls it when the pod's restartPolicy asks for a restart, after
         the kubelet's back-off; nothing else powers such a VM on. The VM keeps its identity, disks
         and address; the provider forgets the exit code the guest left (ContainerStateTerminated),
-        so the next stop reports its own. Succeeds without a change when the VM runs or is being
+        so the next stop reports its own. Once begun it completes even when its caller cancels it
+        or its deadline passes. Succeeds without a change when the VM runs or is being
         powered on. NOT_FOUND when the provider runs no VM for the pod, FAILED_PRECONDITION when
         the IaaS refuses to power it on, RESOURCE_EXHAUSTED when its host has no room for it.
         """
@@ -133,14 +134,16 @@ class PodLifecycleServiceServicer:
 
     def StopPod(self, request, context):
         """StopPod powers the pod's VM off and keeps it, as a kubelet kills a container: the facade
-        calls it when the container's liveness probe fails, and then restarts it (StartPod) or ends
-        the pod under its restartPolicy. The provider asks the guest to shut down (vSphere
+        calls it when the container's liveness probe or postStart hook fails, and then restarts it
+        (StartPod) or ends the pod under its restartPolicy, and before DeletePod of a pod deleted
+        with a grace period (after its preStop hook), so the guest shuts down cleanly. The provider asks the guest to shut down (vSphere
         ShutdownGuest through VMware Tools, Nova os-stop) and powers the VM off hard once
         grace_seconds have passed, or at once when they are 0 or the guest cannot be asked. It
         answers once the VM is off: the pod then reports its container terminated with progress
         STOPPED and exit code 137 (killed, as a kubelet reports a container it killed) unless the
-        guest left its own. The VM keeps its identity, disks and address. Succeeds without a change
-        when the VM is off. NOT_FOUND when the provider runs no VM for the pod.
+        guest left its own. The VM keeps its identity, disks and address. Once begun it completes
+        (exit code included) even when its caller cancels it or its deadline passes, so no VM is
+        left off without its exit code. Succeeds without a change when the VM is off. NOT_FOUND when the provider runs no VM for the pod.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

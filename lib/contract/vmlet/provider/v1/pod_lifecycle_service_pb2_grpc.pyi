@@ -55,20 +55,23 @@ class PodLifecycleServiceStub:
     progress STOPPED. The facade calls it when the pod's restartPolicy asks for a restart, after
     the kubelet's back-off; nothing else powers such a VM on. The VM keeps its identity, disks
     and address; the provider forgets the exit code the guest left (ContainerStateTerminated),
-    so the next stop reports its own. Succeeds without a change when the VM runs or is being
+    so the next stop reports its own. Once begun it completes even when its caller cancels it
+    or its deadline passes. Succeeds without a change when the VM runs or is being
     powered on. NOT_FOUND when the provider runs no VM for the pod, FAILED_PRECONDITION when
     the IaaS refuses to power it on, RESOURCE_EXHAUSTED when its host has no room for it.
     """
     StopPod: _grpc.UnaryUnaryMultiCallable[_pod_lifecycle_service_pb2.StopPodRequest, _pod_lifecycle_service_pb2.StopPodResponse]
     """StopPod powers the pod's VM off and keeps it, as a kubelet kills a container: the facade
-    calls it when the container's liveness probe fails, and then restarts it (StartPod) or ends
-    the pod under its restartPolicy. The provider asks the guest to shut down (vSphere
+    calls it when the container's liveness probe or postStart hook fails, and then restarts it
+    (StartPod) or ends the pod under its restartPolicy, and before DeletePod of a pod deleted
+    with a grace period (after its preStop hook), so the guest shuts down cleanly. The provider asks the guest to shut down (vSphere
     ShutdownGuest through VMware Tools, Nova os-stop) and powers the VM off hard once
     grace_seconds have passed, or at once when they are 0 or the guest cannot be asked. It
     answers once the VM is off: the pod then reports its container terminated with progress
     STOPPED and exit code 137 (killed, as a kubelet reports a container it killed) unless the
-    guest left its own. The VM keeps its identity, disks and address. Succeeds without a change
-    when the VM is off. NOT_FOUND when the provider runs no VM for the pod.
+    guest left its own. The VM keeps its identity, disks and address. Once begun it completes
+    (exit code included) even when its caller cancels it or its deadline passes, so no VM is
+    left off without its exit code. Succeeds without a change when the VM is off. NOT_FOUND when the provider runs no VM for the pod.
     """
     GetPod: _grpc.UnaryUnaryMultiCallable[_pod_lifecycle_service_pb2.GetPodRequest, _pod_lifecycle_service_pb2.GetPodResponse]
     """GetPod returns a pod the provider runs, with its status. The facade never calls it (it
@@ -109,20 +112,23 @@ class PodLifecycleServiceAsyncStub(PodLifecycleServiceStub):
     progress STOPPED. The facade calls it when the pod's restartPolicy asks for a restart, after
     the kubelet's back-off; nothing else powers such a VM on. The VM keeps its identity, disks
     and address; the provider forgets the exit code the guest left (ContainerStateTerminated),
-    so the next stop reports its own. Succeeds without a change when the VM runs or is being
+    so the next stop reports its own. Once begun it completes even when its caller cancels it
+    or its deadline passes. Succeeds without a change when the VM runs or is being
     powered on. NOT_FOUND when the provider runs no VM for the pod, FAILED_PRECONDITION when
     the IaaS refuses to power it on, RESOURCE_EXHAUSTED when its host has no room for it.
     """
     StopPod: _aio.UnaryUnaryMultiCallable[_pod_lifecycle_service_pb2.StopPodRequest, _pod_lifecycle_service_pb2.StopPodResponse]  # type: ignore[assignment]
     """StopPod powers the pod's VM off and keeps it, as a kubelet kills a container: the facade
-    calls it when the container's liveness probe fails, and then restarts it (StartPod) or ends
-    the pod under its restartPolicy. The provider asks the guest to shut down (vSphere
+    calls it when the container's liveness probe or postStart hook fails, and then restarts it
+    (StartPod) or ends the pod under its restartPolicy, and before DeletePod of a pod deleted
+    with a grace period (after its preStop hook), so the guest shuts down cleanly. The provider asks the guest to shut down (vSphere
     ShutdownGuest through VMware Tools, Nova os-stop) and powers the VM off hard once
     grace_seconds have passed, or at once when they are 0 or the guest cannot be asked. It
     answers once the VM is off: the pod then reports its container terminated with progress
     STOPPED and exit code 137 (killed, as a kubelet reports a container it killed) unless the
-    guest left its own. The VM keeps its identity, disks and address. Succeeds without a change
-    when the VM is off. NOT_FOUND when the provider runs no VM for the pod.
+    guest left its own. The VM keeps its identity, disks and address. Once begun it completes
+    (exit code included) even when its caller cancels it or its deadline passes, so no VM is
+    left off without its exit code. Succeeds without a change when the VM is off. NOT_FOUND when the provider runs no VM for the pod.
     """
     GetPod: _aio.UnaryUnaryMultiCallable[_pod_lifecycle_service_pb2.GetPodRequest, _pod_lifecycle_service_pb2.GetPodResponse]  # type: ignore[assignment]
     """GetPod returns a pod the provider runs, with its status. The facade never calls it (it
@@ -184,7 +190,8 @@ class PodLifecycleServiceServicer(metaclass=_abc_1.ABCMeta):
         progress STOPPED. The facade calls it when the pod's restartPolicy asks for a restart, after
         the kubelet's back-off; nothing else powers such a VM on. The VM keeps its identity, disks
         and address; the provider forgets the exit code the guest left (ContainerStateTerminated),
-        so the next stop reports its own. Succeeds without a change when the VM runs or is being
+        so the next stop reports its own. Once begun it completes even when its caller cancels it
+        or its deadline passes. Succeeds without a change when the VM runs or is being
         powered on. NOT_FOUND when the provider runs no VM for the pod, FAILED_PRECONDITION when
         the IaaS refuses to power it on, RESOURCE_EXHAUSTED when its host has no room for it.
         """
@@ -196,14 +203,16 @@ class PodLifecycleServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_pod_lifecycle_service_pb2.StopPodResponse, _abc.Awaitable[_pod_lifecycle_service_pb2.StopPodResponse]]:
         """StopPod powers the pod's VM off and keeps it, as a kubelet kills a container: the facade
-        calls it when the container's liveness probe fails, and then restarts it (StartPod) or ends
-        the pod under its restartPolicy. The provider asks the guest to shut down (vSphere
+        calls it when the container's liveness probe or postStart hook fails, and then restarts it
+        (StartPod) or ends the pod under its restartPolicy, and before DeletePod of a pod deleted
+        with a grace period (after its preStop hook), so the guest shuts down cleanly. The provider asks the guest to shut down (vSphere
         ShutdownGuest through VMware Tools, Nova os-stop) and powers the VM off hard once
         grace_seconds have passed, or at once when they are 0 or the guest cannot be asked. It
         answers once the VM is off: the pod then reports its container terminated with progress
         STOPPED and exit code 137 (killed, as a kubelet reports a container it killed) unless the
-        guest left its own. The VM keeps its identity, disks and address. Succeeds without a change
-        when the VM is off. NOT_FOUND when the provider runs no VM for the pod.
+        guest left its own. The VM keeps its identity, disks and address. Once begun it completes
+        (exit code included) even when its caller cancels it or its deadline passes, so no VM is
+        left off without its exit code. Succeeds without a change when the VM is off. NOT_FOUND when the provider runs no VM for the pod.
         """
 
     @_abc_1.abstractmethod
