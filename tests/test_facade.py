@@ -157,7 +157,7 @@ def test_env_references_are_resolved(stack: Stack, control_plane: ControlPlane, 
 
 def test_unhonoured_fields_are_named_and_first_boot_commands_reach_the_vm(
         stack: Stack, control_plane: ControlPlane, ns: str) -> None:
-    """Issue 18: a pod's hooks and scratch volumes were ignored without a word,
+    """Issue 18: a pod's unrunnable hooks and scratch volumes were ignored without a word,
     and its command and init containers never reached the VM. Now one Warning Event names what
     vmlet does not honour, and the VM's first boot runs (memory: logs) the commands in order."""
     manifest = stack.vm_pod("booted", "mem-a", extra={
@@ -166,13 +166,14 @@ def test_unhonoured_fields_are_named_and_first_boot_commands_reach_the_vm(
         "volumes": [{"name": "scratch", "emptyDir": {}}]})
     container = manifest["spec"]["containers"][0]
     container.update({"command": ["/usr/bin/serve"], "args": ["--port", "8080"],
-                      "lifecycle": {"preStop": {"exec": {"command": ["halt"]}}}})
+                      "lifecycle": {"preStop": {"tcpSocket": {"port": 22}}}})
     apply(control_plane, ns, manifest)
     eventually(lambda: running_ready(stack, ns, "booted"), what="pod Running")
     told = eventually(lambda: [e for e in events(stack, ns, "booted")
                                if e["reason"] == "FieldsNotHonoured"], what="Warning Event")
     assert len(told) == 1 and told[0]["type"] == "Warning"
-    for field in ("spec.containers[vm].lifecycle", "spec.volumes[scratch].emptyDir"):
+    for field in ("spec.containers[vm].lifecycle.preStop.tcpSocket",
+                  "spec.volumes[scratch].emptyDir"):
         assert field in told[0]["message"]
     assert "command" not in told[0]["message"] and "initContainers" not in told[0]["message"]
     with stack.channel("mem-a") as channel:

@@ -1,5 +1,5 @@
-"""Startup, readiness and liveness probes of VM pods, run by the facade as a kubelet runs them
-(issue 18).
+"""Startup, readiness and liveness probes and lifecycle hooks of VM pods, run by the facade as a
+kubelet runs them (issue 18).
 
 The pods are bare VM pods on a vSphere provider against vcsim; `GuestStandIn` gives each VM a
 real guest: an sshd in a network namespace of its own, at an address of 198.18.0.0/15 the VM
@@ -11,7 +11,9 @@ What is checked is what a kubelet does: a pod is Ready only once the provider sa
 readiness probe passed; while a startup probe has not passed the container is not started and
 readiness is not run; a failing probe posts one Warning Event ``Unhealthy``; EndpointSlices
 follow the Ready condition (the real endpointslice controller); a probe ``host`` other than the
-pod's IP fails; a passing liveness probe kills nothing (a failing one: tests/test_pod_restarts.py).
+pod's IP fails; a passing liveness probe kills nothing (a failing one: tests/test_pod_restarts.py);
+postStart runs before the container is started and a failing one kills the VM; a delete runs
+preStop and then shuts the guest down within the pod's grace period.
 
 The facade serves no kubelet API here (--kubelet-port=0): probes do not go through it. Needs
 root, iproute2, unshare, /usr/sbin/sshd (hack/install-test-deps.sh), vcsim and the control
@@ -549,11 +551,85 @@ def test_a_probe_host_other_than_the_pods_ip_fails(stack: Stack, control_plane: 
         clock(f"Running at {ip}")
         event = first_unhealthy(stack, ns, name)
         clock(f"Unhealthy: {event['message']}")
-        assert event["message"] == ("Readiness probe failed: vmlet probes only the pod's own "
+        assert event["message"] == ("Readiness probe failed: vmlet reaches only the pod's own "
                                     f"IP ({ip}), not host 127.0.0.1"), event["message"]
         holds_unready(stack, ns, name, seconds=5)
         assert_one_unhealthy(stack, ns, name)
         clock("never Ready")
+    finally:
+        delete_pod(control_plane, ns, name)
+        clock("deleted")
+
+
+# -- lifecycle hooks (issue 18 item 5) ------------------------------------------------------------
+
+
+def test_hooks_run_in_the_guest_and_a_delete_shuts_the_guest_down_within_its_grace(
+        stack: Stack, control_plane: ControlPlane, ns: str, tmp_path: Path) -> None:
+    """postStart runs in the guest once the VM runs, and the container is started only after
+    it; deleting the pod runs preStop in the guest (the pod stays Terminating meanwhile), then
+    posts Killing and shuts the guest down (StopPod) before the VM is destroyed."""
+    clock = Clock("hooks")
+    name = "hooked"
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    pod = probed_pod(stack, name, lifecycle={
+        "postStart": {"exec": {"command": ["sh", "-c", f"date +%s.%N > {marks}/post-start"]}},
+        "preStop": {"exec": {"command": [
+            "sh", "-c", f"sleep 3 && date +%s.%N > {marks}/pre-stop"]}}})
+    pod["spec"]["terminationGracePeriodSeconds"] = 40
+    try:
+        apply(control_plane, ns, pod)
+        clock("pod applied")
+        running_with_ip(stack, ns, name)
+        started = eventually(lambda: container(get_pod(stack, ns, name)).get("started"),
+                             timeout=PROBE_TIMEOUT, interval=0.3, what="container started")
+        assert started is True and (marks / "post-start").exists()
+        clock("postStart ran; container started")
+
+        asked = time.time()
+        control_plane.kubectl("delete", "pod", name, "-n", ns, "--wait=false")
+        deleting = get_pod(stack, ns, name)
+        assert deleting["metadata"]["deletionGracePeriodSeconds"] == 40
+        eventually(lambda: (marks / "pre-stop").exists(), timeout=30, interval=0.2,
+                   what="the preStop hook's mark")
+        hook_done = float((marks / "pre-stop").read_text())
+        assert hook_done - asked >= 3.0  # the hook ran its sleep through
+        clock(f"preStop ran {hook_done - asked:.1f}s after the delete")
+        eventually(lambda: not stack.kubectl_json("get", "pods", "-n", ns, "--field-selector",
+                                                  f"metadata.name={name}")["items"],
+                   timeout=90, interval=0.5, what="the pod gone")
+        clock("pod gone")
+        reasons = [(e["reason"], e["message"]) for e in events(stack, ns, name)]
+        assert ("Killing", "Stopping container vm") in reasons, reasons
+        assert not [r for r in reasons if r[0] in ("FailedPreStopHook", "FailedKillPod")], reasons
+    finally:
+        delete_pod(control_plane, ns, name)
+        clock("deleted")
+
+
+def test_a_failed_post_start_kills_the_vm_and_restart_policy_never_ends_the_pod(
+        stack: Stack, control_plane: ControlPlane, ns: str) -> None:
+    """A postStart hook that exits 1: FailedPostStartHook, Killing, and the VM stopped through
+    StopPod (exit code 137); restartPolicy Never then ends the pod Failed."""
+    clock = Clock("post-start fails")
+    name = "badhook"
+    pod = probed_pod(stack, name, lifecycle={"postStart": {"exec": {"command": ["false"]}}})
+    pod["spec"]["restartPolicy"] = "Never"
+    pod["spec"]["terminationGracePeriodSeconds"] = 5
+    try:
+        apply(control_plane, ns, pod)
+        clock("pod applied")
+        ended = eventually(lambda: (p := get_pod(stack, ns, name))["status"].get("phase")
+                           == "Failed" and p, timeout=RUNNING_TIMEOUT, interval=0.5,
+                           what="pod Failed")
+        clock("Failed")
+        terminated = container(ended)["state"]["terminated"]
+        assert terminated["exitCode"] == 137, terminated
+        reasons = {e["reason"]: e["message"] for e in events(stack, ns, name)}
+        assert reasons["FailedPostStartHook"].startswith(
+            "Exec lifecycle hook (['false']) for Container \"vm\""), reasons
+        assert reasons["Killing"] == "Container vm failed its postStart hook, will be restarted"
     finally:
         delete_pod(control_plane, ns, name)
         clock("deleted")

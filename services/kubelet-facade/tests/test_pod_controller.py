@@ -404,10 +404,10 @@ async def test_a_fault_of_vmlet_is_no_invalid_pod_spec_and_is_retried(
 
 async def test_the_fields_vmlet_does_not_honour_are_named_once_when_the_pod_is_accepted(
         kube: FakeKube, provider: FakeProvider, start: Start) -> None:
-    """Issue 18: lifecycle hooks and the like were ignored without a word. One Warning Event
+    """Issue 18: pod fields vmlet does not act on were ignored without a word. One Warning Event
     names them when the pod is accepted, not again at each retried create."""
     pod = bare_pod()
-    pod["spec"]["containers"][0]["lifecycle"] = {"preStop": {"exec": {"command": ["halt"]}}}
+    pod["spec"]["containers"][0]["lifecycle"] = {"preStop": {"tcpSocket": {"port": 22}}}
     pod["spec"]["hostNetwork"] = True
     provider.fail("create_pod", Unavailable("the IaaS is down"))
     kube.seed(POD_PATH, pod)
@@ -419,7 +419,7 @@ async def test_the_fields_vmlet_does_not_honour_are_named_once_when_the_pod_is_a
     told = [c.body for c in kube.writes("POST", "/events")
             if c.body["reason"] == "FieldsNotHonoured"]
     assert [e["type"] for e in told] == ["Warning"]
-    assert "spec.containers[vm].lifecycle" in told[0]["message"]
+    assert "spec.containers[vm].lifecycle.preStop.tcpSocket" in told[0]["message"]
     assert "spec.hostNetwork" in told[0]["message"]
 
 

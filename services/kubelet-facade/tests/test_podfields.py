@@ -156,7 +156,11 @@ def test_readiness_and_startup_probes_are_honoured() -> None:
     # Readiness and startup probes are run, but not over gRPC nor at another host.
     ({"readinessProbe": {"grpc": {"port": 9000}}}, "readinessProbe.grpc"),
     ({"startupProbe": {"httpGet": {"port": 80, "host": "10.0.0.1"}}}, "startupProbe.httpGet.host"),
-    ({"lifecycle": {"preStop": {"exec": {"command": ["halt"]}}}}, "lifecycle"),
+    # Hooks run (exec, httpGet, sleep), but tcpSocket is no hook a kubelet runs either.
+    ({"lifecycle": {"preStop": {"tcpSocket": {"port": 22}}}}, "lifecycle.preStop.tcpSocket"),
+    ({"lifecycle": {"postStart": {"httpGet": {"port": 80, "host": "10.0.0.1"}}}},
+     "lifecycle.postStart.httpGet.host"),
+    ({"lifecycle": {"stopSignal": "SIGUSR1"}}, "lifecycle.stopSignal"),
     ({"securityContext": {"privileged": True}}, "securityContext"),
     ({"workingDir": "/srv"}, "workingDir"),
     ({"stdin": True}, "stdin"),
@@ -216,7 +220,6 @@ def test_each_ignored_volume_is_named(volume: dict[str, Any], named: str) -> Non
 
 @pytest.mark.parametrize(("spec", "named"), [
     ({"dnsPolicy": "None"}, "spec.dnsPolicy"),
-    ({"terminationGracePeriodSeconds": 120}, "spec.terminationGracePeriodSeconds"),
     ({"serviceAccountName": "builder", "serviceAccount": "builder"},
      "spec.serviceAccount"),  # and serviceAccountName, below
 ])
@@ -232,7 +235,7 @@ def test_every_restart_policy_is_honoured(policy: str) -> None:
 def test_defaults_are_compared_by_value_and_type() -> None:
     assert unhonoured(_with(serviceAccountName="builder")) == ["spec.serviceAccountName"]
     assert unhonoured(_with(hostNetwork=0)) == ["spec.hostNetwork"]  # 0 is no false
-    assert unhonoured(_with(terminationGracePeriodSeconds=30)) == []
+    assert unhonoured(_with(terminationGracePeriodSeconds=120)) == []  # a delete's grace
 
 
 def test_init_containers_run_their_commands_and_nothing_else() -> None:
@@ -288,9 +291,9 @@ def test_unset_values_are_not_named_and_odd_shapes_do_not_raise() -> None:
 
 def test_order_is_stable_whatever_the_order_of_the_json() -> None:
     pod = _with(hostPID=True, hostNetwork=True, runtimeClassName="kata")
-    pod["spec"]["containers"][0].update(tty=True, lifecycle={"preStop": {}})
+    pod["spec"]["containers"][0].update(tty=True, lifecycle={"preStop": {"tcpSocket": {"port": 1}}})
     pod["spec"]["containers"].append({"name": "second", "image": "x", "workingDir": "/"})
-    expected = ["spec.containers[vm].lifecycle", "spec.containers[vm].tty",
+    expected = ["spec.containers[vm].lifecycle.preStop.tcpSocket", "spec.containers[vm].tty",
                 "spec.containers[second].workingDir", "spec.hostNetwork", "spec.hostPID",
                 "spec.runtimeClassName"]
     assert unhonoured(pod) == expected
@@ -312,9 +315,9 @@ def test_a_field_is_named_once() -> None:
     assert unhonoured(pod) == ["spec.containers[vm].volumeMounts[c].subPath"]
 
 
-def test_vmlets_own_vm_pod_sets_nothing_unhonoured_but_its_grace_period() -> None:
-    """The pod the VirtualMachine controller makes. Its terminationGracePeriodSeconds (60) is
-    not honoured either (a VM is powered off at once): vmapi.vm_pod should drop it."""
+def test_vmlets_own_vm_pod_sets_nothing_unhonoured() -> None:
+    """The pod the VirtualMachine controller makes; its terminationGracePeriodSeconds (60) is
+    the time its guest has to shut down when the pod is deleted."""
     vm = {"apiVersion": "vmlet.io/v1alpha1", "kind": "VirtualMachine",
           "metadata": {"name": "db", "namespace": "ns", "uid": "vm-uid",
                        "labels": {"app": "db"}},
@@ -324,7 +327,7 @@ def test_vmlets_own_vm_pod_sets_nothing_unhonoured_but_its_grace_period() -> Non
                    "placement": {"nodeSelector": {"zone": "a"}}},
           "status": {"nodeName": "esx-1"}}
     pod: dict[str, Any] = dict(vm_pod(vm))  # type: ignore[arg-type]
-    assert [f for f in unhonoured(pod) if f != "spec.terminationGracePeriodSeconds"] == []
+    assert unhonoured(pod) == []
 
 
 def test_the_message_names_every_field_and_points_at_the_guide() -> None:

@@ -88,7 +88,7 @@ async def test_a_named_port_is_the_containers_and_only_the_pods_ip_is_probed() -
         assert await check(_probe({"httpGet": {"port": "http"}}), pod, IP, None) == (True, "")
         ok, why = await check(_probe({"tcpSocket": {"port": port, "host": "10.1.2.3"}}), pod,
                               IP, None)
-        assert not ok and why == (f"vmlet probes only the pod's own IP ({IP}), "
+        assert not ok and why == (f"vmlet reaches only the pod's own IP ({IP}), "
                                   "not host 10.1.2.3")
     assert await check(_probe({"tcpSocket": {"port": 22}}), _pod(), "", None) == (
         False, "the pod has no IP yet")
@@ -260,7 +260,7 @@ async def test_a_failing_liveness_probe_kills_after_its_threshold_and_waits_for_
     assert kills == []
     answers["started"] = 0
     await _until(lambda: bool(kills))
-    assert kills[0] == ("vm", 7, "alive said no")
+    assert kills[0] == ("vm", 7, "Container vm failed liveness probe, will be restarted")
     assert ("Unhealthy", "Liveness probe failed: alive said no") in seen.events
     # A kill that did not stop the VM is tried again after the threshold counts again.
     await _until(lambda: len(kills) >= 2)

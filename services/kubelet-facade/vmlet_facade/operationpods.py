@@ -13,15 +13,17 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from vmlet.provider.v1 import pod_pb2 as pb
 from vmlet_api.names import BACKUP_OPERATION
 from vmlet_contract import ProviderError, is_retryable
-from vmlet_facade.kube.objects import Pod
+from vmlet_facade.kube.client import KubeClient
+from vmlet_facade.kube.objects import Pod, VirtualMachine
 from vmlet_facade.provider import VmOperations
 from vmlet_facade.vmapi import (
     OPERATION_ANNOTATION,
     SNAPSHOT_NAME_ANNOTATION,
     TARGET_IDENTITY_ANNOTATION,
+    path,
 )
 
-__all__ = ["operation_of", "refused", "run_operation"]
+__all__ = ["carry_out", "operation_of", "refused", "run_operation"]
 
 
 def operation_of(pod: Pod) -> str | None:
@@ -69,3 +71,20 @@ async def run_operation(pod: Pod, provider: VmOperations) -> pb.PodStatus:
             raise
         return _ended(container, 1, err.reason, err.message)
     return _ended(container, 0, "Completed", snapshot.id)
+
+
+async def _target_in_namespace(client: KubeClient, pod: Pod) -> bool:
+    """Whether the VM an operation pod aims at belongs to a VirtualMachine of its namespace."""
+    target = (pod["metadata"].get("annotations") or {}).get(TARGET_IDENTITY_ANNOTATION, "")
+    listing = await client.get(path("virtualmachines", pod["metadata"]["namespace"]))
+    vms: list[VirtualMachine] = listing.get("items") or []
+    return bool(target) and any(vm["metadata"].get("uid") == target for vm in vms)
+
+
+async def carry_out(client: KubeClient, pod: Pod, provider: VmOperations) -> pb.PodStatus:
+    """``run_operation`` when the VM ``pod`` aims at is a VirtualMachine's of its namespace
+    (read through ``client``), else ``refused``."""
+    if await _target_in_namespace(client, pod):
+        return await run_operation(pod, provider)
+    return refused(pod, "the operation's target is not a VirtualMachine of namespace "
+                   f"{pod['metadata']['namespace']}")

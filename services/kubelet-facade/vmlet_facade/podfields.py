@@ -1,7 +1,7 @@
 """What of a pod spec vmlet does not honour, named in one Warning Event when the pod is accepted.
 
-A VM is not a container: probes, lifecycle hooks, security contexts, host namespaces and the
-like have nothing to act on. Rather than ignore them silently, the pod controller names every
+A VM is not a container: security contexts, host namespaces and the like have nothing to act
+on. Rather than ignore them silently, the pod controller names every
 such field a pod sets (``unhonoured``) in one Event (``warning_message``, reason
 ``FIELDS_NOT_HONOURED``). The table of what is honoured, mapped or ignored is in
 docs/provider-guide.md ("What of a pod spec vmlet honours").
@@ -140,16 +140,21 @@ def _init_image(value: Any, path: str, ctx: _Context, out: list[str]) -> None:
 
 # Run by the facade (vmlet_facade.probes) against the pod's own IP: a `host` is named.
 _PORT: Final[Mapping[str, Rule]] = {"port": _OK}
+_HTTP_GET: Final[Mapping[str, Rule]] = {**_PORT, "path": _OK, "scheme": _OK,
+                                        "httpHeaders": _Each({"name": _OK, "value": _OK})}
 _PROBE: Final[Mapping[str, Rule]] = {
     "tcpSocket": _PORT,
-    "httpGet": {**_PORT, "path": _OK, "scheme": _OK,
-                "httpHeaders": _Each({"name": _OK, "value": _OK})},
+    "httpGet": _HTTP_GET,
     "exec": {"command": _OK},
     **dict.fromkeys(("initialDelaySeconds", "periodSeconds", "timeoutSeconds",
                      "successThreshold", "failureThreshold"), _OK),
 }
+# Run by the facade (vmlet_facade.hooks); tcpSocket is no hook a kubelet runs either: named.
+_HOOK: Final[Mapping[str, Rule]] = {"exec": {"command": _OK}, "httpGet": _HTTP_GET,
+                                    "sleep": {"seconds": _OK}}
 _CONTAINER: Final[Mapping[str, Rule]] = {
     **_COMMON,
+    "lifecycle": {"postStart": _HOOK, "preStop": _HOOK},
     "readinessProbe": _PROBE,
     "startupProbe": _PROBE,
     "livenessProbe": {**_PROBE, "terminationGracePeriodSeconds": _OK},
@@ -202,7 +207,7 @@ _POD_SPEC: Final[Mapping[str, Rule]] = {
     "imagePullSecrets": _OK,  # no image is pulled (ServiceAccount admission may add them)
     "restartPolicy": _OK,
     "dnsPolicy": _Default(("ClusterFirst",)),
-    "terminationGracePeriodSeconds": _Default((30,)),
+    "terminationGracePeriodSeconds": _OK,  # a delete's and a kill's grace (termination)
     "serviceAccountName": _Default(("default",)),
     "serviceAccount": _Default(("default",)),
     "hostNetwork": _FALSE, "hostPID": _FALSE, "hostIPC": _FALSE,

@@ -6,7 +6,8 @@ provider, with references resolved first. Status comes back from the provider's 
 and is written through the status subresource, coalesced per pod. At start the provider's pods
 are adopted (no second CreatePod), and pods Kubernetes no longer has are removed from it, except
 the VMs of VirtualMachines: a VM pod gone is not a decision to destroy (or stop) its VM, which
-the VirtualMachine's next pod adopts.
+the VirtualMachine's next pod adopts. A deleted pod whose VM runs first ends gracefully
+(``termination``: preStop, then the guest's shutdown within the grace period).
 
 Nothing is handled for a pod before the first list of its node is complete and the orphans of
 that node are settled (the workers' readiness gate). A pod's identity and keep-on-delete come
@@ -30,8 +31,8 @@ from vmlet_facade import metrics
 from vmlet_facade.adoption import adopt, remove_orphans
 from vmlet_facade.events import EventRecorder
 from vmlet_facade.kube import SYNCED, ApiError, KubeClient, list_and_watch
-from vmlet_facade.kube.objects import Obj, Pod, VirtualMachine
-from vmlet_facade.operationpods import operation_of, refused, run_operation
+from vmlet_facade.kube.objects import Obj, Pod
+from vmlet_facade.operationpods import carry_out, operation_of
 from vmlet_facade.outage import Outage, during
 from vmlet_facade.outagetolerance import tolerate_outages
 from vmlet_facade.ownership import Ownership, derive
@@ -51,7 +52,8 @@ from vmlet_facade.quantity import InvalidQuantity
 from vmlet_facade.queueing import Backoff, SerialWorkers
 from vmlet_facade.references import MissingReference, Resolved, Resolver
 from vmlet_facade.restarts import RestartManager, after_a_run
-from vmlet_facade.vmapi import TARGET_IDENTITY_ANNOTATION, path
+from vmlet_facade.termination import Terminations
+from vmlet_facade.vmapi import lookup_vm
 
 __all__ = ["PodController", "Route"]
 
@@ -108,6 +110,8 @@ class PodController(Generic[P]):
                                    warning=True), self._probe_exec if guest_exec else None,
                                    kill=self._kill_vm)
         self.restarts = RestartManager(self._start_vm, self._status.submit, events.emit)
+        self.terminations = Terminations(self._stop_vm, events.emit, self._sync.submit,
+                                         self._probe_exec if guest_exec else None)
 
     # -- wiring ------------------------------------------------------------------------------
 
@@ -135,6 +139,7 @@ class PodController(Generic[P]):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.probes.stop()
         await self.restarts.stop()
+        await self.terminations.stop()
         await self._sync.stop()
         await self._status.stop()
 
@@ -257,34 +262,17 @@ class PodController(Generic[P]):
     def _retry(self, uid: str, permanent: bool = False) -> None:
         self._sync.retry(uid, penalty=PERMANENT_PENALTY if permanent else 0)
 
-    async def _lookup_vm(self, namespace: str, name: str) -> VirtualMachine | None:
-        """The VirtualMachine ``namespace/name`` as the apiserver has it now, or None."""
-        listing = await self._client.get(path("virtualmachines", namespace),
-                                         fieldSelector=f"metadata.name={name}")
-        items: list[VirtualMachine] = listing.get("items") or []
-        return items[0] if items else None
-
     async def _ownership(self, uid: str, pod: Obj) -> Ownership:
         """The ownership of ``pod``: as decided before (at its create), else derived now."""
         state = self._state(uid)
         if state.owner is None:
-            state.owner = await derive(cast(Pod, pod), self._lookup_vm)
+            state.owner = await derive(cast(Pod, pod),
+                                       functools.partial(lookup_vm, self._client))
         return state.owner
-
-    async def _target_in_namespace(self, pod: Obj) -> bool:
-        """Whether the VM an operation pod aims at belongs to a VirtualMachine of its namespace."""
-        target = (pod["metadata"].get("annotations") or {}).get(TARGET_IDENTITY_ANNOTATION, "")
-        listing = await self._client.get(path("virtualmachines", pod["metadata"]["namespace"]))
-        vms: list[VirtualMachine] = listing.get("items") or []
-        return bool(target) and any(vm["metadata"].get("uid") == target for vm in vms)
 
     async def _create(self, uid: str, pod: Obj, route: Route[P]) -> None:
         if operation_of(typed := cast(Pod, pod)):
-            if await self._target_in_namespace(pod):
-                status = await run_operation(typed, route.provider)
-            else:
-                status = refused(typed, "the operation's target is not a VirtualMachine of "
-                                 f"namespace {pod['metadata']['namespace']}")
+            status = await carry_out(self._client, typed, route.provider)
             state = self._state(uid)
             state.created, state.operation, state.fingerprint = True, True, None
             self._set_status(uid, status)
@@ -346,6 +334,8 @@ class PodController(Generic[P]):
         state = self._state(uid)
         if state.operation:
             state.forget_provider_side()
+        if state.created and self.terminations.pending(uid, pod, state.latest):
+            return  # its VM ends gracefully first (termination); its worker is called back
         if state.created:
             ownership = await self._ownership(uid, pod)
             try:
@@ -368,6 +358,7 @@ class PodController(Generic[P]):
         """The pod is gone from Kubernetes (force-deleted or deletion finished)."""
         self.probes.forget(uid)
         self.restarts.forget(uid)
+        self.terminations.forget(uid)
         state = self._state(uid)
         pod, state.gone = state.gone, None
         if state.created and not state.operation and pod is not None:
@@ -441,25 +432,32 @@ class PodController(Generic[P]):
             status = await route.provider.start_pod(request)
         self._set_status(uid, status)
 
-    async def _kill_vm(self, pod: Obj, container: str, grace: int, why: str) -> bool:
-        """Kills the container whose liveness probe failed: its VM stopped (StopPod, the guest
-        given ``grace`` seconds), then restarted or not by its restartPolicy (``restarts``)."""
+    async def _stop_vm(self, pod: Obj, grace: int) -> None:
+        """Stops the pod's VM through StopPod, its guest given ``grace`` seconds."""
         route = self.routes.get(pod["spec"].get("nodeName", ""))
+        if route is None:
+            return
         uid = pod["metadata"]["uid"]
-        if route is None or pod["metadata"].get("deletionTimestamp"):
+        request = to_provider_pod(pod, Resolved(), await self._ownership(uid, pod))
+        with metrics.provider_call("StopPod"):
+            status = await route.provider.stop_pod(request, grace)
+        self._set_status(uid, status)
+
+    async def _kill_vm(self, pod: Obj, container: str, grace: int, message: str) -> bool:
+        """Kills the container whose liveness probe or postStart hook failed (``message`` says
+        so in the ``Killing`` Event): its VM stopped, the guest given ``grace`` seconds, then
+        restarted or not by its restartPolicy (``restarts``)."""
+        if pod["spec"].get("nodeName", "") not in self.routes or \
+                pod["metadata"].get("deletionTimestamp"):
             return False
-        await self._events.emit(pod, "Killing", f"Container {container} failed liveness probe, "
-                                "will be restarted")
+        await self._events.emit(pod, "Killing", message)
         try:
-            request = to_provider_pod(pod, Resolved(), await self._ownership(uid, pod))
-            with metrics.provider_call("StopPod"):
-                status = await route.provider.stop_pod(request, grace)
+            await self._stop_vm(pod, grace)
         except (ProviderError, ApiError) as err:
-            log.warning("pod %s/%s: its VM not stopped for its liveness probe: %s", *_key(pod), err)
+            log.warning("pod %s/%s: its VM not stopped (%s): %s", *_key(pod), message, err)
             await self._events.emit(pod, "FailedKillPod", f"error killing pod: {err}",
                                     warning=True)
             return False
-        self._set_status(uid, status)
         return True
 
     async def _probe_exec(self, pod: Obj, container: str, command: list[str]) -> tuple[int, str]:

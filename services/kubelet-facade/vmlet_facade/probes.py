@@ -6,11 +6,7 @@ why at more length). One task per (pod, container, probe) while the pod's VM run
 holds a slot of one shared semaphore, so a thousand probed pods make at most ``concurrency``
 connections or execs at a time, whatever their periods.
 
-- tcpSocket: a TCP connection to the pod's IP and port; httpGet: an HTTP/1.1 GET there (https
-  without verifying the certificate, as a kubelet), 200-399 is success; exec: the command run in
-  the guest through the provider's Exec (the path of ``kubectl exec``), exit 0 is success.
-- Only the pod's own IP is probed: a probe ``host`` naming another address fails, so a tenant
-  cannot make the facade reach into its own network.
+- tcpSocket, httpGet and exec as ``guestactions`` does them: only the pod's own IP is probed.
 - Timing as a kubelet: initialDelaySeconds, periodSeconds (10), timeoutSeconds (1),
   successThreshold (1), failureThreshold (3). A startup probe holds readiness back until it
   succeeds (``started``); readiness starts failed and turns after the thresholds.
@@ -20,6 +16,10 @@ connections or execs at a time, whatever their periods.
   (the pod controller: a ``Killing`` Event and the provider's StopPod with the grace period),
   after which the pod's restartPolicy restarts the VM or ends the pod (``restarts``). Liveness
   and readiness wait for the startup probe, as a kubelet's do.
+- A container's postStart hook (``hooks``) runs first, once per run of the VM: until it
+  succeeded the container is not started and its probes wait; a failure posts
+  ``FailedPostStartHook`` and kills the VM as a failed liveness probe does. A run whose start
+  the pod already shows as started (written before a restart of the facade) had its hook.
 - Checks start once the VM has an IP (until then the guest is booting, and the provider holds
   Ready back itself), after initialDelaySeconds; a VM that stops drops its probes and their
   results, and one that runs again starts them afresh (a new container, for a kubelet).
@@ -28,16 +28,16 @@ connections or execs at a time, whatever their periods.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ipaddress
 import logging
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from vmlet.provider.v1 import pod_pb2 as pb
+from vmlet_facade.containerstatus import k8s_time
+from vmlet_facade.guestactions import ExecRunner, act
+from vmlet_facade.hooks import FAILED_POST_START, POST_START, POST_START_TIMEOUT, hooks_of, run_hook
 from vmlet_facade.kube.objects import Obj
 
 __all__ = [
@@ -57,12 +57,10 @@ _sleep = asyncio.sleep  # the probe loops' clock (tests make it faster)
 _KINDS: Final = (("startup", "startupProbe"), ("readiness", "readinessProbe"),
                  ("liveness", "livenessProbe"))
 
-#: Runs ``command`` in the pod's guest: (exit code, output or why it could not run).
-ExecRunner = Callable[[Obj, str, list[str]], Awaitable[tuple[int, str]]]
 #: Posts a Warning Event (pod, reason, message).
 Warn = Callable[[Obj, str, str], Awaitable[None]]
-#: Kills a container whose liveness probe failed (pod, container, grace seconds, why); whether
-#: its VM was stopped.
+#: Kills a container whose liveness probe or postStart hook failed (pod, container, grace
+#: seconds, the ``Killing`` Event's message); whether its VM was stopped.
 Kill = Callable[[Obj, str, int, str], Awaitable[bool]]
 
 
@@ -90,11 +88,16 @@ def _number(handler: Obj, key: str, default: float, least: float) -> float:
     return max(float(value), least) if isinstance(value, (int, float)) else default
 
 
+def pod_grace(pod: Obj) -> int:
+    """The pod's terminationGracePeriodSeconds (30 unless it sets one)."""
+    grace = pod.get("spec", {}).get("terminationGracePeriodSeconds")
+    return int(grace) if isinstance(grace, int) and grace >= 0 else 30
+
+
 def probes_of(pod: Obj) -> list[Probe]:
     """The startup, readiness and liveness probes of ``pod``'s containers."""
     out = []
-    grace = pod.get("spec", {}).get("terminationGracePeriodSeconds")
-    pod_grace = int(grace) if isinstance(grace, int) and grace >= 0 else 30
+    grace = pod_grace(pod)
     for container in pod.get("spec", {}).get("containers") or []:
         for kind, key in _KINDS:
             handler = container.get(key)
@@ -107,93 +110,8 @@ def probes_of(pod: Obj) -> list[Probe]:
                 timeout=_number(handler, "timeoutSeconds", 1.0, 1.0),
                 success_threshold=int(_number(handler, "successThreshold", 1, 1)),
                 failure_threshold=int(_number(handler, "failureThreshold", 3, 1)),
-                grace=int(_number(handler, "terminationGracePeriodSeconds", pod_grace, 0))))
+                grace=int(_number(handler, "terminationGracePeriodSeconds", grace, 0))))
     return out
-
-
-def _port(value: object, container: Obj) -> int | None:
-    """A probe's port: a number, or the name of one of the container's ports."""
-    if isinstance(value, int):
-        return value if 0 < value < 65536 else None
-    for port in container.get("ports") or []:
-        if port.get("name") == value:
-            return int(port["containerPort"])
-    return None
-
-
-def _container(pod: Obj, name: str) -> Obj:
-    return next((c for c in pod.get("spec", {}).get("containers") or []
-                 if c.get("name") == name), {})
-
-
-def _target(action: Obj, ip: str) -> str | None:
-    """Why the probe may not go where it asks (another host than the pod's IP), or None."""
-    host = action.get("host")
-    if host and host != ip:
-        return f"vmlet probes only the pod's own IP ({ip or 'none yet'}), not host {host}"
-    if not ip:
-        return "the pod has no IP yet"
-    try:
-        ipaddress.ip_address(ip)
-    except ValueError:
-        return f"the pod's IP {ip!r} is not an address"
-    return None
-
-
-async def _tcp(ip: str, port: int) -> tuple[bool, str]:
-    try:
-        _, writer = await asyncio.open_connection(ip, port)
-    except OSError as err:
-        return False, f"dial tcp {ip}:{port}: {_said(err)}"
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True, ""
-
-
-def _said(err: BaseException) -> str:
-    return getattr(err, "strerror", None) or str(err) or type(err).__name__
-
-
-def _insecure() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # as a kubelet: probes do not verify certificates
-    return context
-
-
-async def _http(action: Obj, ip: str, port: int) -> tuple[bool, str]:
-    scheme = str(action.get("scheme", "HTTP")).upper()
-    path = str(action.get("path") or "/")
-    if not path.startswith("/") or any(c in path for c in "\r\n "):
-        return False, f"path {path!r} is not an absolute path"
-    headers = {"Host": f"{ip}:{port}" if ":" not in ip else f"[{ip}]:{port}",
-               "User-Agent": "vmlet-probe", "Accept": "*/*", "Connection": "close"}
-    for header in action.get("httpHeaders") or []:
-        name, value = str(header.get("name", "")), str(header.get("value", ""))
-        if name and ":" not in name and not any(c in name + value for c in "\r\n"):
-            headers[name] = value  # a header that would split the request is dropped
-    request = f"GET {path} HTTP/1.1\r\n" + "".join(
-        f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
-    url = f"{scheme.lower()}://{ip}:{port}{path}"
-    try:
-        reader, writer = await asyncio.open_connection(
-            ip, port, ssl=_insecure() if scheme == "HTTPS" else None)
-        try:
-            writer.write(request.encode())
-            await writer.drain()
-            line = await reader.readline()
-        finally:
-            writer.close()
-    except (OSError, ssl.SSLError) as err:
-        return False, f'Get "{url}": {_said(err)}'
-    parts = line.decode("latin-1").split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-        return False, f'Get "{url}": not an HTTP answer'
-    code = int(parts[1])
-    if 200 <= code < 400:
-        return True, ""
-    return False, f"HTTP probe failed with statuscode: {code}"
 
 
 async def check(probe: Probe, pod: Obj, ip: str, run: ExecRunner | None) -> tuple[bool, str]:
@@ -207,30 +125,10 @@ async def check(probe: Probe, pod: Obj, ip: str, run: ExecRunner | None) -> tupl
 
 
 async def _check(probe: Probe, pod: Obj, ip: str, run: ExecRunner | None) -> tuple[bool, str]:
-    handler, container = probe.handler, _container(pod, probe.container)
-    if isinstance(action := handler.get("exec"), dict):
-        command = [str(a) for a in action.get("command") or []]
-        if not command:
-            return False, "the exec probe has no command"
-        if run is None:
-            return False, "exec probes cannot reach this pod's provider"
-        code, said = await run(pod, probe.container, command)
-        return code == 0, "" if code == 0 else (said or f"command exited with {code}")
-    for kind in ("tcpSocket", "httpGet"):
-        action = handler.get(kind)
-        if not isinstance(action, dict):
-            continue
-        refused = _target(action, ip)
-        if refused is not None:
-            return False, refused
-        port = _port(action.get("port"), container)
-        if port is None:
-            return False, (f"port {action.get('port')!r} is not a port of container "
-                           f"{probe.container}")
-        if kind == "tcpSocket":
-            return await _tcp(ip, port)
-        return await _http(action, ip, port)
-    return False, "the probe has no tcpSocket, httpGet or exec (grpc probes are not run)"
+    handler = probe.handler
+    if not any(isinstance(handler.get(k), dict) for k in ("exec", "tcpSocket", "httpGet")):
+        return False, "the probe has no tcpSocket, httpGet or exec (grpc probes are not run)"
+    return await act(handler, pod, probe.container, ip, run, "probe")
 
 
 def _results(state: _PodProbes, probe: Probe) -> dict[str, bool]:
@@ -247,6 +145,7 @@ class _PodProbes:
     started: dict[str, bool] = field(default_factory=dict)  # container -> startup succeeded
     ready: dict[str, bool] = field(default_factory=dict)  # container -> readiness succeeded
     alive: dict[str, bool] = field(default_factory=dict)  # container -> liveness succeeded
+    hooked: dict[str, bool] = field(default_factory=dict)  # container -> postStart done
     warned: dict[tuple[str, str], float] = field(default_factory=dict)  # probe -> when
 
 
@@ -262,11 +161,13 @@ class ProbeManager:
         self._kill = kill
         self._slots = asyncio.Semaphore(concurrency)
         self._pods: dict[str, _PodProbes] = {}
+        self._killing: set[asyncio.Future[bool]] = set()
 
-    def follow(self, uid: str, pod: Obj, ip: str) -> None:
-        """Probe ``pod`` (its VM runs, at ``ip``) from now on; its spec and IP kept current."""
-        probes = probes_of(pod)
-        if not probes:
+    def follow(self, uid: str, pod: Obj, ip: str, hooked: frozenset[str] = frozenset()) -> None:
+        """Probe ``pod`` (its VM runs, at ``ip``) from now on, after the postStart hooks of its
+        containers but those in ``hooked`` (they ran for this run); spec and IP kept current."""
+        probes, hooks = probes_of(pod), hooks_of(pod, POST_START)
+        if not probes and not hooks:
             self.forget(uid)
             return
         state = self._pods.get(uid)
@@ -276,10 +177,15 @@ class ProbeManager:
         state = self._pods[uid] = _PodProbes(pod, ip)
         for probe in probes:
             _results(state, probe)[probe.container] = False
+        hooks = [(c, h) for c, h in hooks if c not in hooked]
+        state.hooked = {c: False for c, _ in hooks}
         loop = asyncio.get_running_loop()
-        state.tasks = [loop.create_task(self._loop(uid, state, probe),
-                                        name=f"probe:{uid}:{probe.container}:{probe.kind}")
-                       for probe in probes]
+        state.tasks = [loop.create_task(self._post_start(uid, state, container, handler),
+                                        name=f"post-start:{uid}:{container}")
+                       for container, handler in hooks]
+        state.tasks += [loop.create_task(self._loop(uid, state, probe),
+                                         name=f"probe:{uid}:{probe.container}:{probe.kind}")
+                        for probe in probes]
 
     def forget(self, uid: str) -> None:
         """Stop probing the pod (its VM stopped, or it is gone); its results are dropped."""
@@ -293,7 +199,8 @@ class ProbeManager:
         state = self._pods.get(uid)
         if state is None:
             return frozenset(), frozenset()
-        not_started = frozenset(c for c, ok in state.started.items() if not ok)
+        not_started = frozenset(c for d in (state.started, state.hooked)
+                                for c, ok in d.items() if not ok)
         not_ready = frozenset(c for c, ok in state.ready.items() if not ok) | not_started
         return not_started, not_ready
 
@@ -301,7 +208,8 @@ class ProbeManager:
         return uid in self._pods
 
     async def stop(self) -> None:
-        tasks = [t for s in self._pods.values() for t in s.tasks]
+        tasks: list[asyncio.Future[Any]] = [t for s in self._pods.values() for t in s.tasks]
+        tasks += self._killing
         self._pods.clear()
         for task in tasks:
             task.cancel()
@@ -314,7 +222,8 @@ class ProbeManager:
         while True:
             # A VM that runs but has no IP yet is still booting (the provider holds Ready back
             # meanwhile): its checks would fail on the boot, not on the guest, so none counts.
-            if not state.ip or (probe.kind != "startup" and not all(state.started.values())):
+            if not state.ip or not all(state.hooked.values()) or (
+                    probe.kind != "startup" and not all(state.started.values())):
                 await _sleep(min(probe.period, 1.0))
                 continue
             async with self._slots:
@@ -335,10 +244,40 @@ class ProbeManager:
                     self._changed(uid)
                 await self._tell(state, probe, why)
                 if probe.kind == "liveness" and self._kill is not None:
-                    if await self._kill(state.pod, probe.container, probe.grace, why):
+                    if await self._killed(state.pod, probe.container, probe.grace,
+                                          f"Container {probe.container} failed liveness "
+                                          "probe, will be restarted"):
                         return  # the VM stopped: its probes start afresh when it runs again
                     failures = 0  # not stopped: counted again before the next try
             await _sleep(probe.period)
+
+    async def _post_start(self, uid: str, state: _PodProbes, container: str,
+                          handler: Obj) -> None:
+        """Runs the container's postStart hook once its VM has an IP; a failure kills the VM."""
+        while not state.ip:
+            await _sleep(1.0)
+        # Once per run of a VM, not periodic: it takes no slot (a sleep hook would hold one).
+        failed = await run_hook(handler, state.pod, container, state.ip, self._run,
+                                POST_START_TIMEOUT)
+        if failed is None:
+            state.hooked[container] = True
+            self._changed(uid)
+            return
+        await self._warn(state.pod, FAILED_POST_START, failed)
+        while self._kill is not None and not await self._killed(
+                state.pod, container, pod_grace(state.pod),
+                f"Container {container} failed its postStart hook, will be restarted"):
+            await _sleep(10.0)  # the VM would run with its hook failed: try the kill again
+
+    async def _killed(self, pod: Obj, container: str, grace: int, message: str) -> bool:
+        """``kill``, run to its end even when the pod's probes are dropped meanwhile (the VM
+        stopping, which the kill causes, drops them)."""
+        assert self._kill is not None
+        task: asyncio.Future[bool] = asyncio.ensure_future(
+            self._kill(pod, container, grace, message))
+        self._killing.add(task)
+        task.add_done_callback(self._killing.discard)
+        return await asyncio.shield(task)
 
     async def _tell(self, state: _PodProbes, probe: Probe, why: str) -> None:
         key = (probe.container, probe.kind)
@@ -354,7 +293,8 @@ class ProbeManager:
         if pod is None or status.phase != pb.POD_PHASE_RUNNING or stopped:
             self.forget(uid)
         else:
-            self.follow(uid, pod, status.pod_ip or next(iter(status.pod_ips), ""))
+            self.follow(uid, pod, status.pod_ip or next(iter(status.pod_ips), ""),
+                        _shown_started(pod, status))
 
     def gate(self, uid: str, status: pb.PodStatus) -> tuple[pb.PodStatus, frozenset[str]]:
         """``status`` as the pod's probes leave it (not ready while a probe holds a container
@@ -373,3 +313,17 @@ class ProbeManager:
             gated.not_ready_message = (
                 f"containers with unready status: [{' '.join(sorted(not_ready))}]")
         return gated, not_started
+
+
+def _shown_started(pod: Obj, status: pb.PodStatus) -> frozenset[str]:
+    """The containers whose current run (``status``'s startedAt) the pod already shows started:
+    their postStart hook ran before (the facade writes ``started`` only after it)."""
+    shown = {c.get("name"): c for c in pod.get("status", {}).get("containerStatuses") or []}
+    out = set()
+    for cs in status.container_statuses:
+        old = shown.get(cs.name) or {}
+        since = (old.get("state") or {}).get("running", {}).get("startedAt")
+        if old.get("started") and cs.running.HasField("started_at") and \
+                since == k8s_time(cs.running.started_at):
+            out.add(cs.name)
+    return frozenset(out)

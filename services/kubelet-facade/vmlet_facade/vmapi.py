@@ -22,6 +22,7 @@ from vmlet_api.names import (
     VM_LABEL,
     VM_UID_LABEL,
 )
+from vmlet_facade.kube.client import KubeClient
 from vmlet_facade.kube.informer import key_of
 from vmlet_facade.kube.objects import (
     Condition,
@@ -48,6 +49,7 @@ __all__ = [
     "VERSION",
     "VM_LABEL",
     "VM_UID_LABEL",
+    "lookup_vm",
     "now",
     "object_key",
     "owner_ref",
@@ -174,3 +176,12 @@ def vm_pod(vm: VirtualMachine) -> Pod:
     if affinity:
         pod["spec"]["affinity"] = affinity
     return pod
+
+
+async def lookup_vm(client: KubeClient, namespace: str, name: str) -> VirtualMachine | None:
+    """The VirtualMachine ``namespace/name`` as the apiserver has it now, or None."""
+    listing = await client.get(path("virtualmachines", namespace),
+                               fieldSelector=f"metadata.name={name}")
+    items: list[VirtualMachine] = listing.get("items") or []
+    return items[0] if items else None
+
