@@ -233,7 +233,13 @@ def main(argv: list[str] | None = None) -> int:
             loop.add_signal_handler(sig, stop.set)
         await run(config, stop)
 
-    asyncio.run(amain())
+    from vmlet_facade.kube.config import KubeConfigError
+
+    try:
+        asyncio.run(amain())
+    except KubeConfigError as err:  # one line, not a stack trace
+        logging.getLogger("vmlet_facade").error("cannot reach the apiserver: %s", err)
+        return 1
     return 0
 
 

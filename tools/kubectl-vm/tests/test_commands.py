@@ -7,18 +7,14 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import io
-import json
-import os
-import stat
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from vmlet_kubectl.api import Forbidden, NotFound, Target
 from vmlet_kubectl.commands import COMMANDS
 from vmlet_kubectl.invocation import Invocation
-from vmlet_kubectl.kubectl import Forbidden, Kubectl, KubectlError, NotFound, UnknownResource
 from vmlet_kubectl.session import BACKUP, MIGRATION, RESTORE, VM, Failure, Session
 from vmlet_kubectl.status import render_status
 
@@ -33,6 +29,8 @@ class FakeApi:
         self.patches: list[tuple[str, str, Obj]] = []
         self.created: list[Obj] = []
         self.step: Callable[[FakeApi], None] = lambda api: None
+        self.watched: list[Target] = []
+        self.sleep: Callable[[float], None] = lambda seconds: None
 
     def add(self, resource: str, obj: Obj) -> Obj:
         obj.setdefault("metadata", {}).setdefault("generation", 1)
@@ -75,6 +73,11 @@ class FakeApi:
     def namespace(self) -> str:
         return "default"
 
+    def wait_for_change(self, target: Target, timeout: float) -> None:
+        """An event a second: the controller (``step``) acts between looks as it would."""
+        self.watched.append(target)
+        self.sleep(min(1.0, timeout))
+
 
 def vm(state: str = "Running", replicas: int = 1, observed: int = 1, **status: Any) -> Obj:
     return {"metadata": {"name": "web", "namespace": "default", "generation": 1},
@@ -99,6 +102,7 @@ def run(api: FakeApi, verb: str, **kw: Any) -> str:
     out = io.StringIO()
     clock = Clock()
     session = Session(api=api, out=out, poll=1.0, clock=clock, sleep=clock.sleep)
+    api.sleep = clock.sleep
     COMMANDS[verb](session, Invocation(verb=verb, name=kw.pop("name", "web"), **kw))
     return out.getvalue()
 
@@ -250,6 +254,24 @@ def test_resize_waits_for_the_pod_to_have_the_new_size() -> None:
     assert out.splitlines() == [
         "virtualmachine.vmlet.io/web: Running, the VM pod has 1 CPU, 1Gi memory",
         "virtualmachine.vmlet.io/web resized to 2 CPU, 4Gi memory, Running on n-0 (10.0.0.1)"]
+
+
+def test_waits_watch_what_they_wait_on() -> None:
+    """Each look names its object and resourceVersion: the VM, then the VM pod being resized."""
+    api = FakeApi()
+    api.add(VM, vm(podName="web-abc"))["metadata"]["resourceVersion"] = "7"
+    api.add("pods", pod("1", "1Gi"))["metadata"]["resourceVersion"] = "8"
+    looks = {"n": 0}
+
+    def controller(a: FakeApi) -> None:
+        looks["n"] += 1
+        if looks["n"] >= 3:
+            settle("Running")(a)
+        if looks["n"] == 5:
+            a.objects[("pods", "web-abc")] = pod("2", "1Gi")
+    api.step = controller
+    run(api, "resize", cpu=2, wait=True)
+    assert api.watched == [(VM, "web", "7"), (VM, "web", "7"), ("pods", "web-abc", "8")]
 
 
 def test_resize_that_does_not_fit_fails() -> None:
@@ -419,72 +441,3 @@ def test_status_skips_what_it_may_not_list() -> None:
     api.list = forbidden  # type: ignore[method-assign]
     out = run(api, "status")
     assert "Backups:\n  <none>" in out and "Events:\n  <none>" in out
-
-
-# -- kubectl itself ---------------------------------------------------------------------------
-
-@pytest.fixture
-def fake_kubectl(tmp_path: Path) -> Callable[[str, int], Kubectl]:
-    """A kubectl that records its argv and stdin, prints ``out`` and exits ``code``."""
-
-    def make(out: str, code: int = 0, **flags: str) -> Kubectl:
-        script = tmp_path / "kubectl"
-        record = tmp_path / "argv.json"
-        script.write_text(
-            "#!/usr/bin/env python3\nimport json, sys\n"
-            f"json.dump({{'argv': sys.argv[1:], 'stdin': sys.stdin.read()}}, "
-            f"open({str(record)!r}, 'w'))\n"
-            f"sys.stdout.write({out!r}) if {code} == 0 else sys.stderr.write({out!r})\n"
-            f"sys.exit({code})\n")
-        script.chmod(script.stat().st_mode | stat.S_IXUSR)
-        return Kubectl(binary=str(script), **flags)
-    return make
-
-
-def recorded(tmp_path: Path) -> Obj:
-    return dict(json.loads((tmp_path / "argv.json").read_text()))
-
-
-def test_kubectl_passes_connection_flags_and_asks_for_json(
-        fake_kubectl: Callable[..., Kubectl], tmp_path: Path) -> None:
-    k = fake_kubectl('{"metadata": {"name": "web"}}', kubeconfig="/k", context="c",
-                     namespace_flag="prod")
-    assert k.patch(VM, "web", {"spec": {"replicas": 0}}) == {"metadata": {"name": "web"}}
-    assert recorded(tmp_path)["argv"] == [
-        "--kubeconfig=/k", "--context=c", "--namespace=prod", "patch", VM, "web",
-        "--type=merge", '--patch={"spec": {"replicas": 0}}', "--output=json"]
-    k.create({"kind": "VirtualMachineBackup"})
-    assert recorded(tmp_path)["argv"][3:] == ["create", "--filename=-", "--output=json"]
-    assert json.loads(recorded(tmp_path)["stdin"]) == {"kind": "VirtualMachineBackup"}
-    assert k.namespace() == "prod"
-
-
-def test_kubectl_without_flags_uses_its_defaults(fake_kubectl: Callable[..., Kubectl],
-                                                 tmp_path: Path) -> None:
-    k = fake_kubectl('{"items": [{"a": 1}]}')
-    assert k.list("events", "involvedObject.uid=u") == [{"a": 1}]
-    assert recorded(tmp_path)["argv"] == ["get", "events", "--field-selector=involvedObject.uid=u",
-                                          "--output=json"]
-
-
-@pytest.mark.parametrize(("stderr", "kind", "message"), [
-    ('Error from server (NotFound): virtualmachines.vmlet.io "web" not found', NotFound,
-     'virtualmachines.vmlet.io "web" not found'),
-    ("Error from server (Forbidden): virtualmachines.vmlet.io is forbidden: User \"u\" cannot",
-     Forbidden, "User"),
-    ('error: the server doesn\'t have a resource type "virtualmachines"', UnknownResource,
-     "are the vmlet.io CRDs installed?"),
-    ('error: context "nope" does not exist', KubectlError, 'context "nope" does not exist'),
-])
-def test_kubectl_errors_are_sorted(fake_kubectl: Callable[..., Kubectl], stderr: str,
-                                   kind: type[KubectlError], message: str) -> None:
-    k = fake_kubectl(stderr, 1)
-    with pytest.raises(kind, match=message) as err:
-        k.get(VM, "web")
-    assert type(err.value) is kind
-    assert not str(err.value).startswith("error:")
-
-
-def test_kubectl_missing() -> None:
-    with pytest.raises(KubectlError, match="not found on PATH"):
-        Kubectl(binary=os.path.join("/nonexistent", "kubectl")).get(VM, "web")

@@ -2,8 +2,8 @@
 
 kubectl hands a plugin its arguments untouched and keeps none of its own flags for it, so the
 connection flags (-n/--namespace, --kubeconfig, --context) are parsed here, accepted before or
-after the verb, and passed on to every kubectl call. Parsing yields an :class:`Invocation`; the
-verbs themselves live in ``commands``.
+after the verb, and honoured as kubectl honours them when connecting (``cluster``). Parsing
+yields an :class:`Invocation`; the verbs themselves live in ``commands``.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import TypeVar
 
+from vmlet_kubectl.api import KubectlError
 from vmlet_kubectl.commands import COMMANDS
 from vmlet_kubectl.invocation import DEFAULT_TIMEOUT, Invocation
-from vmlet_kubectl.kubectl import Kubectl, KubectlError
 from vmlet_kubectl.session import Failure, Session
 from vmlet_kubectl.units import cpu_value, memory_value, parse_duration
 
@@ -163,11 +163,12 @@ def parse(argv: Sequence[str]) -> Invocation:
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``kubectl-vm`` console script."""
     inv = parse(sys.argv[1:] if argv is None else argv)
-    kubectl = Kubectl(kubeconfig=inv.kubeconfig, context=inv.context,
-                      namespace_flag=inv.namespace)
-    session = Session(api=kubectl, out=sys.stdout)
+    from vmlet_kubectl.cluster import Cluster  # the client's import is slow: not for --help
+
     try:
-        COMMANDS[inv.verb](session, inv)
+        cluster = Cluster.connect(kubeconfig=inv.kubeconfig, context=inv.context,
+                                  namespace_flag=inv.namespace)
+        COMMANDS[inv.verb](Session(api=cluster, out=sys.stdout), inv)
     except (Failure, KubectlError) as err:
         sys.stdout.flush()
         print(f"error: {err}", file=sys.stderr)

@@ -2,8 +2,10 @@
 follows the resources' status until the goal, a failure or the deadline.
 
 A VirtualMachine's status counts only once its observedGeneration has caught up with the edit,
-so a status written before the edit is never taken for the answer. Waiting polls: one `kubectl
-get` a second is cheap, and survives apiserver restarts that would end a watch.
+so a status written before the edit is never taken for the answer. Waiting watches: each look
+names the object it waits on (the VM, its pod, the operation) and the next look comes when that
+object changes, from the resourceVersion looked at; a watch that ends (timeout, apiserver
+restart, 410 Gone) only means looking again.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vmlet_api import names as n
+from vmlet_kubectl.api import Forbidden, NotFound, Obj, Target
 from vmlet_kubectl.invocation import Invocation
-from vmlet_kubectl.kubectl import Forbidden, NotFound, Obj
 from vmlet_kubectl.session import (
     BACKUP,
     MIGRATION,
@@ -38,6 +40,11 @@ class Seen:
     summary: str  # printed whenever it changes
     detail: str = ""  # the last state seen, when the wait times out
     error: str | None = None  # the operation failed: stop waiting
+    follow: Target | None = None  # what to watch for the next look (None: look after a pause)
+
+
+def _target(resource: str, name: str, obj: Obj) -> Target:
+    return resource, name, str((obj.get("metadata") or {}).get("resourceVersion") or "")
 
 
 def wait(session: Session, what: str, goal: str, timeout: float, deadline: float,
@@ -57,7 +64,7 @@ def wait(session: Session, what: str, goal: str, timeout: float, deadline: float
         if left <= 0:
             raise Failure(f"timed out after {format_duration(timeout)} waiting for {what} to be "
                           f"{goal}; last seen: {seen.detail or seen.summary}")
-        session.sleep(min(session.poll, left))
+        session.wait_for_change(seen.follow, left)
 
 
 # -- VirtualMachines ---------------------------------------------------------------------------
@@ -74,8 +81,12 @@ def _why(status: Obj) -> str:
     return ""
 
 
+#: What else a VM waited for still lacks, and what to watch for it (None: nothing lacks).
+More = Callable[[Obj], tuple[str, Target] | None]
+
+
 def _look_vm(session: Session, name: str, generation: int, goal: str,
-             more: Callable[[Obj], str | None] | None = None) -> Callable[[], Seen]:
+             more: More | None = None) -> Callable[[], Seen]:
     """A look at VM ``name`` for ``goal``; ``more`` says what else is still pending, if any."""
 
     def look() -> Seen:
@@ -83,23 +94,25 @@ def _look_vm(session: Session, name: str, generation: int, goal: str,
             vm = session.api.get(VM, name)
         except NotFound:
             return Seen(False, "gone", error=f'VirtualMachine "{name}" was deleted')
+        follow = _target(VM, name, vm)
         status = vm.get("status") or {}
         state = str(status.get("state") or "no status")
         if int(status.get("observedGeneration") or 0) < generation:
             return Seen(False, f"{state} (the change is not yet seen by the controller)",
                         f"{state}, with status for generation "
                         f"{status.get('observedGeneration', 'none')} of {generation} "
-                        "(is the vmlet facade running?)")
+                        "(is the vmlet facade running?)", follow=follow)
         why = _why(status)
         detail = f"{state} ({why})" if why else state
         if state == n.STATE_FAILED and goal == n.STATE_RUNNING:
             return Seen(False, state, detail,
                         error=f'VirtualMachine "{name}" Failed: {why or "no reason given"}')
         if state != goal:
-            return Seen(False, state, detail)
+            return Seen(False, state, detail, follow=follow)
         pending = more(vm) if more else None
         if pending:
-            return Seen(False, f"{state}, {pending}", f"{detail}; {pending}")
+            text, follow = pending
+            return Seen(False, f"{state}, {text}", f"{detail}; {text}", follow=follow)
         return Seen(True, state, detail)
 
     return look
@@ -114,7 +127,7 @@ def _where(vm: Obj) -> str:
 
 
 def _wait_vm(session: Session, inv: Invocation, generation: int, goal: str, deadline: float,
-             more: Callable[[Obj], str | None] | None = None) -> Obj:
+             more: More | None = None) -> Obj:
     wait(session, ref(VM, inv.name), goal, inv.timeout, deadline,
          _look_vm(session, inv.name, generation, goal, more))
     return session.get(VM, inv.name)
@@ -171,7 +184,7 @@ def resize(session: Session, inv: Invocation) -> None:
         session.say(f"{ref(VM, inv.name)} resizing to {wanted}")
         return
 
-    def sized(current: Obj) -> str | None:
+    def sized(current: Obj) -> tuple[str, Target] | None:
         return _size_pending(session, spec, current, running)
 
     vm = _wait_vm(session, inv, generation, n.STATE_RUNNING if running else n.STATE_STOPPED,
@@ -180,27 +193,32 @@ def resize(session: Session, inv: Invocation) -> None:
                 f"{n.STATE_RUNNING + _where(vm) if running else n.STATE_STOPPED}")
 
 
-def _size_pending(session: Session, spec: Obj, vm: Obj, running: bool) -> str | None:
-    """What is left before ``vm`` has the size of ``spec``: its status, then its pod's."""
+def _size_pending(session: Session, spec: Obj, vm: Obj,
+                  running: bool) -> tuple[str, Target] | None:
+    """What is left before ``vm`` has the size of ``spec`` (its status, then its pod's), and
+    the object to watch for it."""
     status = vm.get("status") or {}
     if not (same_quantity(status.get("cpu"), spec.get("cpu"))
             and same_quantity(status.get("memory"), spec.get("memory"))):
-        return f"status says {status.get('cpu')} CPU, {status.get('memory')} memory"
+        return (f"status says {status.get('cpu')} CPU, {status.get('memory')} memory",
+                _target(VM, str(vm["metadata"]["name"]), vm))
     if not running or not status.get("podName"):
         return None
+    pod_name = str(status["podName"])
     try:
-        pod = session.api.get("pods", str(status["podName"]))
+        pod = session.api.get("pods", pod_name)
     except Forbidden:
         return None  # the VM's status is all this user may see
     except NotFound:
-        return "waiting for the VM pod"
+        return "waiting for the VM pod", ("pods", pod_name, "")
+    follow = _target("pods", pod_name, pod)
     for ctype in ("PodResizePending", "PodResizeInProgress"):
         cond = condition(pod, ctype)
         if cond and cond.get("status") == "True":
             if cond.get("reason") == "Infeasible":
                 raise Failure(f"the new size does not fit on {pod['spec'].get('nodeName')}: "
                               f"{cond.get('message', '')}")
-            return f"{ctype} {cond.get('reason', '')}".strip()
+            return f"{ctype} {cond.get('reason', '')}".strip(), follow
     containers = (pod.get("spec") or {}).get("containers") or [{}]
     statuses = (pod.get("status") or {}).get("containerStatuses") or []
     for resources in [containers[0].get("resources") or {},
@@ -208,7 +226,8 @@ def _size_pending(session: Session, spec: Obj, vm: Obj, running: bool) -> str | 
         limits = resources.get("limits") or {}
         if limits and not (same_quantity(limits.get("cpu"), spec.get("cpu"))
                            and same_quantity(limits.get("memory"), spec.get("memory"))):
-            return f"the VM pod has {limits.get('cpu')} CPU, {limits.get('memory')} memory"
+            return (f"the VM pod has {limits.get('cpu')} CPU, {limits.get('memory')} memory",
+                    follow)
     return None
 
 
@@ -229,6 +248,7 @@ def _look_operation(session: Session, resource: str, name: str,
             obj = session.api.get(resource, name)
         except NotFound:
             return Seen(False, "gone", error=f"{ref(resource, name)} was deleted")
+        follow = _target(resource, name, obj)
         status = obj.get("status") or {}
         state = str(status.get("state") or n.STATE_PENDING)
         progress = condition(obj, n.CONDITION_COMPLETE) or {}
@@ -239,7 +259,8 @@ def _look_operation(session: Session, resource: str, name: str,
             reason = f"{failed.get('reason', '')}: {failed.get('message', '')}".strip(": ")
             return Seen(False, state, detail,
                         error=f"{ref(resource, name)} Failed: {reason or 'no reason given'}")
-        return Seen(state == n.STATE_SUCCEEDED, f"{state}{describe(obj)}", detail)
+        return Seen(state == n.STATE_SUCCEEDED, f"{state}{describe(obj)}", detail,
+                    follow=follow)
 
     return look
 

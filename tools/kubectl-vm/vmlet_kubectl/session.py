@@ -15,7 +15,7 @@ from vmlet_api.names import (
     VIRTUAL_MACHINE_MIGRATION,
     VIRTUAL_MACHINE_RESTORE,
 )
-from vmlet_kubectl.kubectl import Api, NotFound, Obj
+from vmlet_kubectl.api import Api, NotFound, Obj, Target
 
 __all__ = [
     "BACKUP",
@@ -70,6 +70,14 @@ class Session:
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     _namespace: str | None = field(default=None, repr=False)
+
+    def wait_for_change(self, target: Target | None, seconds: float) -> None:
+        """Until ``target`` changes (a watch), at most ``seconds``; with nothing to watch, a
+        pause of ``poll`` seconds."""
+        if target is None:
+            self.sleep(min(self.poll, seconds))
+        else:
+            self.api.wait_for_change(target, seconds)
 
     def say(self, line: str) -> None:
         print(line, file=self.out, flush=True)

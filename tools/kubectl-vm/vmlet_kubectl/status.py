@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Sequence
 
 from vmlet_api.names import MIGRATION_ANNOTATION, STATE_PENDING
-from vmlet_kubectl.kubectl import KubectlError, Obj
+from vmlet_kubectl.api import KubectlError, Obj
 from vmlet_kubectl.session import BACKUP, MIGRATION, RESTORE, VM, Session
 from vmlet_kubectl.units import age
 

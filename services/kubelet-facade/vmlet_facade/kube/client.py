@@ -77,12 +77,16 @@ class KubeClient:
 
     def _headers(self, content_type: str | None = None) -> dict[str, str]:
         headers = {"Accept": "application/json", "User-Agent": "vmlet-facade/0.1"}
-        token = self.config.bearer_token()
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
+        authorization = self.config.authorization()
+        if authorization:
+            headers["Authorization"] = authorization
         if content_type:
             headers["Content-Type"] = content_type
         return headers
+
+    async def _reload_credentials(self) -> bool:
+        """Re-load the credentials (in a thread: an exec plugin may run); True if re-loaded."""
+        return await asyncio.to_thread(self.config.reload)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -98,17 +102,20 @@ class KubeClient:
         caller retries it as any answer it cannot use, and no controller loop dies of it."""
         data = None if body is None else json.dumps(body)
         url = self.config.server + _checked(path)
-        try:
-            async with self._client().request(
-                method, url, params=params, data=data,
-                headers=self._headers(content_type if data is not None else None),
-                timeout=aiohttp.ClientTimeout(total=request_timeout),
-            ) as resp:
-                self.request_log.record(method, path, False, resp.status)
-                raw = await resp.read()
-        except (aiohttp.ClientError, TimeoutError) as err:
-            raise ApiError(503, UNREACHABLE, f"{method} {path}: the apiserver could not be "
-                           f"reached: {type(err).__name__}: {err}") from err
+        for attempt in (1, 2):  # a 401 re-loads the credentials (an exec plugin) and retries once
+            try:
+                async with self._client().request(
+                    method, url, params=params, data=data,
+                    headers=self._headers(content_type if data is not None else None),
+                    timeout=aiohttp.ClientTimeout(total=request_timeout),
+                ) as resp:
+                    self.request_log.record(method, path, False, resp.status)
+                    raw = await resp.read()
+            except (aiohttp.ClientError, TimeoutError) as err:
+                raise ApiError(503, UNREACHABLE, f"{method} {path}: the apiserver could not be "
+                               f"reached: {type(err).__name__}: {err}") from err
+            if resp.status != 401 or attempt == 2 or not await self._reload_credentials():
+                break
         if resp.status >= 300:
             raise _api_error(resp.status, raw)
         return json.loads(raw) if raw else {}
@@ -146,6 +153,8 @@ class KubeClient:
         ) as resp:
             self.request_log.record("GET", path, True, resp.status)
             if resp.status >= 300:
+                if resp.status == 401:  # the caller's retry watches with fresh credentials
+                    await self._reload_credentials()
                 raise _api_error(resp.status, await resp.read())
             buffer = b""
             async for chunk in resp.content.iter_any():
