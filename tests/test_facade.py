@@ -159,7 +159,8 @@ def test_unhonoured_fields_are_named_and_first_boot_commands_reach_the_vm(
         stack: Stack, control_plane: ControlPlane, ns: str) -> None:
     """Issue 18: a pod's unrunnable hooks and scratch volumes were ignored without a word,
     and its command and init containers never reached the VM. Now one Warning Event names what
-    vmlet does not honour, and the VM's first boot runs (memory: logs) the commands in order."""
+    vmlet does not honour, the VM's first boot runs (memory: logs) the commands in order, and
+    the init container's status says it was handed to the guest."""
     manifest = stack.vm_pod("booted", "mem-a", extra={
         "initContainers": [{"name": "prep", "image": "debian-12",
                             "command": ["mkdir", "-p", "/srv/app"]}],
@@ -182,6 +183,15 @@ def test_unhonoured_fields_are_named_and_first_boot_commands_reach_the_vm(
                      namespace=ns, pod_name="booted", container_name="vm"), timeout=10)]
     assert [line for line in lines if "first-boot:" in line] == [
         "first-boot: prep: mkdir -p /srv/app", "first-boot: vm: /usr/bin/serve --port 8080"]
+    # The init container is reported as handed to the guest's first boot, so the pod reads
+    # Initialized and `kubectl get` shows it Running, not Init:0/1.
+    status = pod(stack, ns, "booted")["status"]
+    (init,) = status["initContainerStatuses"]
+    assert (init["name"], init["state"]["terminated"]["exitCode"],
+            init["state"]["terminated"]["reason"]) == ("prep", 0, "HandedToGuest"), init
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Initialized"] == "True"
+    shown = control_plane.kubectl("get", "pod", "booted", "-n", ns, "--no-headers").stdout
+    assert shown.split()[2] == "Running", shown
 
 
 def test_optional_missing_references_warn_and_run(stack: Stack, control_plane: ControlPlane,

@@ -217,3 +217,40 @@ def test_a_container_the_provider_does_not_name_gets_the_state_of_the_phase() ->
     assert [(c["name"], c["image"]) for c in out] == [("vm", "debian-12"), ("other", "debian-13")]
     assert out[1]["state"]["terminated"]["exitCode"] == 0
     assert not out[1]["ready"] and not out[1]["started"]
+
+
+def test_init_containers_wait_until_the_vm_first_runs_then_are_handed_to_the_guest() -> None:
+    """Issue 18 item 6: one initContainerStatuses entry per init container. Their commands run
+    at the VM's first boot and no guest reports back: PodInitializing (Initialized False) until
+    the VM runs, then terminated HandedToGuest with exit code 0, for good."""
+    pod = _pod()
+    pod["spec"]["initContainers"] = [{"name": "prep", "image": "debian-12"},
+                                     {"name": "seed", "image": "debian-12"}]
+    pending = status_to_k8s(pb.PodStatus(phase=pb.POD_PHASE_PENDING), pod, "10.0.0.1")
+    assert [c["state"] for c in pending["initContainerStatuses"]] == [
+        {"waiting": {"reason": "PodInitializing"}}] * 2
+    initialized = {c["type"]: c for c in pending["conditions"]}["Initialized"]
+    assert (initialized["status"], initialized["reason"], initialized["message"]) == (
+        "False", "ContainersNotInitialized", "containers with incomplete status: [prep seed]")
+
+    status = pb.PodStatus(phase=pb.POD_PHASE_RUNNING, pod_ip="10.1.1.1", ready=True)
+    cs = status.container_statuses.add(name="vm", ready=True)
+    cs.running.started_at.FromDatetime(dt.datetime(2026, 11, 26, 5, 1, tzinfo=dt.UTC))
+    running = status_to_k8s(status, pod, "10.0.0.1")
+    inits = running["initContainerStatuses"]
+    assert [(c["name"], c["image"], c["ready"], c["restartCount"]) for c in inits] == [
+        ("prep", "debian-12", True, 0), ("seed", "debian-12", True, 0)]
+    done = inits[0]["state"]["terminated"]
+    assert (done["exitCode"], done["reason"], done["startedAt"]) == (
+        0, "HandedToGuest", "2026-11-26T05:01:00Z")
+    assert {c["type"]: c["status"] for c in running["conditions"]}["Initialized"] == "True"
+
+    # The VM stops and its status says nothing of a run: the init containers stay done.
+    pod["status"] = running
+    stopped = status_to_k8s(pb.PodStatus(phase=pb.POD_PHASE_RUNNING), pod, "10.0.0.1")
+    assert stopped["initContainerStatuses"] == inits
+
+
+def test_a_pod_without_init_containers_has_no_init_statuses() -> None:
+    assert "initContainerStatuses" not in status_to_k8s(
+        pb.PodStatus(phase=pb.POD_PHASE_PENDING), _pod(), "10.0.0.1")

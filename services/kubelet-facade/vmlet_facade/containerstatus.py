@@ -17,10 +17,19 @@ from vmlet.provider.v1 import pod_pb2 as pb
 from vmlet_facade.kube.objects import Obj
 from vmlet_facade.quantity import InvalidQuantity, cpu_millis, memory_bytes
 
-__all__ = ["REFUSED_EXIT_CODE", "container_statuses", "k8s_time", "now"]
+__all__ = [
+    "HANDED_TO_GUEST",
+    "REFUSED_EXIT_CODE",
+    "container_statuses",
+    "init_container_statuses",
+    "k8s_time",
+    "now",
+]
 
 #: The exit code of a container that could not be started (a kubelet's StartError).
 REFUSED_EXIT_CODE = 128
+#: The reason of an init container whose commands went to the VM's first boot (cloud-init).
+HANDED_TO_GUEST = "HandedToGuest"
 
 
 def k8s_time(ts: Timestamp) -> str:
@@ -159,4 +168,45 @@ def container_statuses(status: pb.PodStatus, spec_containers: list[Obj], phase: 
             # the apiserver accept in-place resizes (pods/resize) of VM pods.
             "resources": _reported_resources(container.get("resources") or {}, status),
         })
+    return out
+
+
+def _started_at(containers: list[Obj]) -> str | None:
+    """When the pod's VM first ran, as its containers' states say; None if it never ran."""
+    for container in containers:
+        state = container.get("state") or {}
+        since = (state.get("running") or state.get("terminated") or {}).get("startedAt")
+        if since:
+            return str(since)
+    return None
+
+
+def init_container_statuses(spec_inits: list[Obj], containers: list[Obj],
+                            old: list[Obj]) -> list[Obj]:
+    """The initContainerStatuses of a pod whose spec has ``spec_inits``, given its
+    ``containers``' statuses (just built) and the init statuses it has now (``old``).
+
+    An init container's commands run in the VM at its first boot (cloud-init runcmd), and no
+    guest reports back: until the VM first runs each waits (``PodInitializing``); from then on
+    each is terminated with exit code 0, reason ``HandedToGuest``, for good (cloud-init runs
+    them once)."""
+    before = {c.get("name"): c for c in old}
+    since = _started_at(containers)
+    out: list[Obj] = []
+    for container in spec_inits:
+        name = container["name"]
+        kept = (before.get(name) or {}).get("state", {}).get("terminated")
+        if kept is not None:
+            state: Obj = {"terminated": kept}
+        elif since is not None:
+            state = {"terminated": {
+                "exitCode": 0, "reason": HANDED_TO_GUEST,
+                "message": "run at the VM's first boot (cloud-init runcmd); the guest does "
+                           "not report how it ended",
+                "startedAt": since, "finishedAt": since}}
+        else:
+            state = {"waiting": {"reason": "PodInitializing"}}
+        out.append({"name": name, "image": container.get("image", ""), "imageID": "",
+                    "ready": "terminated" in state, "started": False, "restartCount": 0,
+                    "state": state, "lastState": {}})
     return out

@@ -12,7 +12,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from vmlet.provider.v1 import pod_pb2 as pb
 from vmlet_api.names import NETWORKS_ANNOTATION, PREFIX
 from vmlet_contract import progress as progresses
-from vmlet_facade.containerstatus import container_statuses, k8s_time, now
+from vmlet_facade.containerstatus import (
+    container_statuses,
+    init_container_statuses,
+    k8s_time,
+    now,
+)
 from vmlet_facade.kube.objects import Obj
 from vmlet_facade.ownership import Ownership
 from vmlet_facade.quantity import cpu_millis, memory_bytes
@@ -189,8 +194,17 @@ def _readiness(status: pb.PodStatus, phase: str, containers: list[Obj]) -> tuple
     return False, "ContainersNotReady", status.not_ready_message
 
 
+def _initialized(inits: list[Obj]) -> tuple[str, str, str]:
+    """The Initialized condition: True once every init container terminated."""
+    waiting = [c["name"] for c in inits if "terminated" not in c["state"]]
+    if not waiting:
+        return "True", "", ""
+    return ("False", "ContainersNotInitialized",
+            f"containers with incomplete status: [{' '.join(waiting)}]")
+
+
 def _pod_conditions(status: pb.PodStatus, phase: str, containers: list[Obj],
-                    old: dict[str, Obj]) -> list[Obj]:
+                    old: dict[str, Obj], inits: list[Obj]) -> list[Obj]:
     """The pod's Kubernetes conditions, from the facts of ``status``; ``old`` are the pod's
     current conditions by type, whose transition times are kept while a status holds.
 
@@ -200,7 +214,7 @@ def _pod_conditions(status: pb.PodStatus, phase: str, containers: list[Obj],
     ready, reason, message = _readiness(status, phase, containers)
     derived = {
         "PodScheduled": ("True", "", ""),
-        "Initialized": ("True", "", ""),
+        "Initialized": _initialized(inits),
         "ContainersReady": ("True" if ready else "False", reason, message),
         "Ready": ("True" if ready else "False", reason, message),
     }
@@ -245,7 +259,9 @@ def status_to_k8s(status: pb.PodStatus, pod: Obj, host_ip: str,
     phase = _PHASES.get(status.phase, "Pending")
     containers = container_statuses(status, pod.get("spec", {}).get("containers", []), phase,
                                     old.get("containerStatuses") or [], not_started, last_state)
-    conditions = _pod_conditions(status, phase, containers, old_conds)
+    inits = init_container_statuses(pod.get("spec", {}).get("initContainers") or [], containers,
+                                    old.get("initContainerStatuses") or [])
+    conditions = _pod_conditions(status, phase, containers, old_conds, inits)
     progress = _progress_condition(status, old_conds.get(PROGRESS_CONDITION))
     if progress is not None:
         conditions.append(progress)
@@ -253,6 +269,7 @@ def status_to_k8s(status: pb.PodStatus, pod: Obj, host_ip: str,
     host = status.host_ip or host_ip
     out: Obj = {
         "phase": phase, "conditions": conditions, "containerStatuses": containers,
+        **({"initContainerStatuses": inits} if inits else {}),
         "hostIP": host, "hostIPs": [{"ip": host}] if host else [],
         "podIP": ips[0] if ips else None, "podIPs": [{"ip": ip} for ip in ips] or None,
         "reason": status.reason or None, "message": status.message or None,
