@@ -159,14 +159,16 @@ def test_unhonoured_fields_are_named_and_first_boot_commands_reach_the_vm(
         stack: Stack, control_plane: ControlPlane, ns: str) -> None:
     """Issue 18: a pod's unrunnable hooks and scratch volumes were ignored without a word,
     and its command and init containers never reached the VM. Now one Warning Event names what
-    vmlet does not honour, the VM's first boot runs (memory: logs) the commands in order, and
-    the init container's status says it was handed to the guest."""
+    vmlet does not honour, the VM's first boot runs (memory: logs) the commands in order, with
+    $(VAR) expanded from the container's env, and the init container's status says it was
+    handed to the guest."""
     manifest = stack.vm_pod("booted", "mem-a", extra={
         "initContainers": [{"name": "prep", "image": "debian-12",
                             "command": ["mkdir", "-p", "/srv/app"]}],
         "volumes": [{"name": "scratch", "emptyDir": {}}]})
     container = manifest["spec"]["containers"][0]
-    container.update({"command": ["/usr/bin/serve"], "args": ["--port", "8080"],
+    container.update({"command": ["/usr/bin/serve"], "args": ["--port", "$(PORT)"],
+                      "env": [{"name": "PORT", "value": "8080"}],
                       "lifecycle": {"preStop": {"tcpSocket": {"port": 22}}}})
     apply(control_plane, ns, manifest)
     eventually(lambda: running_ready(stack, ns, "booted"), what="pod Running")

@@ -18,6 +18,7 @@ from vmlet_facade.containerstatus import (
     k8s_time,
     now,
 )
+from vmlet_facade.expansion import expand
 from vmlet_facade.kube.objects import Obj
 from vmlet_facade.ownership import Ownership
 from vmlet_facade.quantity import cpu_millis, memory_bytes
@@ -68,10 +69,13 @@ def _timestamp(text: str | None) -> Timestamp | None:
 
 
 def _container(c: Obj, resolved: Resolved) -> pb.Container:
+    env = resolved.env.get(c["name"], [])
+    values = dict(env)  # the last definition of a name wins, as in the container
     return pb.Container(
-        name=c["name"], image=c.get("image", ""), command=c.get("command") or [],
-        args=c.get("args") or [],
-        env=[pb.EnvVar(name=k, value=v) for k, v in resolved.env.get(c["name"], [])],
+        name=c["name"], image=c.get("image", ""),
+        command=[expand(str(a), values) for a in c.get("command") or []],
+        args=[expand(str(a), values) for a in c.get("args") or []],
+        env=[pb.EnvVar(name=k, value=v) for k, v in env],
         resources=_resources(c),
         ports=[pb.ContainerPort(name=p.get("name", ""), container_port=p["containerPort"],
                                 protocol=p.get("protocol", "TCP"))
