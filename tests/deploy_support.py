@@ -152,6 +152,7 @@ def start_facade(cp: ControlPlane, directory: Path, account: str, provider: Prov
         sys.executable, "-m", "vmlet_facade", f"--kubeconfig={kubeconfig}",
         f"--providers-file={providers_file}", f"--metrics-addr=127.0.0.1:{metrics}",
         f"--leader-election-namespace={NS}", "--ping-seconds=1",
+        "--shard-nodes",  # as the Deployment runs it (VMLET_SHARD_NODES)
         f"--kubelet-port={kubelet}", "--kubelet-address=127.0.0.1", "--node-ip=127.0.0.1",
         f"--kubelet-cert-dir={directory / 'kubelet-pki'}", f"--client-ca-file={cp.pki.ca.cert}",
         *default_pki().facade_args(),

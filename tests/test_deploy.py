@@ -87,8 +87,8 @@ def test_every_overlay_applies_and_pods_are_admitted_as_restricted(installed: Co
             "items"]
         return items
 
-    eventually(lambda: len(pods()) == 3,
-               what="the facade's, the provider's and the certificate issuer's pods admitted")
+    eventually(lambda: len(pods()) == 4,
+               what="the facade's two, the provider's and the certificate issuer's pods admitted")
     for pod in pods():
         spec = pod["spec"]
         assert spec["securityContext"]["runAsNonRoot"] is True

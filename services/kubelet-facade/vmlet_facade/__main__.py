@@ -163,6 +163,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--leader-election-namespace",
                    default=env("VMLET_LEADER_ELECTION_NAMESPACE", "kube-system"),
                    help="where the cluster controllers' leader Lease lives")
+    p.add_argument("--shard-nodes", action="store_true",
+                   default=env("VMLET_SHARD_NODES", "") == "true",
+                   help="share the virtual nodes with the other facade replicas: each node is "
+                        "served by one replica at a time, through a Lease per node in the "
+                        "leader-election namespace (env VMLET_SHARD_NODES=true)")
     p.add_argument("--log-level", default=env("VMLET_LOG_LEVEL", "info"))
     args = p.parse_args(argv)
     args.providers = _providers(args.provider or [env("VMLET_PROVIDERS", "")])
@@ -217,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         pod_workers=args.pod_sync_workers,
         cluster_controllers=not args.disable_cluster_controllers,
         leader_election_namespace=args.leader_election_namespace,
+        shard_nodes=args.shard_nodes,
         kubelet=KubeletApiConfig(
             port=args.kubelet_port, address=args.kubelet_address, netns=args.kubelet_netns,
             node_ip=args.node_ip, node_ip_pool=args.node_ip_pool, cert_file=args.kubelet_cert,

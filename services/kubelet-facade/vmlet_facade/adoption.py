@@ -25,8 +25,10 @@ __all__ = ["adopt", "remove_orphans"]
 log = logging.getLogger(__name__)
 
 
-async def adopt(provider: PodHost, state_of: Callable[[str], PodState]) -> None:
-    """Records every pod ``provider`` runs (listed again until it answers) in its state."""
+async def adopt(provider: PodHost, state_of: Callable[[str], PodState],
+                node: str | None = None) -> None:
+    """Records every pod ``provider`` runs (on ``node``, when given; listed again until it
+    answers) in its state."""
     backoff = Backoff(cap=300.0)
     while True:
         try:
@@ -35,6 +37,7 @@ async def adopt(provider: PodHost, state_of: Callable[[str], PodState]) -> None:
         except ProviderError as err:
             log.warning("pods of %s not listed yet: %s", provider.name, err)
             await asyncio.sleep(backoff.failed(provider.name))
+    existing = [i for i in existing if node is None or i.pod.node_name == node]
     for item in existing:
         uid = item.pod.ref.uid
         if uid:
@@ -43,7 +46,8 @@ async def adopt(provider: PodHost, state_of: Callable[[str], PodState]) -> None:
                 state.created, state.fingerprint = True, None
             state.adopted = item.pod
             state.latest = item.status
-    log.info("adopted %d pods of provider %s", len(existing), provider.name)
+    log.info("adopted %d pods of provider %s%s", len(existing), provider.name,
+             f" on node {node}" if node else "")
 
 
 async def remove_orphans(states: dict[str, PodState], node: str, provider: PodHost) -> list[str]:

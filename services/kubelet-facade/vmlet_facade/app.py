@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +35,7 @@ from vmlet_facade.pods import PodController, Route
 from vmlet_facade.provider import Provider
 from vmlet_facade.providerfile import follow_providers_file
 from vmlet_facade.references import Resolver
+from vmlet_facade.shards import ShardKeeper, replica_group
 
 __all__ = ["FacadeConfig", "run"]
 
@@ -52,14 +55,23 @@ class FacadeConfig:
     pod_workers: int = 64
     status_workers: int = 32
     cluster_controllers: bool = True
-    leader_election_namespace: str = "kube-system"
+    leader_election_namespace: str = "kube-system"  # and the node shards' Leases
+    shard_nodes: bool = False  # share the nodes with other replicas (shards.py)
     kubelet: KubeletApiConfig | None = None  # the kubelet HTTPS API; None: not served
     providers_file: Path | None = None  # re-read while running: a changed address repoints
 
 
-async def _node_loop(nc: NodeController[Provider], pods: PodController[Provider]) -> None:
+async def _node_loop(nc: NodeController[Provider], pods: PodController[Provider],
+                     sharded: bool = False) -> None:
     """Register ``nc``'s nodes and keep the pod controller routing to them: to each node as the
-    node controller comes to know it (``NodeController.added``)."""
+    node controller comes to know it (``NodeController.added``). ``sharded``: each node as this
+    replica takes it (its pods adopted then) and until it gives it back."""
+    if sharded:
+        nc.added.append(lambda name: pods.add_node(
+            name, Route(nc.provider, functools.partial(nc.address, name)), adopt=True))
+        nc.removed.append(pods.remove_node)
+        await nc.run()
+        return
     runner = asyncio.create_task(nc.run())
     registered = asyncio.create_task(nc.registered.wait())
     await asyncio.wait({runner, registered}, return_when=asyncio.FIRST_COMPLETED)
@@ -92,6 +104,22 @@ def _address_pool(kubelet: KubeletApiConfig | None, client: KubeClient,
                        fallback=kubelet.node_ip, on_exhausted=exhausted)
 
 
+def _shards(client: KubeClient, config: FacadeConfig,
+            controllers: list[NodeController[Provider]]) -> ShardKeeper:
+    """This replica's share of the nodes all ``controllers`` know (``--shard-nodes``)."""
+    def owner(node: str) -> NodeController[Provider]:
+        return next(nc for nc in controllers if node in nc.known)
+
+    async def release(node: str) -> None:
+        owner(node).release(node)
+
+    return ShardKeeper(client, config.leader_election_namespace,
+                       f"{socket.gethostname()}-{os.getpid()}",
+                       lambda: [n for nc in controllers for n in nc.known],
+                       lambda node: owner(node).serve(node), release,
+                       group=replica_group(list(config.providers)))
+
+
 async def run(config: FacadeConfig, stop: asyncio.Event) -> None:
     """Run the facade until ``stop`` is set."""
     if config.metrics_address:
@@ -108,15 +136,18 @@ async def run(config: FacadeConfig, stop: asyncio.Event) -> None:
         status_concurrency=config.status_workers,
         guest_exec=functools.partial(run_in_guest, client))
     controllers = [NodeController(advertise(p, node_ip, pool), client, config.node_settings,
-                                  events,
-                                  on_outage=functools.partial(pods.set_outage, p.name))
+                                  events, on_outage=functools.partial(pods.set_outage, p.name),
+                                  sharded=config.shard_nodes)
                    for p in providers]
 
     def leased() -> dict[str, str]:
         return {name: uid for nc in controllers for name, uid in nc.uids.items()}
 
-    tasks = [asyncio.create_task(_node_loop(nc, pods), name=f"nodes:{nc.provider.name}")
-             for nc in controllers]
+    tasks = [asyncio.create_task(_node_loop(nc, pods, config.shard_nodes),
+                                 name=f"nodes:{nc.provider.name}") for nc in controllers]
+    if config.shard_nodes:
+        tasks.append(asyncio.create_task(_shards(client, config, controllers).run(),
+                                         name="node-shards"))
     tasks.append(asyncio.create_task(
         LeaseKeeper(client, leased, interval=config.lease_interval).run(), name="leases"))
     if config.cluster_controllers:

@@ -74,13 +74,18 @@ class NodeController(Generic[N]):
 
     def __init__(self, provider: N, client: KubeClient, settings: NodeSettings,
                  events: EventRecorder,
-                 on_outage: Callable[[Outage | None], None] | None = None) -> None:
+                 on_outage: Callable[[Outage | None], None] | None = None, *,
+                 sharded: bool = False) -> None:
         self.provider = provider
         self._client = client
         self._settings = settings
         self._events = events
-        self.nodes: dict[str, node_pb2.Node] = {}
+        self.nodes: dict[str, node_pb2.Node] = {}  # the nodes served here, by name
         self.uids: dict[str, str] = {}
+        #: Every node the provider lists; with ``sharded``, only those ``serve`` was called for
+        #: are served here (``shards``), else all of them.
+        self.known: dict[str, node_pb2.Node] = {}
+        self._sharded = sharded
         self.healthy = False
         self.outage: Outage | None = None
         self._on_outage = on_outage
@@ -88,6 +93,8 @@ class NodeController(Generic[N]):
         self.registered = asyncio.Event()
         #: Told the name of each node as the controller comes to know it (none twice).
         self.added: list[Callable[[str], None]] = []
+        #: Told the name of each node ``release`` stops serving here.
+        self.removed: list[Callable[[str], None]] = []
 
     # -- what the Node looks like ------------------------------------------------------------
 
@@ -168,6 +175,30 @@ class NodeController(Generic[N]):
 
     # -- keeping it current ------------------------------------------------------------------
 
+    def _serves(self, name: str) -> bool:
+        return not self._sharded or name in self.nodes
+
+    async def serve(self, name: str) -> None:
+        """Serve the provider's node ``name`` here from now on (its shard was taken)."""
+        node = self.known.get(name)
+        if node is None:
+            raise KeyError(f"provider {self.provider.name} lists no node {name}")
+        if name not in self.nodes:
+            await self.register(node)
+
+    def release(self, name: str) -> None:
+        """Stop serving node ``name`` here (another replica serves it); the Node stays."""
+        if self.nodes.pop(name, None) is not None:
+            self.uids.pop(name, None)
+            for listener in self.removed:
+                listener(name)
+
+    async def _learn(self, node: node_pb2.Node) -> None:
+        """A node as the provider lists it: registered when served here, else remembered."""
+        self.known[node.name] = node
+        if not self._sharded:
+            await self.register(node)
+
     async def register(self, node: node_pb2.Node) -> None:
         """Create the Node or bring an existing one up to date, then write its status."""
         path = f"/api/v1/nodes/{node.name}"
@@ -199,7 +230,7 @@ class NodeController(Generic[N]):
 
     def _remember(self, node: node_pb2.Node) -> None:
         new = node.name not in self.nodes
-        self.nodes[node.name] = node
+        self.nodes[node.name] = self.known[node.name] = node
         if new:
             for listener in self.added:
                 listener(node.name)
@@ -249,7 +280,7 @@ class NodeController(Generic[N]):
                 listed = await self.provider.list_nodes()
                 self.healthy = True
                 for node in listed:
-                    await self.register(node)
+                    await self._learn(node)
                 break
             except (ProviderError, ApiError) as err:
                 log.warning("nodes of provider %s not registered yet: %s",
@@ -273,6 +304,9 @@ class NodeController(Generic[N]):
                                             reason="HostRemoved",
                                             message="the host is gone from the IaaS")
                         node = cond
+                    self.known[node.name] = node
+                    if not self._serves(node.name):
+                        continue
                     if node.name in self.nodes:
                         prev = self.nodes[node.name]
                         self.nodes[node.name] = node
@@ -294,7 +328,9 @@ class NodeController(Generic[N]):
                 if not self.healthy:
                     # Back: refresh what may have changed while it was away.
                     for node in await self.provider.list_nodes():
-                        self._remember(node)
+                        self.known[node.name] = node
+                        if self._serves(node.name):
+                            self._remember(node)
                 await self._set_health(None)
             except ProviderError as err:
                 await self._set_health(await self._diagnose(err))

@@ -2,16 +2,16 @@
 
 One list-then-watch per node (field selector spec.nodeName) feeds a cache; every change of a pod
 is handled by the one worker of its UID (queueing.SerialWorkers): create, update or delete at the
-provider, with references resolved first. Status comes back from the provider's NotifyPods stream
-and is written through the status subresource, coalesced per pod. At start the provider's pods
-are adopted (no second CreatePod), and pods Kubernetes no longer has are removed from it, except
-the VMs of VirtualMachines: a VM pod gone is not a decision to destroy (or stop) its VM, which
-the VirtualMachine's next pod adopts. A deleted pod whose VM runs first ends gracefully
-(``termination``: preStop, then the guest's shutdown within the grace period).
+provider, references resolved first. Status comes back from the provider's NotifyPods stream and
+is written through the status subresource, coalesced per pod. At start the provider's pods are
+adopted (no second CreatePod); pods Kubernetes no longer has are removed from it, but a VM pod
+gone is not a decision to destroy (or stop) its VM, which its VirtualMachine's next pod adopts.
+A deleted pod whose VM runs first ends gracefully (``termination``). A node taken over from
+another replica (``shards``) is adopted first; one given away is only no longer followed.
 
-Nothing is handled for a pod before the first list of its node is complete and the orphans of
-that node are settled (the workers' readiness gate). A pod's identity and keep-on-delete come
-from ``ownership`` only, decided once per pod (at its create) and kept for its delete.
+Nothing is handled for a pod before the first list of its node is complete and its orphans are
+settled (the workers' readiness gate). A pod's identity and keep-on-delete come from
+``ownership`` only, decided once per pod (at its create) and kept for its delete.
 """
 
 from __future__ import annotations
@@ -45,14 +45,14 @@ from vmlet_facade.podconvert import (
     with_host_ip,
 )
 from vmlet_facade.podfields import FIELDS_NOT_HONOURED, unhonoured, warning_message
-from vmlet_facade.podstate import PodState
+from vmlet_facade.podstate import PodState, uids_on
 from vmlet_facade.probes import ProbeManager
 from vmlet_facade.provider import PodHost
 from vmlet_facade.quantity import InvalidQuantity
 from vmlet_facade.queueing import Backoff, SerialWorkers
 from vmlet_facade.references import MissingReference, Resolved, Resolver
 from vmlet_facade.restarts import RestartManager, after_a_run
-from vmlet_facade.termination import Terminations
+from vmlet_facade.termination import Terminations, kill
 from vmlet_facade.vmapi import lookup_vm
 
 __all__ = ["PodController", "Route"]
@@ -103,6 +103,7 @@ class PodController(Generic[P]):
                                      concurrency=status_concurrency, name="podstatus",
                                      backoff=Backoff(cap=10.0))
         self._tasks: list[asyncio.Task[None]] = []
+        self._node_tasks: dict[str, asyncio.Task[None]] = {}  # node -> its pods' watch
         self._providers: set[str] = set()
         self._outages: dict[str, Outage] = {}  # provider name -> the outage its pods show
         self._guest_exec = guest_exec
@@ -119,24 +120,41 @@ class PodController(Generic[P]):
         """Learn the pods ``provider`` already runs, so none is created twice."""
         await adopt(provider, self._state)
 
-    def add_node(self, node: str, route: Route[P]) -> None:
-        """Start following the pods bound to ``node``."""
+    def add_node(self, node: str, route: Route[P], *, adopt: bool = False) -> None:
+        """Start following the pods bound to ``node``; with ``adopt``, first learn the pods the
+        provider runs there (a node taken over from another replica)."""
         if node in self.routes:
             self.routes[node] = route
             return
         self.routes[node] = route
         self._node_ready.setdefault(node, asyncio.Event())
-        self._tasks.append(asyncio.get_running_loop().create_task(
-            self._watch_node(node), name=f"watch-pods:{node}"))
+        self._node_tasks[node] = asyncio.get_running_loop().create_task(
+            self._watch_node(node, route.provider if adopt else None), name=f"pods:{node}")
         if route.provider.name not in self._providers:
             self._providers.add(route.provider.name)
             self._tasks.append(asyncio.get_running_loop().create_task(
                 self._follow_provider(route.provider), name=f"notify:{route.provider.name}"))
 
-    async def stop(self) -> None:
-        for task in self._tasks:
+    def remove_node(self, node: str) -> None:
+        """Stop following the pods bound to ``node`` (another replica serves it now): their
+        records here go, with their probes and timers; nothing is deleted or stopped."""
+        self.routes.pop(node, None)
+        self._node_ready.pop(node, None)
+        if (task := self._node_tasks.pop(node, None)) is not None:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for uid in uids_on(self._states, {node}):
+            for forget in (self.probes.forget, self.restarts.forget, self.terminations.forget,
+                           self._sync.cancel_retry, self._status.cancel_retry):
+                forget(uid)
+            pod = self._states.pop(uid).pod
+            if pod is not None and self._by_name.get(_key(pod)) == uid:
+                del self._by_name[_key(pod)]
+
+    async def stop(self) -> None:
+        tasks = [*self._tasks, *self._node_tasks.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.probes.stop()
         await self.restarts.stop()
         await self.terminations.stop()
@@ -149,13 +167,11 @@ class PodController(Generic[P]):
         """The pods ``namespace/name`` Kubernetes has (a deleted one and its successor may
         both be there for a while)."""
         return [cast(Pod, s.pod) for s in self._states.values() if s.pod is not None
-                and s.pod["metadata"].get("namespace") == namespace
-                and s.pod["metadata"].get("name") == name]
+                and _key(s.pod) == (namespace, name)]
 
     def pods_on(self, nodes: Collection[str]) -> list[Pod]:
         """The pods Kubernetes has bound to any of ``nodes``."""
-        return [cast(Pod, s.pod) for s in self._states.values() if s.pod is not None
-                and s.pod.get("spec", {}).get("nodeName") in nodes]
+        return [cast(Pod, self._states[uid].pod) for uid in uids_on(self._states, nodes, True)]
 
     def provider_of(self, node: str) -> P | None:
         """The provider backing ``node``, once its pods are followed."""
@@ -171,8 +187,7 @@ class PodController(Generic[P]):
         return state.pod if (state := self._states.get(uid)) is not None else None
 
     def _prune(self, uid: str) -> None:
-        state = self._states.get(uid)
-        if state is not None and state.empty:
+        if (state := self._states.get(uid)) is not None and state.empty:
             del self._states[uid]
 
     # -- Kubernetes side ---------------------------------------------------------------------
@@ -186,8 +201,10 @@ class PodController(Generic[P]):
         if ready is not None and not ready.is_set():
             await ready.wait()
 
-    async def _watch_node(self, node: str) -> None:
+    async def _watch_node(self, node: str, adopting: P | None) -> None:
         ready = self._node_ready.setdefault(node, asyncio.Event())
+        if adopting is not None:
+            await adopt(adopting, self._state, node)
         async for event in list_and_watch(self._client, "/api/v1/pods",
                                           {"fieldSelector": f"spec.nodeName={node}"}):
             if event.type == SYNCED:
@@ -253,9 +270,8 @@ class PodController(Generic[P]):
                 log.warning("pod %s: %s", uid, err)
                 self._retry(uid)
         except InvalidQuantity as err:
-            # A pod the facade cannot read (a quantity the apiserver took and vmlet does not):
-            # rejected as a kubelet's admission would. Anything else raised here is a fault of
-            # vmlet: it reaches SerialWorkers, which logs it with its traceback and retries.
+            # Unreadable here (a quantity the apiserver took): rejected as at a kubelet's
+            # admission. Anything else is vmlet's fault: SerialWorkers logs it and retries.
             log.warning("pod %s/%s cannot be handled: %s", *_key(pod), err)
             await self._reject(uid, pod, "InvalidPodSpec", f"vmlet cannot handle this pod: {err}")
 
@@ -407,12 +423,9 @@ class PodController(Generic[P]):
             self._outages.pop(provider, None)
         else:
             self._outages[provider] = outage
-        for uid, state in list(self._states.items()):
-            if state.pod is None:
-                continue
-            route = self.routes.get(state.pod["spec"].get("nodeName", ""))
-            if route is not None and route.provider.name == provider:
-                self._status.submit(uid)
+        served = {node for node, route in self.routes.items() if route.provider.name == provider}
+        for uid in uids_on(self._states, served, current=True):
+            self._status.submit(uid)
 
     def _set_status(self, uid: str, status: pb.PodStatus) -> None:
         state = self._state(uid)
@@ -444,21 +457,10 @@ class PodController(Generic[P]):
         self._set_status(uid, status)
 
     async def _kill_vm(self, pod: Obj, container: str, grace: int, message: str) -> bool:
-        """Kills the container whose liveness probe or postStart hook failed (``message`` says
-        so in the ``Killing`` Event): its VM stopped, the guest given ``grace`` seconds, then
-        restarted or not by its restartPolicy (``restarts``)."""
-        if pod["spec"].get("nodeName", "") not in self.routes or \
-                pod["metadata"].get("deletionTimestamp"):
+        """Kills a container whose liveness probe or postStart hook failed (``kill``)."""
+        if pod["spec"].get("nodeName", "") not in self.routes:
             return False
-        await self._events.emit(pod, "Killing", message)
-        try:
-            await self._stop_vm(pod, grace)
-        except (ProviderError, ApiError) as err:
-            log.warning("pod %s/%s: its VM not stopped (%s): %s", *_key(pod), message, err)
-            await self._events.emit(pod, "FailedKillPod", f"error killing pod: {err}",
-                                    warning=True)
-            return False
-        return True
+        return await kill(self._events.emit, self._stop_vm, pod, grace, message)
 
     async def _probe_exec(self, pod: Obj, container: str, command: list[str]) -> tuple[int, str]:
         route = self.routes.get(pod["spec"].get("nodeName", ""))

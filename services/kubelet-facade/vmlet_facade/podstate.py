@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from vmlet.provider.v1 import pod_pb2 as pb
 from vmlet_facade.kube.objects import Obj
 from vmlet_facade.ownership import Ownership
 
-__all__ = ["PodState"]
+__all__ = ["PodState", "uids_on"]
 
 
 @dataclass
@@ -37,3 +38,17 @@ class PodState:
         return (self.pod is None and self.gone is None and not self.created
                 and self.adopted is None and self.owner is None and self.latest is None
                 and self.written is None)
+
+
+def uids_on(states: dict[str, PodState], nodes: Collection[str],
+            current: bool = False) -> list[str]:
+    """The UIDs of the pods ``states`` knows bound to one of ``nodes``: as Kubernetes has them
+    now (``current``), else also as last seen once deleted, or adopted there."""
+    out = []
+    for uid, state in states.items():
+        pod = state.pod if current else state.pod or state.gone
+        where = pod.get("spec", {}).get("nodeName") if pod is not None else (
+            state.adopted.node_name if state.adopted is not None and not current else None)
+        if where in nodes:
+            out.append(uid)
+    return out

@@ -32,7 +32,7 @@ from vmlet_facade.hooks import FAILED_PRE_STOP, PRE_STOP, hooks_of, run_hook
 from vmlet_facade.kube import ApiError
 from vmlet_facade.kube.objects import Obj
 
-__all__ = ["MIN_GRACE", "Terminations", "deletion_grace"]
+__all__ = ["MIN_GRACE", "Terminations", "deletion_grace", "kill"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,24 @@ def runs(status: pb.PodStatus | None) -> bool:
         return True  # unknown: StopPod of a VM that is off changes nothing
     return status.phase == pb.POD_PHASE_RUNNING and any(
         c.WhichOneof("state") == "running" for c in status.container_statuses)
+
+
+async def kill(emit: Emit, stop: Stop, pod: Obj, grace: int, message: str) -> bool:
+    """Kills the container of ``pod`` as a kubelet does when its liveness probe or postStart
+    hook failed: a ``Killing`` Event (``message``), then ``stop`` (StopPod) with ``grace``
+    seconds; ``FailedKillPod`` when that fails. Whether the VM was stopped. A pod being
+    deleted is not killed: its termination is under way."""
+    if pod["metadata"].get("deletionTimestamp"):
+        return False
+    await emit(pod, "Killing", message)
+    try:
+        await stop(pod, grace)
+    except (ProviderError, ApiError) as err:
+        log.warning("pod %s/%s: its VM not stopped (%s): %s", pod["metadata"]["namespace"],
+                    pod["metadata"]["name"], message, err)
+        await emit(pod, "FailedKillPod", f"error killing pod: {err}", warning=True)
+        return False
+    return True
 
 
 class Terminations:

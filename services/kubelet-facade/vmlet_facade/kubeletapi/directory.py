@@ -55,6 +55,16 @@ class Directory:
     def node_names(self) -> list[str]:
         return sorted({name for index in self._nodes for name in index.nodes})
 
+    def _every_node(self) -> list[tuple[str, node_pb2.Node]]:
+        """Every node this facade may serve: with node shards, also those another replica
+        serves now (a serving certificate covering them all needs no new CSR at a takeover)."""
+        return [item for index in self._nodes
+                for item in (getattr(index, "known", None) or index.nodes).items()]
+
+    def serving_node_names(self) -> list[str]:
+        """The node names the serving certificate names (``_every_node``)."""
+        return sorted({name for name, _ in self._every_node()})
+
     def node(self, name: str) -> node_pb2.Node | None:
         for index in self._nodes:
             if name in index.nodes:
@@ -95,15 +105,15 @@ class Directory:
         return [str(c.get("name", "")) for c in pod.get("spec", {}).get("containers", [])]
 
     def addresses(self) -> tuple[list[str], list[str]]:
-        """The DNS names and IP addresses of every node (for the serving certificate)."""
+        """The DNS names and IP addresses of every node (``_every_node``: for the serving
+        certificate)."""
         dns: set[str] = set()
         ips: set[str] = set()
-        for index in self._nodes:
-            for name, node in index.nodes.items():
-                dns.add(name)
-                for address in node.addresses:
-                    if address.type in ("InternalIP", "ExternalIP"):
-                        ips.add(address.address)
-                    elif address.type in ("Hostname", "InternalDNS", "ExternalDNS"):
-                        dns.add(address.address)
+        for name, node in self._every_node():
+            dns.add(name)
+            for address in node.addresses:
+                if address.type in ("InternalIP", "ExternalIP"):
+                    ips.add(address.address)
+                elif address.type in ("Hostname", "InternalDNS", "ExternalDNS"):
+                    dns.add(address.address)
         return sorted(dns), sorted(ips)

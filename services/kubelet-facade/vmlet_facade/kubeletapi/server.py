@@ -88,7 +88,7 @@ class KubeletApi:
 
     def serving_names(self) -> ServingNames | None:
         """The SANs the serving certificate needs; None until the nodes are known."""
-        names = self.directory.node_names()
+        names = self.directory.serving_node_names()
         if not names:
             return None
         _dns, ips = self.directory.addresses()

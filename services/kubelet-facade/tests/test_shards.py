@@ -1,0 +1,187 @@
+"""Node shards: replicas share the nodes through one Lease per node (issue 19 items 1 and 2)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+
+import pytest
+from fakes import FakeKube
+
+from vmlet_facade import shards
+from vmlet_facade.shards import NODE_ANNOTATION, ShardKeeper, shard_lease_name
+
+NODES = ["esx-1", "esx-2", "esx-3", "esx-4", "esx-5"]
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/vmlet/leases"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = dt.datetime(2026, 12, 6, tzinfo=dt.UTC)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += dt.timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Clock]:
+    c = Clock()
+    monkeypatch.setattr(shards, "_now", c)
+    yield c
+
+
+class Replica:
+    """A ShardKeeper and what it serves, as the wiring would (NodeController.serve/release)."""
+
+    def __init__(self, kube: FakeKube, identity: str, nodes: list[str] | None = None,
+                 failing: frozenset[str] = frozenset()) -> None:
+        self.serving: set[str] = set()
+        self.history: list[str] = []
+        self.failing = failing
+
+        async def serve(node: str) -> None:
+            if node in self.failing:
+                raise RuntimeError("the apiserver refused the Node")
+            assert node not in self.serving
+            self.serving.add(node)
+            self.history.append(f"+{node}")
+
+        async def release(node: str) -> None:
+            self.serving.discard(node)
+            self.history.append(f"-{node}")
+
+        self.keeper = ShardKeeper(kube.client, "vmlet", identity,
+                                  lambda: list(nodes if nodes is not None else NODES),
+                                  serve, release, duration=10)
+
+
+async def holders(kube: FakeKube) -> dict[str, str]:
+    """Node -> holder of its shard Lease, as the apiserver has them."""
+    items = (await kube.client.get(LEASES)).get("items") or []
+    return {str(o["metadata"]["annotations"][NODE_ANNOTATION]): o["spec"]["holderIdentity"]
+            for o in items if NODE_ANNOTATION in (o["metadata"].get("annotations") or {})}
+
+
+def assert_exclusive(*replicas: Replica) -> None:
+    served = [n for r in replicas for n in r.serving]
+    assert len(served) == len(set(served)), [r.serving for r in replicas]
+
+
+async def test_one_replica_serves_every_node_and_holds_each_lease(
+        kube: FakeKube, clock: Clock) -> None:
+    a = Replica(kube, "a")
+    await a.keeper.round()
+    assert a.serving == set(NODES)
+    assert (await holders(kube)) == dict.fromkeys(NODES, "a")
+    clock.advance(2)
+    await a.keeper.round()  # renews, serves nothing twice
+    assert sorted(a.history) == sorted(f"+{n}" for n in NODES)
+
+
+async def test_two_replicas_share_the_nodes_and_never_serve_one_twice(
+        kube: FakeKube, clock: Clock) -> None:
+    a, b = Replica(kube, "a"), Replica(kube, "b")
+    await a.keeper.round()  # alone so far: takes all five
+    assert a.serving == set(NODES)
+    for _ in range(6):
+        clock.advance(2)
+        await b.keeper.round()
+        assert_exclusive(a, b)
+        await a.keeper.round()  # gives back one a round while above its share
+        assert_exclusive(a, b)
+    assert sorted([len(a.serving), len(b.serving)]) == [2, 3]
+    assert a.serving | b.serving == set(NODES)
+    assert (await holders(kube)) == {
+        **dict.fromkeys(a.serving, "a"), **dict.fromkeys(b.serving, "b")}
+
+
+async def test_the_nodes_of_a_replica_that_died_are_taken_after_the_lease_duration(
+        kube: FakeKube, clock: Clock) -> None:
+    """The fault: replica a stops renewing (SIGKILL). Its nodes stay its own for the Lease's
+    duration, then b takes every one of them: no node is left unserved, none served twice."""
+    a, b = Replica(kube, "a"), Replica(kube, "b")
+    await a.keeper.round()
+    await b.keeper.round()
+    for _ in range(5):
+        clock.advance(2)
+        await a.keeper.round()
+        await b.keeper.round()
+    before = set(a.serving)
+    assert before and b.serving == set(NODES) - before
+    clock.advance(5)  # a is dead: within the duration b takes nothing of it
+    await b.keeper.round()
+    assert b.serving == set(NODES) - before
+    clock.advance(6)  # 11 s since a's last renewal: its Leases (10 s) are free
+    await b.keeper.round()
+    assert b.serving == set(NODES)
+    assert (await holders(kube)) == dict.fromkeys(NODES, "b")
+
+
+async def test_a_stopping_replica_gives_its_nodes_back_at_once(
+        kube: FakeKube, clock: Clock) -> None:
+    a, b = Replica(kube, "a"), Replica(kube, "b")
+    await a.keeper.round()
+    await b.keeper.round()
+    await a.keeper.give_back_all()  # SIGTERM: a rolling update
+    assert a.serving == set() and set((await holders(kube)).values()) <= {"", "b"}
+    clock.advance(1)  # no wait for the Lease duration: a left, b takes everything at once
+    await b.keeper.round()
+    assert b.serving == set(NODES)
+
+
+async def test_a_restarted_replica_of_the_same_identity_serves_its_nodes_again(
+        kube: FakeKube, clock: Clock) -> None:
+    a = Replica(kube, "a")
+    await a.keeper.round()
+    again = Replica(kube, "a")  # the process restarted: it remembers nothing
+    clock.advance(3)
+    await again.keeper.round()
+    assert again.serving == set(NODES)
+
+
+async def test_a_node_that_cannot_be_served_is_given_back_for_another(
+        kube: FakeKube, clock: Clock) -> None:
+    a = Replica(kube, "a", failing=frozenset({"esx-3"}))
+    await a.keeper.round()
+    assert "esx-3" not in a.serving and (await holders(kube))["esx-3"] == ""
+    b = Replica(kube, "b")
+    clock.advance(2)
+    await b.keeper.round()
+    assert "esx-3" in b.serving
+
+
+async def test_a_lease_another_replica_wrote_first_is_not_served(
+        kube: FakeKube, clock: Clock) -> None:
+    """The race: a renews after b took one of its nodes (its Lease written under a). The
+    renewal meets a conflict or another holder: a stops serving that node."""
+    a = Replica(kube, "a")
+    await a.keeper.round()
+    path = f"{LEASES}/{shard_lease_name('esx-2')}"
+    lease = await kube.client.get(path)
+    lease["spec"]["holderIdentity"] = "b"
+    await kube.client.replace(path, lease)
+    clock.advance(2)
+    await a.keeper.round()
+    assert "esx-2" not in a.serving and "-esx-2" in a.history
+
+
+def test_lease_names_stay_valid_for_any_node_name() -> None:
+    assert shard_lease_name("esx-1.lab") == "vmlet-node-esx-1.lab"
+    long = shard_lease_name("h" * 250)
+    assert len(long) <= 253 and long.startswith("vmlet-node-")
+    assert shard_lease_name("Host_1") != shard_lease_name("host_1")
+
+
+async def test_replicas_of_other_providers_do_not_count_toward_the_share(
+        kube: FakeKube, clock: Clock) -> None:
+    """A facade of other providers in the same namespace is no replica of this one: counting
+    it would leave half of each one's nodes unserved."""
+    a = Replica(kube, "a")
+    other = Replica(kube, "other", nodes=["kvm-1", "kvm-2"])
+    other.keeper._group = "other-providers"
+    await other.keeper.round()
+    await a.keeper.round()
+    assert a.serving == set(NODES) and other.serving == {"kvm-1", "kvm-2"}
