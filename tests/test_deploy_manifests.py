@@ -13,7 +13,8 @@ control plane.
 - The Dockerfiles and docker-compose.yml are checked by hack/validate-deploy.sh (hadolint and
   the Compose Specification's JSON schema), which installs its own tools.
 
-On the control plane: tests/test_deploy.py.
+On the control plane: tests/test_deploy.py. The StorageClass each overlay ships:
+tests/test_storageclasses.py.
 """
 
 from __future__ import annotations
