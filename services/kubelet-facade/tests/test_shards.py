@@ -185,3 +185,42 @@ async def test_replicas_of_other_providers_do_not_count_toward_the_share(
     await other.keeper.round()
     await a.keeper.round()
     assert a.serving == set(NODES) and other.serving == {"kvm-1", "kvm-2"}
+
+
+async def test_a_replica_cut_off_from_the_apiserver_stops_serving_after_the_duration(
+        kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fault: every apiserver call of replica a fails. It keeps its nodes for the Leases'
+    duration (a short outage changes nothing), then stops serving them, since another replica
+    may have taken them; nothing is written meanwhile."""
+    import asyncio
+
+    from vmlet_facade.kube import ApiError
+
+    a = Replica(kube, "a", nodes=["esx-1"])
+    await a.keeper.round()
+    loop_time = [0.0]
+    monkeypatch.setattr(asyncio.get_running_loop(), "time", lambda: loop_time[0])
+
+    async def refused(*args: object, **kwargs: object) -> None:
+        raise ApiError(503, "Unreachable", "the apiserver could not be reached")
+
+    async def no_sleep(seconds: float) -> None:
+        loop_time[0] += seconds
+        if loop_time[0] > 30:
+            raise asyncio.CancelledError
+
+    monkeypatch.setattr(a.keeper, "round", refused)
+    monkeypatch.setattr(a.keeper, "give_back_all", lambda: asyncio.sleep(0))
+    monkeypatch.setattr(shards.asyncio, "sleep", no_sleep)
+    seen: list[tuple[float, set[str]]] = []
+    original = a.keeper.drop_all
+
+    async def drop_all() -> None:
+        seen.append((loop_time[0], set(a.serving)))
+        await original()
+
+    monkeypatch.setattr(a.keeper, "drop_all", drop_all)
+    with pytest.raises(asyncio.CancelledError):
+        await a.keeper.run()
+    assert seen and seen[0] == (12.0, {"esx-1"})  # the first round past 10 s
+    assert a.serving == set()

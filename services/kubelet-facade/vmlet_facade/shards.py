@@ -15,8 +15,10 @@ annotation ``vmlet.io/node``). A Lease not renewed for ``duration`` seconds is f
    clears the holder), so a replica that joins gets its share.
 
 Optimistic concurrency (resourceVersion) settles races, so no two replicas hold one node. A
-replica that dies stops renewing: after ``duration`` seconds the others take its nodes. One that
-stops (SIGTERM) gives all of them back first, so a rolling update hands them over at once.
+replica that dies stops renewing: after ``duration`` seconds the others take its nodes; one cut
+off from the apiserver for as long stops serving its nodes, as they may be another's by then.
+One that stops (SIGTERM) gives all of them back first, so a rolling update hands them over at
+once.
 ``serve(node)`` registers the Node and follows its pods; ``release(node)`` stops that; nothing is
 deleted either way.
 """
@@ -108,12 +110,17 @@ class ShardKeeper:
 
     async def run(self) -> None:
         """Keep this replica's share until cancelled; then give every node back."""
+        loop = asyncio.get_running_loop()
+        renewed = loop.time()
         try:
             while True:
                 try:
                     await self.round()
+                    renewed = loop.time()
                 except ApiError as err:
                     log.warning("node shards: %s", err)
+                    if loop.time() - renewed > self._duration:
+                        await self.drop_all()
                 await asyncio.sleep(self._interval)
         finally:
             await asyncio.shield(self.give_back_all())
@@ -150,6 +157,13 @@ class ShardKeeper:
                 held.append(node)
         if len(held) > share and live > 1:
             await self._give_back(held[-1])
+
+    async def drop_all(self) -> None:
+        """Stop serving every node without a word to the apiserver: this replica could not renew
+        its Leases for their whole duration (the apiserver away, or this replica cut off), so
+        another may hold them now; it takes them again once it can renew."""
+        for node in sorted(self.served):
+            await self._drop(node)
 
     async def give_back_all(self) -> None:
         """Stop serving every node, free its Lease, then leave: the others count this replica
