@@ -3,10 +3,11 @@ nodes to the other (issue 19 items 1 and 2), on the real control plane and a mem
 
 What is checked: each node is served by exactly one replica (its shard Lease names it), the
 replicas split the nodes evenly; after a SIGKILL the survivor takes every node within 15 s,
-before the node Leases (40 s) expire, so no node turns NotReady; the pods keep running with
-no VM made twice, destroyed or stopped (the provider's CreatePod, DeletePod and StopPod counts
-and its pods); pods created afterwards on the dead replica's nodes run; and a replica that
-comes back gets its share again; one stopped with SIGTERM hands its nodes over at once.
+before the node Leases (40 s) expire, so no node turns NotReady; the pods stay Running and
+Ready all along (no status goes backwards), with no VM made twice, destroyed or stopped (the
+provider's CreatePod, DeletePod and StopPod counts and its pods); pods created afterwards on
+the dead replica's nodes run; a replica that comes back gets its share again; and one stopped
+with SIGTERM hands its nodes over at once.
 """
 
 from __future__ import annotations
@@ -130,8 +131,19 @@ def test_replicas_share_the_nodes_and_one_killed_hands_them_over(
         killed_at = time.monotonic()
         seen_not_ready: set[str] = set()
 
+        backwards: list[str] = []
+
+        def watch_pods() -> None:
+            """No pod goes back from Running (or loses its readiness) during the takeover."""
+            for p in stack.kubectl_json("get", "pods", "-n", ns)["items"]:
+                status = p.get("status", {})
+                ready = {c["type"]: c["status"] for c in status.get("conditions") or []}
+                if status.get("phase") != "Running" or ready.get("Ready") != "True":
+                    backwards.append(f"{p['metadata']['name']}: {status.get('phase')} {ready}")
+
         def taken_over() -> bool:
             seen_not_ready.update(not_ready(stack))
+            watch_pods()
             values = set(holders(stack).values())
             return len(values) == 1 and "" not in values
 
@@ -141,8 +153,10 @@ def test_replicas_share_the_nodes_and_one_killed_hands_them_over(
         assert took <= FAILOVER_SECONDS, took
         for _ in range(20):  # and while the survivor settles in
             seen_not_ready.update(not_ready(stack))
+            watch_pods()
             time.sleep(0.5)
         assert seen_not_ready == set(), seen_not_ready
+        assert backwards == [], backwards[:5]
 
         more = [stack.vm_pod(f"late-{i}", PROVIDER) for i in range(4)]
         for pod in more:
