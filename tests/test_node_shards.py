@@ -66,6 +66,13 @@ def holders(stack: Stack) -> dict[str, str]:
             for i in items}
 
 
+def even(found: dict[str, str]) -> dict[str, str] | None:
+    """``found`` (node -> holder) when two replicas hold 2 nodes each, else None."""
+    counts = sorted(list(found.values()).count(h) for h in set(found.values()))
+    return found if len(found) == NODES and "" not in found.values() and \
+        counts == [2, 2] else None
+
+
 def not_ready(stack: Stack) -> list[str]:
     return [n["metadata"]["name"] for n in stack.nodes(PROVIDER)
             if n["metadata"]["name"] not in stack.ready_nodes(PROVIDER)]
@@ -93,13 +100,8 @@ def test_replicas_share_the_nodes_and_one_killed_hands_them_over(
 
     second = replica(stack, tmp_path / "second")
     try:
-        def evenly() -> dict[str, str] | None:
-            found = holders(stack)
-            counts = sorted(list(found.values()).count(h) for h in set(found.values()))
-            return found if len(found) == NODES and "" not in found.values() and \
-                counts == [2, 2] else None
-
-        shared = eventually(evenly, timeout=90, what="two replicas with 2 nodes each")
+        shared = eventually(lambda: even(holders(stack)), timeout=90,
+                            what="two replicas with 2 nodes each")
         say(f"shared: {shared}")
         eventually(lambda: len(stack.ready_nodes(PROVIDER)) == NODES, timeout=60,
                    what="every node Ready")
@@ -176,6 +178,9 @@ def test_replicas_share_the_nodes_and_one_killed_hands_them_over(
         eventually(lambda: len(set(holders(stack).values()) - {""}) == 2, timeout=60,
                    what="the nodes shared again")
         say(f"shared again: {holders(stack)}")
+        eventually(lambda: even(holders(stack)), timeout=30, what="2 nodes each again")
+        # Nodes handed over with their pods while both replicas run: nothing made again.
+        assert stack.provider_calls(PROVIDER, "CreatePod") - creates == 4
         assert len(provider_pods(stack)) == 12
         assert len(running(stack, ns)) == 12
         assert stack.provider_calls(PROVIDER, "DeletePod") == 0
