@@ -1,5 +1,6 @@
-"""Fault injection: a seeded script of VM operations while SIGKILL and SIGTERM hit the facade, the
-provider, the IaaS, kube-apiserver and etcd, each restarted exactly as it was started; after
+"""Fault injection: a seeded script of VM operations while SIGKILL and SIGTERM hit the facade (on
+the memory provider, each of its two replicas sharing the nodes), the provider, the IaaS,
+kube-apiserver and etcd, each restarted exactly as it was started; after
 convergence, the invariants of `vmlet_localenv.faults.invariants` hold in Kubernetes and in the
 IaaS, read directly.
 
@@ -40,6 +41,7 @@ from vmlet_localenv.faults.kubeapi import KubeApi
 from vmlet_localenv.faults.peers import Peer, PeerController
 from vmlet_localenv.faults.workload import Workload, plan
 from vmlet_localenv.processes import Process, free_port
+from vmlet_localenv.services import FacadeProcess, facade_kubeconfig
 from vmlet_localenv.stack import Stack, eventually
 from vmlet_localenv.vcsim import VcSim
 
@@ -128,13 +130,28 @@ def _stack_peers(stack: Stack, provider: str) -> dict[str, Peer]:
 
 @pytest.fixture
 def memory_rig(cp: ControlPlane, tmp_path: Path) -> Iterator[Rig]:
+    """The memory provider behind two facade replicas sharing its nodes, as the Deployment runs
+    them (--shard-nodes): killing either one makes the other take its nodes mid-workload."""
     provider = "faultmem"
-    stack = Stack(cp, tmp_path / "stack", {provider: ["--nodes", "3"]}).start()
+    stack = Stack(cp, tmp_path / "stack", {provider: ["--nodes", "3"]},
+                  facade_args=["--shard-nodes"]).start()
+    second = FacadeProcess({provider: stack.providers[provider].address},
+                           facade_kubeconfig(cp), tmp_path / "facade-2",
+                           args=["--shard-nodes"], pki=stack.pki).start()
+
+    def second_process() -> Process:
+        assert second.process is not None
+        return second.process
+
     try:
-        peers = {**_stack_peers(stack, provider), **_control_plane_peers(cp)}
+        peers = {**_stack_peers(stack, provider),
+                 "facade-2": Peer("facade-2", second_process,
+                                  lambda: "vmlet_facade" in second.metrics()),
+                 **_control_plane_peers(cp)}
         yield Rig(stack, provider, "debian-12", MemoryIaas(tmp_path / "stack" / f"{provider}.json"),
                   peers, {"tier": "gold"}, max_live=8, cpus=(1, 2))
     finally:
+        second.stop()
         stack.stop()
         stack.print_logs(60)
 
