@@ -2,13 +2,13 @@ from __future__ import annotations
 
 import pytest
 
+from vmlet_facade.expansion import expand
 from vmlet_facade.kube import ApiError
 from vmlet_facade.references import (
     INVALID_REFERENCE,
     USER_DATA_ANNOTATION,
     MissingReference,
     Resolver,
-    _expand,
     field_value,
     resource_value,
 )
@@ -35,9 +35,9 @@ def test_resource_values_round_up_like_the_kubelet() -> None:
     assert resource_value(POD, c, {"resource": "requests.memory", "divisor": "1Mi"}) == "64"
 
 
-def test_expand() -> None:
+def test_env_values_expand_the_variables_defined_before_them() -> None:
     pairs = [("A", "x"), ("B", "y")]
-    assert _expand("$(A)-$(B)-$(C)-$$(A)", pairs) == "x-y-$(C)-$(A)"
+    assert expand("$(A)-$(B)-$(C)-$$(A)", dict(pairs)) == "x-y-$(C)-$(A)"
 
 
 class Api:
@@ -150,3 +150,26 @@ async def test_a_claim_gets_no_volume_bound_elsewhere(
     with pytest.raises(MissingReference) as err:
         await Resolver(api).resolve(_claim_pod())  # type: ignore[arg-type]
     assert err.value.message == 'persistentvolumeclaim "mine" is not bound'
+
+
+async def test_the_injected_token_volume_is_not_read_nor_sent() -> None:
+    """Issue 19's profile: 80-150 GET configmaps per 1000 pods, for kube-root-ca.crt of the
+    service-account volume the apiserver injects into every pod, which no VM is given. It is not
+    read; a projected volume of the pod's own, even named like it, still is."""
+    api = Api()
+    token = {"name": "kube-api-access-x7k2p", "projected": {"sources": [
+        {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt",
+                                                              "path": "ca.crt"}]}},
+        {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {
+            "fieldPath": "metadata.namespace"}}]}}]}}
+    pod = _pod({})
+    pod["spec"] = {"containers": [{"name": "c"}], "volumes": [token]}
+    resolved = await Resolver(api).resolve(pod)  # type: ignore[arg-type]
+    assert api.reads == [] and resolved.files == {}
+    own = {"name": "kube-api-access-mine", "projected": {"sources": [
+        {"configMap": {"name": "settings", "optional": True}}]}}
+    pod["spec"] = {"containers": [{"name": "c"}], "volumes": [own]}
+    resolved = await Resolver(api).resolve(pod)  # type: ignore[arg-type]
+    assert api.reads == ["/api/v1/namespaces/ns/configmaps/settings"]
+    assert resolved.files == {"kube-api-access-mine": {}}

@@ -27,6 +27,7 @@ __all__ = [
     "MAX_MESSAGE",
     "MAX_NAMED",
     "TOKEN_VOLUME_PREFIX",
+    "is_token_volume",
     "unhonoured",
     "warning_message",
 ]
@@ -262,11 +263,13 @@ def _walk(value: Any, rule: Rule, path: str, ctx: _Context, out: list[str]) -> N
             out.append(sub)
 
 
-def _token_volume(volume: Obj) -> bool:
-    """Whether ``volume`` is the service-account token volume the apiserver injects."""
+def is_token_volume(volume: Obj) -> bool:
+    """Whether ``volume`` is the service-account token volume the apiserver injects (its name,
+    and a token source among the sources it projects)."""
     sources = (volume.get("projected") or {}).get("sources") or []
-    return (str(volume.get("name", "")).startswith(TOKEN_VOLUME_PREFIX) and bool(sources)
-            and all(isinstance(s, dict) and set(s) <= _TOKEN_SOURCES for s in sources))
+    return (str(volume.get("name", "")).startswith(TOKEN_VOLUME_PREFIX)
+            and all(isinstance(s, dict) and set(s) <= _TOKEN_SOURCES for s in sources)
+            and any("serviceAccountToken" in s for s in sources))
 
 
 def _context(spec: Obj) -> _Context:
@@ -274,7 +277,7 @@ def _context(spec: Obj) -> _Context:
     containers = [c for c in spec.get("containers") or [] if isinstance(c, dict)]
     first = containers[0] if containers else {}
     return _Context(
-        token_volumes=frozenset(str(v["name"]) for v in volumes if _token_volume(v)),
+        token_volumes=frozenset(str(v["name"]) for v in volumes if is_token_volume(v)),
         vm_image=str(first.get("image", "")),
         vm_mounts=frozenset((str(m.get("name")), str(m.get("mountPath")))
                             for m in first.get("volumeMounts") or [] if isinstance(m, dict)),

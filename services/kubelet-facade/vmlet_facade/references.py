@@ -26,9 +26,11 @@ from vmlet_api.names import (
     USER_DATA_KEY_ANNOTATION,
     USER_DATA_KEY_DEFAULT,
 )
+from vmlet_facade.expansion import expand
 from vmlet_facade.kube import ApiError, KubeClient
 from vmlet_facade.kube.objects import Obj
 from vmlet_facade.kube.paths import InvalidName, api_path, valid_label, valid_name
+from vmlet_facade.podfields import is_token_volume
 from vmlet_facade.quantity import cpu_millis, memory_bytes
 
 __all__ = [
@@ -157,10 +159,13 @@ class Resolver:
             for env in container.get("env") or []:
                 resolved = await self._env_value(pod, container, env, value)
                 if resolved is not None:
-                    pairs.append((env["name"], _expand(resolved, pairs)))
+                    # $(VAR) to the variables defined before it, as the kubelet expands them.
+                    pairs.append((env["name"], expand(resolved, dict(pairs))))
             out.env[container["name"]] = pairs
 
         for volume in spec.get("volumes") or []:
+            if is_token_volume(volume):
+                continue  # never given to a VM: nothing to read for it (kube-root-ca.crt)
             if "persistentVolumeClaim" in volume:
                 claim = volume["persistentVolumeClaim"]["claimName"]
                 out.disks[volume["name"]] = await self._disk_handle(ns, claim)
@@ -283,26 +288,6 @@ def _project(data: dict[str, bytes], items: list[Obj] | None) -> dict[str, bytes
         return data
     return {str(item.get("path") or item["key"]): data[item["key"]] for item in items
             if item["key"] in data}
-
-
-def _expand(text: str, pairs: list[tuple[str, str]]) -> str:
-    """Expand $(VAR) references to earlier variables, as the kubelet does."""
-    if "$(" not in text:
-        return text
-    known = dict(pairs)
-    out, i = [], 0
-    while i < len(text):
-        if text.startswith("$$", i):
-            out.append("$")
-            i += 2
-        elif text.startswith("$(", i) and (end := text.find(")", i)) != -1:
-            name = text[i + 2:end]
-            out.append(known.get(name, text[i:end + 1]))
-            i = end + 1
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
 
 
 def field_value(pod: Obj, path: str) -> str:
