@@ -18,6 +18,7 @@ round so neither always runs on a warmer or fuller cluster. Every phase cleans u
     ... --profile py-spy     # sample the facade during its measured window (py-spy on PATH)
     ... --profile cprofile   # cProfile the facade during its measured window
     ... --profile tracemalloc  # where the facade's Python memory is at the end
+    ... --replicas 1,2,4     # the facade phase with 1, 2 and 4 replicas (--shard-nodes)
 
 A benchmark, never a test: it prints figures and passes no judgement beyond naming the targets.
 """
@@ -38,12 +39,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from profiles import summarize
 from workload import PhaseResult, ProcStats, run_phase, wait_namespace_ready, wait_nodes_ready
 
 from vmlet_facade.kube import ApiError, KubeClient, KubeConfig
+from vmlet_facade.shards import NODE_ANNOTATION, SHARD_LABEL
 from vmlet_localenv.controlplane import ControlPlane
 from vmlet_localenv.processes import Process, free_port
 from vmlet_localenv.services import FacadeProcess, ProviderProcess, facade_kubeconfig
@@ -53,6 +56,10 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 TARGET_RATIO = 0.7
 TARGET_RSS_MB = 150.0
+# Several replicas (issue 19): pods/s against the baseline, and each replica's peak RSS.
+TARGET_SHARDED_RATIO = 0.9
+TARGET_RSS_BASE_MB, TARGET_RSS_PER_1000_MB = 60.0, 30.0
+SHARD_NAMESPACE = "vmlet-bench-shards"  # the replicas' --leader-election-namespace
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -82,13 +89,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy",
                    help="the py-spy binary")
     p.add_argument("--py-spy-native", action="store_true", help="py-spy --native")
+    p.add_argument("--replicas", type=_replicas, default=[1],
+                   help="facade replicas in the facade phase, or a list (1,2,4): one facade "
+                        "phase of each per round, each paired with a baseline phase; more "
+                        "than one replica implies --shard-nodes")
+    p.add_argument("--shard-nodes", action="store_true",
+                   help="run the facade with --shard-nodes even as a single replica")
     p.add_argument("--out", type=Path, default=None,
                    help="keep logs and profiles here (default: a temporary directory, removed "
                         "at the end unless --profile is given)")
     args = p.parse_args(argv)
+    if args.profile != "none" and max(args.replicas) > 1:
+        p.error("--profile profiles a single facade: use it with --replicas 1")
     if not args.pods_per_node:
         args.pods_per_node = max(300, math.ceil(1.2 * args.pods / args.nodes))
     return args
+
+
+def _replicas(text: str) -> list[int]:
+    try:
+        counts = [int(n) for n in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("replicas are counted from 1")
+    return counts
 
 
 def _say(message: str = "") -> None:
@@ -133,8 +158,8 @@ class ProfiledFacade(FacadeProcess):
     """The facade started through profiled_facade.py (cProfile / tracemalloc by signal)."""
 
     def __init__(self, providers: dict[str, str], kubeconfig: Path, state_dir: Path, *,
-                 profile_env: str) -> None:
-        super().__init__(providers, kubeconfig, state_dir)
+                 profile_env: str, args: list[str] | None = None) -> None:
+        super().__init__(providers, kubeconfig, state_dir, args=args)
         self._profile_env = profile_env
 
     def start(self) -> ProfiledFacade:
@@ -143,6 +168,9 @@ class ProfiledFacade(FacadeProcess):
             sys.executable, str(HERE / "profiled_facade.py"), f"--kubeconfig={self.kubeconfig}",
             *[f"--provider={n}={a}" for n, a in self.providers.items()],
             f"--metrics-addr=127.0.0.1:{self.metrics_port}",
+            *(self.pki.facade_args() if self.pki is not None
+              else ["--provider-insecure-plaintext"]),
+            *self._args,
         ], log_dir=self.dir / "logs",
             env={**os.environ, "VMLET_BENCH_PROFILE": self._profile_env}).start()
         deadline = time.monotonic() + 60
@@ -203,6 +231,71 @@ class Profiler:
                 await asyncio.sleep(1.0)
 
 
+# -- several replicas: who serves which node ------------------------------------------------------
+
+@dataclass
+class ReplicaFigures:
+    name: str
+    pid: int
+    peak_rss_mb: float  # VmHWM when the last pod is Running
+    idle_rss_mb: float  # VmRSS with its nodes served, before the first create
+    nodes: int  # nodes whose shard Lease it held at the end
+    pods: int  # the phase's pods on those nodes
+
+    @property
+    def rss_target_mb(self) -> float:
+        return TARGET_RSS_BASE_MB + TARGET_RSS_PER_1000_MB * self.pods / 1000
+
+
+@dataclass
+class FacadePhase:
+    result: PhaseResult
+    replicas: int
+    sharded: bool
+    served: list[ReplicaFigures] = field(default_factory=list)
+
+    @property
+    def facade_cpu(self) -> float:
+        """CPU-seconds of all the facade replicas in the window."""
+        return sum(sec for name, sec in self.result.cpu_seconds.items()
+                   if name.startswith("facade"))
+
+
+def _pid(process: Process | None) -> int:
+    assert process is not None and process.pid is not None
+    return int(process.pid)
+
+
+async def shard_holders(client: KubeClient) -> dict[str, int]:
+    """node -> pid of the replica holding its shard Lease (holderIdentity <hostname>-<pid>)."""
+    listing = await client.get(
+        f"/apis/coordination.k8s.io/v1/namespaces/{SHARD_NAMESPACE}/leases",
+        labelSelector=SHARD_LABEL)
+    out = {}
+    for lease in listing.get("items") or []:
+        holder = lease.get("spec", {}).get("holderIdentity") or ""
+        node = (lease["metadata"].get("annotations") or {}).get(NODE_ANNOTATION)
+        if node and holder.rpartition("-")[2].isdigit():
+            out[node] = int(holder.rpartition("-")[2])
+    return out
+
+
+async def wait_shards_served(client: KubeClient, nodes: list[str], pids: set[int],
+                             replicas: int, limit_seconds: float = 300) -> None:
+    """Until every node's shard Lease is held by one of ``pids`` and none holds more than its
+    share (the first replica up takes every node, then gives them back one per round)."""
+    share = math.ceil(len(nodes) / replicas)
+    deadline = time.monotonic() + limit_seconds
+    while True:
+        held = await shard_holders(client)
+        counts = {pid: sum(1 for p in held.values() if p == pid) for pid in pids}
+        if all(held.get(n) in pids for n in nodes) and max(counts.values()) <= share:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"shards not served after {limit_seconds:.0f}s: {held}")
+        await asyncio.sleep(1.0)
+
+
 # -- phases ---------------------------------------------------------------------------------------
 
 class Bench:
@@ -250,39 +343,90 @@ class Bench:
             out[key] = out.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
         return out
 
-    async def facade(self, tag: str) -> PhaseResult:
+    async def facade(self, tag: str, replicas: int = 1) -> FacadePhase:
         a = self.args
         d = self.work / f"facade-{tag}"
         nodes = [f"vmlet-memory-{i}" for i in range(a.nodes)]
         ns = f"bench-facade-{tag}"
+        sharded = replicas > 1 or a.shard_nodes
         provider = ProviderProcess("memory", d, args=[
             "--nodes", str(a.nodes), "--node-prefix", "vmlet-memory",
             "--pods", str(a.pods_per_node), "--cpu", "64", "--memory", "256Gi"]).start()
         profiler = Profiler(a, self.work, tag)
         env = profiler.facade_env()
-        facade = (ProfiledFacade({"memory": provider.address}, self.facade_kc, d,
-                                 profile_env=env) if env else
-                  FacadeProcess({"memory": provider.address}, self.facade_kc, d)).start()
+        facades: dict[str, FacadeProcess] = {}
         try:
+            if sharded:
+                await self._namespace(SHARD_NAMESPACE)
+            for i in range(replicas):
+                name = "facade" if replicas == 1 else f"facade-{i}"
+                # Each replica its own kubelet API port: only one of them could bind 10250.
+                extra = ["--shard-nodes", f"--leader-election-namespace={SHARD_NAMESPACE}",
+                         f"--kubelet-port={free_port()}"] if sharded else []
+                rd = d if replicas == 1 else d / name
+                facades[name] = (
+                    ProfiledFacade({"memory": provider.address}, self.facade_kc, rd,
+                                   profile_env=env, args=extra) if env else
+                    FacadeProcess({"memory": provider.address}, self.facade_kc, rd,
+                                  args=extra)).start()
+            pids = {name: _pid(f.process) for name, f in facades.items()}
+            if sharded:
+                await wait_shards_served(self.admin, nodes, set(pids.values()), replicas)
             await wait_nodes_ready(self.admin, nodes)
             await wait_namespace_ready(self.admin, ns)
-            stats = self._stats("facade", {"facade": facade.process,
-                                           "provider": provider.process})
-            assert facade.process is not None and facade.process.pid is not None
-            pid = facade.process.pid
+            held = await shard_holders(self.admin) if sharded else {}
+            stats = self._stats(next(iter(facades)), {
+                **{name: f.process for name, f in facades.items()},
+                "provider": provider.process})
+            idle = {name: stats.rss_mb(name) for name in facades}
+            pid = pids[next(iter(facades))]
             await profiler.start(pid)
             result = await run_phase("facade", self.admin, self.watcher, ns, a.pods, nodes,
                                      a.create_concurrency, stats, limit_seconds=a.timeout,
-                                   requests=self.requests)
+                                     requests=self.requests)
             await profiler.stop(pid)
+            served = await self._served(ns, nodes, pids, stats, idle,
+                                        held if sharded else None)
         finally:
-            facade.stop()
+            for f in facades.values():
+                f.stop()
             provider.stop()
             await self.cleanup(ns, nodes)
+            if sharded:
+                await self.admin.delete(  # members, shards, cluster leader: a clean slate
+                    f"/apis/coordination.k8s.io/v1/namespaces/{SHARD_NAMESPACE}/leases")
         if profiler.kind != "none" and profiler.path.exists():
             _say(f"--- {profiler.kind} of the facade, round {tag} ({profiler.path}) ---")
             _say(summarize(profiler.kind, profiler.path))
-        return result
+        return FacadePhase(result, replicas, sharded, served)
+
+    async def _namespace(self, name: str) -> None:
+        try:
+            await self.admin.create("/api/v1/namespaces", {
+                "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+        except ApiError as err:
+            if not err.conflict:
+                raise
+
+    async def _served(self, ns: str, nodes: list[str], pids: dict[str, int], stats: ProcStats,
+                      idle: dict[str, float], held_before: dict[str, int] | None,
+                      ) -> list[ReplicaFigures]:
+        """Each replica's peak RSS, and the nodes and pods it served: the nodes whose shard
+        Leases it holds at the end (all nodes when not sharded)."""
+        held = await shard_holders(self.admin) if held_before is not None else {}
+        if held_before is not None and held != held_before:
+            _say(f"  note: shards moved during the window: {held_before} -> {held}")
+        listing = await self.admin.get(f"/api/v1/namespaces/{ns}/pods")
+        per_node: dict[str, int] = {}
+        for pod in listing.get("items") or []:
+            node = pod.get("spec", {}).get("nodeName", "")
+            per_node[node] = per_node.get(node, 0) + 1
+        out = []
+        for name, pid in pids.items():
+            mine = [n for n in nodes if held_before is None or held.get(n) == pid]
+            out.append(ReplicaFigures(name, pid, stats.peak_mb(name), idle[name], len(mine),
+                                      sum(per_node.get(n, 0) for n in mine)))
+        return out
 
     async def baseline(self, tag: str, pods: int | None = None) -> PhaseResult:
         a = self.args
@@ -336,29 +480,52 @@ class Bench:
             await asyncio.sleep(0.5)
         raise TimeoutError(f"namespace {ns} not gone after 180s")
 
-    async def run(self) -> list[PhaseResult]:
+    async def run(self) -> list[Pair]:
+        """Per round, per replica count, a baseline and a facade phase; their order alternates
+        from one pair to the next (so from round to round with a single replica count)."""
         a = self.args
-        results: list[PhaseResult] = []
+        pairs: list[Pair] = []
         if a.warmup:
             # The first phase on a fresh control plane pays for its warm-up (watch caches
             # initialising, controllers starting): an untimed baseline phase takes that.
             _say(f"warm-up: {a.warmup} pods through the baseline, not counted ...")
             await self.baseline("warmup", pods=a.warmup)
             await asyncio.sleep(a.settle)
+        k = 0
         for r in range(1, a.rounds + 1):
-            order = ["baseline", "facade"]
-            if a.order == "facade-first" or (a.order == "alternate" and r % 2 == 0):
-                order.reverse()
-            if a.phases != "both":
-                order = [a.phases]
-            for kind in order:
-                _say(f"round {r}: {kind} ...")
-                result = await (self.facade(str(r)) if kind == "facade"
-                                else self.baseline(str(r)))
-                _say(f"round {r}: {describe(result)}")
-                results.append(result)
-                await asyncio.sleep(a.settle)
-        return results
+            for replicas in a.replicas:
+                order = ["baseline", "facade"]
+                if a.order == "facade-first" or (a.order == "alternate" and k % 2 == 1):
+                    order.reverse()
+                k += 1
+                if a.phases != "both":
+                    order = [a.phases]
+                pair = Pair(r, replicas)
+                for kind in order:
+                    tag = str(r) if len(a.replicas) == 1 else f"{r}-{replicas}"
+                    label = "facade" if replicas == 1 else f"facade x{replicas}"
+                    _say(f"round {r}: {label if kind == 'facade' else kind} ...")
+                    if kind == "facade":
+                        pair.facade = await self.facade(tag, replicas)
+                        result = pair.facade.result
+                    else:
+                        result = pair.baseline = await self.baseline(tag)
+                    _say(f"round {r}: {describe(result)}")
+                    await asyncio.sleep(a.settle)
+                if pair.facade is not None and pair.facade.sharded:
+                    _say(describe_replicas(pair))
+                pairs.append(pair)
+        return pairs
+
+
+@dataclass
+class Pair:
+    """A facade phase of ``replicas`` replicas and the baseline phase next to it."""
+
+    round: int
+    replicas: int
+    baseline: PhaseResult | None = None
+    facade: FacadePhase | None = None
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -375,6 +542,46 @@ def describe(r: PhaseResult) -> str:
             f"peak {r.worker_peak_rss_mb:.0f} MB; load average {r.load[0]:.1f} -> {r.load[1]:.1f}"
             f"\n    CPU-seconds in the window: {r.cpu_total:.1f} = {cpu}"
             f"\n    apiserver requests in the window: {reqs}")
+
+
+def describe_replicas(pair: Pair) -> str:
+    assert pair.facade is not None
+    f = pair.facade
+    lines = [f"round {pair.round}: facade x{f.replicas} (--shard-nodes), "
+             f"{f.facade_cpu:.1f} CPU-seconds over all replicas"]
+    lines += [f"    {r.name} (pid {r.pid}): {r.nodes} nodes, {r.pods} pods, peak RSS "
+              f"{r.peak_rss_mb:.0f} MB (target <= {r.rss_target_mb:.0f}; before the pods "
+              f"{r.idle_rss_mb:.0f})" for r in f.served]
+    return "\n".join(lines)
+
+
+def report_replicas(pairs: list[Pair], args: argparse.Namespace) -> None:
+    """One line per facade phase: its pods/s next to the baseline's of the same pair, CPU per
+    1000 pods, and each replica's peak RSS against 60 MB + 30 MB per 1000 pods it served."""
+    _say(f"  several replicas: pods/s ratio target >= {TARGET_SHARDED_RATIO}, each replica's "
+         f"peak RSS <= {TARGET_RSS_BASE_MB:.0f} MB + {TARGET_RSS_PER_1000_MB:.0f} MB per 1000 "
+         f"pods served")
+    _say("  | round | replicas | facade pods/s | baseline pods/s | ratio | facade CPU-s / 1000 "
+         "pods (all replicas) | baseline-kubelet CPU-s / 1000 pods | CPU ratio baseline/facade, "
+         "all processes | per replica: nodes, pods, peak RSS MB (target; before the pods) |")
+    _say("  |---|---|---|---|---|---|---|---|---|")
+    for pair in pairs:
+        f, b = pair.facade, pair.baseline
+        if f is None:
+            continue
+        per1000 = 1000 / f.result.pods
+        ratio = f"{f.result.pods_per_second / b.pods_per_second:.2f}" if b else "-"
+        base_rate = f"{b.pods_per_second:.1f}" if b else "-"
+        base_cpu = (f"{b.cpu_seconds.get('baseline-kubelet', 0.0) * 1000 / b.pods:.1f}"
+                    if b else "-")
+        cpu_ratio = f"{b.cpu_total / f.result.cpu_total:.2f}" if b else "-"
+        replicas = "; ".join(
+            f"{r.name}: {r.nodes}, {r.pods}, {r.peak_rss_mb:.0f} ({r.rss_target_mb:.0f}; "
+            f"{r.idle_rss_mb:.0f})" for r in f.served)
+        shard = "" if f.sharded else " (not sharded)"
+        _say(f"  | {pair.round} | {f.replicas}{shard} | {f.result.pods_per_second:.1f} | "
+             f"{base_rate} | {ratio} | {f.facade_cpu * per1000:.1f} | {base_cpu} | {cpu_ratio} | "
+             f"{replicas} |")
 
 
 def machine() -> str:
@@ -451,19 +658,28 @@ def main(argv: list[str] | None = None) -> int:
         install_crds(cp)
         facade_kc = facade_kubeconfig(cp)
 
-        async def go() -> list[PhaseResult]:
+        async def go() -> list[Pair]:
             bench = Bench(cp, facade_kc, args, work)
             try:
                 return await bench.run()
             finally:
                 await bench.close()
 
-        results = asyncio.run(go())
+        pairs = asyncio.run(go())
     finally:
         cp.stop()
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
-    report(results, args)
+    if len(args.replicas) == 1:  # one facade shape: today's summary over the rounds
+        report([r for p in pairs for r in (p.baseline, p.facade.result if p.facade else None)
+                if r is not None], args)
+    else:
+        _say()
+        _say(f"pods_to_running: {args.pods} pods, {args.nodes} nodes x {args.pods_per_node} "
+             f"slots, replicas {','.join(map(str, args.replicas))}, {args.rounds} round(s) "
+             f"({args.order}); {machine()}; {dt.date.today().isoformat()}")
+    if any(p.facade is not None and p.facade.sharded for p in pairs):
+        report_replicas(pairs, args)
     if keep:
         _say(f"  logs and profiles kept in {work}")
     return 0
