@@ -22,11 +22,12 @@ from typing import Any
 
 import pytest
 
+from tests.shardedstack import holders as shard_holders
+from tests.shardedstack import shard_args, sharded_stack, start_replica
 from vmlet.provider.v1 import pod_lifecycle_service_pb2 as lpb
 from vmlet.provider.v1 import pod_lifecycle_service_pb2_grpc as lpb_grpc
-from vmlet_facade.shards import NODE_ANNOTATION, SHARD_LABEL
 from vmlet_localenv.controlplane import ControlPlane
-from vmlet_localenv.services import FacadeProcess, facade_kubeconfig
+from vmlet_localenv.services import FacadeProcess
 from vmlet_localenv.stack import Stack, eventually
 
 pytestmark = pytest.mark.controlplane
@@ -34,36 +35,24 @@ pytestmark = pytest.mark.controlplane
 PROVIDER = "sharded"
 NODES = 4
 SHARD_NAMESPACE = "vmlet-shards"
-ARGS = ["--shard-nodes", "--kubelet-port=0", f"--leader-election-namespace={SHARD_NAMESPACE}",
-        "--lease-seconds=10"]
+ARGS = [*shard_args(SHARD_NAMESPACE), "--kubelet-port=0", "--lease-seconds=10"]
 FAILOVER_SECONDS = 15.0
 
 
 @pytest.fixture(scope="module")
 def stack(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[Stack]:
-    control_plane.kubectl("create", "namespace", SHARD_NAMESPACE, check=False)
-    s = Stack(control_plane, tmp_path_factory.mktemp("shards"),
-              {PROVIDER: ["--nodes", str(NODES)]}, facade_args=ARGS)
-    try:
-        s.start()
+    with sharded_stack(control_plane, tmp_path_factory.mktemp("shards"), PROVIDER, NODES,
+                       SHARD_NAMESPACE, ARGS) as s:
         yield s
-    finally:
-        s.stop()
-        s.print_logs(60)
 
 
 def replica(stack: Stack, directory: Path) -> FacadeProcess:
-    return FacadeProcess({n: p.address for n, p in stack.providers.items()},
-                         facade_kubeconfig(stack.cp), directory, args=ARGS,
-                         pki=stack.pki).start()
+    return start_replica(stack, directory, ARGS)
 
 
 def holders(stack: Stack) -> dict[str, str]:
-    """Node -> the replica holding its shard Lease ("" when free)."""
-    items = stack.kubectl_json("get", "leases", "-n", SHARD_NAMESPACE, "-l", SHARD_LABEL)["items"]
-    return {i["metadata"]["annotations"][NODE_ANNOTATION]: i["spec"].get("holderIdentity", "")
-            for i in items}
+    return shard_holders(stack, SHARD_NAMESPACE)
 
 
 def even(found: dict[str, str]) -> dict[str, str] | None:

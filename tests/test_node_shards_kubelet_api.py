@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from vmlet_facade.shards import NODE_ANNOTATION, SHARD_LABEL
+from tests.shardedstack import holders as shard_holders
+from tests.shardedstack import shard_args, sharded_stack, start_replica
 from vmlet_localenv.controlplane import ControlPlane
 from vmlet_localenv.netns import Netns, NetnsUnavailable, namespaces
-from vmlet_localenv.services import FacadeProcess, facade_kubeconfig
 from vmlet_localenv.stack import KUBELET_PORT, Stack, eventually, kubelet_api_args
 from vmlet_localenv.terminal import kubectl
 
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.controlplane
 
 PROVIDER = "shardapi"
 LEASE_NAMESPACE = "vmlet-shardapi"
-SHARDS = ["--shard-nodes", f"--leader-election-namespace={LEASE_NAMESPACE}"]
+SHARDS = shard_args(LEASE_NAMESPACE)
 
 
 @pytest.fixture(scope="module")
@@ -44,21 +44,14 @@ def hosts() -> Iterator[tuple[Netns, ...]]:
 @pytest.fixture(scope="module")
 def stack(control_plane: ControlPlane, hosts: tuple[Netns, ...],
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    control_plane.kubectl("create", "namespace", LEASE_NAMESPACE, check=False)
-    s = Stack(control_plane, tmp_path_factory.mktemp("shardapi"), {PROVIDER: ["--nodes", "2"]},
-              facade_args=[*SHARDS, *kubelet_api_args(control_plane, hosts[0], KUBELET_PORT)])
-    try:
-        s.start()
+    with sharded_stack(control_plane, tmp_path_factory.mktemp("shardapi"), PROVIDER, 2,
+                       LEASE_NAMESPACE, [*SHARDS, *kubelet_api_args(control_plane, hosts[0],
+                                                                    KUBELET_PORT)]) as s:
         yield s
-    finally:
-        s.stop()
-        s.print_logs(40)
 
 
 def holders(stack: Stack) -> dict[str, str]:
-    items = stack.kubectl_json("get", "leases", "-n", LEASE_NAMESPACE, "-l", SHARD_LABEL)["items"]
-    return {i["metadata"]["annotations"][NODE_ANNOTATION]: i["spec"].get("holderIdentity", "")
-            for i in items}
+    return shard_holders(stack, LEASE_NAMESPACE)
 
 
 def internal_ip(stack: Stack, node: str) -> str:
@@ -75,11 +68,8 @@ def test_a_taken_over_nodes_kubelet_api_answers_through_the_new_replica(
         stack: Stack, control_plane: ControlPlane, hosts: tuple[Netns, ...],
         tmp_path: Path) -> None:
     first_host, second_host = hosts
-    second = FacadeProcess({n: p.address for n, p in stack.providers.items()},
-                           facade_kubeconfig(stack.cp), tmp_path / "second",
-                           args=[*SHARDS, *kubelet_api_args(control_plane, second_host,
-                                                            KUBELET_PORT)],
-                           pki=stack.pki).start()
+    second = start_replica(stack, tmp_path / "second",
+                           [*SHARDS, *kubelet_api_args(control_plane, second_host, KUBELET_PORT)])
     try:
         stack.wait_kubelet_api(first_host.ip)
         stack.wait_kubelet_api(second_host.ip)

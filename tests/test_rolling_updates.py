@@ -22,11 +22,13 @@ from typing import Any
 
 import pytest
 
+from tests.shardedstack import holders as shard_holders
+from tests.shardedstack import members as shard_members
+from tests.shardedstack import shard_args, sharded_stack, start_replica
 from vmlet.provider.v1 import pod_lifecycle_service_pb2 as lpb
 from vmlet.provider.v1 import pod_lifecycle_service_pb2_grpc as lpb_grpc
-from vmlet_facade.shards import MEMBER_LABEL, SHARD_LABEL
 from vmlet_localenv.controlplane import ControlPlane
-from vmlet_localenv.services import FacadeProcess, facade_kubeconfig
+from vmlet_localenv.services import FacadeProcess
 from vmlet_localenv.stack import Stack, eventually
 
 pytestmark = pytest.mark.controlplane
@@ -36,39 +38,27 @@ NODES = 4
 PODS = 200
 BATCH = 10
 LEASE_NAMESPACE = "vmlet-rolling"
-ARGS = ["--shard-nodes", "--kubelet-port=0", f"--leader-election-namespace={LEASE_NAMESPACE}"]
+ARGS = [*shard_args(LEASE_NAMESPACE), "--kubelet-port=0"]
 
 
 @pytest.fixture(scope="module")
 def stack(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[Stack]:
-    control_plane.kubectl("create", "namespace", LEASE_NAMESPACE, check=False)
-    s = Stack(control_plane, tmp_path_factory.mktemp("rolling"),
-              {PROVIDER: ["--nodes", str(NODES)]}, facade_args=ARGS)
-    try:
-        s.start()
+    with sharded_stack(control_plane, tmp_path_factory.mktemp("rolling"), PROVIDER, NODES,
+                       LEASE_NAMESPACE, ARGS) as s:
         yield s
-    finally:
-        s.stop()
-        s.print_logs(40)
 
 
 def replica(stack: Stack, directory: Path) -> FacadeProcess:
-    return FacadeProcess({n: p.address for n, p in stack.providers.items()},
-                         facade_kubeconfig(stack.cp), directory, args=ARGS,
-                         pki=stack.pki).start()
+    return start_replica(stack, directory, ARGS)
 
 
 def holders(stack: Stack) -> set[str]:
-    items = stack.kubectl_json("get", "leases", "-n", LEASE_NAMESPACE, "-l", SHARD_LABEL)["items"]
-    return {i["spec"].get("holderIdentity", "") for i in items} - {""}
+    return set(shard_holders(stack, LEASE_NAMESPACE).values()) - {""}
 
 
 def members(stack: Stack) -> set[str]:
-    """The replicas in the membership Leases (they leave when stopped)."""
-    items = stack.kubectl_json("get", "leases", "-n", LEASE_NAMESPACE, "-l",
-                               MEMBER_LABEL)["items"]
-    return {i["spec"].get("holderIdentity", "") for i in items} - {""}
+    return shard_members(stack, LEASE_NAMESPACE)
 
 
 def pods(stack: Stack, ns: str) -> list[Any]:
