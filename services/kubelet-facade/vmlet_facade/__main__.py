@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import asyncio.sslproto
 import ipaddress
 import logging
 import os
@@ -200,6 +201,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+_TLS_READ_BUFFER = 64 * 1024
+
+
+def _small_tls_read_buffers() -> None:
+    """asyncio gives every TLS connection a 256 KiB read buffer, touched at once; the facade
+    holds one connection per node watch and per request in flight to the apiserver, plus the
+    kubelet API's, so at 100 nodes those buffers alone come to ~35 MB. A TLS record is at most
+    16 KiB: 64 KiB still takes several records per read."""
+    asyncio.sslproto.SSLProtocol.max_size = _TLS_READ_BUFFER
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -241,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from vmlet_facade.kube.config import KubeConfigError
 
+    _small_tls_read_buffers()
     try:
         asyncio.run(amain())
     except KubeConfigError as err:  # one line, not a stack trace
