@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +81,7 @@ def test_token_and_token_file(tmp_path: Path) -> None:
     config = KubeConfig.from_file(kubeconfig(tmp_path / "kc", {"token": "abc"},
                                              **{"insecure-skip-tls-verify": True}))
     assert config.insecure
-    assert (config.token, config.bearer_token(), config.authorization()) == (
-        "abc", "abc", "Bearer abc")
+    assert (config.bearer_token(), config.authorization()) == ("abc", "Bearer abc")
     (tmp_path / "token").write_text("from-file\n")
     config = KubeConfig.from_file(kubeconfig(tmp_path / "kc", {"tokenFile": "token"}))
     assert config.authorization() == "Bearer from-file"
@@ -94,12 +96,32 @@ def test_a_hand_made_config_keeps_its_token_file(tmp_path: Path) -> None:
     assert KubeConfig(server="http://x").authorization() is None
 
 
-def test_exec_plugin_token_is_refreshed_once_expired(tmp_path: Path) -> None:
-    # Within the loader's 5 minutes of skew: expired at every use, so the plugin runs again.
+def test_exec_plugin_token_is_renewed_in_the_background_before_it_expires(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Within the loader's 5 minutes of skew: the current token is used while the plugin runs
+    # again in the background, once at a time.
+    monkeypatch.setattr(kube_config, "_RENEW_INTERVAL", 0.0)
     config = KubeConfig.from_file(kubeconfig(tmp_path / "kc", exec_user(tmp_path, 60)))
-    assert config.token == "tok-1" and runs(tmp_path) == 1
-    assert config.authorization() == "Bearer tok-2"
-    assert config.bearer_token() == "tok-3"
+    assert config.authorization() == "Bearer tok-1" and runs(tmp_path) == 1
+    assert config.authorization() == "Bearer tok-1"  # one renewal in flight, not two
+    assert _eventually(lambda: config.authorization() == "Bearer tok-2")
+
+
+def test_an_expired_exec_plugin_token_is_renewed_at_most_every_interval(
+        tmp_path: Path) -> None:
+    config = KubeConfig.from_file(kubeconfig(tmp_path / "kc", exec_user(tmp_path, -1)))
+    for _ in range(3):  # just loaded: no renewal before the interval, however expired
+        assert config.authorization() == "Bearer tok-1"
+    assert runs(tmp_path) == 1
+
+
+def _eventually(check: Callable[[], bool], timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def test_exec_plugin_token_is_kept_until_it_expires(tmp_path: Path) -> None:
@@ -151,18 +173,19 @@ def test_kubeconfig_list_is_merged_and_context_chosen(tmp_path: Path,
 
 def test_in_cluster_reads_the_service_account(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from kubernetes.config import incluster_config
-
     (tmp_path / "token").write_text("sa-token\n")
     (tmp_path / "ca.crt").write_text("CA")
-    monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(tmp_path / "token"))
-    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(tmp_path / "ca.crt"))
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "fd00::1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
-    config = KubeConfig.in_cluster()
+    config = KubeConfig.in_cluster(tmp_path)
     assert config.server == "https://[fd00::1]:443"
     assert config.ca_file == str(tmp_path / "ca.crt")
     assert config.authorization() == "Bearer sa-token"
+    (tmp_path / "token").write_text("rotated\n")  # as the kubelet renews the projected token
+    assert config.authorization() == "Bearer rotated"
+    (tmp_path / "token").unlink()
+    with pytest.raises(KubeConfigError, match=r"^in-cluster config: .*token"):
+        KubeConfig.in_cluster(tmp_path)
 
 
 @pytest.mark.parametrize(("content", "message"), [
@@ -238,15 +261,25 @@ def test_client_reloads_once_after_401(tmp_path: Path) -> None:
 
 
 
-def test_a_configuration_translates_for_the_aiohttp_client() -> None:
-    from kubernetes.client import Configuration
+def test_the_loader_runs_apart_and_its_pem_files_are_private(tmp_path: Path) -> None:
+    config = KubeConfig.from_file(kubeconfig(
+        tmp_path / "kc", {"client-certificate-data": b64(b"CERT"),
+                          "client-key-data": b64(b"KEY")},
+        **{"certificate-authority-data": b64(b"CA"), "insecure-skip-tls-verify": False}))
+    for path in (config.ca_file, config.cert_file, config.key_file):
+        assert path and Path(path).stat().st_mode & 0o077 == 0
+    assert config.server == "https://127.0.0.1:6443" and not config.insecure
+    # A fresh process that loads a kubeconfig never imports the package itself.
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys; from vmlet_facade.kube import KubeConfig; "
+         f"KubeConfig.from_file({str(tmp_path / 'kc')!r}); "
+         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'kubernetes'))"],
+        capture_output=True, text=True, timeout=120, check=True)
+    assert probe.stdout == "[]\n"
 
-    configuration = Configuration(host="https://10.0.0.1:6443/",
-                                  api_key={"authorization": "Bearer xyz"})
-    configuration.ssl_ca_cert, configuration.verify_ssl = "/ca.crt", False
-    configuration.cert_file, configuration.key_file = "/c.crt", "/c.key"
-    config = KubeConfig.from_configuration(configuration)
-    assert config == KubeConfig(server="https://10.0.0.1:6443", ca_file="/ca.crt",
-                                cert_file="/c.crt", key_file="/c.key", token="xyz",
-                                insecure=True)
-    assert config.authorization() == "Bearer xyz"
+
+def test_a_loader_that_dies_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "nothing-here"))
+    monkeypatch.setattr(kube_config.sys, "executable", "/bin/false")
+    with pytest.raises(KubeConfigError, match=r"credential loader failed \(exit 1\)"):
+        KubeConfig.from_file(kubeconfig(tmp_path / "kc", {"token": "t"}))
