@@ -11,10 +11,15 @@ VMLET_SETUP ?= all
 export VMLET_CACHE := $(CACHE)
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: setup up down demo test test-cold lint proto bench
+.PHONY: setup images up down demo test test-cold lint proto bench
 
 setup:
 	@VMLET_SETUP=$(VMLET_SETUP) bash hack/setup.sh >/dev/null
+
+# Every service's image (vmlet/<service>:0.1.0), built offline with BuildKit on a Debian base made
+# with debootstrap; the cache keeps base and wheels (hack/images.sh).
+images:
+	@bash hack/images.sh
 
 # A target-specific value holds for the target's prerequisites too: here, setup.
 up demo: VMLET_SETUP = $(IAAS)
