@@ -19,6 +19,7 @@ round so neither always runs on a warmer or fuller cluster. Every phase cleans u
     ... --profile cprofile   # cProfile the facade during its measured window
     ... --profile tracemalloc  # where the facade's Python memory is at the end
     ... --replicas 1,2,4     # the facade phase with 1, 2 and 4 replicas (--shard-nodes)
+    ... --contender vk       # upstream virtual-kubelet (mock provider) too: contender_vk.py
 
 A benchmark, never a test: it prints figures and passes no judgement beyond naming the targets.
 """
@@ -42,6 +43,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from contender_vk import VirtualKubeletContender, add_arguments, report_contender, resolve_binary
 from profiles import summarize
 from workload import PhaseResult, ProcStats, run_phase, wait_namespace_ready, wait_nodes_ready
 
@@ -98,11 +100,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None,
                    help="keep logs and profiles here (default: a temporary directory, removed "
                         "at the end unless --profile is given)")
+    add_arguments(p)
     args = p.parse_args(argv)
     if args.profile != "none" and max(args.replicas) > 1:
         p.error("--profile profiles a single facade: use it with --replicas 1")
     if not args.pods_per_node:
         args.pods_per_node = max(300, math.ceil(1.2 * args.pods / args.nodes))
+    args.vk_binary = resolve_binary(args)  # builds it (or finds it cached) unless left out
     return args
 
 
@@ -309,6 +313,7 @@ class Bench:
         self.admin = KubeClient(config, max_connections=64)
         self.watcher = KubeClient(config, max_connections=4)
         self.cp_pids = {p.name: p.pid for p in cp.processes if p.pid is not None}
+        self.contender = VirtualKubeletContender(args.vk_binary) if args.vk_binary else None
 
     async def close(self) -> None:
         await self.admin.close()
@@ -493,6 +498,7 @@ class Bench:
             await asyncio.sleep(a.settle)
         k = 0
         for r in range(1, a.rounds + 1):
+            await self._contend(r, first=True)
             for replicas in a.replicas:
                 order = ["baseline", "facade"]
                 if a.order == "facade-first" or (a.order == "alternate" and k % 2 == 1):
@@ -515,7 +521,15 @@ class Bench:
                 if pair.facade is not None and pair.facade.sharded:
                     _say(describe_replicas(pair))
                 pairs.append(pair)
+            await self._contend(r, first=False)
         return pairs
+
+    async def _contend(self, r: int, first: bool) -> None:
+        """The contender's phase, once a round: first in odd rounds, last in even ones."""
+        if self.contender is not None and (r % 2 == 1) == first:
+            _say(f"round {r}: virtual-kubelet (contender) ...")
+            _say(f"round {r}: {describe(await self.contender.phase(self, r))}")
+            await asyncio.sleep(self.args.settle)
 
 
 @dataclass
@@ -531,7 +545,7 @@ class Pair:
 # -- report -------------------------------------------------------------------------------------
 
 def describe(r: PhaseResult) -> str:
-    worker = "facade" if r.kind == "facade" else "baseline-kubelet"
+    worker = {"baseline": "baseline-kubelet"}.get(r.kind, r.kind)
     cpu = ", ".join(f"{name} {sec:.1f}" for name, sec in sorted(
         r.cpu_seconds.items(), key=lambda kv: -kv[1]))
     reqs = ", ".join(f"{key} {n:.0f}" for key, n in sorted(r.requests.items(),
@@ -658,14 +672,14 @@ def main(argv: list[str] | None = None) -> int:
         install_crds(cp)
         facade_kc = facade_kubeconfig(cp)
 
-        async def go() -> list[Pair]:
+        async def go() -> tuple[list[Pair], VirtualKubeletContender | None]:
             bench = Bench(cp, facade_kc, args, work)
             try:
-                return await bench.run()
+                return await bench.run(), bench.contender
             finally:
                 await bench.close()
 
-        pairs = asyncio.run(go())
+        pairs, contender = asyncio.run(go())
     finally:
         cp.stop()
         if not keep:
@@ -680,6 +694,7 @@ def main(argv: list[str] | None = None) -> int:
              f"({args.order}); {machine()}; {dt.date.today().isoformat()}")
     if any(p.facade is not None and p.facade.sharded for p in pairs):
         report_replicas(pairs, args)
+    report_contender(pairs, contender, args)
     if keep:
         _say(f"  logs and profiles kept in {work}")
     return 0
