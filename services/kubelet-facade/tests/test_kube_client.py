@@ -101,3 +101,44 @@ def test_the_request_log_is_off_unless_asked_and_a_bad_file_turns_it_off(
     assert unwritable.path == ""
     unwritable.record("GET", "/api/v1/nodes", False, 200)
     assert not (tmp_path / "no-such-dir").exists()
+
+
+def test_open_watches_leave_the_requests_their_connections() -> None:
+    """More watches than the requests' pool holds connections (a replica serving more nodes
+    than max_connections): a request still goes through at once."""
+    async def go() -> None:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = await reader.readuntil(b"\r\n\r\n")
+            if b"watch=true" in head:  # a watch that sends nothing and stays open
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n")
+                await writer.drain()
+                await reader.read()
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: 2\r\n\r\n{}")
+                await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = KubeClient(KubeConfig(server=f"http://127.0.0.1:{port}"), max_connections=2)
+
+        async def watch(node: str) -> None:
+            async for _ in client.stream_watch("/api/v1/pods",
+                                               {"fieldSelector": f"spec.nodeName={node}"}):
+                pass
+
+        watches = [asyncio.create_task(watch(f"node-{i}")) for i in range(5)]
+        try:
+            await asyncio.sleep(0.3)
+            assert not any(w.done() for w in watches)
+            assert await asyncio.wait_for(client.get("/api/v1/nodes"), 5) == {}
+        finally:
+            for w in watches:
+                w.cancel()
+            await asyncio.gather(*watches, return_exceptions=True)
+            await client.close()
+            server.close()
+
+    asyncio.run(go())

@@ -66,14 +66,27 @@ class KubeClient:
         self._ssl = config.ssl_context()
         self._max = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._watch_session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
+        """Requests share ``max_connections`` keep-alive connections."""
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self._ssl, limit=self._max),
                 json_serialize=json.dumps,
             )
         return self._session
+
+    def _watch_client(self) -> aiohttp.ClientSession:
+        """Watches have connections of their own, as many as are open: each holds one for as
+        long as it runs, so in the requests' pool 64 node watches would leave no connection to
+        any request (found at 100 nodes: nothing but watches went through)."""
+        if self._watch_session is None or self._watch_session.closed:
+            self._watch_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=0),
+                json_serialize=json.dumps,
+            )
+        return self._watch_session
 
     def _headers(self, content_type: str | None = None) -> dict[str, str]:
         headers = {"Accept": "application/json", "User-Agent": "vmlet-facade/0.1"}
@@ -89,8 +102,9 @@ class KubeClient:
         return await asyncio.to_thread(self.config.reload)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._watch_session):
+            if session is not None:
+                await session.close()
         self.request_log.close()
 
     async def request(
@@ -146,7 +160,7 @@ class KubeClient:
         """Yield the raw watch events of one watch request until the server ends it."""
         query = {**params, "watch": "true", "allowWatchBookmarks": "true",
                  "timeoutSeconds": str(timeout_seconds)}
-        async with self._client().get(
+        async with self._watch_client().get(
             self.config.server + _checked(path), params=query, headers=self._headers(),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10,
                                           sock_read=timeout_seconds + 30),
