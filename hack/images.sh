@@ -13,8 +13,8 @@
 # 5. `docker build --network none` of each image (vmlet/<service>:VMLET_IMAGE_TAG, default the
 #    workspace's version 0.1.0, as docker-compose.yml names them); sizes are printed at the end.
 # 6. hack/images/verify.sh runs each one read-only, as uid 65532, and stops it with SIGTERM.
-# The simulators compose also builds (hack/sim/*) start FROM registry images (golang, python) and
-# are not built here. Build logs: VMLET_CACHE/logs/images-<service>.log.
+# vcsim's image, which compose also runs, is built on the same base by `docker compose build vcsim`
+# (hack/compose-e2e.sh prepare stages its binary). Build logs: VMLET_CACHE/logs/images-<service>.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE="${VMLET_CACHE:-$HOME/.cache/vmlet}"

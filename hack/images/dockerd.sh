@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Starts or stops a Docker engine for `make images` when none answers on DOCKER_HOST (or the
-# default socket). Debian's dockerd, with no default bridge and no iptables rules: containers and
-# builds use the host's network (or none), so the engine claims no private address range and
-# leaves iptables as it found it.
+# Starts or stops a Docker engine for `make images` (and hack/compose-e2e.sh) when none answers on
+# DOCKER_HOST (or the default socket). Debian's dockerd, with no default bridge and no iptables
+# rules: builds use the host's network (or none) and the engine leaves iptables as it found it.
+# The networks it makes on request (compose's) take their subnets from the test-host range only
+# (VMLET_DOCKER_ADDRESS_POOL, default 198.19.192.0/18 in /24s), never the engine's default
+# private ranges; published ports go through docker-proxy, which needs no iptables rule.
 #   bash hack/images/dockerd.sh start   # prints "started" when it started one, "running" if one answered
 #   bash hack/images/dockerd.sh stop    # stops the one `start` started (pid file), nothing else
 # The data root (VMLET_DOCKER_ROOT, default /var/lib/docker) keeps the images across restarts.
@@ -24,6 +26,7 @@ case "${1:-}" in
     # setsid: the engine outlives this script's process group, and stop ends it by its pid only.
     setsid /usr/sbin/dockerd --data-root "${VMLET_DOCKER_ROOT:-/var/lib/docker}" \
       --pidfile "$PIDFILE" --bridge=none --iptables=false --ip-masq=false \
+      --default-address-pool "${VMLET_DOCKER_ADDRESS_POOL:-base=198.19.192.0/18,size=24}" \
       --storage-driver=overlay2 --exec-opt native.cgroupdriver=cgroupfs \
       >"$CACHE/logs/dockerd.log" 2>&1 </dev/null &
     for _ in $(seq 1 120); do
