@@ -81,6 +81,7 @@ class NodeController(Generic[N]):
         self._settings = settings
         self._events = events
         self.nodes: dict[str, node_pb2.Node] = {}  # the nodes served here, by name
+        self._wanted: set[str] = set()  # with ``sharded``: the nodes ``serve`` was called for
         self.uids: dict[str, str] = {}
         #: Every node the provider lists; with ``sharded``, only those ``serve`` was called for
         #: are served here (``shards``), else all of them.
@@ -183,11 +184,13 @@ class NodeController(Generic[N]):
         node = self.known.get(name)
         if node is None:
             raise KeyError(f"provider {self.provider.name} lists no node {name}")
+        self._wanted.add(name)
         if name not in self.nodes:
             await self.register(node)
 
     def release(self, name: str) -> None:
         """Stop serving node ``name`` here (another replica serves it); the Node stays."""
+        self._wanted.discard(name)
         if self.nodes.pop(name, None) is not None:
             self.uids.pop(name, None)
             for listener in self.removed:
@@ -229,14 +232,22 @@ class NodeController(Generic[N]):
         await self.write_status(node.name)
 
     def _remember(self, node: node_pb2.Node) -> None:
+        self.known[node.name] = node
+        if self._sharded and node.name not in self._wanted:
+            self.uids.pop(node.name, None)  # released while its registration was under way
+            return
         new = node.name not in self.nodes
-        self.nodes[node.name] = self.known[node.name] = node
+        self.nodes[node.name] = node
         if new:
             for listener in self.added:
                 listener(node.name)
 
     async def write_status(self, name: str) -> None:
-        node = self.nodes[name]
+        """Write node ``name``'s status, if it is still served here: a loop over the nodes
+        awaits between them, and a shard handed over meanwhile is another replica's to write."""
+        node = self.nodes.get(name)
+        if node is None:
+            return
         await self._client.patch(f"/api/v1/nodes/{name}/status", {"status": self._status(node)})
 
     async def _diagnose(self, err: ProviderError) -> Outage:
