@@ -466,15 +466,22 @@ class Bench:
         """Force-delete the phase's pods (no kubelet is left to finish a graceful deletion),
         then its namespace and nodes; wait until the namespace is gone."""
         grace0 = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0}
+        deadline = time.monotonic() + 180 + self.args.pods / 20
         for path, body in ([(f"/api/v1/namespaces/{ns}/pods", grace0),
                             (f"/api/v1/namespaces/{ns}", None)]
                            + [(f"/api/v1/nodes/{n}", None) for n in nodes]):
-            try:
-                await self.admin.request("DELETE", path, body=body, request_timeout=300)
-            except ApiError as err:
-                if not err.not_found:
-                    raise
-        deadline = time.monotonic() + 180
+            while True:
+                try:
+                    await self.admin.request("DELETE", path, body=body, request_timeout=300)
+                    break
+                except ApiError as err:
+                    if err.not_found:
+                        break
+                    # The apiserver ends a request at its 60 s timeout (its connection closed,
+                    # a 503 here) while deleting thousands of pods goes on: ask again.
+                    if err.status not in (503, 504) or time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(2)
         while time.monotonic() < deadline:
             try:
                 await self.admin.get(f"/api/v1/namespaces/{ns}")
@@ -483,7 +490,7 @@ class Bench:
                     return
                 raise
             await asyncio.sleep(0.5)
-        raise TimeoutError(f"namespace {ns} not gone after 180s")
+        raise TimeoutError(f"namespace {ns} not gone in time")
 
     async def run(self) -> list[Pair]:
         """Per round, per replica count, a baseline and a facade phase; their order alternates
