@@ -71,10 +71,7 @@ class KubeClient:
     def _client(self) -> aiohttp.ClientSession:
         """Requests share ``max_connections`` keep-alive connections."""
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=self._max),
-                json_serialize=json.dumps,
-            )
+            self._session = self._new_session(self._max)
         return self._session
 
     def _watch_client(self) -> aiohttp.ClientSession:
@@ -82,11 +79,13 @@ class KubeClient:
         long as it runs, so in the requests' pool 64 node watches would leave no connection to
         any request (found at 100 nodes: nothing but watches went through)."""
         if self._watch_session is None or self._watch_session.closed:
-            self._watch_session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=0),
-                json_serialize=json.dumps,
-            )
+            self._watch_session = self._new_session(0)
         return self._watch_session
+
+    def _new_session(self, limit: int) -> aiohttp.ClientSession:
+        """A session over the apiserver's TLS, with at most ``limit`` connections (0: no limit)."""
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl, limit=limit),
+                                     json_serialize=json.dumps)
 
     def _headers(self, content_type: str | None = None) -> dict[str, str]:
         headers = {"Accept": "application/json", "User-Agent": "vmlet-facade/0.1"}
