@@ -1,7 +1,9 @@
-"""Node shards: replicas share the nodes through one Lease per node (issue 19 items 1 and 2)."""
+"""Node shards: replicas share the nodes through one Lease per node, held while its replica's
+membership Lease is renewed (issue 19 items 1 and 2)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Iterator
 
@@ -9,6 +11,7 @@ import pytest
 from fakes import FakeKube
 
 from vmlet_facade import shards
+from vmlet_facade.kube import ApiError
 from vmlet_facade.shards import NODE_ANNOTATION, ShardKeeper, shard_lease_name
 
 NODES = ["esx-1", "esx-2", "esx-3", "esx-4", "esx-5"]
@@ -86,12 +89,14 @@ async def test_two_replicas_share_the_nodes_and_never_serve_one_twice(
     a, b = Replica(kube, "a"), Replica(kube, "b")
     await a.keeper.round()  # alone so far: takes all five
     assert a.serving == set(NODES)
-    for _ in range(6):
+    for second in range(2, 26, 2):
         clock.advance(2)
         await b.keeper.round()
         assert_exclusive(a, b)
-        await a.keeper.round()  # gives back one a round while above its share
+        await a.keeper.round()  # gives back one a round while above its share...
         assert_exclusive(a, b)
+        if second < 12:  # ...once the replicas have stayed the same for the duration
+            assert a.serving == set(NODES), second
     assert sorted([len(a.serving), len(b.serving)]) == [2, 3]
     assert a.serving | b.serving == set(NODES)
     assert (await holders(kube)) == {
@@ -189,28 +194,23 @@ async def test_replicas_of_other_providers_do_not_count_toward_the_share(
 
 async def test_a_replica_cut_off_from_the_apiserver_stops_serving_after_the_duration(
         kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fault: every apiserver call of replica a fails. It keeps its nodes for the Leases'
-    duration (a short outage changes nothing), then stops serving them, since another replica
-    may have taken them; nothing is written meanwhile."""
-    import asyncio
-
-    from vmlet_facade.kube import ApiError
-
+    """The fault: every apiserver call of replica a fails. It keeps its nodes for the
+    membership's duration (a short outage changes nothing), then stops serving them, since
+    another replica may have taken them; nothing is written meanwhile."""
     a = Replica(kube, "a", nodes=["esx-1"])
+    loop_time = fake_loop_time(monkeypatch)
     await a.keeper.round()
-    loop_time = [0.0]
-    monkeypatch.setattr(asyncio.get_running_loop(), "time", lambda: loop_time[0])
 
     async def refused(*args: object, **kwargs: object) -> None:
         raise ApiError(503, "Unreachable", "the apiserver could not be reached")
 
     async def no_sleep(seconds: float) -> None:
         loop_time[0] += seconds
+        clock.advance(seconds)
         if loop_time[0] > 30:
             raise asyncio.CancelledError
 
-    monkeypatch.setattr(a.keeper, "round", refused)
-    monkeypatch.setattr(a.keeper, "give_back_all", lambda: asyncio.sleep(0))
+    monkeypatch.setattr(a.keeper, "_renew_membership", refused)
     monkeypatch.setattr(shards.asyncio, "sleep", no_sleep)
     seen: list[tuple[float, set[str]]] = []
     original = a.keeper.drop_all
@@ -220,7 +220,72 @@ async def test_a_replica_cut_off_from_the_apiserver_stops_serving_after_the_dura
         await original()
 
     monkeypatch.setattr(a.keeper, "drop_all", drop_all)
+    writes = len(kube.writes())
     with pytest.raises(asyncio.CancelledError):
-        await a.keeper.run()
-    assert seen and seen[0] == (12.0, {"esx-1"})  # the first round past 10 s
+        await a.keeper.heartbeat()
+    assert seen and seen[0] == (11.0, {"esx-1"})  # the first renewal tried past 10 s
+    assert a.serving == set() and len(kube.writes()) == writes
+
+
+def fake_loop_time(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The running loop's clock, set by hand: [seconds]."""
+    now = [0.0]
+    monkeypatch.setattr(asyncio.get_running_loop(), "time", lambda: now[0])
+    return now
+
+
+async def test_a_round_writes_one_lease_however_many_nodes_it_serves(
+        kube: FakeKube, clock: Clock) -> None:
+    """Shards are written when they change hands, never renewed: at 50 nodes and two
+    replicas, a settled round writes only the replica's membership Lease."""
+    nodes = [f"esx-{i}" for i in range(50)]
+    a, b = Replica(kube, "a", nodes), Replica(kube, "b", nodes)
+    for _ in range(40):
+        clock.advance(2)
+        await a.keeper.round()
+        await b.keeper.round()
+        assert_exclusive(a, b)
+    assert len(a.serving) == len(b.serving) == 25
+    before = len(kube.writes(path_part="/leases"))
+    clock.advance(2)
+    await a.keeper.round()
+    await b.keeper.round()
+    written = kube.writes(path_part="/leases")[before:]
+    assert [c.path.rsplit("/", 1)[1] for c in written] == ["vmlet-facade-a", "vmlet-facade-b"]
+
+
+async def test_a_replica_whose_rounds_lag_keeps_its_nodes_while_its_membership_is_renewed(
+        kube: FakeKube, clock: Clock) -> None:
+    """The fault behind the churn at 10,000 pods: a replica's rounds stall (busy starting
+    nodes, or starved of CPU) for longer than the duration. Its membership is still renewed
+    (``heartbeat``), so the other replica takes none of its nodes."""
+    a, b = Replica(kube, "a"), Replica(kube, "b")
+    for _ in range(12):
+        clock.advance(2)
+        await a.keeper.round()
+        await b.keeper.round()
+    mine, theirs = set(a.serving), set(b.serving)
+    assert mine and theirs
+    for _ in range(15):  # 30 s of a's rounds not running
+        clock.advance(2)
+        await a.keeper._renew_membership()
+        await b.keeper.round()
+        assert b.serving == theirs
+    assert (await holders(kube)) == {**dict.fromkeys(mine, "a"), **dict.fromkeys(theirs, "b")}
+
+
+async def test_a_replica_paused_past_the_duration_drops_its_nodes_before_it_renews(
+        kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fault: replica a is paused (SIGSTOP, a stalled host) longer than the duration, and
+    b takes its nodes meanwhile. Whatever a does first when it resumes, renewing its
+    membership drops every node it served, before the renewal makes it live again."""
+    loop_time = fake_loop_time(monkeypatch)
+    a, b = Replica(kube, "a"), Replica(kube, "b")
+    await a.keeper.round()
+    loop_time[0] += 12
+    clock.advance(12)
+    await b.keeper.round()
+    assert b.serving == set(NODES)
+    await a.keeper._renew_membership()
     assert a.serving == set()
+    assert_exclusive(a, b)
