@@ -210,7 +210,7 @@ class VirtualKubeletContender:
             stats = GroupStats({**bench.cp_pids, "bench": os.getpid()}, GROUP, members, alive)
             result = await run_phase(GROUP, bench.admin, bench.watcher, ns, a.pods, nodes,
                                      a.create_concurrency, stats, limit_seconds=a.timeout,
-                                     requests=bench.requests)
+                                     requests=bench.requests, bare=a.bare_pods)
             peaks = stats.member_mb("VmHWM")
             self.runs.append(ContenderRun(round_, result, len(procs), max(peaks.values())))
             return result

@@ -97,6 +97,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "than one replica implies --shard-nodes")
     p.add_argument("--shard-nodes", action="store_true",
                    help="run the facade with --shard-nodes even as a single replica")
+    p.add_argument("--bare-pods", action="store_true",
+                   help="pods that do not tolerate node outages (as a user's bare pod may be): "
+                        "the facade patches each before making its VM. By default they carry "
+                        "the tolerations a VirtualMachine's pod has")
     p.add_argument("--out", type=Path, default=None,
                    help="keep logs and profiles here (default: a temporary directory, removed "
                         "at the end unless --profile is given)")
@@ -388,7 +392,7 @@ class Bench:
             await profiler.start(pid)
             result = await run_phase("facade", self.admin, self.watcher, ns, a.pods, nodes,
                                      a.create_concurrency, stats, limit_seconds=a.timeout,
-                                     requests=self.requests)
+                                     requests=self.requests, bare=a.bare_pods)
             await profiler.stop(pid)
             served = await self._served(ns, nodes, pids, stats, idle,
                                         held if sharded else None)
@@ -457,7 +461,7 @@ class Bench:
             stats = self._stats("baseline-kubelet", {"baseline-kubelet": kubelet})
             return await run_phase("baseline", self.admin, self.watcher, ns, pods or a.pods, nodes,
                                    a.create_concurrency, stats, limit_seconds=a.timeout,
-                                   requests=self.requests)
+                                   requests=self.requests, bare=a.bare_pods)
         finally:
             kubelet.stop()
             await self.cleanup(ns, nodes)

@@ -35,8 +35,18 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 Obj = dict[str, Any]
 
 
-def pod_manifest(namespace: str, index: int, nodes: list[str]) -> Obj:
-    """A pod that only the phase's nodes accept, with no nodeName: the scheduler binds it."""
+# What vmlet's own VM pods carry (vmapi.provider_tolerations): the node-outage taints tolerated
+# for ever, which a facade otherwise adds to each pod with a PATCH before it makes its VM.
+OUTAGE_TOLERATIONS = [
+    {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute"},
+    {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"},
+]
+
+
+def pod_manifest(namespace: str, index: int, nodes: list[str], *, bare: bool = False) -> Obj:
+    """A pod that only the phase's nodes accept, with no nodeName: the scheduler binds it. It
+    tolerates node outages as a VirtualMachine's pod does, unless ``bare`` (a user's pod that
+    says nothing of them: the apiserver gives it 300 s, and the facade patches it)."""
     return {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": f"p-{index:05d}", "namespace": namespace,
@@ -44,7 +54,8 @@ def pod_manifest(namespace: str, index: int, nodes: list[str]) -> Obj:
         "spec": {
             "containers": [{"name": "main", "image": "debian-12",
                             "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}],
-            "tolerations": [{"key": TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
+            "tolerations": [{"key": TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"},
+                            *([] if bare else OUTAGE_TOLERATIONS)],
             # Both phases' pods carry the same affinity, so the scheduler does the same work.
             "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
                 "nodeSelectorTerms": [{"matchExpressions": [{
@@ -54,13 +65,13 @@ def pod_manifest(namespace: str, index: int, nodes: list[str]) -> Obj:
 
 
 async def create_pods(client: KubeClient, namespace: str, count: int, nodes: list[str],
-                      concurrency: int) -> float:
+                      concurrency: int, *, bare: bool = False) -> float:
     """Create ``count`` pods with ``concurrency`` requests in flight; return when the last is in."""
     counter = iter(range(count))
 
     async def worker() -> None:
         for index in counter:
-            body = pod_manifest(namespace, index, nodes)
+            body = pod_manifest(namespace, index, nodes, bare=bare)
             for attempt in range(20):
                 try:
                     await client.create(f"/api/v1/namespaces/{namespace}/pods", body)
@@ -136,7 +147,7 @@ async def run_phase(kind: str, client: KubeClient, watch_client: KubeClient, nam
                     count: int, nodes: list[str], concurrency: int, stats: ProcStats,
                     *, limit_seconds: float,
                     requests: Callable[[], Awaitable[dict[str, float]]] | None = None,
-                    ) -> PhaseResult:
+                    bare: bool = False) -> PhaseResult:
     """Create the pods, wait until all are Running, and return the figures."""
     progress = Progress()
     listening, done = asyncio.Event(), asyncio.Event()
@@ -148,7 +159,8 @@ async def run_phase(kind: str, client: KubeClient, watch_client: KubeClient, nam
     load_before = os.getloadavg()[0]
     cpu_before = stats.cpu()
     t0 = time.monotonic()
-    creator = asyncio.create_task(create_pods(client, namespace, count, nodes, concurrency))
+    creator = asyncio.create_task(create_pods(client, namespace, count, nodes, concurrency,
+                                              bare=bare))
     deadline = t0 + limit_seconds
     try:
         while not done.is_set():
