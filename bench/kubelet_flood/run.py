@@ -22,15 +22,14 @@ import argparse
 import platform
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from vmlet_localenv.controlplane import ControlPlane
 from vmlet_localenv.flood import Flood, loopback_sources, raise_nofile, rss_kib, timed_get
+from vmlet_localenv.loopbackfacade import loopback_facade
 from vmlet_localenv.pki import CertificateAuthority
-from vmlet_localenv.processes import free_port
 from vmlet_localenv.stack import Stack, eventually
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,24 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     limit = memory_limit_mib()
     print(f"machine: {platform.node()} {platform.machine()}, python {platform.python_version()},"
           f" RLIMIT_NOFILE {nofile}; Deployment memory limit {limit} MiB")
-    with tempfile.TemporaryDirectory(prefix="kubelet-flood-") as tmp:
-        directory = Path(tmp)
-        cp = ControlPlane().start()
-        try:
-            ca = CertificateAuthority(directory / "pki", "flood-serving-ca")
-            serving = ca.issue("serving", common_name="system:node:flood-0",
-                               ips=("127.0.0.1",), server=True)
-            port = free_port()
-            stack = Stack(cp, directory / "stack", {"flood": ["--nodes", "1"]}, facade_args=[
-                f"--kubelet-port={port}", "--kubelet-address=127.0.0.1",
-                f"--kubelet-cert={serving.cert}", f"--kubelet-key={serving.key}",
-                f"--client-ca-file={cp.pki.ca.cert}", *args.facade_arg]).start()
-            try:
-                return measure(args, stack, port, ca, cp, limit)
-            finally:
-                stack.stop()
-        finally:
-            cp.stop()
+    with loopback_facade("kubelet-flood", "flood", args.facade_arg) as lf:
+        return measure(args, lf.stack, lf.port, lf.ca, lf.cp, limit)
 
 
 def fresh_facade(stack: Stack, get: Callable[[], tuple[int, float]]) -> int:

@@ -14,14 +14,15 @@ from typing import Any
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from starlette.requests import HTTPConnection
 
 from vmlet.provider.v1 import kubelet_endpoint_service_pb2 as kep
 from vmlet.provider.v1 import node_pb2, pod_pb2
 from vmlet_facade.kubeletapi.addressing import advertise
 from vmlet_facade.kubeletapi.auth import Authenticator, Authorizer, User, attributes
 from vmlet_facade.kubeletapi.certs import FileCertificates, ServingNames, covers
-from vmlet_facade.kubeletapi.httpserver import Headers, Request
 from vmlet_facade.kubeletapi.logs import LogOptions
+from vmlet_facade.kubeletapi.params import Query
 from vmlet_facade.kubeletapi.remotecommand import StreamOptions, _sizes, status_for_exit
 from vmlet_facade.kubeletapi.spdy import DICTIONARY, SpdySession, decode_headers, encode_headers
 from vmlet_facade.kubeletapi.stats import resource_metrics, summary
@@ -29,8 +30,11 @@ from vmlet_facade.kubeletapi.tls import ServerTls
 from vmlet_localenv.pki import CertificateAuthority
 
 
-def request(target: str, method: str = "GET", **headers: str) -> Request:
-    return Request(method, target, Headers((k.encode(), v.encode()) for k, v in headers.items()))
+def request(target: str, method: str = "GET", **headers: str) -> Query:
+    path, _, query = target.partition("?")
+    raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    return Query(HTTPConnection({"type": "http", "method": method, "path": path,
+                                 "query_string": query.encode(), "headers": raw}))
 
 
 # -- authorization attributes, as the kubelet maps them -----------------------------------------

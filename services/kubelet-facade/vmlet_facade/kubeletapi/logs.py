@@ -6,7 +6,8 @@ with its newline and counts limitBytes again the same way (`vmlet_contract.conta
 the output is bounded whatever the provider sends. The first answer of the provider is awaited
 briefly before the response starts, so a pod the provider does not know, or `previous` of a
 container with no previous instance, gets the kubelet's HTTP error (404; 400 with its message)
-instead of an empty 200.
+instead of an empty 200. After that the lines are a `StreamingResponse`, which stops when the
+client goes away (Starlette listens for the disconnect) or the log ends.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from starlette.responses import StreamingResponse
 
 from vmlet.provider.v1 import kubelet_endpoint_service_pb2 as kep
 from vmlet_contract import ProviderError
 from vmlet_contract.containerlogs import LogBudget
 from vmlet_facade.kubeletapi import metrics
-from vmlet_facade.kubeletapi.httpserver import HttpConnection, Request, wait_first
+from vmlet_facade.kubeletapi.access import HttpError
+from vmlet_facade.kubeletapi.params import Params
 from vmlet_facade.provider import Provider
 
 __all__ = ["LogOptions", "http_status", "stream_logs"]
@@ -60,7 +63,7 @@ class LogOptions:
     limit_bytes: int | None = None
 
     @classmethod
-    def from_request(cls, request: Request) -> LogOptions:
+    def from_request(cls, request: Params) -> LogOptions:
         """Raises ValueError with the kubelet's kind of message on bad parameters."""
         def number(name: str, minimum: int) -> int | None:
             text = request.param(name)
@@ -99,46 +102,54 @@ class LogOptions:
         return req
 
 
-async def stream_logs(http: HttpConnection, provider: Provider, namespace: str, pod: str,
-                      container: str, options: LogOptions) -> int:
-    """Answer a containerLogs request; returns the HTTP status sent."""
+async def stream_logs(provider: Provider, namespace: str, pod: str, container: str,
+                      options: LogOptions) -> StreamingResponse:
+    """The response to a containerLogs request (raises `HttpError` for the provider's no)."""
     lines = provider.container_logs(options.request(namespace, pod, container))
-    budget = LogBudget(options.limit_bytes)
+    first = asyncio.ensure_future(anext(lines, None))
+    try:
+        await asyncio.wait_for(asyncio.shield(first), FIRST_ANSWER_WAIT)
+    except TimeoutError:
+        pass
+    except ProviderError as err:
+        await _close(lines)
+        raise HttpError(http_status(err), err.message) from None
+    except BaseException:
+        first.cancel()
+        await _close(lines)
+        raise
+    return StreamingResponse(_body(first, lines, LogBudget(options.limit_bytes)),
+                             media_type="text/plain")
+
+
+async def _close(lines: AsyncIterator[kep.GetContainerLogsResponse]) -> None:
+    with contextlib.suppress(Exception):
+        await lines.aclose()  # type: ignore[attr-defined]
+
+
+async def _body(first: asyncio.Future[kep.GetContainerLogsResponse | None],
+                lines: AsyncIterator[kep.GetContainerLogsResponse],
+                budget: LogBudget) -> AsyncIterator[bytes]:
     metrics.SESSIONS.labels("logs").inc()
     try:
-        async with contextlib.aclosing(lines):
-            first = asyncio.ensure_future(anext(lines, None))
-            try:
-                await asyncio.wait_for(asyncio.shield(first), FIRST_ANSWER_WAIT)
-            except TimeoutError:
-                pass
-            except ProviderError as err:
-                await http.respond(http_status(err), f"{err.message}\n".encode())
-                return http_status(err)
-            await http.start(200)
-            relay = asyncio.ensure_future(_relay(http, first, lines, budget))
-            gone = asyncio.ensure_future(http.wait_gone())
-            await wait_first(relay, gone)
-            if relay.done() and not relay.cancelled() and relay.exception() is None:
-                await http.end()
-            return 200
-    finally:
-        metrics.SESSIONS.labels("logs").dec()
-
-
-async def _relay(http: HttpConnection, first: asyncio.Future[kep.GetContainerLogsResponse | None],
-                 lines: AsyncIterator[kep.GetContainerLogsResponse], budget: LogBudget) -> None:
-    try:
-        line = await first
-    except ProviderError as err:
-        await http.send(f"error: {err.message}\n".encode())
-        return
-    while line is not None:
-        await http.send(budget.take(bytes(line.line) + b"\n"))
-        if budget.spent:
-            return
         try:
-            line = await anext(lines, None)
+            line = await first
         except ProviderError as err:
-            await http.send(f"error: {err.message}\n".encode())
+            yield f"error: {err.message}\n".encode()
             return
+        while line is not None:
+            chunk = budget.take(bytes(line.line) + b"\n")
+            if chunk:
+                yield chunk
+            if budget.spent:
+                return
+            try:
+                line = await anext(lines, None)
+            except ProviderError as err:
+                yield f"error: {err.message}\n".encode()
+                return
+    finally:
+        if not first.done():
+            first.cancel()
+        await _close(lines)
+        metrics.SESSIONS.labels("logs").dec()

@@ -19,8 +19,8 @@ from typing import Any
 from vmlet.provider.v1 import kubelet_endpoint_service_pb2 as kep
 from vmlet_contract import ProviderError
 from vmlet_facade.kubeletapi import metrics
+from vmlet_facade.kubeletapi.channels import ChannelSocket
 from vmlet_facade.kubeletapi.spdy import SpdySession, SpdyStream
-from vmlet_facade.kubeletapi.websocket import ChannelSocket
 from vmlet_facade.provider import Provider
 
 __all__ = ["SPDY_PROTOCOLS", "WEBSOCKET_PROTOCOLS", "accept_stream_headers", "parse_ports",

@@ -24,10 +24,10 @@ from vmlet.provider.v1 import kubelet_endpoint_service_pb2 as kep
 from vmlet_contract import ProviderError
 from vmlet_facade.kube.objects import Obj
 from vmlet_facade.kubeletapi import metrics
+from vmlet_facade.kubeletapi.channels import ChannelSocket
 from vmlet_facade.kubeletapi.guestlogin import GuestLoginError
-from vmlet_facade.kubeletapi.httpserver import Request
+from vmlet_facade.kubeletapi.params import Params
 from vmlet_facade.kubeletapi.spdy import SpdySession, SpdyStream
-from vmlet_facade.kubeletapi.websocket import ChannelSocket
 from vmlet_facade.provider import Provider
 
 __all__ = [
@@ -67,7 +67,7 @@ class StreamOptions:
     tty: bool
 
     @classmethod
-    def from_request(cls, request: Request) -> StreamOptions:
+    def from_request(cls, request: Params) -> StreamOptions:
         def flag(name: str) -> bool:
             return request.param(name) in ("1", "true", "True")
         tty = flag("tty")

@@ -10,7 +10,9 @@ What a peer may cost before it is authorized is bounded (`admission`): the accep
 connections over the caps before anything is made for them, a connection holds no TLS state
 until its peer sends something, and each phase has its deadline: the handshake, every request
 of a connection not yet authorized, and the keep-alive wait of an authorized one. Requests in
-progress (followed logs, exec, attach, port-forward) have none.
+progress (followed logs, exec, attach, port-forward) have none. The accept loop, admission and
+TLS are ours (see docs/architecture.md, "The kubelet API's HTTP server"); from the handshake on a
+connection is uvicorn's, running the FastAPI app of `app` (`serving`).
 """
 
 from __future__ import annotations
@@ -29,12 +31,12 @@ from vmlet_facade.kube import KubeClient
 from vmlet_facade.kubeletapi import metrics
 from vmlet_facade.kubeletapi.addressing import local_address
 from vmlet_facade.kubeletapi.admission import Admission, ConnectionLimits, Slot, Stage
+from vmlet_facade.kubeletapi.app import kubelet_app
 from vmlet_facade.kubeletapi.auth import ApiReviews, Authenticator, Authorizer, Reviews
 from vmlet_facade.kubeletapi.certs import CsrCertificates, FileCertificates, ServingNames
 from vmlet_facade.kubeletapi.directory import Directory, NodeIndex, PodDirectory
-from vmlet_facade.kubeletapi.httpserver import HttpConnection
 from vmlet_facade.kubeletapi.listener import listen, raise_nofile
-from vmlet_facade.kubeletapi.routes import Router
+from vmlet_facade.kubeletapi.serving import UvicornServing
 from vmlet_facade.kubeletapi.tls import ClientCertVerifier, ServerTls, TlsStream
 
 __all__ = ["KubeletApi", "KubeletApiConfig"]
@@ -78,8 +80,9 @@ class KubeletApi:
             ca = Path(client.config.ca_file)
             log.info("kubelet API accepts client certificates of the cluster CA %s", ca)
         verifier = ClientCertVerifier(ca) if ca else None
-        self.router = Router(self.directory, Authenticator(reviews, verifier),
-                             Authorizer(reviews), secrets=client)
+        app = kubelet_app(self.directory, Authenticator(reviews, verifier), Authorizer(reviews),
+                          secrets=client)
+        self.serving = UvicornServing(app, config.limits)
         self._client = client
         self.admission = Admission(config.limits)
         self._connections: set[asyncio.Task[None]] = set()
@@ -130,6 +133,10 @@ class KubeletApi:
             for task in list(self._connections):
                 task.cancel()
             await asyncio.gather(certs, *self._connections, return_exceptions=True)
+            answering = list(self.serving.state.tasks)  # requests in progress (streams) end too
+            for task in answering:
+                task.cancel()
+            await asyncio.gather(*answering, return_exceptions=True)
 
     async def _accept_loop(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -155,6 +162,11 @@ class KubeletApi:
 
     def _admit(self, conn: socket.socket, address: object) -> None:
         conn.setblocking(False)
+        # As Go does: asyncio sets TCP_NODELAY only on sockets made with IPPROTO_TCP, and with
+        # Nagle's algorithm a streamed response's small records wait for the peer's delayed ACK
+        # (40 ms each time on Linux).
+        with contextlib.suppress(OSError):
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client = address[0] if isinstance(address, tuple) else str(address)
         slot = self.admission.admit(client)
         if slot is None:
@@ -186,7 +198,7 @@ class KubeletApi:
             except (ConnectionError, OSError) as err:
                 log.debug("TLS handshake with %s failed: %s", slot.address, err)
                 return
-            graceful = await self._requests(stream, slot, _local_address(conn))
+            graceful = await self.serving.serve(conn, stream, slot, _local_address(conn))
         except asyncio.CancelledError:
             # Evicted, or shutting down. Ending quietly: the task is ours and nobody awaits it.
             pass
@@ -201,36 +213,6 @@ class KubeletApi:
                 writer.transport.abort()
             else:
                 _refuse(conn)
-
-    async def _requests(self, stream: TlsStream, slot: Slot, local: str | None) -> bool:
-        """Answer the requests of a connection that arrived at ``local``; whether to close it
-        gracefully (False: a stranger that timed out, or a peer that broke off, is closed at
-        once)."""
-        limits = self.config.limits
-        http = HttpConnection(stream, max_header_bytes=limits.max_header_bytes,
-                              on_authorized=slot.authorize)
-        peer = stream.peer_certificate()
-        try:
-            while True:
-                authorized = slot.authorized
-                try:
-                    async with asyncio.timeout(limits.idle_timeout if authorized
-                                               else limits.first_request_timeout):
-                        request = await http.next_request()
-                except TimeoutError:
-                    metrics.CONNECTIONS_CLOSED.labels(
-                        "idle_timeout" if authorized else "request_timeout").inc()
-                    return authorized
-                if request is None:
-                    return True
-                await self.router.handle(http, request, peer, local)
-                if not http.reusable:
-                    return True
-        except (ConnectionError, OSError, TimeoutError) as err:
-            log.debug("kubelet API connection ended: %s", err)
-        except Exception:
-            log.exception("kubelet API connection failed")
-        return False
 
 
 def _local_address(conn: socket.socket) -> str | None:

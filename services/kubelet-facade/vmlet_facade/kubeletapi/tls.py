@@ -181,14 +181,35 @@ class TlsStream:
                 return b""
             await self._fill()
 
-    async def write(self, data: bytes) -> None:
+    def _encrypt(self, data: bytes) -> None:
         if self._closed:
             raise ConnectionError("TLS stream is closed")
         try:
             self._ssl.sendall(data)
         except SSL.Error as err:
             raise ConnectionError(f"TLS error: {err}") from None
+
+    async def write(self, data: bytes) -> None:
+        self._encrypt(data)
         await self._flush()
+
+    def write_nowait(self, data: bytes) -> int:
+        """Encrypt ``data`` and hand it to the socket without waiting for it to drain; the
+        bytes the socket still has to send (wait with `drain`)."""
+        self._encrypt(data)
+        out = self._take_output()
+        if out and not self._writer.is_closing():
+            self._writer.write(out)
+        return self._writer.transport.get_write_buffer_size()
+
+    async def drain(self) -> None:
+        """Wait until the socket has sent what `write_nowait` gave it (mostly)."""
+        await self._writer.drain()
+
+    def abort(self) -> None:
+        """Drop the connection at once (no close_notify)."""
+        self._closed = True
+        self._writer.transport.abort()
 
     async def close(self) -> None:
         if self._closed:

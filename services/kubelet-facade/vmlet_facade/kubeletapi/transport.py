@@ -1,15 +1,14 @@
-"""The byte streams the kubelet API speaks over, whatever carries them.
+"""The byte stream the SPDY code speaks over, whatever carries it.
 
-HTTP, SPDY and WebSocket code here only knows `ByteStream`: TLS connections implement it
-(`tls.TlsStream`), and so do tests with in-memory pipes. `Prefixed` puts back bytes that the HTTP
-parser read past an upgrade request, so the upgraded protocol sees them first.
+`spdy.SpdySession` only knows `ByteStream`: the connection a SPDY/3.1 upgrade switched
+(`h11protocol.UpgradedStream`) implements it, and so do tests with in-memory pipes.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-__all__ = ["ByteStream", "Prefixed"]
+__all__ = ["ByteStream"]
 
 
 class ByteStream(Protocol):
@@ -20,23 +19,3 @@ class ByteStream(Protocol):
     async def write(self, data: bytes) -> None: ...
 
     async def close(self) -> None: ...
-
-
-class Prefixed:
-    """``stream`` with ``prefix`` read first."""
-
-    def __init__(self, stream: ByteStream, prefix: bytes) -> None:
-        self._stream = stream
-        self._prefix = prefix
-
-    async def read(self, max_bytes: int = 65536) -> bytes:
-        if self._prefix:
-            data, self._prefix = self._prefix[:max_bytes], self._prefix[max_bytes:]
-            return data
-        return await self._stream.read(max_bytes)
-
-    async def write(self, data: bytes) -> None:
-        await self._stream.write(data)
-
-    async def close(self) -> None:
-        await self._stream.close()
