@@ -1,7 +1,7 @@
 """kubelet_streams: throughput of the facade's kubelet API streams, on loopback.
 
 One real control plane and one memory provider; the facade as its own process, serving the
-kubelet API on 127.0.0.1 with a serving certificate from a CA of this run. The client calls the
+kubelet API on 127.0.0.1 with a serving certificate of the cluster's CA. The client calls the
 kubelet API directly with the apiserver's kubelet-client certificate (the identity the apiserver
 uses), over TLS, and measures:
 
@@ -11,7 +11,11 @@ uses), over TLS, and measures:
   exec          WebSocket v5.channel.k8s.io exec of ``cat``: stdin -> stdout bytes per second,
                 ``--mib`` MiB in ``--chunk-kib`` KiB messages, one window of ``--window`` in flight;
   portforward   WebSocket v4.channel.k8s.io port-forward to the memory provider's echo server:
-                bytes echoed per second, as for exec.
+                bytes echoed per second, as for exec;
+  kubectl-exec  ``kubectl exec -i -- cat`` through the apiserver, which speaks SPDY/3.1 to the
+                kubelet API: ``--mib`` MiB echoed;
+  kubectl-pf    ``kubectl port-forward`` to the echo server (SPDY to the kubelet API, one TCP
+                connection): ``--mib`` MiB echoed.
 
     ~/.cache/vmlet/venv-py3.11/bin/python bench/kubelet_streams/run.py
 
@@ -23,18 +27,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
+import re
+import socket
 import ssl
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from vmlet_localenv.controlplane import ControlPlane
 from vmlet_localenv.flood import rss_kib
 from vmlet_localenv.loopbackfacade import loopback_facade
 from vmlet_localenv.stack import Stack, eventually
+from vmlet_localenv.terminal import WEBSOCKET
+from vmlet_localenv.tools import binary
 
 PROVIDER = "bench"
 
@@ -135,7 +147,78 @@ async def port_forward(client: Client, ns: str, total: int, chunk: int, window: 
     return total / seconds / 1e6
 
 
-async def measure(args: argparse.Namespace, client: Client, ns: str) -> dict[str, float]:
+def _kubectl(cp: ControlPlane, *args: str) -> list[str]:
+    return [str(binary("kubectl")), f"--kubeconfig={cp.kubeconfig}", *args]
+
+
+def kubectl_exec(cp: ControlPlane, ns: str, total: int, chunk: int) -> float:
+    """MB/s of ``kubectl exec -i -- cat`` through the apiserver, which speaks SPDY to the
+    kubelet API (it translates kubectl's WebSocket): stdin written by a thread, stdout counted
+    until all of it came back."""
+    proc = subprocess.Popen(_kubectl(cp, "exec", "-i", "-n", ns, "bench", "--", "cat"),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, **WEBSOCKET})
+    assert proc.stdin is not None and proc.stdout is not None
+    block = b"z" * chunk
+
+    def feed() -> None:
+        assert proc.stdin is not None
+        for _ in range(total // chunk):
+            proc.stdin.write(block)
+        proc.stdin.flush()
+
+    started = time.perf_counter()
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    received = 0
+    while received < total:
+        data = proc.stdout.read1(1 << 20)
+        if not data:
+            proc.kill()
+            error = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise RuntimeError(f"kubectl exec ended after {received} of {total} bytes: {error}")
+        received += len(data)
+    seconds = time.perf_counter() - started
+    writer.join(timeout=30)
+    proc.stdin.close()
+    proc.wait(timeout=60)
+    return total / seconds / 1e6
+
+
+def kubectl_port_forward(cp: ControlPlane, ns: str, total: int, chunk: int) -> float:
+    """MB/s echoed through ``kubectl port-forward`` (SPDY from the apiserver to the kubelet
+    API) to the memory provider's echo server, one TCP connection."""
+    proc = subprocess.Popen(_kubectl(cp, "port-forward", "-n", ns, "pod/bench", ":8080",
+                                     "--address=127.0.0.1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, **WEBSOCKET})
+    try:
+        assert proc.stdout is not None
+        found = re.search(r"127\.0\.0\.1:(\d+) -> 8080", proc.stdout.readline())
+        if not found:
+            raise RuntimeError("kubectl port-forward printed no local port")
+        with socket.create_connection(("127.0.0.1", int(found.group(1))), timeout=60) as conn:
+            block = b"p" * chunk
+            started = time.perf_counter()
+            writer = threading.Thread(
+                target=lambda: [conn.sendall(block) for _ in range(total // chunk)], daemon=True)
+            writer.start()
+            received = 0
+            while received < total:
+                data = conn.recv(1 << 20)
+                if not data:
+                    raise RuntimeError(f"port-forward ended after {received} of {total} bytes")
+                received += len(data)
+            seconds = time.perf_counter() - started
+            writer.join(timeout=30)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return total / seconds / 1e6
+
+
+async def measure(args: argparse.Namespace, client: Client, cp: ControlPlane,
+                  ns: str) -> dict[str, float]:
     total, chunk = args.mib << 20, args.chunk_kib << 10
     best: dict[str, float] = {}
     for _ in range(args.repeat):
@@ -143,7 +226,10 @@ async def measure(args: argparse.Namespace, client: Client, ns: str) -> dict[str
                 "exec": await asyncio.wait_for(exec_cat(client, ns, total, chunk,
                                                         args.window), 300),
                 "portforward": await asyncio.wait_for(port_forward(client, ns, total, chunk,
-                                                                   args.window), 300)}
+                                                                   args.window), 300),
+                "kubectl-exec": await asyncio.to_thread(kubectl_exec, cp, ns, total, chunk),
+                "kubectl-pf": await asyncio.to_thread(kubectl_port_forward, cp, ns, total,
+                                                      chunk)}
         print("  run:", ", ".join(f"{k} {v:.1f} MB/s" for k, v in runs.items()), flush=True)
         for name, value in runs.items():
             best[name] = max(best.get(name, 0.0), value)
@@ -165,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                         cp.pki.kubelet_client.key)
         pid = stack.facade.process.pid if stack.facade and stack.facade.process else 0
         idle = rss_kib(pid) if pid else 0
-        figures = asyncio.run(measure(args, client, ns))
+        figures = asyncio.run(measure(args, client, cp, ns))
         busy = rss_kib(pid) if pid else 0
         print(f"facade RSS: {idle / 1024:.1f} MiB idle, {busy / 1024:.1f} MiB after the runs",
               flush=True)

@@ -18,7 +18,8 @@ from vmlet_localenv.stack import Stack
 @dataclass(frozen=True)
 class LoopbackFacade:
     """The running pieces: the kubelet API answers at 127.0.0.1:``port`` with a serving
-    certificate of ``ca`` and accepts the control plane's kubelet-client certificate."""
+    certificate of ``ca`` (the cluster's CA, so the apiserver reaches it for kubectl logs, exec
+    and port-forward) and accepts the control plane's kubelet-client certificate."""
 
     cp: ControlPlane
     stack: Stack
@@ -31,13 +32,13 @@ def loopback_facade(name: str, provider: str,
                     facade_args: Sequence[str] = ()) -> Iterator[LoopbackFacade]:
     """Start a control plane, the memory provider ``provider`` (node ``<provider>-0``) and a
     facade serving the kubelet API on loopback; stop them all on exit. ``name`` prefixes the
-    temporary directory and names the serving CA."""
+    temporary directory."""
     with tempfile.TemporaryDirectory(prefix=f"{name}-") as tmp:
         directory = Path(tmp)
         cp = ControlPlane().start()
         try:
-            ca = CertificateAuthority(directory / "pki", f"{name}-serving-ca")
-            serving = ca.issue("serving", common_name=f"system:node:{provider}-0",
+            ca = cp.pki.authority
+            serving = ca.issue(f"{name}-kubelet-serving", common_name=f"system:node:{provider}-0",
                                ips=("127.0.0.1",), server=True)
             port = free_port()
             stack = Stack(cp, directory / "stack", {provider: ["--nodes", "1"]}, facade_args=[

@@ -138,3 +138,20 @@ async def test_spdy_needs_a_protocol_we_speak(env: Env) -> None:
     assert answer.startswith(b"HTTP/1.1 403")
     assert b"X-Accept-Stream-Protocol-Version: v5.channel.k8s.io" in answer
     writer.close()
+
+
+async def test_spdy_upgrade_with_a_body_to_come_is_refused(env: Env) -> None:
+    # An upgrade request carries no body: one that declares a body not yet sent is answered
+    # 400 (h11 cannot switch before the request's end), not 500 or a hang.
+    reader, writer = await asyncio.open_connection("127.0.0.1", env.port,
+                                                   ssl=env.context(env.apiserver),
+                                                   server_hostname="127.0.0.1")
+    writer.write(b"POST /exec/ns/vm/vm?command=cat&output=1 HTTP/1.1\r\nHost: x\r\n"
+                 b"Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+                 b"X-Stream-Protocol-Version: v5.channel.k8s.io\r\nContent-Length: 10\r\n\r\n")
+    answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    length = int(answer.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    assert b"carries no body" in await reader.readexactly(length)
+    writer.close()
+    assert env.provider.open == 0

@@ -29,6 +29,7 @@ from vmlet_facade.kubeletapi.access import Access, Caller, HttpError, connection
 from vmlet_facade.kubeletapi.channels import ChannelSocket, negotiate
 from vmlet_facade.kubeletapi.directory import Directory
 from vmlet_facade.kubeletapi.guestlogin import SecretReader, guest_credentials
+from vmlet_facade.kubeletapi.h11protocol import UpgradeRefused
 from vmlet_facade.kubeletapi.logs import LogOptions, http_status, stream_logs
 from vmlet_facade.kubeletapi.params import Query
 from vmlet_facade.kubeletapi.spdy import SpdySession
@@ -117,8 +118,11 @@ async def _run_spdy(request: Request, protocol: str, kind: str,
     connection = connection_of(request)
     if connection is None:
         raise HttpError(400, "SPDY needs the kubelet API's own connections")
-    raw = await connection.switch([("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1"),
-                                   ("X-Stream-Protocol-Version", protocol)])
+    try:
+        raw = await connection.switch([("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1"),
+                                       ("X-Stream-Protocol-Version", protocol)])
+    except UpgradeRefused as err:
+        raise HttpError(400, str(err)) from None
     session = SpdySession(raw, accept=accept) if accept else SpdySession(raw)
     return session, asyncio.create_task(session.serve(), name=f"{kind}-spdy")
 

@@ -27,9 +27,14 @@ from uvicorn.server import ServerState
 from vmlet_facade.kubeletapi import metrics
 from vmlet_facade.kubeletapi.tls import PeerCertificate
 
-__all__ = ["Connection", "KubeletH11Protocol", "UpgradedStream"]
+__all__ = ["Connection", "KubeletH11Protocol", "UpgradeRefused", "UpgradedStream"]
 
 _BACKLOG = 64
+
+
+class UpgradeRefused(Exception):
+    """The request cannot be switched: it declared a body (an upgrade request carries none),
+    which has not all arrived."""
 
 
 @dataclass
@@ -166,7 +171,11 @@ class KubeletH11Protocol(H11Protocol):
         self.transport.close()
 
     def switch(self, headers: Iterable[tuple[str, str]]) -> UpgradedStream:
-        """Answer the current request 101; the connection is the caller's from now on."""
+        """Answer the current request 101; the connection is the caller's from now on.
+        Raises `UpgradeRefused` while the request's body has not all arrived (h11 switches
+        only after the end of the request)."""
+        if self.conn.their_state is h11.SEND_BODY:
+            raise UpgradeRefused("an upgrade request carries no body")
         answer = h11.InformationalResponse(
             status_code=101, reason=b"Switching Protocols",
             headers=[(k.encode(), v.encode()) for k, v in headers])
