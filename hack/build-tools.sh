@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the real peers vmlet is tested against, from the Go module proxy, into a cache outside
 # the repo keyed by version: kube-apiserver, kube-scheduler, kube-controller-manager, kubectl, etcd,
-# vcsim, metrics-server, and buf (hack/lint.sh checks the contract with it). `kubectl-into DIR`
+# vcsim, metrics-server, and buf (hack/lint.sh checks the contract with it); `worker` builds kubelet
+# and kube-proxy (for hack/worker-e2e.sh, which asks for them). `kubectl-into DIR`
 # also links kubectl into DIR (the virtualenv's bin); `buf-path` prints buf's path.
 # A second run finds every binary in place and returns at once.
 set -euo pipefail
@@ -29,9 +30,11 @@ fi
 # Prints the path of a cached binary, building it first when it is missing.
 have() { [ -x "$BIN/$1" ]; }
 
+# With arguments, builds those k8s.io/kubernetes/cmd binaries instead of the control plane's.
 build_k8s() {
   local dir="$CACHE/build/kubernetes-$K8S_VERSION" minor staging godebug
   local want=(kube-apiserver kube-scheduler kube-controller-manager kubectl)
+  [ $# -gt 0 ] && want=("$@")
   local missing=()
   for b in "${want[@]}"; do have "$b-$K8S_VERSION" || missing+=("$b"); done
   [ ${#missing[@]} -eq 0 ] && return 0
@@ -112,10 +115,12 @@ case "${1:-all}" in
   all) build_buf; build_vcsim; build_etcd; build_metrics_server; build_k8s ;;
   kubectl-into) link_kubectl "${2:?usage: $0 kubectl-into DIR}" ;;
   k8s) build_k8s ;;
+  # The binaries of a real worker node, which hack/worker-e2e.sh builds when they are missing.
+  worker) build_k8s kubelet kube-proxy ;;
   etcd) build_etcd ;;
   vcsim) build_vcsim ;;
   metrics-server) build_metrics_server ;;
   buf) build_buf ;;
   buf-path) build_buf; echo "$BIN/buf-$BUF_VERSION" ;;
-  *) echo "usage: $0 [all|k8s|etcd|vcsim|metrics-server|buf|buf-path|kubectl-into DIR]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|k8s|worker|etcd|vcsim|metrics-server|buf|buf-path|kubectl-into DIR]" >&2; exit 2 ;;
 esac

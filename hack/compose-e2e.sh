@@ -31,11 +31,9 @@ STATE=.vmlet/compose
 export DOCKER_CONFIG="$PWD/$STATE/docker"
 PROJECT=vmlet
 PORTS=(10250 9110 50051 50052 8989 9091 9092)
-started=$SECONDS
-step_t0=$SECONDS
-log() { printf '[compose-e2e %(%H:%M:%S)T %4ss] %s\n' -1 "$((SECONDS - started))" "$*" >&2; }
-step() { log "$* (previous step: $((SECONDS - step_t0)) s)"; step_t0=$SECONDS; }
-fail() { log "FAIL: $*"; exit 1; }
+E2E=compose-e2e
+# shellcheck source=hack/lib/e2e.sh
+source hack/lib/e2e.sh
 
 [ "$(id -u)" -eq 0 ] || fail "run as root: the Docker engine needs it"
 mkdir -p "$STATE"
@@ -48,9 +46,6 @@ cp_pid=""
 tools_pid=""
 compose_up=""
 vms=()
-iptables_rules() {
-  { iptables-save 2>/dev/null; ip6tables-save 2>/dev/null; } | sed '/^#/d; s/ \[[0-9]*:[0-9]*\]$//' | sort
-}
 cleanup() {
   local rc=$?
   set +e
@@ -61,8 +56,7 @@ cleanup() {
     compose down -v --timeout 20 >/dev/null 2>&1
   fi
   if [ -n "$cp_pid" ]; then
-    kill -TERM "$cp_pid" 2>/dev/null
-    for _ in $(seq 1 60); do kill -0 "$cp_pid" 2>/dev/null || break; sleep 0.5; done
+    stop_pid "$cp_pid"
     rm -rf "$cp_dir"   # its log stays beside it
     rm -f "$VMLET_KUBECONFIG"
   fi
@@ -110,20 +104,9 @@ for port in "${PORTS[@]}"; do
     fail "127.0.0.1:$port is taken (compose publishes or listens on it)"
   fi
 done
-# A /24 of the test-host range that no route covers (make up's and the tests' namespaces take
-# /28s and /30s of 198.18.0.0/15 at random, avoiding routed ones too).
-if [ -z "${VMLET_COMPOSE_SUBNET:-}" ]; then
-  VMLET_COMPOSE_SUBNET=$(python3 - <<'PY'
-import ipaddress, json, subprocess
-routes = json.loads(subprocess.run(["ip", "-j", "route"], capture_output=True, text=True, check=True).stdout)
-taken = [ipaddress.ip_network(r["dst"], strict=False) for r in routes if r.get("dst") not in (None, "default")]
-for net in reversed(list(ipaddress.ip_network("198.19.0.0/16").subnets(new_prefix=24))):
-    if not any(net.overlaps(t) for t in taken):
-        print(net)
-        break
-PY
-)
-fi
+# A /24 of the test-host range that no route covers, from the top (hack/worker-e2e.sh takes its
+# from the bottom).
+[ -n "${VMLET_COMPOSE_SUBNET:-}" ] || VMLET_COMPOSE_SUBNET=$(free_subnets 1 top)
 export VMLET_COMPOSE_SUBNET
 rules_before=$(iptables_rules)
 # Containers' mounts: overlay roots, shm, network namespaces (the engine's own default namespace,
@@ -141,52 +124,11 @@ mounts_before=$(container_mounts)
 # controllers' Lease must know every provider its VirtualMachines name, and make up's knows only
 # its own (docs/operations.md, "On a laptop").
 step "2/5 the control plane (make up's, without its facade)"
-PY="$VMLET_CACHE/venv-py3.11/bin/python"
-if [ ! -x "$PY" ] || [ ! -x "$VMLET_CACHE/bin/kube-apiserver-${K8S_VERSION:-v1.34.4}" ]; then
-  VMLET_SETUP=memory bash hack/setup.sh >/dev/null
-fi
-PATH="$VMLET_CACHE/venv-py3.11/bin:$PATH"
-command -v kubectl >/dev/null || fail "no kubectl (make setup links it into the virtualenv)"
+setup_env
 cp_dir="$PWD/$STATE/controlplane"   # absolute: its kubeconfigs name files beside them
 rm -rf "$cp_dir" && mkdir -p "$cp_dir"
-# This checkout's lib/localenv, whatever checkout the shared virtualenv was synced from.
-PYTHONPATH="$PWD/lib/localenv:$PWD/lib/api:$PWD/lib/contract${PYTHONPATH:+:$PYTHONPATH}" \
-  setsid "$PY" - "$cp_dir" >"$cp_dir.log" 2>&1 </dev/null <<'PY' &
-import shutil, signal, sys, threading
-from pathlib import Path
-from vmlet_localenv.controlplane import ControlPlane
-from vmlet_localenv.csrapprover import CsrApprover
-from vmlet_localenv.services import apply_crds, facade_kubeconfig
-
-out = Path(sys.argv[1])
-stop = threading.Event()
-for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-    signal.signal(sig, lambda *_: stop.set())
-cp = ControlPlane(state_dir=out / "state").start()
-approver = None
-try:
-    apply_crds(cp)
-    shutil.copy(facade_kubeconfig(cp), out / "facade.kubeconfig")
-    shutil.copy(cp.kubeconfig, out / "admin.kubeconfig")
-    approver = CsrApprover(cp.server, cp.ssl_context()).start()
-    (out / "ready").write_text(cp.server)
-    print("control plane ready at", cp.server, flush=True)
-    stop.wait()
-finally:
-    if approver is not None:
-        approver.stop()
-    cp.stop()
-    print("control plane stopped", flush=True)
-PY
-cp_pid=$!
-t0=$SECONDS
-until [ -f "$cp_dir/ready" ]; do
-  kill -0 "$cp_pid" 2>/dev/null || { tail -30 "$cp_dir.log" >&2; fail "the control plane did not start"; }
-  [ $((SECONDS - t0)) -lt 180 ] || { tail -30 "$cp_dir.log" >&2; fail "the control plane is not up in 180 s"; }
-  sleep 0.5
-done
+start_controlplane "$cp_dir" "$cp_dir.log"
 export KUBECONFIG="$cp_dir/admin.kubeconfig"
-log "control plane at $(cat "$cp_dir/ready") (pid $cp_pid) after $((SECONDS - t0)) s"
 # The facade's user; its certificates inline, for the container, readable by the services' group.
 kubectl --kubeconfig "$cp_dir/facade.kubeconfig" config view --raw --flatten --minify \
   >"$VMLET_KUBECONFIG.tmp"
@@ -331,4 +273,4 @@ fi
 [ ${#left[@]} -eq 0 ] || fail "left after docker compose down -v: ${left[*]}"
 log "nothing left: no container, network, volume, route, bridge, veth, mount or iptables rule of the project"
 step "ok"
-log "compose end to end passed in $((SECONDS - started)) s"
+log "compose end to end passed in $((SECONDS - started)) s ($(step_summary))"

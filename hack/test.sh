@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# `make test`: static checks, then every test (units and integration on real peers).
+# `make test`: static checks, then every test (units and integration on real peers), then the
+# deployment end to end (images, compose, a real worker node).
 # pytest's exit code 5 (no tests collected) is a failure here: a run that tested nothing must not pass.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 VENV="${UV_PROJECT_ENVIRONMENT:?run through make}"
 export PATH="$VENV/bin:$PATH"
 echo "== static checks"
@@ -15,10 +16,16 @@ echo "== tests"
 basetemp=$(mktemp -d "${TMPDIR:-/tmp}/vmlet-test-XXXXXX")
 trap 'rm -rf "$basetemp"' EXIT
 # Set-up installs every peer: a test that skips here is a failure (see conftest.py).
-VMLET_NO_SKIP=1 pytest --basetemp "$basetemp" "$@"
+VMLET_NO_SKIP=1 pytest --basetemp "$basetemp" --durations=30 "$@"
 rc=$?
 if [ $rc -eq 5 ]; then
   echo "pytest collected no tests: failing the run on purpose" >&2
-  exit 1
+  rc=1
+fi
+# The images, compose and a real worker node (hack/deploy-e2e.sh), also when pytest failed; not
+# when pytest was given arguments (a chosen subset of the tests).
+if [ $# -eq 0 ]; then
+  echo "== deployment end to end"
+  bash hack/deploy-e2e.sh || rc=1
 fi
 exit $rc

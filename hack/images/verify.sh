@@ -9,13 +9,14 @@
 #   ends it well within the grace, with exit status 0; so does a SIGTERM in its first half second
 #   (while Python still imports: tini, PID 1, passes it on), with any status;
 # - the facade prints its usage, and without a kubeconfig fails with an error line, no traceback.
-# Ports are VMLET_VERIFY_PORT (default 48051) and up, on 127.0.0.1. Needs a running engine
-# (hack/images/dockerd.sh start); removes the containers it starts.
+# Ports are VMLET_VERIFY_PORT (default 28051) and up, on 127.0.0.1: below the kernel's ephemeral
+# range (32768-60999), so no port it hands out (a connection's, a bind to port 0) takes them.
+# Needs a running engine (hack/images/dockerd.sh start); removes the containers it starts.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TAG="${VMLET_IMAGE_TAG:-0.1.0}"
 DOCKER="${DOCKER:-$(command -v /usr/bin/docker docker | head -1)}"
-PORT="${VMLET_VERIFY_PORT:-48051}"
+PORT="${VMLET_VERIFY_PORT:-28051}"
 log() { printf '[images-verify %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 fail() { log "FAIL: $*"; exit 1; }
 services=("$@")
