@@ -239,8 +239,11 @@ kubectl get vm -o wide >&2
 # it is), which serves once its kubelet-serving CSR is approved: make up's approver does that
 # here, an operator elsewhere (kubectl certificate approve). The apiserver's node proxy
 # (/api/v1/nodes/N/proxy) refuses loopback addresses; logs, exec and port-forward do not.
-pod=$(kubectl get pods -o name --field-selector "spec.nodeName=compose-memory-0" | head -1)
+# Not `| head`: under pipefail, head leaving early can kill kubectl with SIGPIPE.
+pod=$(kubectl get pods --field-selector "spec.nodeName=compose-memory-0" \
+  -o jsonpath='{.items[0].metadata.name}' 2>/dev/null) || true
 [ -n "$pod" ] || fail "no pod on compose-memory-0"
+pod=pod/$pod
 t0=$SECONDS
 until out=$(kubectl logs "$pod" --tail=3 2>&1); do
   [ $((SECONDS - t0)) -lt 90 ] || fail "kubectl logs $pod (through the compose facade's kubelet API): $out"

@@ -32,6 +32,8 @@ run() {  # run NAME COMMAND...
 engine=$(bash hack/images/dockerd.sh start) || { log "FAIL: no Docker engine"; exit 1; }
 [ "$engine" = started ] && trap 'bash hack/images/dockerd.sh stop' EXIT
 run images bash hack/images.sh
+# The two runs below use the images just built instead of building them again (when it passed).
+[ ${#failed[@]} -eq 0 ] && export VMLET_IMAGES_FRESH=1
 run compose bash hack/compose-e2e.sh
 run worker bash hack/worker-e2e.sh
 if [ ${#failed[@]} -gt 0 ]; then

@@ -119,9 +119,12 @@ chmod 700 "$W"
 rm -rf "${W:?}"/{logs,pids,cp}
 mkdir -p "$W/logs" "$W/pids"
 engine=$(bash hack/images/dockerd.sh start)
-# Always built (BuildKit's cache makes it quick when nothing changed): never a stale image.
-log "building the images (make images: kubelet-facade memory-provider vmware-provider)"
-VMLET_KEEP_DOCKERD=1 nice -n 10 bash hack/images.sh kubelet-facade memory-provider vmware-provider
+# Always built (BuildKit's cache makes it quick when nothing changed): never a stale image;
+# unless hack/deploy-e2e.sh has just built and verified them all (VMLET_IMAGES_FRESH).
+if [ -z "${VMLET_IMAGES_FRESH:-}" ]; then
+  log "building the images (make images: kubelet-facade memory-provider vmware-provider)"
+  VMLET_KEEP_DOCKERD=1 nice -n 10 bash hack/images.sh kubelet-facade memory-provider vmware-provider
+fi
 bash hack/worker/images.sh "$W/images.tar" "${images[@]}"
 [ "$engine" = started ] && bash hack/images/dockerd.sh stop
 engine=""
@@ -251,7 +254,10 @@ kubectl apply -k k8s/overlays/memory >/dev/null
 wait_vmlet memory
 mapfile -t nodes < <(virtual_nodes vmlet-memory 2)
 log "virtual nodes Ready: ${nodes[*]}"
-facade_pod=$(kubectl -n vmlet-system get pods -o name -l app.kubernetes.io/component=facade | head -1)
+# One name without `| head`: under pipefail, head leaving early can kill kubectl with SIGPIPE.
+facade_pod=$(kubectl -n vmlet-system get pods -l app.kubernetes.io/component=facade \
+  -o jsonpath='{.items[0].metadata.name}' 2>&1) || fail "no facade pod: $facade_pod"
+facade_pod=pod/$facade_pod
 logs_exec "$facade_pod" "the real kubelet at $NODE_IP" -n vmlet-system
 vm=worker-mem-$(date +%s)
 vm_create "$vm" memory debian-12 vmlet-memory-0
