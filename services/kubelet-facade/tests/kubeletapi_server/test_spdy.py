@@ -15,6 +15,20 @@ from kubeletapi_server.server_env import (
 from vmlet_facade.kubeletapi.spdy import DICTIONARY, decode_headers, encode_headers
 
 
+async def request_upgrade(env: Env, path: str, protocols: list[str], content_length: int = 0,
+                          ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    """Send a SPDY/3.1 upgrade request as the apiserver; the connection and the answer's head."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", env.port,
+                                                   ssl=env.context(env.apiserver),
+                                                   server_hostname="127.0.0.1")
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n" \
+           f"Upgrade: SPDY/3.1\r\nContent-Length: {content_length}\r\n"
+    head += "".join(f"X-Stream-Protocol-Version: {p}\r\n" for p in protocols)
+    writer.write((head + "\r\n").encode())
+    answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    return reader, writer, answer
+
+
 class SpdyClient:
     """Enough of a SPDY/3.1 client (what client-go does) to drive the server."""
 
@@ -29,14 +43,8 @@ class SpdyClient:
 
     @classmethod
     async def upgrade(cls, env: Env, path: str, protocols: list[str]) -> tuple[SpdyClient, str]:
-        reader, writer = await asyncio.open_connection("127.0.0.1", env.port,
-                                                       ssl=env.context(env.apiserver),
-                                                       server_hostname="127.0.0.1")
-        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n" \
-               f"Upgrade: SPDY/3.1\r\nContent-Length: 0\r\n"
-        head += "".join(f"X-Stream-Protocol-Version: {p}\r\n" for p in protocols)
-        writer.write((head + "\r\n").encode())
-        answer = (await reader.readuntil(b"\r\n\r\n")).decode()
+        reader, writer, head = await request_upgrade(env, path, protocols)
+        answer = head.decode()
         assert answer.startswith("HTTP/1.1 101"), answer
         chosen = [line.split(":", 1)[1].strip() for line in answer.split("\r\n")
                   if line.lower().startswith("x-stream-protocol-version")]
@@ -128,13 +136,8 @@ async def test_port_forward_over_spdy(env: Env) -> None:
 
 
 async def test_spdy_needs_a_protocol_we_speak(env: Env) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", env.port,
-                                                   ssl=env.context(env.apiserver),
-                                                   server_hostname="127.0.0.1")
-    writer.write(b"POST /exec/ns/vm/vm?command=cat&output=1 HTTP/1.1\r\nHost: x\r\n"
-                 b"Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
-                 b"X-Stream-Protocol-Version: v9.channel.k8s.io\r\nContent-Length: 0\r\n\r\n")
-    answer = await reader.readuntil(b"\r\n\r\n")
+    _, writer, answer = await request_upgrade(env, "/exec/ns/vm/vm?command=cat&output=1",
+                                              ["v9.channel.k8s.io"])
     assert answer.startswith(b"HTTP/1.1 403")
     assert b"X-Accept-Stream-Protocol-Version: v5.channel.k8s.io" in answer
     writer.close()
@@ -143,13 +146,8 @@ async def test_spdy_needs_a_protocol_we_speak(env: Env) -> None:
 async def test_spdy_upgrade_with_a_body_to_come_is_refused(env: Env) -> None:
     # An upgrade request carries no body: one that declares a body not yet sent is answered
     # 400 (h11 cannot switch before the request's end), not 500 or a hang.
-    reader, writer = await asyncio.open_connection("127.0.0.1", env.port,
-                                                   ssl=env.context(env.apiserver),
-                                                   server_hostname="127.0.0.1")
-    writer.write(b"POST /exec/ns/vm/vm?command=cat&output=1 HTTP/1.1\r\nHost: x\r\n"
-                 b"Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
-                 b"X-Stream-Protocol-Version: v5.channel.k8s.io\r\nContent-Length: 10\r\n\r\n")
-    answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    reader, writer, answer = await request_upgrade(
+        env, "/exec/ns/vm/vm?command=cat&output=1", ["v5.channel.k8s.io"], content_length=10)
     assert answer.startswith(b"HTTP/1.1 400"), answer
     length = int(answer.lower().split(b"content-length:")[1].split(b"\r\n")[0])
     assert b"carries no body" in await reader.readexactly(length)
