@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from tests.providers import openstack_facts
 from vmlet_localenv.controlplane import ControlPlane
 from vmlet_localenv.guests import GuestStandIn
 from vmlet_localenv.vcsim import VcSim
@@ -27,6 +29,16 @@ def vcsim() -> Iterator[VcSim]:
         yield sim
     finally:
         sim.stop()
+
+
+@pytest.fixture(scope="session")
+def openstack_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The facts of the run's one OpenStack (each pytest-xdist worker's own), started when a test
+    first needs it: its set-up takes 40-50 s. Modules leave it as they found it: their servers,
+    volumes and images carry identities of their own, and nova-api is continued after a module
+    that froze it."""
+    with openstack_facts(tmp_path_factory) as facts:
+        yield facts
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The OpenStack provider on a real OpenStack, for the tests that call it over gRPC and look at
-Nova as the admin (tests/test_openstack_provider*.py): the OpenStack (`Cloudside`, one per test
-module unless VMLET_OPENSTACK_FACTS names one already running), the provider's process and
-client, its pods, and Nova as the admin sees it."""
+Nova as the admin (tests/test_openstack_provider*.py): the OpenStack (`Cloudside`: the run's one,
+tests/conftest.py's `openstack_cloud`, or the one VMLET_OPENSTACK_FACTS names), the provider's
+process and client, its pods, and Nova as the admin sees it."""
 
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ import pytest
 
 from tests import providerprocess
 from tests.providerprocess import Provider
-from tests.providers import openstack_facts
 from vmlet.provider.v1 import pod_pb2
 from vmlet_conformance import PodFailed, ready
 from vmlet_localenv.openstack.client import sdk_connection
@@ -57,6 +56,19 @@ class Cloudside:
     nova_api_pid: int
     nova_url: str
     _frozen: bool = False
+
+    @classmethod
+    def of(cls, facts: dict[str, Any]) -> Cloudside:
+        """The OpenStack whose facts (`vmlet_localenv.openstack.OpenStackEnv.facts`) are
+        ``facts``."""
+        return cls(
+            clouds_yaml=Path(facts["clouds_yaml"]),
+            compute_hosts=tuple(facts["compute_hosts"]),
+            image_name=facts["image"]["name"],
+            state_dir=Path(facts["state_dir"]),
+            nova_api_pid=int(facts["pids"]["nova-api"]),
+            nova_url=facts["endpoints"]["compute"].split("/v2")[0] + "/",
+        )
 
     def admin(self) -> Any:
         return self._connect("vmlet-admin")
@@ -103,20 +115,13 @@ def _answers(url: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def openstack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloudside]:
-    with openstack_facts(tmp_path_factory) as facts:
-        side = Cloudside(
-            clouds_yaml=Path(facts["clouds_yaml"]),
-            compute_hosts=tuple(facts["compute_hosts"]),
-            image_name=facts["image"]["name"],
-            state_dir=Path(facts["state_dir"]),
-            nova_api_pid=int(facts["pids"]["nova-api"]),
-            nova_url=facts["endpoints"]["compute"].split("/v2")[0] + "/",
-        )
-        try:
-            yield side
-        finally:
-            side.close()
+def openstack_env(openstack_cloud: dict[str, Any]) -> Iterator[Cloudside]:
+    """The run's OpenStack (tests/conftest.py), as this module's `Cloudside`."""
+    side = Cloudside.of(openstack_cloud)
+    try:
+        yield side
+    finally:
+        side.close()
 
 
 @pytest.fixture(scope="module")

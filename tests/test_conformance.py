@@ -34,7 +34,6 @@ from tests.providers import (
     MEMORY_NETWORK,
     RunningProvider,
     memory_argv,
-    openstack_facts,
     openstack_provider,
     openstack_run,
     provider_process,
@@ -107,13 +106,6 @@ def vsphere(vcsim: VcSim, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         yield Subject(channel, "vsphere:template/debian-12", namespace="conformance", timeout=300,
                       network="VM Network", write_log_line=write_log_line, stop_vm=stop_vm,
                       log_poll_seconds=LOG_POLL)
-
-
-@pytest.fixture(scope="module")
-def openstack_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """The facts of the module's one OpenStack."""
-    with openstack_facts(tmp_path_factory) as facts:
-        yield facts
 
 
 @pytest.fixture(scope="module")

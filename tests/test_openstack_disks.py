@@ -20,11 +20,11 @@ import openstack.exceptions
 import pytest
 
 from tests import test_openstack_e2e as e2e
+from tests.openstackprovider import Cloudside
 from tests.test_openstack_e2e import (
     LONG,
     MV,
     PROVIDER,
-    Cloud,
     Vmlet,
     apply,
     delete,
@@ -199,7 +199,7 @@ def test_expansion_grows_the_cinder_volume(
 
 
 def test_vm_volume_is_attached_to_the_right_server_and_outlives_it(
-        vmlet: Vmlet, classes: None, control_plane: ControlPlane, cloud: Cloud, admin: Any,
+        vmlet: Vmlet, classes: None, control_plane: ControlPlane, cloud: Cloudside, admin: Any,
         ns: str) -> None:
     apply(control_plane, ns, pvc("root", "delete"))
     pv_name, handle = bound_handle(vmlet, ns, "root")
@@ -279,7 +279,7 @@ def test_vm_volume_is_attached_to_the_right_server_and_outlives_it(
 
 
 def test_disk_given_to_a_stopped_vm_is_attached_at_start_and_retain_keeps_it(
-        vmlet: Vmlet, classes: None, control_plane: ControlPlane, cloud: Cloud, admin: Any,
+        vmlet: Vmlet, classes: None, control_plane: ControlPlane, cloud: Cloudside, admin: Any,
         ns: str) -> None:
     # A pod's volumes cannot change, so a VM gets a new disk across a stop and start: its kept
     # server is claimed by the new pod, and the provider attaches the disk to that same server.

@@ -15,27 +15,19 @@ test freezes that env's nova-api (SIGSTOP of its process group) and continues it
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import openstack
 import openstack.exceptions
 import pytest
 
-from tests.openstackprovider import upload_snapshot
-from tests.providers import openstack_facts
+from tests.openstackprovider import Cloudside, upload_snapshot
 from vmlet_localenv.controlplane import ControlPlane
-from vmlet_localenv.openstack.client import sdk_connection
 from vmlet_localenv.processes import wait_for
 from vmlet_localenv.services import (
     FacadeProcess,
@@ -56,62 +48,18 @@ LONG = 300.0  # one Nova operation on a busy 2-core machine, with room to spare
 # The OpenStack.
 
 
-@dataclass
-class Cloud:
-    clouds_yaml: Path
-    compute_hosts: tuple[str, ...]
-    image_name: str
-    nova_api_pid: int
-    nova_url: str
-    frozen: bool = False
-
-    def admin(self) -> Any:
-        return sdk_connection(self.clouds_yaml, "vmlet-admin")
-
-    def freeze_nova_api(self) -> None:
-        os.killpg(self.nova_api_pid, signal.SIGSTOP)
-        self.frozen = True
-        assert not _answers(self.nova_url)
-
-    def thaw_nova_api(self) -> None:
-        os.killpg(self.nova_api_pid, signal.SIGCONT)
-        self.frozen = False
-        wait_for(lambda: _answers(self.nova_url), timeout=120, what="nova-api")
-
-    def close(self) -> None:
-        if self.frozen:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.nova_api_pid, signal.SIGCONT)
-
-
-def _answers(url: str) -> bool:
+@pytest.fixture(scope="module")
+def cloud(openstack_cloud: dict[str, Any]) -> Iterator[Cloudside]:
+    """The run's OpenStack (tests/conftest.py)."""
+    c = Cloudside.of(openstack_cloud)
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return int(resp.status) < 500
-    except urllib.error.HTTPError as exc:
-        return exc.code < 500
-    except OSError:
-        return False
+        yield c
+    finally:
+        c.close()
 
 
 @pytest.fixture(scope="module")
-def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
-    with openstack_facts(tmp_path_factory) as facts:
-        c = Cloud(
-            clouds_yaml=Path(facts["clouds_yaml"]),
-            compute_hosts=tuple(facts["compute_hosts"]),
-            image_name=facts["image"]["name"],
-            nova_api_pid=int(facts["pids"]["nova-api"]),
-            nova_url=facts["endpoints"]["compute"].split("/v2")[0] + "/",
-        )
-        try:
-            yield c
-        finally:
-            c.close()
-
-
-@pytest.fixture(scope="module")
-def admin(cloud: Cloud) -> Any:
+def admin(cloud: Cloudside) -> Any:
     return cloud.admin()
 
 
@@ -161,7 +109,7 @@ class Vmlet:
 
 
 @pytest.fixture(scope="module")
-def vmlet(control_plane: ControlPlane, cloud: Cloud,
+def vmlet(control_plane: ControlPlane, cloud: Cloudside,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vmlet]:
     work = tmp_path_factory.mktemp("e2e-openstack-vmlet")
     env = {"OS_CLIENT_CONFIG_FILE": str(cloud.clouds_yaml), "OS_CLOUD": "vmlet"}
@@ -223,7 +171,7 @@ def patch(cp: ControlPlane, kind: str, name: str, ns: str, body: dict[str, Any])
     cp.kubectl("patch", kind, name, "-n", ns, "--type=merge", "-p", json.dumps(body))
 
 
-def vm_manifest(cloud: Cloud, name: str, **spec: Any) -> dict[str, Any]:
+def vm_manifest(cloud: Cloudside, name: str, **spec: Any) -> dict[str, Any]:
     return {"apiVersion": VM_API, "kind": "VirtualMachine", "metadata": {"name": name},
             "spec": {"provider": PROVIDER, "image": cloud.image_name, "cpu": 1,
                      "memory": "512Mi", **spec}}
@@ -271,7 +219,7 @@ def settled(admin: Any, identity: str, **want: Any) -> dict[str, Any]:
 
 
 def test_pod_lands_on_the_scheduled_nodes_host_with_the_fitting_flavor(
-        vmlet: Vmlet, control_plane: ControlPlane, cloud: Cloud, admin: Any, ns: str) -> None:
+        vmlet: Vmlet, control_plane: ControlPlane, cloud: Cloudside, admin: Any, ns: str) -> None:
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"}, "spec": {
         "nodeSelector": {"vmlet.io/provider": PROVIDER},
         "tolerations": [{"key": "virtual-kubelet.io/provider", "operator": "Equal",
@@ -303,7 +251,7 @@ def test_pod_lands_on_the_scheduled_nodes_host_with_the_fitting_flavor(
 
 
 def test_virtual_machine_lifecycle_in_nova(
-        vmlet: Vmlet, control_plane: ControlPlane, cloud: Cloud, admin: Any, ns: str) -> None:
+        vmlet: Vmlet, control_plane: ControlPlane, cloud: Cloudside, admin: Any, ns: str) -> None:
     apply(control_plane, ns, vm_manifest(cloud, "app"))
     vm = running_vm(vmlet, ns, "app")
     uid, node = vm["metadata"]["uid"], vm["status"]["nodeName"]
@@ -374,7 +322,7 @@ def test_virtual_machine_lifecycle_in_nova(
 
 
 def test_provider_sigkill_mid_create_leaves_one_server(
-        vmlet: Vmlet, control_plane: ControlPlane, cloud: Cloud, admin: Any, ns: str) -> None:
+        vmlet: Vmlet, control_plane: ControlPlane, cloud: Cloudside, admin: Any, ns: str) -> None:
     provider = vmlet.provider
     assert provider.process is not None
     log = provider.process.log_path
@@ -412,16 +360,16 @@ def test_provider_sigkill_mid_create_leaves_one_server(
 
 
 def test_nova_api_outage_nodes_unknown_then_ready_and_new_vms_run(
-        vmlet: Vmlet, control_plane: ControlPlane, cloud: Cloud, admin: Any, ns: str) -> None:
+        vmlet: Vmlet, control_plane: ControlPlane, cloud: Cloudside, admin: Any, ns: str) -> None:
     nodes = sorted(node_of(h) for h in cloud.compute_hosts)
-    cloud.freeze_nova_api()
+    cloud.stop_nova_api()
     try:
         eventually(lambda: (s := vmlet.ready_status()) and sorted(
             n for n, st in s.items() if st == "Unknown") == nodes, timeout=180, interval=1,
             what="nodes Ready=Unknown")
         vmlet.provider.process.check_alive()
     finally:
-        cloud.thaw_nova_api()
+        cloud.start_nova_api()
     eventually(lambda: sorted(n for n, s in vmlet.ready_status().items() if s == "True")
                == nodes, timeout=180, interval=1, what="nodes Ready again")
     apply(control_plane, ns, vm_manifest(cloud, "after"))

@@ -19,6 +19,7 @@ import openstack.exceptions
 import pytest
 
 from tests import test_openstack_e2e as e2e
+from tests.openstackprovider import Cloudside
 from tests.test_openstack_e2e import (
     LONG,
     VM_API,
@@ -67,7 +68,7 @@ def ports_of(admin: Any, server_id: str) -> list[dict[str, Any]]:
 
 
 def test_spec_networks_become_the_servers_ports_in_order(
-        vmlet: Vmlet, control_plane: ControlPlane, cloud: e2e.Cloud, admin: Any, ns: str,
+        vmlet: Vmlet, control_plane: ControlPlane, cloud: Cloudside, admin: Any, ns: str,
         networks: dict[str, dict[str, Any]]) -> None:
     order = ["vmlet-net-b", "vmlet-net-a"]  # not the order they were made in
     apply(control_plane, ns, vm_manifest(cloud, "twonics",
@@ -122,7 +123,7 @@ def test_spec_networks_become_the_servers_ports_in_order(
 
 
 def test_network_by_id_and_a_pod_without_networks(
-        vmlet: Vmlet, control_plane: ControlPlane, cloud: e2e.Cloud, admin: Any, ns: str,
+        vmlet: Vmlet, control_plane: ControlPlane, cloud: Cloudside, admin: Any, ns: str,
         networks: dict[str, dict[str, Any]]) -> None:
     net_a = networks["vmlet-net-a"]
     apply(control_plane, ns, vm_manifest(cloud, "byid", networks=[{"name": net_a["id"]}]),
@@ -137,7 +138,7 @@ def test_network_by_id_and_a_pod_without_networks(
 
 
 def test_exposed_vm_on_a_network_is_its_services_endpoint(
-        vmlet: Vmlet, control_plane: ControlPlane, cloud: e2e.Cloud, admin: Any, ns: str,
+        vmlet: Vmlet, control_plane: ControlPlane, cloud: Cloudside, admin: Any, ns: str,
         networks: dict[str, dict[str, Any]]) -> None:
     apply(control_plane, ns, vm_manifest(
         cloud, "web", networks=[{"name": "vmlet-net-a"}],
@@ -171,7 +172,7 @@ def test_exposed_vm_on_a_network_is_its_services_endpoint(
 
 
 def test_unknown_network_is_refused_with_a_reason_and_no_server(
-        vmlet: Vmlet, control_plane: ControlPlane, cloud: e2e.Cloud, admin: Any,
+        vmlet: Vmlet, control_plane: ControlPlane, cloud: Cloudside, admin: Any,
         ns: str, networks: dict[str, dict[str, Any]]) -> None:
     apply(control_plane, ns, vm_manifest(
         cloud, "lost", networks=[{"name": "vmlet-net-a"}, {"name": "no-such-net"}]))
@@ -194,7 +195,7 @@ def test_unknown_network_is_refused_with_a_reason_and_no_server(
 
 
 def test_ambiguous_network_name_is_refused_with_the_ids(
-        vmlet: Vmlet, control_plane: ControlPlane, cloud: e2e.Cloud, admin: Any,
+        vmlet: Vmlet, control_plane: ControlPlane, cloud: Cloudside, admin: Any,
         ns: str, networks: dict[str, dict[str, Any]]) -> None:
     project = networks["vmlet-net-a"]["project_id"]
     made = []
