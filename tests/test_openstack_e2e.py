@@ -26,6 +26,7 @@ import openstack
 import openstack.exceptions
 import pytest
 
+from tests import openstackprovider
 from tests.openstackprovider import Cloudside, upload_snapshot
 from vmlet_localenv.controlplane import ControlPlane
 from vmlet_localenv.processes import wait_for
@@ -48,14 +49,9 @@ LONG = 300.0  # one Nova operation on a busy 2-core machine, with room to spare
 # The OpenStack.
 
 
-@pytest.fixture(scope="module")
-def cloud(openstack_cloud: dict[str, Any]) -> Iterator[Cloudside]:
-    """The run's OpenStack (tests/conftest.py)."""
-    c = Cloudside.of(openstack_cloud)
-    try:
-        yield c
-    finally:
-        c.close()
+# The run's OpenStack (tests/conftest.py) as the module's Cloudside: the provider tests' fixture,
+# named `cloud` here.
+cloud = openstackprovider.openstack_env
 
 
 @pytest.fixture(scope="module")
