@@ -57,6 +57,8 @@ def test_other_steps_on_a_running_vm_keep_it_ready() -> None:
     [
         ("137", True, KILLED, "StopPod powered it off (exit code 137)"),
         ("137", False, KILLED, "its guest left exit code 137"),  # e.g. after a provider restart
+        ("", True, KILLED, "StopPod powered it off (exit code 137)"),  # the cache lags the write
+        ("", False, 0, "is poweredOff in vCenter"),  # the guest shut down and left no code
         ("5", True, 5, "its guest left exit code 5"),  # the guest's own code wins
         ("x", True, 1, "not an integer"),
     ],

@@ -295,8 +295,8 @@ class Pods:
                 if off is None:
                     raise NotFound(f"VM {vm.name} of pod {'/'.join(entry.key)} no longer exists")
                 if not off.exit_code.strip():
+                    entry.killed = True  # before the write: the status says 137 even if it fails
                     await self._machines.set_extra_config(off, {EXIT_CODE_KEY: str(KILLED)})
-                    entry.killed = True
             finally:
                 self._table.progress(entry, None)
             _log.info(

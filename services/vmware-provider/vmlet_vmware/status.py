@@ -160,6 +160,10 @@ def _stopped(
     reason = "Suspended" if vm.power == "suspended" else "PoweredOff"
     # A suspended guest did not shut down: whatever it left is from before.
     code, bad = guest_exit_code(vm.exit_code) if reason == "PoweredOff" else (0, "")
+    if killed and reason == "PoweredOff" and not vm.exit_code.strip():
+        # StopPod wrote 137 and the cache has not seen it yet: the status must not say 0 (a
+        # restartPolicy Never pod would end Succeeded) for the moment it lags.
+        code = KILLED
     if killed and code == KILLED and not bad:
         said = f"StopPod powered it off (exit code {KILLED})"
     else:
