@@ -185,6 +185,29 @@ def test_a_server_stop_pod_stopped_exits_137() -> None:
     assert pod_status(_pod(), _killed("ACTIVE")).ready
 
 
+def test_a_kill_not_recorded_yet_still_exits_137() -> None:
+    """StopPod stopped the server and its mark is not in the record the status is made of (the
+    metadata write failed, or the cache has not read it back): killed, 137, all the same."""
+    status = pod_status(_pod(), _server("SHUTOFF"), killed=True)
+    terminated = status.container_statuses[0].terminated
+    assert terminated.exit_code == KILLED and "StopPod stopped it" in terminated.message
+    assert pod_status(_pod(), _server("SHUTOFF")).container_statuses[0].terminated.exit_code == 0
+    # only SHUTOFF is what StopPod leaves: a suspended server was not killed by it
+    suspended = pod_status(_pod(), _server("SUSPENDED"), killed=True)
+    assert suspended.container_statuses[0].terminated.exit_code == 0
+
+
+def test_the_kill_is_forgotten_once_the_server_runs_with_no_mark() -> None:
+    _, table = _converger()
+    entry = PodEntry(pod=_pod(), host="", server_id="s1", killed=True)
+    table._entries[entry.key] = entry
+    table._by_identity[entry.identity] = entry.key
+    table.on_change(_killed("SHUTOFF"), None)
+    assert entry.killed  # off, and recorded: the record says 137 from now on
+    table.on_change(_server("ACTIVE"), None)
+    assert not entry.killed
+
+
 @pytest.mark.parametrize("status", ["ACTIVE", "SHUTOFF"])
 def test_a_server_being_stopped_is_running_and_busy(status: str) -> None:
     progress = Progress("Stopping", "stopping server ns-web (os-stop)")
@@ -212,6 +235,9 @@ def test_the_converger_leaves_a_killed_server_off() -> None:
     step = converger._next_step(entry, _server("SHUTOFF"), set())
     assert step is not None and step[0] == "start"
     assert converger._next_step(entry, _killed("SHUTOFF"), set()) is None
+    # StopPod killed it and its mark is not recorded (or not read back) yet: still left off
+    entry.killed = True
+    assert converger._next_step(entry, _server("SHUTOFF"), set()) is None
 
 
 async def test_rounds_are_held_off_while_a_stop_runs() -> None:

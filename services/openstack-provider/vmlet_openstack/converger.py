@@ -320,7 +320,8 @@ class Converger:
                 f"resize to {flavor.name}",
                 {"resize": {"flavorRef": flavor.id}},
             )
-        if server.status == "SHUTOFF" and "start" not in tried and server.exit_code is None:
+        if (server.status == "SHUTOFF" and "start" not in tried and server.exit_code is None
+                and not entry.killed):
             return (
                 "start",
                 Progress("PoweringOn", f"starting server {server.name}"),

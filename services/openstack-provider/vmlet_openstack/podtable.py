@@ -67,6 +67,9 @@ class PodEntry:
     unclaimed: bool = False  # the server's metadata still names another pod
     dropped_disks: frozenset[str] = frozenset()  # disks an update took from the pod
     check_disks: bool = False  # a claimed server may hold vmlet volumes its pod no longer names
+    # StopPod powered the server off: it is reported killed (exit code 137) even before the
+    # code is recorded in its metadata and read back, or when recording it failed.
+    killed: bool = False
 
     @property
     def key(self) -> PodKey:
@@ -193,6 +196,7 @@ class PodTable:
             fault_pending=server is not None and server.id in self._reading_fault,
             node_name=self._nodes.node_of(host) if host else "",
             host_ip=self._nodes.host_ip(host),
+            killed=entry.killed,
         )
         if entry.note and not status.message:
             status.message = entry.note
@@ -312,6 +316,8 @@ class PodTable:
             return
         if not entry.server_id:
             entry.server_id = record.id
+        if record.status == "ACTIVE" and record.settled and record.exit_code is None:
+            entry.killed = False  # it runs again, and no kill is on record any more
         if (record.status == "ERROR" and record.fault is None
                 and record.id not in self._reading_fault):
             self._reading_fault.add(record.id)

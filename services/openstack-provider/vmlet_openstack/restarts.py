@@ -31,7 +31,9 @@ A server Nova is busy with is stopped once Nova is done; a server at rest (SHUTO
 PAUSED, SHELVED) is left as it is; ERROR and RESCUE are FAILED_PRECONDITION. Once the server is
 SHUTOFF it gets `vmlet-exit-code: 137` (Nova keeps no exit code of a guest), which its status
 reports, and the call answers. Meanwhile the pod shows Stopping and the converger's rounds are
-held off, so none starts the server again.
+held off, so none starts the server again. The kill is noted on the pod's entry before the mark
+is written: until the mark is read back, or if writing it fails, the status still says 137 and
+the converger still leaves the server off.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from . import naming
 from .cloud import Cloud
 from .podtable import PodEntry
 from .records import ServerRecord
-from .status import Progress
+from .status import KILLED, Progress
 from .watch import ServerCache, Watch
 
 if TYPE_CHECKING:
@@ -64,8 +66,6 @@ __all__ = ["KILLED", "Restarts", "is_off", "is_starting", "stop_refusal", "wake_
 
 _log = logging.getLogger(__name__)
 
-#: The exit code of a guest StopPod stopped, as of a container a kubelet killed.
-KILLED: Final = 137
 _STOP_MARGIN_SECONDS: Final = 90.0
 # Asked again when Nova's stop failed (the server ACTIVE again, with no task).
 _STOP_ASK_SECONDS: Final = 10.0
@@ -255,6 +255,7 @@ class Restarts:
         _log.info("stopping a server", extra={"pod": "/".join(entry.key), "server": server.id})
         try:
             if await self._until_off(server, deadline):
+                entry.killed = True  # reported at once, whether or not the record below is
                 await self._mark_killed(server)
         finally:
             entry.progress = None

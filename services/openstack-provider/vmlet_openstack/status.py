@@ -9,8 +9,9 @@
 - SHUTOFF, SUSPENDED, PAUSED, SHELVED with nothing under way: Running with the container
   terminated (PoweredOff, Suspended, ...), exit code 0 (Nova keeps none of the guest's), not
   ready, progress STOPPED; or Pending if it never ran. A SHUTOFF server StopPod stopped carries
-  `vmlet-exit-code` (137, killed), which it reports instead. While the provider starts it (a
-  create, StartPod): waiting with PoweringOn.
+  `vmlet-exit-code` (137, killed), which it reports instead; so does one StopPod stopped before
+  that mark is recorded and read back (the provider notes the kill first). While the provider
+  starts it (a create, StartPod): waiting with PoweringOn.
 - While StopPod stops it: Running and not ready (Stopping, progress BUSY), off or not yet.
 - ERROR: Failed, with the reason and message of Nova's fault (see `faults.server_fault`). While
   the provider is still reading that fault (server lists leave it out; Nova records it just after
@@ -32,8 +33,10 @@ from vmlet_contract.progress import Progress as ProgressValue
 from .faults import server_fault
 from .records import ServerRecord
 
-__all__ = ["Progress", "pod_status"]
+__all__ = ["KILLED", "Progress", "pod_status"]
 
+#: The exit code of a guest StopPod stopped, as of a container a kubelet killed.
+KILLED: Final = 137
 _RESTING_OFF: Final = {
     "SHUTOFF": "PoweredOff",
     "STOPPED": "PoweredOff",
@@ -94,6 +97,7 @@ def pod_status(
     fault_pending: bool = False,
     node_name: str = "",
     host_ip: str = "",
+    killed: bool = False,
 ) -> pod_pb2.PodStatus:
     """The status of `pod`, whose server is `server` (None: not listed yet, with `server_id`
     when Nova has already answered the create; or gone, `vanished` then naming the server that
@@ -107,6 +111,7 @@ def pod_status(
         fault_pending=fault_pending,
         node_name=node_name,
         host_ip=host_ip,
+        killed=killed,
     )
     _image_ids(status, server)
     if server is not None and not server.gone:
@@ -126,6 +131,7 @@ def _status(
     fault_pending: bool,
     node_name: str,
     host_ip: str,
+    killed: bool,
 ) -> pod_pb2.PodStatus:
     if server is None or server.gone:
         gone_id = server.id if server is not None else vanished
@@ -209,9 +215,11 @@ def _status(
         message = f"server {server.name} is {server.status} in Nova"
         if started is None:
             return podstatus.pending(pod, reason=off_reason, message=message, **common)
-        killed = server.exit_code if server.status == "SHUTOFF" else None
+        code = server.exit_code if server.status == "SHUTOFF" else None
+        if code is None and killed and server.status == "SHUTOFF":
+            code = KILLED  # StopPod's, not (yet) in the metadata this record was read from
         return _terminated(
-            pod, off_reason, message, started, server.updated or started, common, killed
+            pod, off_reason, message, started, server.updated or started, common, code
         )
     # UNKNOWN and anything newer than this provider.
     status = podstatus.running(pod, ips=server.ips, started_at=started or _now(), **common)
