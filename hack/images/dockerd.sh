@@ -8,6 +8,7 @@
 #   bash hack/images/dockerd.sh start   # prints "started" when it started one, "running" if one answered
 #   bash hack/images/dockerd.sh stop    # stops the one `start` started (pid file), nothing else
 # The data root (VMLET_DOCKER_ROOT, default /var/lib/docker) keeps the images across restarts.
+# Without Debian's dockerd, start installs it first (hack/images/install-deps.sh).
 set -euo pipefail
 CACHE="${VMLET_CACHE:-$HOME/.cache/vmlet}"
 RUN_DIR="${VMLET_DOCKER_RUN:-/run/vmlet-dockerd}"
@@ -21,6 +22,10 @@ case "${1:-}" in
       echo running
       exit 0
     fi
+    # A new machine has no engine yet: Debian's, as `make images` installs it (its output goes
+    # to stderr, since this prints only what it did).
+    [ -x /usr/sbin/dockerd ] || bash "$(dirname "$0")/install-deps.sh" >&2
+    DOCKER="${DOCKER:-$(command -v /usr/bin/docker docker | head -1)}"
     mkdir -p "$RUN_DIR" "$CACHE/logs"
     log "starting dockerd (data root ${VMLET_DOCKER_ROOT:-/var/lib/docker}, log $CACHE/logs/dockerd.log)"
     # setsid: the engine outlives this script's process group, and stop ends it by its pid only.
