@@ -11,6 +11,7 @@ kubelet-serving CSR, approved here as an operator would) against the cluster CA.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import uuid
 from collections.abc import Iterator
@@ -97,6 +98,11 @@ def cpu_nanocores(quantity: str) -> float:
     return float(quantity) * 1e9
 
 
+def _when(stamp: str) -> float:
+    """An RFC 3339 time of the API, in seconds since the epoch."""
+    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
 def memory_bytes(quantity: str) -> int:
     units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
     for suffix, factor in units.items():
@@ -132,10 +138,16 @@ def test_kubectl_top_node_shows_the_vmlet_node(metrics_server: MetricsServer, st
                                                control_plane: ControlPlane,
                                                vm: dict[str, Any]) -> None:
     node = vm["spec"]["nodeName"]
+    # The node's counter takes in the VM from its start: a rate over scrapes from before then is
+    # the node's without it. (startedAt is in whole seconds: one more covers the truncation.)
+    ran = _when(vm["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]) + 1
 
     def listed() -> dict[str, Any] | None:
         items = raw(control_plane, "/apis/metrics.k8s.io/v1beta1/nodes")["items"]
-        return next((i for i in items if i["metadata"]["name"] == node), None)
+        item = next((i for i in items if i["metadata"]["name"] == node), None)
+        if item is None or _when(item["timestamp"]) - float(item["window"].rstrip("s")) < ran:
+            return None  # not listed yet, or its window began before the VM ran
+        return item
 
     metrics = eventually(listed, timeout=90, what=f"{node} in the Metrics API")
     assert metrics["metadata"]["labels"]["vmlet.io/provider"] == PROVIDER
